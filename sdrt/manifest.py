@@ -1,0 +1,408 @@
+"""The model folder's manifest, ``sdrt.json``: read, validate, write atomically.
+
+A model folder (written by ``sdrt build``) follows Optimum's ONNX Stable Diffusion layout
+and adds this manifest, which records where the folder came from, what each component
+is (file, I/O specs, precision, sha256), how it was verified, and which engines were
+built from it. Everything here is plain data: frozen dataclasses converted to and from
+JSON once, at the edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdrt.errors import ModelFolderError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "sdrt.json"
+
+# Component names, in Optimum's layout; each lives in a folder of that name.
+COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+FAMILIES = ("sd1", "sd2", "sdxl")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PRECISIONS = ("fp32", "fp16")
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output. Symbolic dimensions are strings ("batch", "height")."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class VerificationCase:
+    """Errors measured on one set of input shapes (name -> concrete shape)."""
+
+    input_shapes: Mapping[str, tuple[int, ...]]
+    max_abs_error: float
+    max_rel_error: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How an artifact was checked against its reference, and whether it passed."""
+
+    reference: str  # "torch-eager" for exports, "onnxruntime-fp32" for engines
+    threshold_abs: float
+    threshold_rel: float
+    cases: tuple[VerificationCase, ...]
+    passed: bool
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((c.max_abs_error for c in self.cases), default=0.0)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((c.max_rel_error for c in self.cases), default=0.0)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One exported ONNX graph of the pipeline."""
+
+    name: str
+    file: str  # relative to the model folder, e.g. "unet/model.onnx"
+    sha256: str
+    precision: str
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    external_data: str | None = None  # relative path of the single external data file
+    external_data_sha256: str | None = None
+    source_sha256: str = ""  # hash of the torch weights + config + export options it came from
+    node_counts: Mapping[str, int] = field(default_factory=dict)  # e.g. {"exported": n, "cleaned": m}
+    verification: Verification | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    path_or_id: str
+    revision: str | None
+    content_sha256: str
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The shape range and precision the folder was built for (image pixels, not latents)."""
+
+    min_size: int
+    max_size: int
+    opt_size: int
+    min_batch: int
+    max_batch: int
+    opt_batch: int
+    precision: str
+    vae_precision: str
+    opset: int
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine built from one component for one target."""
+
+    target: str  # "tensorrt", "ort-cpu", "ort-cuda"
+    component: str
+    path: str  # relative to the model folder
+    cache_key: str
+    profile: Mapping[str, Mapping[str, tuple[int, ...]]]  # input -> {"min","opt","max"} -> shape
+    options: Mapping[str, Any]
+    library_versions: Mapping[str, str]
+    device: Mapping[str, Any]  # e.g. {"name": ..., "compute_capability": "9.0"}
+    verification: Verification | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: Source
+    family: str
+    prediction_type: str
+    vae_scaling_factor: float
+    latent_channels: int
+    unet_in_channels: int  # 4 for text-to-image U-Nets, 9 for inpainting U-Nets
+    sample_size: int  # the U-Net's native latent size; image size is sample_size * vae_scale_factor
+    vae_scale_factor: int
+    build: BuildOptions
+    components: Mapping[str, Component]
+    tokenizers: tuple[str, ...]  # folder names: ("tokenizer",) or ("tokenizer", "tokenizer_2")
+    versions: Mapping[str, str]  # exporter and library versions
+    vae_shift_factor: float | None = None
+    # Family specific settings the runtime needs (SDXL: "force_zeros_for_empty_prompt",
+    # "requires_aesthetics_score", "addition_time_embed_dim"; SD: "requires_safety_checker").
+    family_options: Mapping[str, Any] = field(default_factory=dict)
+    engines: tuple[Engine, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def default_image_size(self) -> int:
+        return self.sample_size * self.vae_scale_factor
+
+    def with_engines(self, engines: tuple[Engine, ...]) -> Manifest:
+        return dataclasses.replace(self, engines=tuple(engines))
+
+
+# ---------------------------------------------------------------------------- to / from JSON
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Mapping):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(manifest)
+
+
+class _Reader:
+    """Typed access to a JSON object with messages that name the offending field."""
+
+    def __init__(self, data: Any, where: str):
+        if not isinstance(data, Mapping):
+            raise ModelFolderError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        self.data = data
+        self.where = where
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, optional: bool = False, default=None):
+        if key not in self.data or self.data[key] is None:
+            if optional:
+                return default
+            raise ModelFolderError(f"{self.where}: missing field {key!r}")
+        value = self.data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ModelFolderError(f"{self.where}.{key}: expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise ModelFolderError(
+                f"{self.where}.{key}: expected {_kind_name(kind)}, got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, str)
+        if value not in choices:
+            raise ModelFolderError(f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def sub(self, key: str, *, optional: bool = False) -> _Reader | None:
+        value = self.get(key, Mapping, optional=optional)
+        return None if value is None else _Reader(value, f"{self.where}.{key}")
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", Mapping: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _shape(value: Any, where: str, *, symbolic: bool) -> tuple[int | str, ...]:
+    allowed = (int, str) if symbolic else (int,)
+    if not isinstance(value, list) or not all(isinstance(d, allowed) and not isinstance(d, bool) for d in value):
+        raise ModelFolderError(f"{where}: expected a list of {'dimensions' if symbolic else 'integers'}, got {value!r}")
+    return tuple(value)
+
+
+def _tensor_specs(values: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(values, list) or not values:
+        raise ModelFolderError(f"{where}: expected a non-empty list of tensor specs, got {values!r}")
+    specs = []
+    for i, value in enumerate(values):
+        r = _Reader(value, f"{where}[{i}]")
+        specs.append(TensorSpec(r.get("name", str), r.choice("dtype", DTYPES), _shape(r.get("shape", list), f"{r.where}.shape", symbolic=True)))
+    return tuple(specs)
+
+
+def _verification(r: _Reader | None) -> Verification | None:
+    if r is None:
+        return None
+    cases = []
+    for i, case in enumerate(r.get("cases", list)):
+        c = _Reader(case, f"{r.where}.cases[{i}]")
+        shapes = c.sub("input_shapes")
+        cases.append(
+            VerificationCase(
+                input_shapes={k: _shape(v, f"{shapes.where}.{k}", symbolic=False) for k, v in shapes.data.items()},
+                max_abs_error=c.get("max_abs_error", float),
+                max_rel_error=c.get("max_rel_error", float),
+            )
+        )
+    return Verification(
+        reference=r.get("reference", str),
+        threshold_abs=r.get("threshold_abs", float),
+        threshold_rel=r.get("threshold_rel", float),
+        cases=tuple(cases),
+        passed=r.get("passed", bool),
+    )
+
+
+def _component(name: str, r: _Reader) -> Component:
+    return Component(
+        name=name,
+        file=r.get("file", str),
+        sha256=r.get("sha256", str),
+        precision=r.choice("precision", PRECISIONS),
+        opset=r.get("opset", int),
+        inputs=_tensor_specs(r.get("inputs", list), f"{r.where}.inputs"),
+        outputs=_tensor_specs(r.get("outputs", list), f"{r.where}.outputs"),
+        external_data=r.get("external_data", str, optional=True),
+        external_data_sha256=r.get("external_data_sha256", str, optional=True),
+        source_sha256=r.get("source_sha256", str, optional=True, default=""),
+        node_counts=dict(r.get("node_counts", Mapping, optional=True, default={})),
+        verification=_verification(r.sub("verification", optional=True)),
+    )
+
+
+def _engine(i: int, r: _Reader) -> Engine:
+    profile_reader = r.sub("profile")
+    profile = {}
+    for input_name, levels in profile_reader.data.items():
+        lr = _Reader(levels, f"{profile_reader.where}.{input_name}")
+        profile[input_name] = {k: _shape(lr.get(k, list), f"{lr.where}.{k}", symbolic=False) for k in ("min", "opt", "max")}
+    return Engine(
+        target=r.get("target", str),
+        component=r.choice("component", COMPONENT_NAMES),
+        path=r.get("path", str),
+        cache_key=r.get("cache_key", str),
+        profile=profile,
+        options=dict(r.get("options", Mapping)),
+        library_versions=dict(r.get("library_versions", Mapping)),
+        device=dict(r.get("device", Mapping)),
+        verification=_verification(r.sub("verification", optional=True)),
+    )
+
+
+def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate and convert parsed JSON; raises ModelFolderError naming the bad field."""
+    r = _Reader(data, where)
+    version = r.get("format_version", int)
+    if version != FORMAT_VERSION:
+        raise ModelFolderError(f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION}); rebuild the folder with this sdrt")
+    s = r.sub("source")
+    b = r.sub("build")
+    comps = r.sub("components")
+    unknown = sorted(set(comps.data) - set(COMPONENT_NAMES))
+    if unknown:
+        raise ModelFolderError(f"{comps.where}: unknown components {unknown}; expected names from {', '.join(COMPONENT_NAMES)}")
+    components = {name: _component(name, _Reader(value, f"{comps.where}.{name}")) for name, value in comps.data.items()}
+    for required in ("text_encoder", "unet", "vae_decoder"):
+        if required not in components:
+            raise ModelFolderError(f"{comps.where}: the required component {required!r} is missing")
+    tokenizers = r.get("tokenizers", list)
+    if not tokenizers or not all(isinstance(t, str) for t in tokenizers):
+        raise ModelFolderError(f"{where}.tokenizers: expected a non-empty list of folder names, got {tokenizers!r}")
+    return Manifest(
+        format_version=version,
+        source=Source(s.get("path_or_id", str), s.get("revision", str, optional=True), s.get("content_sha256", str)),
+        family=r.choice("family", FAMILIES),
+        prediction_type=r.choice("prediction_type", PREDICTION_TYPES),
+        vae_scaling_factor=r.get("vae_scaling_factor", float),
+        vae_shift_factor=r.get("vae_shift_factor", float, optional=True),
+        latent_channels=r.get("latent_channels", int),
+        unet_in_channels=r.get("unet_in_channels", int),
+        sample_size=r.get("sample_size", int),
+        vae_scale_factor=r.get("vae_scale_factor", int),
+        build=BuildOptions(
+            min_size=b.get("min_size", int),
+            max_size=b.get("max_size", int),
+            opt_size=b.get("opt_size", int),
+            min_batch=b.get("min_batch", int),
+            max_batch=b.get("max_batch", int),
+            opt_batch=b.get("opt_batch", int),
+            precision=b.choice("precision", PRECISIONS),
+            vae_precision=b.choice("vae_precision", PRECISIONS),
+            opset=b.get("opset", int),
+        ),
+        components=components,
+        tokenizers=tuple(tokenizers),
+        versions=dict(r.get("versions", Mapping)),
+        family_options=dict(r.get("family_options", Mapping, optional=True, default={})),
+        engines=tuple(_engine(i, _Reader(e, f"{where}.engines[{i}]")) for i, e in enumerate(r.get("engines", list, optional=True, default=[]))),
+    )
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write through a temporary file in the same folder and rename over the target."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
+    path = Path(folder) / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(manifest_to_dict(manifest), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a folder")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelFolderError(f"{str(folder)!r} is not an sdrt model folder: it has no {MANIFEST_NAME} (build one with `sdrt build`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+    return manifest_from_dict(data, where=str(path))
+
+
+def component_files(manifest: Manifest) -> dict[str, str]:
+    """Relative path -> expected sha256 for every file the manifest's components name."""
+    files = {}
+    for comp in manifest.components.values():
+        files[comp.file] = comp.sha256
+        if comp.external_data:
+            files[comp.external_data] = comp.external_data_sha256 or ""
+    return files
+
+
+def check_files(folder: str | os.PathLike, manifest: Manifest, *, hashes: bool = True) -> None:
+    """Raise ModelFolderError if a component file is missing or (with hashes) changed."""
+    folder = Path(folder)
+    missing, changed = [], []
+    for rel, expected in component_files(manifest).items():
+        path = folder / rel
+        if not path.is_file():
+            missing.append(rel)
+        elif hashes and expected and sha256_file(path) != expected:
+            changed.append(rel)
+    if missing:
+        raise ModelFolderError(f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}")
+    if changed:
+        raise ModelFolderError(f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: {', '.join(changed)} (rebuild, or restore the original files)")
