@@ -83,7 +83,9 @@ class Component:
     external_data: str | None = None  # relative path of the single external data file
     external_data_sha256: str | None = None
     source_sha256: str = ""  # hash of the torch weights + config + export options it came from
-    node_counts: Mapping[str, int] = field(default_factory=dict)  # e.g. {"exported": n, "cleaned": m}
+    node_counts: Mapping[str, int] = field(
+        default_factory=dict
+    )  # e.g. {"exported": n, "cleaned": m}
     verification: Verification | None = None
 
 
@@ -186,8 +188,14 @@ class _Reader:
         value = self.data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ModelFolderError(f"{self.where}.{key}: expected {_kind_name(kind)}, got a boolean")
+        if (
+            isinstance(value, bool)
+            and kind is not bool
+            and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        ):
+            raise ModelFolderError(
+                f"{self.where}.{key}: expected {_kind_name(kind)}, got a boolean"
+            )
         if not isinstance(value, kind):
             raise ModelFolderError(
                 f"{self.where}.{key}: expected {_kind_name(kind)}, got {type(value).__name__} {value!r}"
@@ -197,7 +205,9 @@ class _Reader:
     def choice(self, key: str, choices: tuple[str, ...]) -> str:
         value = self.get(key, str)
         if value not in choices:
-            raise ModelFolderError(f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+            raise ModelFolderError(
+                f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}"
+            )
         return value
 
     def sub(self, key: str, *, optional: bool = False) -> _Reader | None:
@@ -207,24 +217,43 @@ class _Reader:
 
 def _kind_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", Mapping: "an object"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        Mapping: "an object",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def _shape(value: Any, where: str, *, symbolic: bool) -> tuple[int | str, ...]:
     allowed = (int, str) if symbolic else (int,)
-    if not isinstance(value, list) or not all(isinstance(d, allowed) and not isinstance(d, bool) for d in value):
-        raise ModelFolderError(f"{where}: expected a list of {'dimensions' if symbolic else 'integers'}, got {value!r}")
+    if not isinstance(value, list) or not all(
+        isinstance(d, allowed) and not isinstance(d, bool) for d in value
+    ):
+        raise ModelFolderError(
+            f"{where}: expected a list of {'dimensions' if symbolic else 'integers'}, got {value!r}"
+        )
     return tuple(value)
 
 
 def _tensor_specs(values: Any, where: str) -> tuple[TensorSpec, ...]:
     if not isinstance(values, list) or not values:
-        raise ModelFolderError(f"{where}: expected a non-empty list of tensor specs, got {values!r}")
+        raise ModelFolderError(
+            f"{where}: expected a non-empty list of tensor specs, got {values!r}"
+        )
     specs = []
     for i, value in enumerate(values):
         r = _Reader(value, f"{where}[{i}]")
-        specs.append(TensorSpec(r.get("name", str), r.choice("dtype", DTYPES), _shape(r.get("shape", list), f"{r.where}.shape", symbolic=True)))
+        specs.append(
+            TensorSpec(
+                r.get("name", str),
+                r.choice("dtype", DTYPES),
+                _shape(r.get("shape", list), f"{r.where}.shape", symbolic=True),
+            )
+        )
     return tuple(specs)
 
 
@@ -237,7 +266,10 @@ def _verification(r: _Reader | None) -> Verification | None:
         shapes = c.sub("input_shapes")
         cases.append(
             VerificationCase(
-                input_shapes={k: _shape(v, f"{shapes.where}.{k}", symbolic=False) for k, v in shapes.data.items()},
+                input_shapes={
+                    k: _shape(v, f"{shapes.where}.{k}", symbolic=False)
+                    for k, v in shapes.data.items()
+                },
                 max_abs_error=c.get("max_abs_error", float),
                 max_rel_error=c.get("max_rel_error", float),
             )
@@ -273,7 +305,10 @@ def _engine(i: int, r: _Reader) -> Engine:
     profile = {}
     for input_name, levels in profile_reader.data.items():
         lr = _Reader(levels, f"{profile_reader.where}.{input_name}")
-        profile[input_name] = {k: _shape(lr.get(k, list), f"{lr.where}.{k}", symbolic=False) for k in ("min", "opt", "max")}
+        profile[input_name] = {
+            k: _shape(lr.get(k, list), f"{lr.where}.{k}", symbolic=False)
+            for k in ("min", "opt", "max")
+        }
     return Engine(
         target=r.get("target", str),
         component=r.choice("component", COMPONENT_NAMES),
@@ -292,23 +327,36 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     r = _Reader(data, where)
     version = r.get("format_version", int)
     if version != FORMAT_VERSION:
-        raise ModelFolderError(f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION}); rebuild the folder with this sdrt")
+        raise ModelFolderError(
+            f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION}); rebuild the folder with this sdrt"
+        )
     s = r.sub("source")
     b = r.sub("build")
     comps = r.sub("components")
     unknown = sorted(set(comps.data) - set(COMPONENT_NAMES))
     if unknown:
-        raise ModelFolderError(f"{comps.where}: unknown components {unknown}; expected names from {', '.join(COMPONENT_NAMES)}")
-    components = {name: _component(name, _Reader(value, f"{comps.where}.{name}")) for name, value in comps.data.items()}
+        raise ModelFolderError(
+            f"{comps.where}: unknown components {unknown}; expected names from {', '.join(COMPONENT_NAMES)}"
+        )
+    components = {
+        name: _component(name, _Reader(value, f"{comps.where}.{name}"))
+        for name, value in comps.data.items()
+    }
     for required in ("text_encoder", "unet", "vae_decoder"):
         if required not in components:
             raise ModelFolderError(f"{comps.where}: the required component {required!r} is missing")
     tokenizers = r.get("tokenizers", list)
     if not tokenizers or not all(isinstance(t, str) for t in tokenizers):
-        raise ModelFolderError(f"{where}.tokenizers: expected a non-empty list of folder names, got {tokenizers!r}")
+        raise ModelFolderError(
+            f"{where}.tokenizers: expected a non-empty list of folder names, got {tokenizers!r}"
+        )
     return Manifest(
         format_version=version,
-        source=Source(s.get("path_or_id", str), s.get("revision", str, optional=True), s.get("content_sha256", str)),
+        source=Source(
+            s.get("path_or_id", str),
+            s.get("revision", str, optional=True),
+            s.get("content_sha256", str),
+        ),
         family=r.choice("family", FAMILIES),
         prediction_type=r.choice("prediction_type", PREDICTION_TYPES),
         vae_scaling_factor=r.get("vae_scaling_factor", float),
@@ -332,7 +380,10 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         tokenizers=tuple(tokenizers),
         versions=dict(r.get("versions", Mapping)),
         family_options=dict(r.get("family_options", Mapping, optional=True, default={})),
-        engines=tuple(_engine(i, _Reader(e, f"{where}.engines[{i}]")) for i, e in enumerate(r.get("engines", list, optional=True, default=[]))),
+        engines=tuple(
+            _engine(i, _Reader(e, f"{where}.engines[{i}]"))
+            for i, e in enumerate(r.get("engines", list, optional=True, default=[]))
+        ),
     )
 
 
@@ -364,7 +415,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     path = Path(folder) / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(manifest_to_dict(manifest), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(manifest_to_dict(manifest), indent=2, sort_keys=False) + "\n"
+    )
     return path
 
 
@@ -374,7 +427,9 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a folder")
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise ModelFolderError(f"{str(folder)!r} is not an sdrt model folder: it has no {MANIFEST_NAME} (build one with `sdrt build`)")
+        raise ModelFolderError(
+            f"{str(folder)!r} is not an sdrt model folder: it has no {MANIFEST_NAME} (build one with `sdrt build`)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -403,6 +458,10 @@ def check_files(folder: str | os.PathLike, manifest: Manifest, *, hashes: bool =
         elif hashes and expected and sha256_file(path) != expected:
             changed.append(rel)
     if missing:
-        raise ModelFolderError(f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}")
+        raise ModelFolderError(
+            f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}"
+        )
     if changed:
-        raise ModelFolderError(f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: {', '.join(changed)} (rebuild, or restore the original files)")
+        raise ModelFolderError(
+            f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: {', '.join(changed)} (rebuild, or restore the original files)"
+        )

@@ -42,10 +42,16 @@ def check_feeds(session_name: str, specs: tuple[TensorSpec, ...], feeds: Mapping
         value = feeds[spec.name]
         dtype = str(getattr(value, "dtype", type(value).__name__))
         if dtype != spec.dtype:
-            raise InputError(f"{session_name}: input {spec.name!r} expected dtype {spec.dtype}, got {dtype}")
+            raise InputError(
+                f"{session_name}: input {spec.name!r} expected dtype {spec.dtype}, got {dtype}"
+            )
         shape = tuple(getattr(value, "shape", ()))
         if len(shape) != len(spec.shape):
-            raise InputError(f"{session_name}: input {spec.name!r} expected shape {list(spec.shape)}, got {list(shape)}")
-        for dim, want in zip(shape, spec.shape):
+            raise InputError(
+                f"{session_name}: input {spec.name!r} expected shape {list(spec.shape)}, got {list(shape)}"
+            )
+        for dim, want in zip(shape, spec.shape, strict=True):
             if isinstance(want, int) and dim != want:
-                raise InputError(f"{session_name}: input {spec.name!r} expected shape {list(spec.shape)}, got {list(shape)}")
+                raise InputError(
+                    f"{session_name}: input {spec.name!r} expected shape {list(spec.shape)}, got {list(shape)}"
+                )
