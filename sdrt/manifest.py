@@ -109,6 +109,9 @@ class BuildOptions:
     precision: str
     vae_precision: str
     opset: int
+    # Height and width must be multiples of this (8 for the VAE; a U-Net with N
+    # down-sampling stages traced at a fixed parity may need 8 * 2**N).
+    size_multiple: int = 8
 
 
 @dataclass(frozen=True)
@@ -375,6 +378,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             precision=b.choice("precision", PRECISIONS),
             vae_precision=b.choice("vae_precision", PRECISIONS),
             opset=b.get("opset", int),
+            size_multiple=b.get("size_multiple", int, optional=True, default=8),
         ),
         components=components,
         tokenizers=tuple(tokenizers),
