@@ -1,0 +1,107 @@
+"""Numpy (array API) schedulers with the numerics of diffusers' schedulers.
+
+    config = load_scheduler_config(model_folder)
+    sched = create_scheduler("euler_a", config, **overrides)
+    plan = sched.plan(num_inference_steps, strength=1.0)
+    state = sched.initial_state(plan)
+    for i, t in enumerate(plan.timesteps):
+        x = sched.scale_model_input(plan, latents, i)
+        eps = unet(x, t)
+        res = sched.step(plan, state, eps, i, latents, noise=... if sched.needs_noise else None)
+        latents, state = res.prev_sample, res.state
+
+Any diffusers scheduler config is accepted by any scheduler, as diffusers' from_config
+does: keys the algorithm does not know are ignored, absent keys take its defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from sdrt.errors import InputError, ModelFolderError
+from sdrt.schedulers.base import NoHistory, Plan, Scheduler, StepResult
+from sdrt.schedulers.ddim import DDIMScheduler
+from sdrt.schedulers.euler import EulerDiscreteScheduler
+from sdrt.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
+from sdrt.schedulers.heun import HeunDiscreteScheduler
+
+# alias -> diffusers class name
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+# What an alias fixes beyond the class (user overrides still win).
+ALIAS_OVERRIDES: dict[str, dict[str, Any]] = {}
+
+SCHEDULER_CLASSES: dict[str, type[Scheduler]] = {
+    cls.name: cls
+    for cls in (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        EulerAncestralDiscreteScheduler,
+        HeunDiscreteScheduler,
+    )
+}
+
+__all__ = [
+    "SCHEDULERS",
+    "NoHistory",
+    "Plan",
+    "Scheduler",
+    "StepResult",
+    "create_scheduler",
+    "load_scheduler_config",
+    *SCHEDULER_CLASSES,
+]
+
+
+def _valid_names() -> str:
+    return ", ".join([*SCHEDULERS, *SCHEDULER_CLASSES])
+
+
+def create_scheduler(name: str, config: dict[str, Any] | None = None, **overrides) -> Scheduler:
+    """A scheduler by diffusers class name or short alias, from a scheduler_config dict.
+
+    ``config`` is the content of scheduler_config.json (None: the class's defaults);
+    ``overrides`` replace single keys. Unknown names, unknown override keys and values
+    the algorithm does not implement raise InputError listing the valid choices.
+    """
+    if not isinstance(name, str):
+        raise InputError(f"scheduler name must be a string; got {type(name).__name__}")
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise InputError(f"scheduler config must be a dict; got {type(config).__name__}")
+    alias = name.strip().lower()
+    if alias in SCHEDULERS:
+        class_name = SCHEDULERS[alias]
+        overrides = {**ALIAS_OVERRIDES.get(alias, {}), **overrides}
+    elif name in SCHEDULER_CLASSES:
+        class_name = name
+    else:
+        raise InputError(f"unknown scheduler {name!r}; expected one of {_valid_names()}")
+    return SCHEDULER_CLASSES[class_name].from_config(config, **overrides)
+
+
+def load_scheduler_config(model_folder: str | os.PathLike) -> dict[str, Any]:
+    """The dict in <model_folder>/scheduler/scheduler_config.json."""
+    path = os.path.join(os.fspath(model_folder), "scheduler", "scheduler_config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError as exc:
+        raise ModelFolderError(
+            f"no scheduler config in {os.fspath(model_folder)!r}: expected {path}"
+        ) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"cannot read scheduler config {path}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelFolderError(
+            f"scheduler config {path} must hold a JSON object; got {type(config).__name__}"
+        )
+    return config

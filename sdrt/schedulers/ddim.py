@@ -1,0 +1,79 @@
+"""DDIM (Song et al., 2020), deterministic (eta = 0), as diffusers' DDIMScheduler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdrt.schedulers.base import (
+    AlphaBarScheduler,
+    NoHistory,
+    NoiseScheduleConfig,
+    Plan,
+    StepResult,
+    array_namespace,
+    spaced_timesteps,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDIMConfig(NoiseScheduleConfig):
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = True
+    thresholding: bool = False
+
+    def unsupported_values(self):
+        # Dynamic thresholding is meant for pixel-space models, not latent diffusion.
+        return {"thresholding": (False,)}
+
+
+class DDIMScheduler(AlphaBarScheduler):
+    name = "DDIMScheduler"
+    Config = DDIMConfig
+
+    def full_schedule(self, num_inference_steps: int) -> Plan:
+        timesteps = spaced_timesteps(self.config, num_inference_steps).round().astype(np.int64)
+        return Plan(
+            timesteps=timesteps,
+            init_noise_sigma=1.0,
+            num_inference_steps=num_inference_steps,
+            begin_index=0,
+            schedule_timesteps=timesteps,
+        )
+
+    def final_alpha_cumprod(self) -> float:
+        # Alpha_bar "after" the last step: 1, or alpha_bar at timestep 0.
+        return 1.0 if self.config.set_alpha_to_one else float(self.alphas_cumprod[0])
+
+    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+        index = self.schedule_index(plan, i)
+        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+        cfg = self.config
+        timestep = int(plan.schedule_timesteps[index])
+        # diffusers steps back by the spacing ratio, not to the next planned timestep.
+        prev_timestep = timestep - cfg.num_train_timesteps // plan.num_inference_steps
+
+        alpha_prod_t = self.alpha_bar(timestep)
+        alpha_prod_t_prev = self.alpha_bar(prev_timestep, self.final_alpha_cumprod())
+        beta_prod_t = 1 - alpha_prod_t
+
+        if cfg.prediction_type == "epsilon":
+            pred_original = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+            pred_epsilon = model_output
+        elif cfg.prediction_type == "sample":
+            pred_original = model_output
+            pred_epsilon = (sample - alpha_prod_t**0.5 * pred_original) / beta_prod_t**0.5
+        else:  # v_prediction
+            pred_original = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+            pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+
+        if cfg.clip_sample:
+            xp = array_namespace(sample)
+            pred_original = xp.clip(pred_original, -cfg.clip_sample_range, cfg.clip_sample_range)
+
+        # eta = 0: no variance term, the direction to x_t is all predicted noise.
+        direction = (1 - alpha_prod_t_prev) ** 0.5 * pred_epsilon
+        prev_sample = alpha_prod_t_prev**0.5 * pred_original + direction
+        return StepResult(prev_sample=prev_sample, state=NoHistory(), denoised=pred_original)
