@@ -21,3 +21,7 @@ class VerificationError(SdrtError):
 
 class BackendUnavailableError(SdrtError):
     """A requested backend (provider, TensorRT, CUDA) is not present on this machine."""
+
+
+class NumericsError(SdrtError):
+    """A computation produced NaN or Inf (e.g. an fp16 VAE that overflowed)."""

@@ -1,0 +1,59 @@
+"""Backends behind one Session protocol; ``create_sessions`` maps a backend name to sessions.
+
+Backend modules are imported on use, so a CPU-only install never imports TensorRT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from sdrt.errors import InputError
+from sdrt.manifest import Manifest
+from sdrt.sessions.base import Session, check_feeds
+
+if TYPE_CHECKING:
+    from sdrt.sessions.onnxruntime import OrtOptions
+
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
+
+__all__ = ["BACKENDS", "Session", "check_feeds", "create_sessions", "resolve_backend"]
+
+
+def resolve_backend(backend: str) -> str:
+    """The concrete backend for a requested name ("auto" picks the best one present)."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        # Only the CPU backend exists so far; GPU backends join this choice when they land.
+        return "ort-cpu"
+    return backend
+
+
+def create_sessions(
+    folder: str | os.PathLike,
+    manifest: Manifest,
+    backend: str,
+    components: tuple[str, ...] | None = None,
+    ort_options: OrtOptions | None = None,
+) -> Mapping[str, Session]:
+    """One session per component of ``manifest`` (or the named subset), for ``backend``.
+
+    ``ort_options`` overrides the measured ONNX Runtime defaults (its providers are set
+    from the backend).
+    """
+    backend = resolve_backend(backend)
+    names = tuple(manifest.components) if components is None else components
+    if backend in ("ort-cpu", "ort-cuda"):
+        from sdrt.sessions.onnxruntime import OrtOptions, OrtSession
+
+        providers = ("CPUExecutionProvider",)
+        if backend == "ort-cuda":
+            providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        options = dataclasses.replace(ort_options or OrtOptions(), providers=providers)
+        return {name: OrtSession(folder, manifest.components[name], options) for name in names}
+    from sdrt.errors import BackendUnavailableError
+
+    raise BackendUnavailableError(f"backend {backend!r} is not implemented in this build of sdrt")

@@ -1,0 +1,201 @@
+"""ONNX Runtime sessions: one InferenceSession per component, created once, run from any thread.
+
+The session options are the ones measured fastest on this project's machines (see
+``benchmarks``/the runtime report): sequential execution, intra-op threads = physical
+cores, the CPU memory arena on, and graph optimisation at ORT_ENABLE_EXTENDED, saved
+once to an optimised copy so that later loads skip re-optimisation. ORT_ENABLE_ALL adds
+layout transforms tied to the CPU's instruction set, so its saved models are not portable;
+EXTENDED ones are. ``providers`` is open for CUDA ("CUDAExecutionProvider").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from sdrt.errors import BackendUnavailableError, ModelFolderError
+from sdrt.manifest import Component
+from sdrt.sessions.base import check_feeds
+
+log = logging.getLogger(__name__)
+
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# What ORT raises for a graph it cannot load (they derive from Exception only).
+LOAD_ERRORS = (
+    ort_errors.Fail,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NoSuchFile,
+    ort_errors.NotImplemented,
+    ort_errors.InvalidArgument,
+)
+# Initializers at least this large go to the optimised model's external data file, so that
+# models over protobuf's 2 GiB limit (an fp32 SD U-Net) can be saved.
+EXTERNAL_INITIALIZER_MIN_BYTES = 1024
+
+
+def physical_cores() -> int:
+    """Physical cores of this machine (hyper-threads share the FPUs ORT's kernels use)."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            physical_id = core_id = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical_id = value.strip()
+                elif key == "core id":
+                    core_id = value.strip()
+                    cores.add((physical_id, core_id))
+        if cores:
+            return min(len(cores), os.cpu_count() or len(cores))
+    except OSError:
+        pass  # not Linux: fall back on the logical count
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """How sessions are made; the defaults are the measured choice for CPU inference."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 0  # 0: physical cores
+    enable_mem_arena: bool = True
+    graph_optimization: str = "extended"  # a key of GRAPH_OPTIMIZATION_LEVELS
+    # Save the optimised graph once under <folder>/engines/<target>/ and load it later with
+    # optimisation off; skipped silently where the folder is read-only.
+    cache_optimized_model: bool = True
+
+    def __post_init__(self):
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ValueError(
+                f"graph_optimization: expected one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, "
+                f"got {self.graph_optimization!r}"
+            )
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads: expected >= 0, got {self.intra_op_threads}")
+
+    @property
+    def target(self) -> str:
+        return "ort-cuda" if "CUDAExecutionProvider" in self.providers else "ort-cpu"
+
+
+def _session_options(options: OrtOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = options.intra_op_threads or physical_cores()
+    so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = options.enable_mem_arena
+    so.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization]
+    so.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
+    return so
+
+
+def optimized_model_path(folder: Path, component: Component, options: OrtOptions) -> Path:
+    """Where the optimised copy lives; the key covers everything that changes the result."""
+    key_text = "|".join(
+        [
+            component.sha256,
+            component.external_data_sha256 or "",
+            ort.__version__,
+            options.graph_optimization,
+            ",".join(options.providers),
+        ]
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    return folder / "engines" / options.target / f"{component.name}-{key}" / "model.onnx"
+
+
+def _write_optimized_model(source: Path, target: Path, options: OrtOptions) -> None:
+    """Let ORT optimise ``source`` and save the result; rename the folder in atomically."""
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}.", dir=target.parent.parent))
+    try:
+        so = _session_options(options)
+        so.optimized_model_filepath = str(staging / target.name)
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", target.name + "_data"
+        )
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            str(EXTERNAL_INITIALIZER_MIN_BYTES),
+        )
+        ort.InferenceSession(str(source), so, providers=list(options.providers))
+        try:
+            os.replace(staging, target.parent)
+        except OSError:
+            if not target.is_file():  # not another process that won the race: a real failure
+                raise
+    finally:
+        if staging.exists():
+            for child in staging.iterdir():
+                child.unlink()
+            staging.rmdir()
+
+
+class OrtSession:
+    """One component's graph on ONNX Runtime; ``run`` is safe from several threads at once."""
+
+    def __init__(self, folder: str | os.PathLike, component: Component, options: OrtOptions):
+        missing = [p for p in options.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise BackendUnavailableError(
+                f"ONNX Runtime providers {missing} are not available here "
+                f"(available: {ort.get_available_providers()}); install onnxruntime-gpu for CUDA"
+            )
+        folder = Path(folder)
+        self.name = component.name
+        self.inputs = component.inputs
+        self.outputs = component.outputs
+        self.options = options
+        source = folder / component.file
+        if not source.is_file():
+            raise ModelFolderError(
+                f"{folder}: the {component.name} graph {component.file} is missing"
+            )
+        try:
+            self.model_path = self._model_to_load(folder, component, source)
+            so = _session_options(options)
+            if self.model_path != source:
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self._session = ort.InferenceSession(
+                str(self.model_path), so, providers=list(options.providers)
+            )
+        except LOAD_ERRORS as e:
+            raise ModelFolderError(
+                f"{folder}: ONNX Runtime {ort.__version__} cannot load {component.file}: {e}"
+            ) from None
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def _model_to_load(self, folder: Path, component: Component, source: Path) -> Path:
+        if not self.options.cache_optimized_model or self.options.graph_optimization == "disable":
+            return source
+        target = optimized_model_path(folder, component, self.options)
+        if target.is_file():
+            return target
+        try:
+            _write_optimized_model(source, target, self.options)
+        except OSError as e:  # a read-only folder: optimise in memory on every load instead
+            log.info("not caching the optimised %s graph (%s)", component.name, e)
+            return source
+        return target
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        check_feeds(self.name, self.inputs, feeds)
+        values = self._session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, values, strict=True))
