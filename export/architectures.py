@@ -1,0 +1,449 @@
+"""The Stable Diffusion architectures ``sdrt init-model`` makes, as diffusers-format configs.
+
+``sd15``, ``sd21`` and ``sdxl`` are the published ``config.json`` files of
+runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1 and
+stabilityai/stable-diffusion-xl-base-1.0, written out as dicts (bookkeeping keys such as
+``_diffusers_version`` and ``_name_or_path`` left out). The ``tiny`` variants keep the same
+block structure (block types, 4 VAE levels so the latent scale stays 8, text_time embeddings
+for XL) with small widths, so tests run whole pipelines on a CPU in seconds.
+
+The text encoders' ``vocab_size`` of ``None`` means "the locally made tokenizer's size"; it is
+filled in when the model is made (the full-size ones keep CLIP's 49408).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Any
+
+# --- shared pieces --------------------------------------------------------------------------
+
+_SD_DOWN_BLOCKS = ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+_SD_UP_BLOCKS = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
+_XL_DOWN_BLOCKS = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+_XL_UP_BLOCKS = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+_VAE_DOWN_BLOCKS = ["DownEncoderBlock2D"] * 4
+_VAE_UP_BLOCKS = ["UpDecoderBlock2D"] * 4
+
+# SD 1.5's scaled-linear noise schedule, shared by all three families.
+_SCALED_LINEAR = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "trained_betas": None,
+}
+
+# CLIP text configs keep the legacy special-token ids of the published files (bos 0, pad 1,
+# eos 2): with eos_token_id == 2 transformers pools at the highest token id, which is
+# <|endoftext|> in CLIP's vocabulary and in ours.
+_CLIP_TEXT_COMMON = {
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "dropout": 0.0,
+    "eos_token_id": 2,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "pad_token_id": 1,
+}
+
+CLIP_VOCAB_SIZE = 49408
+
+
+def _clip_text(**fields: Any) -> dict[str, Any]:
+    return {**_CLIP_TEXT_COMMON, **fields}
+
+
+# --- SD 1.5 ---------------------------------------------------------------------------------
+
+SD15_UNET = {
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": _SD_DOWN_BLOCKS,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": _SD_UP_BLOCKS,
+}
+
+SD15_VAE = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": _VAE_DOWN_BLOCKS,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+    "up_block_types": _VAE_UP_BLOCKS,
+}
+
+# openai/clip-vit-large-patch14's text tower.
+CLIP_VIT_L_TEXT = _clip_text(
+    architectures=["CLIPTextModel"],
+    hidden_act="quick_gelu",
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    projection_dim=768,
+    vocab_size=CLIP_VOCAB_SIZE,
+)
+
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    **_SCALED_LINEAR,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+
+# --- SD 2.1 ---------------------------------------------------------------------------------
+
+SD21_UNET = {
+    **SD15_UNET,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "dual_cross_attention": False,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "sample_size": 96,
+    "use_linear_projection": True,
+}
+
+SD21_VAE = {**SD15_VAE, "sample_size": 768}
+
+# OpenCLIP ViT-H/14's text tower, without its last layer (SD 2 uses the penultimate one).
+OPENCLIP_H_TEXT = _clip_text(
+    architectures=["CLIPTextModel"],
+    hidden_act="gelu",
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=23,
+    projection_dim=512,
+    vocab_size=CLIP_VOCAB_SIZE,
+)
+
+SD21_SCHEDULER = {
+    "_class_name": "DDIMScheduler",
+    **_SCALED_LINEAR,
+    "clip_sample": False,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+
+# --- SDXL base 1.0 --------------------------------------------------------------------------
+
+SDXL_UNET = {
+    "act_fn": "silu",
+    "addition_embed_type": "text_time",
+    "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_dim": 2048,
+    "cross_attention_norm": None,
+    "down_block_types": _XL_DOWN_BLOCKS,
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_attention_heads": None,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "sample_size": 128,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": _XL_UP_BLOCKS,
+    "upcast_attention": None,
+    "use_linear_projection": True,
+}
+
+SDXL_VAE = {
+    **SD15_VAE,
+    "force_upcast": True,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+}
+
+# OpenCLIP ViT-bigG/14's text tower with its projection.
+OPENCLIP_BIGG_TEXT = _clip_text(
+    architectures=["CLIPTextModelWithProjection"],
+    hidden_act="gelu",
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=20,
+    num_hidden_layers=32,
+    projection_dim=1280,
+    vocab_size=CLIP_VOCAB_SIZE,
+)
+
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    **_SCALED_LINEAR,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "use_karras_sigmas": False,
+}
+
+# --- tiny variants --------------------------------------------------------------------------
+
+TINY_UNET = {
+    **SD15_UNET,
+    "attention_head_dim": 4,
+    "block_out_channels": [32, 32, 64, 64],
+    "cross_attention_dim": 32,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 8,
+}
+
+TINY_INPAINT_UNET = {**TINY_UNET, "in_channels": 9}
+
+TINY_VAE = {
+    **SD15_VAE,
+    "block_out_channels": [16, 16, 32, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 64,
+}
+
+TINY_TEXT = _clip_text(
+    architectures=["CLIPTextModel"],
+    hidden_act="quick_gelu",
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    projection_dim=32,
+    vocab_size=None,
+)
+
+TINY_XL_TEXT_2 = _clip_text(
+    architectures=["CLIPTextModelWithProjection"],
+    hidden_act="gelu",
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    projection_dim=32,
+    vocab_size=None,
+)
+
+_TINY_XL_TIME_EMBED_DIM = 8
+TINY_XL_UNET = {
+    **SDXL_UNET,
+    "addition_time_embed_dim": _TINY_XL_TIME_EMBED_DIM,
+    "attention_head_dim": [2, 4, 4],
+    "block_out_channels": [32, 64, 64],
+    # The two text encoders' hidden states are concatenated.
+    "cross_attention_dim": TINY_TEXT["hidden_size"] + TINY_XL_TEXT_2["hidden_size"],
+    "norm_num_groups": 8,
+    # pooled text_encoder_2 output + 6 time ids (original size, crop, target size).
+    "projection_class_embeddings_input_dim": TINY_XL_TEXT_2["projection_dim"]
+    + 6 * _TINY_XL_TIME_EMBED_DIM,
+    "sample_size": 8,
+    "transformer_layers_per_block": [1, 1, 2],
+}
+
+TINY_XL_VAE = {**TINY_VAE, "force_upcast": True, "scaling_factor": 0.13025}
+
+
+# --- the catalogue --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """One folder of the pipeline: which library class makes it, from which config."""
+
+    library: str  # "diffusers" or "transformers", as in model_index.json
+    class_name: str
+    config: MappingProxyType
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    """A tokenizer folder; SD 2.x and SDXL's second tokenizer pad with "!" instead of EOS."""
+
+    pad_token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    pipeline_class: str
+    scheduler: MappingProxyType
+    components: MappingProxyType  # folder name -> Component (text encoders, unet, vae)
+    tokenizers: MappingProxyType  # folder name -> Tokenizer
+    pipeline_options: MappingProxyType  # extra model_index.json entries
+
+
+def _frozen(mapping: dict[str, Any]) -> MappingProxyType:
+    return MappingProxyType(dict(mapping))
+
+
+def _architecture(
+    name: str,
+    description: str,
+    pipeline_class: str,
+    scheduler: dict[str, Any],
+    components: dict[str, tuple[str, str, dict[str, Any]]],
+    tokenizers: dict[str, str],
+    pipeline_options: dict[str, Any],
+) -> Architecture:
+    return Architecture(
+        name=name,
+        description=description,
+        pipeline_class=pipeline_class,
+        scheduler=_frozen(scheduler),
+        components=_frozen(
+            {
+                folder: Component(library, class_name, _frozen(config))
+                for folder, (library, class_name, config) in components.items()
+            }
+        ),
+        tokenizers=_frozen({folder: Tokenizer(pad) for folder, pad in tokenizers.items()}),
+        pipeline_options=_frozen(pipeline_options),
+    )
+
+
+# SD 1.x/2.x pipelines on the Hub carry a safety checker; ours have none and say so.
+_NO_SAFETY_CHECKER = {
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+}
+_XL_OPTIONS = {"force_zeros_for_empty_prompt": True}
+
+
+def _sd(unet: dict, vae: dict, text: dict) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    return {
+        "text_encoder": ("transformers", "CLIPTextModel", text),
+        "unet": ("diffusers", "UNet2DConditionModel", unet),
+        "vae": ("diffusers", "AutoencoderKL", vae),
+    }
+
+
+def _xl(unet: dict, vae: dict, text: dict, text_2: dict) -> dict[str, tuple[str, str, dict]]:
+    return {
+        "text_encoder": ("transformers", "CLIPTextModel", text),
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", text_2),
+        "unet": ("diffusers", "UNet2DConditionModel", unet),
+        "vae": ("diffusers", "AutoencoderKL", vae),
+    }
+
+
+_EOS_PAD = "<|endoftext|>"
+_BANG_PAD = "!"
+
+ARCHITECTURES: MappingProxyType = _frozen(
+    {
+        arch.name: arch
+        for arch in [
+            _architecture(
+                "sd15",
+                "Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5), 512 px",
+                "StableDiffusionPipeline",
+                SD15_SCHEDULER,
+                _sd(SD15_UNET, SD15_VAE, CLIP_VIT_L_TEXT),
+                {"tokenizer": _EOS_PAD},
+                _NO_SAFETY_CHECKER,
+            ),
+            _architecture(
+                "sd21",
+                "Stable Diffusion 2.1 (stabilityai/stable-diffusion-2-1), v-prediction, 768 px",
+                "StableDiffusionPipeline",
+                SD21_SCHEDULER,
+                _sd(SD21_UNET, SD21_VAE, OPENCLIP_H_TEXT),
+                {"tokenizer": _BANG_PAD},
+                _NO_SAFETY_CHECKER,
+            ),
+            _architecture(
+                "sdxl",
+                "Stable Diffusion XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), 1024 px",
+                "StableDiffusionXLPipeline",
+                SDXL_SCHEDULER,
+                _xl(SDXL_UNET, SDXL_VAE, CLIP_VIT_L_TEXT, OPENCLIP_BIGG_TEXT),
+                {"tokenizer": _EOS_PAD, "tokenizer_2": _BANG_PAD},
+                _XL_OPTIONS,
+            ),
+            _architecture(
+                "tiny",
+                "SD 1.5 block structure with small widths, 64 px (for tests)",
+                "StableDiffusionPipeline",
+                SD15_SCHEDULER,
+                _sd(TINY_UNET, TINY_VAE, TINY_TEXT),
+                {"tokenizer": _EOS_PAD},
+                _NO_SAFETY_CHECKER,
+            ),
+            _architecture(
+                "tiny-inpaint",
+                "tiny with a 9-channel inpainting U-Net, 64 px (for tests)",
+                "StableDiffusionInpaintPipeline",
+                SD15_SCHEDULER,
+                _sd(TINY_INPAINT_UNET, TINY_VAE, TINY_TEXT),
+                {"tokenizer": _EOS_PAD},
+                _NO_SAFETY_CHECKER,
+            ),
+            _architecture(
+                "tiny-xl",
+                "SDXL block structure with small widths, two text encoders, 64 px (for tests)",
+                "StableDiffusionXLPipeline",
+                SDXL_SCHEDULER,
+                _xl(TINY_XL_UNET, TINY_XL_VAE, TINY_TEXT, TINY_XL_TEXT_2),
+                {"tokenizer": _EOS_PAD, "tokenizer_2": _BANG_PAD},
+                _XL_OPTIONS,
+            ),
+        ]
+    }
+)

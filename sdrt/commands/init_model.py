@@ -1,0 +1,52 @@
+"""``sdrt init-model ARCH --random-weights OUT_DIR``: a real SD architecture with random weights.
+
+Weights cannot be downloaded on our machines, so ``--random-weights`` is required for now.
+The architecture catalogue is plain dicts (no torch); torch and diffusers load only in ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sdrt.errors import InputError
+from sdrt.export.architectures import ARCHITECTURES
+
+HELP = "Make a diffusers-format Stable Diffusion model folder with random weights (offline)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("arch", metavar="ARCH", help=f"architecture: {', '.join(ARCHITECTURES)}")
+    parser.add_argument(
+        "--random-weights",
+        metavar="OUT_DIR",
+        type=Path,
+        help="write the architecture with random weights into OUT_DIR (required: no downloads)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights (default 0)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.arch not in ARCHITECTURES:
+        raise InputError(
+            f"unknown architecture {args.arch!r}; expected one of: {', '.join(ARCHITECTURES)}"
+        )
+    if args.random_weights is None:
+        raise InputError(
+            "pretrained weights cannot be downloaded here; "
+            f"pass --random-weights OUT_DIR to make {args.arch} with random weights"
+        )
+
+    from sdrt.export.random_model import init_random_model
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    init_random_model(
+        args.arch, args.random_weights, seed=args.seed, force=args.force, progress=progress
+    )
+    return 0

@@ -1,0 +1,368 @@
+"""Random-weight SD models: tokenizer, configs, determinism, diffusers loading, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sdrt.export import clip_bpe, random_model
+from sdrt.export.architectures import ARCHITECTURES, CLIP_VOCAB_SIZE
+from sdrt.export.random_model import init_random_model
+
+from sdrt import cli
+from sdrt.errors import InputError
+
+# Published parameter counts of the full-size components (counted from the Hub checkpoints).
+SD15_UNET_PARAMS = 859_520_964
+SD15_VAE_PARAMS = 83_653_863
+SD15_TEXT_ENCODER_PARAMS = 123_060_480
+SD21_UNET_PARAMS = 865_910_724
+SD21_TEXT_ENCODER_PARAMS = 340_387_840
+SDXL_UNET_PARAMS = 2_567_463_684
+SDXL_TEXT_ENCODER_2_PARAMS = 694_659_840
+PARAM_COUNT_RTOL = 1e-4
+
+EXPECTED_PARAMS = {
+    ("sd15", "unet"): SD15_UNET_PARAMS,
+    ("sd15", "vae"): SD15_VAE_PARAMS,
+    ("sd15", "text_encoder"): SD15_TEXT_ENCODER_PARAMS,
+    ("sd21", "unet"): SD21_UNET_PARAMS,
+    ("sd21", "vae"): SD15_VAE_PARAMS,
+    ("sd21", "text_encoder"): SD21_TEXT_ENCODER_PARAMS,
+    ("sdxl", "unet"): SDXL_UNET_PARAMS,
+    ("sdxl", "vae"): SD15_VAE_PARAMS,
+    ("sdxl", "text_encoder"): SD15_TEXT_ENCODER_PARAMS,
+    ("sdxl", "text_encoder_2"): SDXL_TEXT_ENCODER_2_PARAMS,
+}
+
+PROMPT_A = "a red fox standing in the snow"
+PROMPT_B = "an astronaut riding a horse on the moon"
+TINY_SIZE = 64
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("random_models")
+    return {
+        arch: init_random_model(arch, root / arch, seed=0)
+        for arch in ("tiny", "tiny-inpaint", "tiny-xl")
+    }
+
+
+def _generate(pipe, prompt: str, seed: int = 0, **kwargs) -> np.ndarray:
+    return pipe(
+        prompt,
+        num_inference_steps=STEPS,
+        height=TINY_SIZE,
+        width=TINY_SIZE,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **kwargs,
+    ).images
+
+
+# --- tokenizer ------------------------------------------------------------------------------
+
+
+def test_bytes_to_unicode_is_a_bijection_starting_with_bang():
+    table = clip_bpe.bytes_to_unicode()
+    assert sorted(table) == list(range(256))
+    assert len(set(table.values())) == 256
+    assert next(iter(table.values())) == "!"  # CLIP's id 0, SD 2's pad token
+
+
+def test_vocab_layout_follows_clip():
+    merges = clip_bpe.learn_merges(clip_bpe.builtin_corpus())
+    vocab = clip_bpe.build_vocab(merges)
+    assert len(merges) > 200  # words split into several, reused tokens
+    assert vocab["!"] == 0
+    assert vocab["!</w>"] == 256
+    assert vocab[clip_bpe.BOS_TOKEN] == len(vocab) - 2
+    assert vocab[clip_bpe.EOS_TOKEN] == len(vocab) - 1
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    assert all(a + b in vocab for a, b in merges)
+
+
+def test_learn_merges_is_deterministic_and_frequency_ordered():
+    text = "low lower lowest low low"
+    merges = clip_bpe.learn_merges(text)
+    assert merges == clip_bpe.learn_merges(text)
+    assert merges[0] == ("l", "o")  # "lo" occurs in every word
+
+
+@pytest.mark.parametrize("tokenizer_class", ["CLIPTokenizer", "CLIPTokenizerFast"])
+def test_transformers_tokenizer_reads_the_folder(models, tokenizer_class):
+    import transformers
+
+    folder = models["tiny"] / "tokenizer"
+    tokenizer = getattr(transformers, tokenizer_class).from_pretrained(folder)
+    vocab = json.loads((folder / "vocab.json").read_text())
+    text_config = json.loads((models["tiny"] / "text_encoder" / "config.json").read_text())
+
+    ids_a = tokenizer(PROMPT_A).input_ids
+    ids_b = tokenizer(PROMPT_B).input_ids
+    assert ids_a != ids_b
+    assert ids_a[0] == vocab[clip_bpe.BOS_TOKEN]
+    assert ids_a[-1] == vocab[clip_bpe.EOS_TOKEN]
+    # The unknown token is <|endoftext|>: it must appear only as the closing token.
+    assert ids_a.count(tokenizer.unk_token_id) == 1
+    assert len(set(ids_a[1:-1])) >= 6
+    assert max(ids_a + ids_b) < text_config["vocab_size"] == len(vocab)
+    # Words of the corpus are single tokens, with CLIP's end-of-word suffix.
+    assert tokenizer.convert_ids_to_tokens(ids_a)[1:4] == ["a</w>", "red</w>", "fo"]
+    assert tokenizer.decode(ids_a, skip_special_tokens=True) == PROMPT_A
+    # Lower-casing and whitespace cleanup, as CLIP does.
+    assert tokenizer("A  Red\tFOX").input_ids == tokenizer("a red fox").input_ids
+
+    padded = tokenizer(PROMPT_A, padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77
+    assert padded[-1] == vocab[clip_bpe.EOS_TOKEN]  # SD 1.x pads with <|endoftext|>
+
+
+def test_sdxl_second_tokenizer_pads_with_bang(models):
+    from transformers import CLIPTokenizer
+
+    tokenizer_2 = CLIPTokenizer.from_pretrained(models["tiny-xl"] / "tokenizer_2")
+    padded = tokenizer_2(PROMPT_A, padding="max_length", max_length=77).input_ids
+    assert tokenizer_2.pad_token == "!"
+    assert padded[-1] == 0
+    config = json.loads((models["tiny-xl"] / "tokenizer_2" / "special_tokens_map.json").read_text())
+    assert config["pad_token"] == "!"
+
+
+def test_folder_has_the_hub_layout(models):
+    folder = models["tiny-xl"]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    for name in ("tokenizer", "tokenizer_2"):
+        assert sorted(p.name for p in (folder / name).iterdir()) == [
+            "merges.txt",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+            "vocab.json",
+        ]
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (folder / "text_encoder_2" / "model.safetensors").is_file()
+    assert not list(folder.parent.glob(".*partial*"))
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+def test_same_seed_same_weights_and_global_rng_untouched(models, tmp_path):
+    torch.manual_seed(1234)
+    expected_next = torch.rand(4)
+    torch.manual_seed(1234)
+    again = init_random_model("tiny", tmp_path / "again", seed=0)
+    other = init_random_model("tiny", tmp_path / "other", seed=1)
+    assert torch.equal(torch.rand(4), expected_next)
+
+    for weights in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        original = (models["tiny"] / weights).read_bytes()
+        assert (again / weights).read_bytes() == original
+        assert (other / weights).read_bytes() != original
+
+
+def test_tiny_unet_has_no_all_zero_weights(models):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(models["tiny"] / "unet")
+    zero = [n for n, p in unet.named_parameters() if p.dim() >= 2 and not p.any()]
+    assert zero == []
+
+
+def test_redraw_zero_weights_redraws_only_zero_matrices():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.zero_()
+    kept = model[0].weight.clone()
+    assert random_model.redraw_zero_weights(model) == ["1.weight"]
+    assert model[1].weight.any()
+    assert not model[1].bias.any()
+    assert torch.equal(model[0].weight, kept)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd21", "sdxl"])
+def test_full_size_configs_give_published_parameter_counts(arch):
+    architecture = ARCHITECTURES[arch]
+    for name, component in architecture.components.items():
+        config = random_model.component_config(component, tokenizer_vocab_size=1000)
+        if "vocab_size" in config:
+            assert config["vocab_size"] == CLIP_VOCAB_SIZE
+        with torch.device("meta"):
+            model = random_model.build_component(component, config)
+        count = sum(p.numel() for p in model.parameters())
+        expected = EXPECTED_PARAMS[(arch, name)]
+        assert count == pytest.approx(expected, rel=PARAM_COUNT_RTOL), (arch, name, count)
+
+
+def test_full_size_configs_match_the_published_specifics():
+    sd15, sd21, sdxl = (ARCHITECTURES[a] for a in ("sd15", "sd21", "sdxl"))
+    assert sd15.components["unet"].config["sample_size"] == 64
+    assert sd15.components["vae"].config["scaling_factor"] == 0.18215
+    assert sd15.components["text_encoder"].config["hidden_act"] == "quick_gelu"
+    assert sd15.scheduler["_class_name"] == "PNDMScheduler"
+    assert sd15.scheduler["steps_offset"] == 1
+    assert sd21.scheduler["prediction_type"] == "v_prediction"
+    assert sd21.components["unet"].config["sample_size"] == 96
+    assert sd21.components["unet"].config["use_linear_projection"] is True
+    assert sd21.tokenizers["tokenizer"].pad_token == "!"
+    assert sdxl.components["vae"].config["force_upcast"] is True
+    assert sdxl.components["unet"].config["transformer_layers_per_block"] == [1, 2, 10]
+    assert sdxl.pipeline_options["force_zeros_for_empty_prompt"] is True
+    assert sdxl.tokenizers["tokenizer_2"].pad_token == "!"
+
+
+# --- diffusers pipelines --------------------------------------------------------------------
+
+
+def test_tiny_is_sensitive_to_its_prompt(models):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["tiny"])
+    assert pipe.vae_scale_factor == 8
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == TINY_SIZE
+
+    ids = [
+        pipe.tokenizer(p, padding="max_length", max_length=77).input_ids
+        for p in (PROMPT_A, PROMPT_B)
+    ]
+    assert ids[0] != ids[1]
+    with torch.no_grad():
+        embeddings = [pipe.text_encoder(torch.tensor([i]))[0] for i in ids]
+    assert (embeddings[0] - embeddings[1]).abs().max() > 1e-2
+
+    image_a = _generate(pipe, PROMPT_A)
+    image_b = _generate(pipe, PROMPT_B)
+    image_a_again = _generate(pipe, PROMPT_A)
+    assert image_a.shape == (1, TINY_SIZE, TINY_SIZE, 3)
+    assert np.isfinite(image_a).all()
+    assert np.array_equal(image_a, image_a_again)
+    assert np.abs(image_a - image_b).max() > 1e-2
+
+
+def test_tiny_inpaint_runs_in_the_inpaint_pipeline(models):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(models["tiny-inpaint"])
+    assert pipe.unet.config.in_channels == 9
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((1, 3, TINY_SIZE, TINY_SIZE), dtype=np.float32))
+    mask = torch.zeros((1, 1, TINY_SIZE, TINY_SIZE))
+    mask[..., 16:48, 16:48] = 1.0
+    result = _generate(pipe, PROMPT_A, image=image, mask_image=mask)
+    assert result.shape == (1, TINY_SIZE, TINY_SIZE, 3)
+    assert np.isfinite(result).all()
+
+
+def test_tiny_xl_runs_in_the_xl_pipeline_and_prompt_matters(models):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(models["tiny-xl"])
+    assert pipe.vae_scale_factor == 8
+    image_a = _generate(pipe, PROMPT_A)
+    image_b = _generate(pipe, PROMPT_B)
+    assert image_a.shape == (1, TINY_SIZE, TINY_SIZE, 3)
+    assert np.isfinite(image_a).all()
+    assert np.abs(image_a - image_b).max() > 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("arch", "pipeline_class"),
+    [
+        ("sd15", "StableDiffusionPipeline"),
+        ("sd21", "StableDiffusionPipeline"),
+        ("sdxl", "StableDiffusionXLPipeline"),
+    ],
+)
+def test_full_size_model_loads_in_diffusers(arch, pipeline_class, tmp_path):
+    import diffusers
+
+    folder = init_random_model(arch, tmp_path / arch)
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(folder)
+    counts = {
+        name: sum(p.numel() for p in getattr(pipe, name).parameters())
+        for name in ARCHITECTURES[arch].components
+    }
+    for name, count in counts.items():
+        assert count == pytest.approx(EXPECTED_PARAMS[(arch, name)], rel=PARAM_COUNT_RTOL)
+    assert pipe.tokenizer(PROMPT_A).input_ids != pipe.tokenizer(PROMPT_B).input_ids
+
+
+# --- robustness and the CLI -----------------------------------------------------------------
+
+
+def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(random_model, "_write_component", fail)
+    with pytest.raises(KeyboardInterrupt):
+        init_random_model("tiny", tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_needs_force(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        init_random_model("tiny", out)
+    assert (out / "keep.txt").exists()
+    init_random_model("tiny", out, force=True)
+    assert not (out / "keep.txt").exists()
+    assert (out / "model_index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_bad_seed_is_rejected(tmp_path):
+    with pytest.raises(InputError, match="seed must be a non-negative integer, got -1"):
+        init_random_model("tiny", tmp_path / "model", seed=-1)
+
+
+def _cli_error(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_unknown_arch_lists_choices(capsys, tmp_path):
+    err = _cli_error(capsys, ["init-model", "sd99", "--random-weights", str(tmp_path / "m")])
+    assert err == (
+        "sdrt init-model: error: unknown architecture 'sd99'; "
+        "expected one of: sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-xl"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_requires_random_weights(capsys):
+    err = _cli_error(capsys, ["init-model", "tiny"])
+    assert "pass --random-weights OUT_DIR" in err
+
+
+def test_cli_refuses_existing_folder_without_force(capsys, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "x").write_text("x")
+    err = _cli_error(capsys, ["init-model", "tiny", "--random-weights", str(out)])
+    assert err == (
+        f"sdrt init-model: error: output folder {out} exists and is not empty; "
+        "pass --force to replace it"
+    )
+
+
+def test_cli_makes_the_model(capsys, tmp_path):
+    out = tmp_path / "model"
+    assert cli.main(["init-model", "tiny", "--random-weights", str(out), "--seed", "3"]) == 0
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == (
+        "StableDiffusionPipeline"
+    )
+    assert f"to {out}" in capsys.readouterr().err
