@@ -1,0 +1,240 @@
+"""ONNX Runtime on CUDA as a Session: I/O binding on device arrays, optional CUDA graph.
+
+The CPU session (sdrt/sessions/onnxruntime.py) hands numpy arrays to ``session.run``,
+which copies every input to the device and every output back. Here inputs and outputs stay
+on the GPU: cupy arrays are bound by pointer (``IOBinding.bind_input``), outputs are left
+in ONNX Runtime's device memory and handed back as cupy arrays over that memory (no copy),
+and numpy inputs are uploaded by ONNX Runtime itself (``bind_cpu_input``).
+
+ONNX Runtime computes on a stream we own (``user_compute_stream``), ordered after the
+caller's current cupy stream by an event, so no host synchronisation is needed on the way
+in; ONNX Runtime synchronises its stream at the end of a run, so outputs are ready.
+
+With ``cuda_graph=True`` the CUDA execution provider captures the graph on the first runs
+and replays it after; that needs inputs and outputs at fixed device addresses, so each
+input shape gets its own preallocated OrtValues and graph id. Output shapes come from the
+component's symbolic output dimensions (the same names as in its inputs); a graph whose
+outputs cannot be sized that way is refused with a clear error.
+
+This module is separate from the CPU session because the CUDA provider takes provider
+options (device, stream, graph) that ``OrtOptions.providers`` (names only) does not carry.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError
+from sdrt.manifest import Component, TensorSpec
+from sdrt.sessions.base import check_feeds
+
+PROVIDER = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class OrtCudaOptions:
+    device_id: int = 0
+    cuda_graph: bool = False
+    # Heuristic convolution algorithm search: "EXHAUSTIVE" is faster per run once warmed up
+    # but slows every first run of a new shape by seconds.
+    cudnn_conv_algo_search: str = "HEURISTIC"
+
+
+def resolve_output_shapes(
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, tuple[int, ...]]:
+    """Concrete output shapes from symbolic dimension names shared with the inputs."""
+    sizes: dict[str, int] = {}
+    for spec in inputs:
+        for dim, value in zip(spec.shape, shapes[spec.name], strict=True):
+            if isinstance(dim, str):
+                sizes.setdefault(dim, int(value))
+    resolved = {}
+    for spec in outputs:
+        unknown = [d for d in spec.shape if isinstance(d, str) and d not in sizes]
+        if unknown:
+            raise InputError(
+                f"output {spec.name!r} has dimensions {unknown} that no input names, so its size "
+                "is not known before running; CUDA graphs need it (run without cuda_graph)"
+            )
+        resolved[spec.name] = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
+    return resolved
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise BackendUnavailableError(
+            "the ort-cuda backend needs cupy for device arrays (pip install 'sdrt[gpu]')"
+        ) from None
+    return cupy
+
+
+# OrtValue.data_type() names ONNX element types: "tensor(float)" is float32.
+_ONNX_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _ort_dtype(type_name: str) -> np.dtype:
+    if type_name not in _ONNX_TO_NUMPY:
+        raise InputError(f"unsupported ONNX Runtime output type {type_name}")
+    return np.dtype(_ONNX_TO_NUMPY[type_name])
+
+
+def cupy_view(value, cp) -> Any:
+    """A cupy array over an OrtValue's device memory; the array keeps the OrtValue alive."""
+    dtype = _ort_dtype(value.data_type())
+    shape = tuple(value.shape())
+    nbytes = max(math.prod(shape), 1) * dtype.itemsize
+    memory = cp.cuda.UnownedMemory(value.data_ptr(), nbytes, owner=value)
+    return cp.ndarray(shape, dtype=dtype, memptr=cp.cuda.MemoryPointer(memory, 0))
+
+
+class OrtCudaSession:
+    """One component on ONNX Runtime's CUDA provider; returns cupy arrays."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        component: Component,
+        options: OrtCudaOptions = OrtCudaOptions(),
+    ):
+        import onnxruntime as ort
+
+        if PROVIDER not in ort.get_available_providers():
+            raise BackendUnavailableError(
+                f"the ort-cuda backend needs ONNX Runtime's {PROVIDER} (pip install "
+                f"onnxruntime-gpu); this onnxruntime has {ort.get_available_providers()}"
+            )
+        cp = _cupy()
+        path = Path(folder) / component.file
+        if not path.is_file():
+            raise ModelFolderError(
+                f"{folder}: the {component.name} graph {component.file} is missing"
+            )
+        self.name = component.name
+        self.inputs = component.inputs
+        self.outputs = component.outputs
+        self.options = options
+        self._ort = ort
+        self._cp = cp
+        self._lock = threading.Lock()
+        with cp.cuda.Device(options.device_id):
+            self._stream = cp.cuda.Stream(non_blocking=True)
+        provider_options = {
+            "device_id": str(options.device_id),
+            "user_compute_stream": str(self._stream.ptr),
+            "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+            "enable_cuda_graph": "1" if options.cuda_graph else "0",
+        }
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(path), so, providers=[(PROVIDER, provider_options), "CPUExecutionProvider"]
+        )
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._graphs: dict[tuple, tuple[int, Any, dict[str, Any], dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ plain I/O binding
+
+    def _bind_feed(self, binding, name: str, value) -> None:
+        cp = self._cp
+        if isinstance(value, cp.ndarray):
+            value = cp.ascontiguousarray(value)
+            binding.bind_input(
+                name,
+                "cuda",
+                self.options.device_id,
+                value.dtype.type,
+                list(value.shape),
+                value.data.ptr,
+            )
+        else:
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+
+    def _run_bound(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        binding = self._session.io_binding()
+        keep = []  # contiguous copies must live until the run is done
+        for spec in self.inputs:
+            value = feeds[spec.name]
+            keep.append(value)
+            self._bind_feed(binding, spec.name, value)
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", self.options.device_id)
+        self._session.run_with_iobinding(binding)
+        return {
+            name: cupy_view(value, self._cp)
+            for name, value in zip(self._output_names, binding.get_outputs(), strict=True)
+        }
+
+    # ------------------------------------------------------------------ CUDA graph
+
+    def _graph_for(self, shapes: Mapping[str, tuple[int, ...]]):
+        key = tuple(shapes[s.name] for s in self.inputs)
+        if key in self._graphs:
+            return self._graphs[key]
+        ort, cp = self._ort, self._cp
+        out_shapes = resolve_output_shapes(self.inputs, self.outputs, shapes)
+        device = ("cuda", self.options.device_id)
+        inputs = {
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+                list(shapes[s.name]), np.dtype(s.dtype).type, *device
+            )
+            for s in self.inputs
+        }
+        outputs = {
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+                list(out_shapes[s.name]), np.dtype(s.dtype).type, *device
+            )
+            for s in self.outputs
+        }
+        binding = self._session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_ortvalue_input(name, value)
+        for name, value in outputs.items():
+            binding.bind_ortvalue_output(name, value)
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("gpu_graph_id", str(len(self._graphs) + 1))
+        views = {name: cupy_view(value, cp) for name, value in inputs.items()}
+        self._graphs[key] = (binding, run_options, views, outputs)
+        return self._graphs[key]
+
+    def _run_graph(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        cp = self._cp
+        shapes = {s.name: tuple(int(d) for d in feeds[s.name].shape) for s in self.inputs}
+        binding, run_options, views, outputs = self._graph_for(shapes)
+        with self._stream:
+            for name, view in views.items():
+                view[...] = cp.asarray(feeds[name])
+        self._session.run_with_iobinding(binding, run_options)
+        with self._stream:
+            return {name: cupy_view(value, cp).copy() for name, value in outputs.items()}
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        check_feeds(self.name, self.inputs, feeds)
+        cp = self._cp
+        with self._lock, cp.cuda.Device(self.options.device_id):
+            caller = cp.cuda.get_current_stream()
+            self._stream.wait_event(caller.record())
+            run = self._run_graph if self.options.cuda_graph else self._run_bound
+            results = run(feeds)
+            caller.wait_event(self._stream.record())
+        return results
