@@ -1,0 +1,27 @@
+"""The array namespace of a value (numpy on the CPU, cupy on a GPU) and the copy to the host.
+
+The pipeline's loop is written against whichever namespace its session outputs live in,
+so on a GPU backend latents, guidance and scheduler steps stay on the device until the
+final image is copied back.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+import numpy as np
+
+
+def namespace_of(array) -> ModuleType:
+    """numpy for numpy arrays; cupy for cupy arrays (without importing cupy otherwise)."""
+    if type(array).__module__.startswith("cupy"):
+        return sys.modules["cupy"]
+    return np
+
+
+def to_host(array) -> np.ndarray:
+    """A numpy copy of a device array; numpy arrays are returned as they are."""
+    if isinstance(array, np.ndarray):
+        return array
+    return array.get()

@@ -1,0 +1,416 @@
+"""The lean runtime: prompt -> CFG denoising loop -> image, with no torch in the process.
+
+    pipe = Pipeline.load("out/sd15")
+    image = pipe("a red fox in snow", seed=0).images[0]
+    for progress in pipe.generate("a red fox in snow", seed=0):   # streaming / cancel
+        ...                                     # progress.result is set on the last one
+
+The loop follows diffusers' StableDiffusionPipeline, ...Img2ImgPipeline and
+...InpaintPipeline step for step, so the same weights, initial noise, scheduler and
+settings give the same image. Its array code runs in the namespace of the session outputs
+(numpy; cupy on a GPU backend) and copies to the host only for the final image.
+
+Random numbers come from one numpy Generator per call (``seed``), drawn in this order:
+the initial noise (unless ``latents`` is given), then, for schedulers that need it, one
+array of the latents' shape per U-Net call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdrt.arrays import namespace_of, to_host
+from sdrt.errors import ModelFolderError, NumericsError
+from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
+from sdrt.manifest import Manifest, TensorSpec, check_files, read_manifest
+from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
+from sdrt.request import Request, make_request
+from sdrt.schedulers import create_scheduler, load_scheduler_config
+from sdrt.sessions import create_sessions
+from sdrt.sessions.base import Session
+from sdrt.tokenizer import ClipTokenizer
+
+# Components made at load; the VAE encoder only on the first img2img / inpainting call.
+EAGER_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    images: Any  # list of PIL images, or float32 NHWC np.ndarray in [0, 1]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One denoising step done; the last Progress of a call carries the result."""
+
+    step: int  # U-Net calls done so far
+    total_steps: int
+    timestep: float | None
+    result: PipelineOutput | None = None
+
+
+class Pipeline:
+    """A loaded model folder. Safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        backend: str,
+        sessions: dict[str, Session],
+        tokenizer: ClipTokenizer,
+        scheduler_config: dict[str, Any],
+        prompt_cache_size: int = DEFAULT_CACHE_SIZE,
+    ):
+        self.folder = folder
+        self.manifest = manifest
+        self.backend = backend
+        self._sessions = dict(sessions)
+        self._sessions_lock = threading.Lock()
+        self.scheduler_config = scheduler_config
+        self.default_scheduler = scheduler_config.get("_class_name")
+        self.prompt_encoder = PromptEncoder(tokenizer, sessions["text_encoder"], prompt_cache_size)
+
+    # ------------------------------------------------------------------------------ load
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | os.PathLike,
+        backend: str = "auto",
+        *,
+        verify_files: bool = True,
+        prompt_cache_size: int = DEFAULT_CACHE_SIZE,
+        ort_options=None,
+    ) -> Pipeline:
+        """Open a model folder written by ``sdrt build``.
+
+        ``verify_files`` checks every graph against its sha256 in sdrt.json (it reads every
+        byte: about a second per GB); ``ort_options`` (sdrt.sessions.onnxruntime.OrtOptions)
+        overrides the measured ONNX Runtime defaults.
+        """
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if manifest.family == "sdxl":
+            raise ModelFolderError(
+                f"{folder}: SDXL folders are not supported by this runtime yet (family 'sdxl')"
+            )
+        check_files(folder, manifest, hashes=verify_files)
+        tokenizer = ClipTokenizer.from_folder(folder / manifest.tokenizers[0])
+        scheduler_config = load_scheduler_config(folder)
+        sessions = create_sessions(
+            folder, manifest, backend, components=EAGER_COMPONENTS, ort_options=ort_options
+        )
+        pipe = cls(
+            folder, manifest, backend, sessions, tokenizer, scheduler_config, prompt_cache_size
+        )
+        pipe._ort_options = ort_options
+        return pipe
+
+    def _session(self, name: str) -> Session:
+        """A component's session, made on first use (once, even under concurrent calls)."""
+        session = self._sessions.get(name)
+        if session is not None:
+            return session
+        if name not in self.manifest.components:
+            raise ModelFolderError(
+                f"{self.folder}: this call needs the {name} graph, which the folder does not have"
+            )
+        with self._sessions_lock:
+            if name not in self._sessions:
+                self._sessions.update(
+                    create_sessions(
+                        self.folder,
+                        self.manifest,
+                        self.backend,
+                        components=(name,),
+                        ort_options=getattr(self, "_ort_options", None),
+                    )
+                )
+            return self._sessions[name]
+
+    # ------------------------------------------------------------------------------ call
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | np.random.Generator | None = None,
+        latents: np.ndarray | None = None,
+        scheduler: str | None = None,
+        image: Any = None,
+        strength: float = 0.8,
+        mask_image: Any = None,
+        output_type: str = "pil",
+        callback=None,
+    ) -> PipelineOutput:
+        """Generate images; ``callback(progress)`` is called after every U-Net call."""
+        for progress in self.generate(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images_per_prompt,
+            seed=seed,
+            latents=latents,
+            scheduler=scheduler,
+            image=image,
+            strength=strength,
+            mask_image=mask_image,
+            output_type=output_type,
+        ):
+            if callback is not None:
+                callback(progress)
+            if progress.result is not None:
+                return progress.result
+        raise AssertionError("generate() ended without a result")  # unreachable by design
+
+    def generate(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | np.random.Generator | None = None,
+        latents: np.ndarray | None = None,
+        scheduler: str | None = None,
+        image: Any = None,
+        strength: float = 0.8,
+        mask_image: Any = None,
+        output_type: str = "pil",
+    ) -> Iterator[Progress]:
+        """Yield a Progress per U-Net call; the last one carries the result.
+
+        Stop iterating (or ``close()`` the generator) to cancel between steps.
+        """
+        request = make_request(
+            self.manifest,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images_per_prompt,
+            seed=seed,
+            latents=latents,
+            scheduler=scheduler,
+            image=image,
+            strength=strength,
+            mask_image=mask_image,
+            output_type=output_type,
+        )
+        return self._run(request)
+
+    # ------------------------------------------------------------------------------ loop
+
+    def _run(self, request: Request) -> Iterator[Progress]:
+        name = request.scheduler or self.default_scheduler
+        if name is None:
+            raise ModelFolderError(
+                f"{self.folder}: scheduler/scheduler_config.json names no _class_name; pass scheduler="
+            )
+        sched = create_scheduler(name, self.scheduler_config)
+        plan = sched.plan(request.num_inference_steps, strength=request.strength)
+        rng = (
+            request.seed
+            if isinstance(request.seed, np.random.Generator)
+            else np.random.default_rng(request.seed)
+        )
+        cfg = request.do_classifier_free_guidance
+        batch = request.batch_size
+
+        embeddings = self.prompt_encoder.encode(list(request.prompts))
+        xp = namespace_of(embeddings)
+        if cfg:
+            uncond = self.prompt_encoder.encode(list(request.negative_prompts))
+            embeddings = xp.concatenate([uncond, embeddings], axis=0)
+
+        factor = self.manifest.vae_scale_factor
+        shape = (
+            batch,
+            self.manifest.latent_channels,
+            request.height // factor,
+            request.width // factor,
+        )
+        if request.latents is not None:
+            noise = xp.asarray(request.latents, dtype=xp.float32)
+        else:
+            noise = xp.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+        inpaint = None
+        if request.image is None:
+            x = noise * plan.init_noise_sigma
+        else:
+            pixels = preprocess_image(request.image, request.width, request.height)
+            image_latents = self._encode_image(xp.asarray(pixels))
+            image_latents = xp.concatenate([image_latents] * batch, axis=0)
+            if request.mask_image is not None and request.strength == 1.0:
+                x = noise * plan.init_noise_sigma  # as the inpainting pipeline: pure noise
+            else:
+                x = sched.add_noise(plan, image_latents, noise, 0)
+            if request.mask_image is not None:
+                inpaint = self._prepare_inpainting(request, pixels, image_latents, noise, cfg, xp)
+
+        state = sched.initial_state(plan)
+        timesteps = plan.timesteps
+        for i in range(len(timesteps)):
+            model_input = xp.concatenate([x, x], axis=0) if cfg else x
+            model_input = sched.scale_model_input(plan, model_input, i)
+            if inpaint is not None and inpaint.unet_condition is not None:
+                model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
+            noise_pred = self._unet(model_input, timesteps[i], embeddings)
+            if cfg:
+                noise_pred_uncond, noise_pred_text = noise_pred[:batch], noise_pred[batch:]
+                noise_pred = noise_pred_uncond + request.guidance_scale * (
+                    noise_pred_text - noise_pred_uncond
+                )
+            step_noise = None
+            if sched.needs_noise:
+                step_noise = xp.asarray(rng.standard_normal(shape, dtype=np.float32))
+            result = sched.step(plan, state, noise_pred, i, x, noise=step_noise)
+            x, state = result.prev_sample, result.state
+            if inpaint is not None and inpaint.unet_condition is None:
+                x = inpaint.blend(sched, plan, x, i)
+            if i < len(timesteps) - 1:
+                yield Progress(i + 1, len(timesteps), float(timesteps[i]))
+
+        images = self._decode(x)
+        output = images if request.output_type == "np" else to_pil(images)
+        yield Progress(len(timesteps), len(timesteps), float(timesteps[-1]), PipelineOutput(output))
+
+    # ------------------------------------------------------------------------------ parts
+
+    def _prepare_inpainting(self, request, pixels, image_latents, noise, cfg, xp) -> _Inpainting:
+        mask = preprocess_mask(request.mask_image, request.width, request.height)
+        latent_mask = xp.asarray(mask_to_latent_size(mask, self.manifest.vae_scale_factor))
+        latent_mask = xp.concatenate([latent_mask] * request.batch_size, axis=0)
+        if self.manifest.unet_in_channels == self.manifest.latent_channels:
+            return _Inpainting(latent_mask, image_latents, noise, unet_condition=None)
+        expected = 2 * self.manifest.latent_channels + 1
+        if self.manifest.unet_in_channels != expected:
+            raise ModelFolderError(
+                f"{self.folder}: expected a U-Net with {self.manifest.latent_channels} or "
+                f"{expected} input channels, got {self.manifest.unet_in_channels}"
+            )
+        masked_pixels = xp.asarray(pixels * (mask < 0.5))
+        masked_latents = self._encode_image(masked_pixels)
+        masked_latents = xp.concatenate([masked_latents] * request.batch_size, axis=0)
+        condition = xp.concatenate([latent_mask, masked_latents], axis=1)
+        if cfg:
+            condition = xp.concatenate([condition, condition], axis=0)
+        return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
+
+    def _unet(self, sample, timestep, encoder_hidden_states):
+        session = self._session("unet")
+        specs = {s.name: s for s in session.inputs}
+        xp = namespace_of(sample)
+        feeds = {
+            "sample": sample.astype(specs["sample"].dtype),
+            "timestep": _timestep_feed(specs["timestep"], timestep, sample.shape[0], xp),
+            "encoder_hidden_states": encoder_hidden_states.astype(
+                specs["encoder_hidden_states"].dtype
+            ),
+        }
+        out = session.run(feeds)[session.outputs[0].name]
+        return out.astype(xp.float32)
+
+    def _encode_image(self, pixels):
+        """VAE latents of (1, 3, H, W) pixels in [-1, 1]: the distribution's mode, scaled.
+
+        The mode (the mean) is diffusers' ``sample_mode="argmax"``: deterministic. Graphs
+        give it as ``latent_sample``, or only the distribution's parameters (mean and
+        log-variance concatenated on channels, Optimum's ``latent_parameters``).
+        """
+        session = self._session("vae_encoder")
+        xp = namespace_of(pixels)
+        spec = session.inputs[0]
+        outputs = session.run({spec.name: pixels.astype(spec.dtype)})
+        channels = self.manifest.latent_channels
+        out = outputs.get("latent_sample")
+        if out is None:
+            out = outputs.get("latent_parameters", outputs[session.outputs[0].name])
+        out = out.astype(xp.float32)
+        if out.shape[1] == 2 * channels:
+            out = out[:, :channels]
+        elif out.shape[1] != channels:
+            raise ModelFolderError(
+                f"{self.folder}: the VAE encoder gives {out.shape[1]} channels, expected "
+                f"{channels} (latents) or {2 * channels} (mean and log-variance)"
+            )
+        shift = self.manifest.vae_shift_factor
+        if shift is not None:
+            out = out - shift
+        return out * self.manifest.vae_scaling_factor
+
+    def _decode(self, latents) -> np.ndarray:
+        """Latents -> float32 NHWC images in [0, 1] on the host; NaN/Inf is an error."""
+        session = self._session("vae_decoder")
+        xp = namespace_of(latents)
+        scaled = latents / self.manifest.vae_scaling_factor
+        if self.manifest.vae_shift_factor is not None:
+            scaled = scaled + self.manifest.vae_shift_factor
+        spec = session.inputs[0]
+        decoded = session.run({spec.name: scaled.astype(spec.dtype)})[session.outputs[0].name]
+        decoded = to_host(decoded).astype(np.float32)
+        finite = np.isfinite(decoded).reshape(len(decoded), -1).all(axis=1)
+        if not finite.all():
+            bad = [int(i) for i in np.flatnonzero(~finite)]
+            latents_finite = bool(xp.isfinite(latents).all())
+            raise NumericsError(
+                f"the decoded image{'s' if len(bad) > 1 else ''} {bad} of {len(decoded)} "
+                "contain NaN or Inf values"
+                + (
+                    " (the latents were finite: the VAE decoder overflowed; "
+                    "an fp32 VAE avoids this)"
+                    if latents_finite
+                    else " (the denoising loop already produced NaN/Inf latents)"
+                )
+            )
+        return postprocess(decoded)
+
+
+@dataclass(frozen=True)
+class _Inpainting:
+    """What the inpainting loop needs beyond txt2img."""
+
+    mask: Any  # (B, 1, h, w) latent-size mask, 1 = repaint
+    image_latents: Any  # (B, C, h, w) the original image's latents
+    noise: Any  # the noise the known region is re-noised with
+    unet_condition: Any  # 9-channel U-Nets: mask + masked-image latents, CFG-doubled; else None
+
+    def blend(self, sched, plan, x, i: int):
+        """4-channel U-Nets: put back the known region, noised to the next step's level."""
+        known = self.image_latents
+        if i < len(plan.timesteps) - 1:
+            known = sched.add_noise(plan, known, self.noise, i + 1)
+        return (1 - self.mask) * known + self.mask * x
+
+
+def _timestep_feed(spec: TensorSpec, timestep, batch: int, xp):
+    """The timestep as the graph declares it: a scalar, or one value (or one per sample)."""
+    value = xp.asarray(timestep, dtype=xp.float64)
+    if len(spec.shape) == 0:
+        return value.astype(spec.dtype)
+    (dim,) = spec.shape
+    count = dim if isinstance(dim, int) else 1
+    if isinstance(dim, str) and dim == "batch":
+        count = batch
+    return xp.full((count,), value, dtype=spec.dtype)

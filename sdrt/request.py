@@ -1,0 +1,197 @@
+"""One generation's arguments, checked at the boundary and frozen.
+
+``make_request`` turns the keyword arguments of ``Pipeline.__call__`` into a Request, or
+raises InputError saying what was expected and what came, before any graph runs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sdrt.errors import InputError
+from sdrt.images import image_size
+from sdrt.manifest import Manifest
+
+OUTPUT_TYPES = ("pil", "np")
+
+
+@dataclass(frozen=True)
+class Request:
+    prompts: tuple[str, ...]  # one per image: each prompt repeated num_images_per_prompt times
+    negative_prompts: tuple[str, ...]  # aligned with prompts
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    scheduler: str | None  # None: the folder's scheduler
+    strength: float
+    output_type: str
+    image: Any = None
+    mask_image: Any = None
+    latents: np.ndarray | None = None
+    seed: int | np.random.Generator | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+def _prompt_list(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) for p in value):
+        return list(value)
+    raise InputError(f"{name}: expected a string or a non-empty list of strings, got {value!r}")
+
+
+def _integer(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise InputError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise InputError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_size(name: str, value: Any, manifest: Manifest) -> int:
+    build = manifest.build
+    value = _integer(value, name, 1)
+    if value % build.size_multiple:
+        raise InputError(
+            f"{name}: expected a multiple of {build.size_multiple} (the size multiple this model "
+            f"folder was built for), got {value}"
+        )
+    if not build.min_size <= value <= build.max_size:
+        raise InputError(
+            f"{name}: expected a size between {build.min_size} and {build.max_size} pixels "
+            f"(the range this model folder was built for), got {value}"
+        )
+    return value
+
+
+def _default_size(manifest: Manifest, image: Any) -> tuple[int, int]:
+    """(height, width): the image's own, rounded down to the size multiple; else the model's."""
+    if image is None:
+        return manifest.default_image_size, manifest.default_image_size
+    width, height = image_size(image, "image")
+    multiple = manifest.build.size_multiple
+    return height // multiple * multiple, width // multiple * multiple
+
+
+def make_request(
+    manifest: Manifest,
+    *,
+    prompt: Any,
+    negative_prompt: Any,
+    num_inference_steps: Any,
+    guidance_scale: Any,
+    height: Any,
+    width: Any,
+    num_images_per_prompt: Any,
+    seed: Any,
+    latents: Any,
+    scheduler: Any,
+    image: Any,
+    strength: Any,
+    mask_image: Any,
+    output_type: Any,
+) -> Request:
+    prompts = _prompt_list(prompt, "prompt")
+    if negative_prompt is None:
+        negatives = [""] * len(prompts)
+    else:
+        negatives = _prompt_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            negatives *= len(prompts)
+        elif len(negatives) != len(prompts):
+            raise InputError(
+                f"negative_prompt: expected one prompt or {len(prompts)} (one per prompt), "
+                f"got {len(negatives)}"
+            )
+    per_prompt = _integer(num_images_per_prompt, "num_images_per_prompt", 1)
+    steps = _integer(num_inference_steps, "num_inference_steps", 1)
+    guidance = _real(guidance_scale, "guidance_scale")
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(
+            f"output_type: expected one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}"
+        )
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise InputError(
+            f"scheduler: expected a scheduler name (string), got {type(scheduler).__name__}"
+        )
+
+    if mask_image is not None and image is None:
+        raise InputError("mask_image: inpainting needs the image to repaint; pass image= too")
+    if image is not None:
+        strength = _real(strength, "strength")
+        if not 0.0 < strength <= 1.0:
+            raise InputError(f"strength: expected a number in (0, 1], got {strength}")
+        image_size(image, "image")
+    else:
+        strength = 1.0
+    if mask_image is not None:
+        image_wh, mask_wh = image_size(image, "image"), image_size(mask_image, "mask_image")
+        if image_wh != mask_wh:
+            raise InputError(
+                f"mask_image: expected the size of image, {image_wh[0]}x{image_wh[1]}, "
+                f"got {mask_wh[0]}x{mask_wh[1]}"
+            )
+    if manifest.unet_in_channels != manifest.latent_channels and mask_image is None:
+        raise InputError(
+            f"this model folder holds an inpainting U-Net ({manifest.unet_in_channels} input "
+            "channels): pass image= and mask_image="
+        )
+
+    default_height, default_width = _default_size(manifest, image)
+    height = _check_size("height", default_height if height is None else height, manifest)
+    width = _check_size("width", default_width if width is None else width, manifest)
+
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        seed = _integer(seed, "seed", 0)
+    batch = len(prompts) * per_prompt
+    if latents is not None:
+        latents = _check_latents(latents, manifest, batch, height, width)
+
+    return Request(
+        prompts=tuple(p for p in prompts for _ in range(per_prompt)),
+        negative_prompts=tuple(n for n in negatives for _ in range(per_prompt)),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        scheduler=scheduler,
+        strength=strength,
+        output_type=output_type,
+        image=image,
+        mask_image=mask_image,
+        latents=latents,
+        seed=seed,
+    )
+
+
+def _check_latents(latents: Any, manifest: Manifest, batch: int, height: int, width: int):
+    factor = manifest.vae_scale_factor
+    expected = (batch, manifest.latent_channels, height // factor, width // factor)
+    shape = tuple(getattr(latents, "shape", ()))
+    if not hasattr(latents, "dtype") or shape != expected:
+        raise InputError(
+            f"latents: expected an array of shape {expected} (batch, channels, height/{factor}, "
+            f"width/{factor}), got {type(latents).__name__} of shape {shape}"
+        )
+    if not np.issubdtype(np.dtype(str(latents.dtype)), np.floating):
+        raise InputError(f"latents: expected a float array, got dtype {latents.dtype}")
+    return latents
