@@ -23,28 +23,54 @@ from typing import Any
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.schedulers.base import NoHistory, Plan, Scheduler, StepResult
 from sdrt.schedulers.ddim import DDIMScheduler
+from sdrt.schedulers.ddpm import DDPMScheduler
+from sdrt.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from sdrt.schedulers.euler import EulerDiscreteScheduler
 from sdrt.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
 from sdrt.schedulers.heun import HeunDiscreteScheduler
+from sdrt.schedulers.lcm import LCMScheduler
+from sdrt.schedulers.lms import LMSDiscreteScheduler
+from sdrt.schedulers.pndm import PNDMScheduler
+from sdrt.schedulers.unipc import UniPCMultistepScheduler
 
 # alias -> diffusers class name
 SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
     "euler": "EulerDiscreteScheduler",
     "euler_a": "EulerAncestralDiscreteScheduler",
     "heun": "HeunDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_karras": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "lcm": "LCMScheduler",
+    "ddpm": "DDPMScheduler",
 }
 
 # What an alias fixes beyond the class (user overrides still win).
-ALIAS_OVERRIDES: dict[str, dict[str, Any]] = {}
+ALIAS_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dpmpp_2m": {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+    "dpmpp_2m_karras": {
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+        "use_karras_sigmas": True,
+    },
+}
 
 SCHEDULER_CLASSES: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (
         DDIMScheduler,
+        PNDMScheduler,
+        LMSDiscreteScheduler,
         EulerDiscreteScheduler,
         EulerAncestralDiscreteScheduler,
         HeunDiscreteScheduler,
+        DPMSolverMultistepScheduler,
+        UniPCMultistepScheduler,
+        LCMScheduler,
+        DDPMScheduler,
     )
 }
 

@@ -75,6 +75,11 @@ class NoiseScheduleConfig:
         """Keys whose diffusers options this runtime does not implement -> values it does."""
         return {}
 
+    @classmethod
+    def normalized(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Values as diffusers' __init__ rewrites them (e.g. another solver's solver_type)."""
+        return values
+
 
 def config_fields(config_class: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_class))
@@ -83,7 +88,7 @@ def config_fields(config_class: type) -> tuple[str, ...]:
 def make_config(config_class: type, values: dict[str, Any], scheduler: str):
     """Build a frozen config from file values (unknown keys ignored, as diffusers does)."""
     known = set(config_fields(config_class))
-    kwargs = {k: v for k, v in values.items() if k in known}
+    kwargs = {k: v for k, v in config_class.normalized(dict(values)).items() if k in known}
     if kwargs.get("trained_betas") is not None:
         kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
     try:
@@ -435,6 +440,7 @@ class SigmaScheduler(Scheduler):
         return model_output  # "sample"
 
     def init_noise_sigma_for(self, sigmas: np.ndarray) -> float:
+        """diffusers' init_noise_sigma: sigma_max, or sqrt(sigma_max^2 + 1) for "leading"."""
         max_sigma = float(np.max(sigmas))
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return max_sigma
@@ -445,3 +451,68 @@ def interpolated_sigmas(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np
     """Training sigmas linearly interpolated at (possibly fractional) timesteps, float64."""
     sigmas = train_sigmas(alphas_cumprod)
     return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+
+
+def multistep_timesteps(
+    config: NoiseScheduleConfig, num_inference_steps: int, last_timestep: int
+) -> np.ndarray:
+    """Descending int64 timesteps of the multistep solvers (DPM-Solver, UniPC).
+
+    Unlike ``spaced_timesteps`` they space num_inference_steps + 1 points and drop the
+    last, so the final step lands beyond timestep 0.
+    """
+    n = num_inference_steps
+    if config.timestep_spacing == "linspace":
+        timesteps = np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1]
+    elif config.timestep_spacing == "leading":
+        step_ratio = last_timestep // (n + 1)
+        timesteps = (np.arange(0, n + 1) * step_ratio).round()[::-1][:-1] + config.steps_offset
+    else:  # trailing
+        step_ratio = config.num_train_timesteps / n
+        timesteps = np.arange(last_timestep, 0, -step_ratio).round() - 1
+    return timesteps.copy().astype(np.int64)
+
+
+class VPSigmaScheduler(Scheduler):
+    """Multistep solvers that keep sigmas but noise as x = alpha * x0 + sigma_t * eps
+    (DPM-Solver, UniPC): unscaled model input, init_noise_sigma 1."""
+
+    @staticmethod
+    def alpha_sigma(sigma: float) -> tuple[float, float]:
+        """(alpha_t, sigma_t) of the variance-preserving process at noise level sigma."""
+        alpha_t = 1 / (sigma**2 + 1) ** 0.5
+        return alpha_t, sigma * alpha_t
+
+    @classmethod
+    def log_snr(cls, sigma: float) -> float:
+        """lambda = log(alpha_t) - log(sigma_t); +inf at sigma = 0 (the clean end)."""
+        if sigma == 0:
+            return math.inf
+        alpha_t, sigma_t = cls.alpha_sigma(sigma)
+        return math.log(alpha_t) - math.log(sigma_t)
+
+    def add_noise(self, plan: Plan, original, noise, i: int):
+        index = self.schedule_index(plan, i)
+        check_same_shape("noise", noise, original, "original")
+        alpha_t, sigma_t = self.alpha_sigma(float(plan.sigmas[index]))
+        return alpha_t * original + sigma_t * noise
+
+    def convert_to_data(self, model_output, sample, sigma: float):
+        """The model output as a prediction of x0 (the "data prediction" of DPM-Solver++)."""
+        alpha_t, sigma_t = self.alpha_sigma(sigma)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        if kind == "v_prediction":
+            return alpha_t * sample - sigma_t * model_output
+        return model_output  # "sample"
+
+    def convert_to_noise(self, model_output, sample, sigma: float):
+        """The model output as a prediction of the noise (DPM-Solver, UniPC's predict_x0=False)."""
+        alpha_t, sigma_t = self.alpha_sigma(sigma)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return model_output
+        if kind == "v_prediction":
+            return alpha_t * model_output + sigma_t * sample
+        return (sample - alpha_t * model_output) / sigma_t  # "sample"

@@ -1,0 +1,88 @@
+"""DDPM ancestral sampling (Ho et al., 2020), as diffusers' DDPMScheduler.
+
+Every step but the last (timestep 0) adds fresh noise, which the caller draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdrt.schedulers.base import (
+    AlphaBarScheduler,
+    NoHistory,
+    NoiseScheduleConfig,
+    Plan,
+    StepResult,
+    array_namespace,
+    spaced_timesteps,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDPMConfig(NoiseScheduleConfig):
+    variance_type: str = "fixed_small"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+
+    def unsupported_values(self):
+        # "learned" variances need a U-Net with twice the channels; SD has none.
+        return {
+            "variance_type": ("fixed_small", "fixed_small_log", "fixed_large"),
+            "thresholding": (False,),
+        }
+
+
+class DDPMScheduler(AlphaBarScheduler):
+    name = "DDPMScheduler"
+    Config = DDPMConfig
+    needs_noise = True
+
+    def full_schedule(self, num_inference_steps: int) -> Plan:
+        timesteps = spaced_timesteps(self.config, num_inference_steps).round().astype(np.int64)
+        return Plan(
+            timesteps=timesteps,
+            init_noise_sigma=1.0,
+            num_inference_steps=num_inference_steps,
+            begin_index=0,
+            schedule_timesteps=timesteps,
+        )
+
+    def noise_scale(self, alpha_prod_t: float, alpha_prod_t_prev: float) -> float:
+        """Standard deviation of the noise added at this step, by variance_type."""
+        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        if self.config.variance_type == "fixed_large":
+            return current_beta_t**0.5
+        # posterior variance beta~_t (eq. 7 of the paper), clamped away from 0
+        variance = max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20)
+        return variance**0.5  # fixed_small and fixed_small_log agree up to rounding
+
+    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+        index = self.schedule_index(plan, i)
+        timestep = int(plan.schedule_timesteps[index])
+        self.check_step_inputs(state, model_output, sample, noise, noise_needed=timestep > 0)
+        cfg = self.config
+        last = index == len(plan.schedule_timesteps) - 1
+        prev_timestep = -1 if last else int(plan.schedule_timesteps[index + 1])
+
+        alpha_prod_t = self.alpha_bar(timestep)
+        alpha_prod_t_prev = self.alpha_bar(prev_timestep, final_alpha_cumprod=1.0)
+        beta_prod_t = 1 - alpha_prod_t
+        beta_prod_t_prev = 1 - alpha_prod_t_prev
+        current_alpha_t = alpha_prod_t / alpha_prod_t_prev
+        current_beta_t = 1 - current_alpha_t
+
+        pred_original = self.predicted_original(model_output, sample, alpha_prod_t)
+        if cfg.clip_sample:
+            limit = cfg.clip_sample_range
+            pred_original = array_namespace(sample).clip(pred_original, -limit, limit)
+
+        # mean of the posterior q(x_{t-1} | x_t, x_0), eq. 7 of the paper
+        original_coeff = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t
+        sample_coeff = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
+        prev_sample = original_coeff * pred_original + sample_coeff * sample
+        if timestep > 0:
+            prev_sample = prev_sample + self.noise_scale(alpha_prod_t, alpha_prod_t_prev) * noise
+        return StepResult(prev_sample=prev_sample, state=NoHistory(), denoised=pred_original)

@@ -1,0 +1,106 @@
+"""Latent consistency model sampling (Luo et al., 2023), as diffusers' LCMScheduler.
+
+Each step maps the sample straight to a consistency estimate of x0 ("denoised"), then,
+except at the last step, re-noises it to the next timestep with noise the caller draws.
+The timesteps are a subset of the `original_inference_steps` the model was distilled on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdrt.errors import InputError
+from sdrt.schedulers.base import (
+    AlphaBarScheduler,
+    NoHistory,
+    NoiseScheduleConfig,
+    Plan,
+    StepResult,
+    array_namespace,
+)
+
+SIGMA_DATA = 0.5  # of the consistency-model boundary condition
+
+
+@dataclass(frozen=True, kw_only=True)
+class LCMConfig(NoiseScheduleConfig):
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    original_inference_steps: int = 50
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = True
+    thresholding: bool = False
+    timestep_scaling: float = 10.0
+
+    def unsupported_values(self):
+        return {"thresholding": (False,)}
+
+    def validate(self, scheduler: str) -> None:
+        super().validate(scheduler)
+        if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
+            raise InputError(
+                f"{scheduler}: original_inference_steps must be in [1, "
+                f"{self.num_train_timesteps}]; got {self.original_inference_steps}"
+            )
+
+
+class LCMScheduler(AlphaBarScheduler):
+    name = "LCMScheduler"
+    Config = LCMConfig
+    needs_noise = True
+
+    def max_inference_steps(self) -> int:
+        return self.config.original_inference_steps
+
+    def full_schedule(self, num_inference_steps: int) -> Plan:
+        cfg = self.config
+        k = cfg.num_train_timesteps // cfg.original_inference_steps
+        origin = np.arange(1, cfg.original_inference_steps + 1) * k - 1  # the distillation grid
+        origin = origin[::-1].copy()
+        picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
+        timesteps = origin[np.floor(picks).astype(np.int64)].astype(np.int64)
+        return Plan(
+            timesteps=timesteps,
+            init_noise_sigma=1.0,
+            num_inference_steps=num_inference_steps,
+            begin_index=0,
+            schedule_timesteps=timesteps,
+        )
+
+    def boundary_scalings(self, timestep: int) -> tuple[float, float]:
+        """c_skip, c_out: make the estimate equal the sample at timestep 0."""
+        scaled = timestep * self.config.timestep_scaling
+        c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+        c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
+        return c_skip, c_out
+
+    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+        index = self.schedule_index(plan, i)
+        last = index == plan.num_inference_steps - 1
+        self.check_step_inputs(state, model_output, sample, noise, noise_needed=not last)
+        cfg = self.config
+        timestep = int(plan.schedule_timesteps[index])
+        if index + 1 < len(plan.schedule_timesteps):
+            prev_timestep = int(plan.schedule_timesteps[index + 1])
+        else:
+            prev_timestep = timestep
+        final = 1.0 if cfg.set_alpha_to_one else float(self.alphas_cumprod[0])
+        alpha_prod_t = self.alpha_bar(timestep)
+        alpha_prod_t_prev = self.alpha_bar(prev_timestep, final)
+
+        pred_original = self.predicted_original(model_output, sample, alpha_prod_t)
+        if cfg.clip_sample:
+            limit = cfg.clip_sample_range
+            pred_original = array_namespace(sample).clip(pred_original, -limit, limit)
+        c_skip, c_out = self.boundary_scalings(timestep)
+        denoised = c_out * pred_original + c_skip * sample
+
+        if last:
+            prev_sample = denoised
+        else:
+            prev_sample = alpha_prod_t_prev**0.5 * denoised + (1 - alpha_prod_t_prev) ** 0.5 * noise
+        return StepResult(prev_sample=prev_sample, state=NoHistory(), denoised=denoised)
