@@ -238,3 +238,13 @@ class OrtCudaSession:
             results = run(feeds)
             caller.wait_event(self._stream.record())
         return results
+
+
+def create_ort_cuda_sessions(
+    folder: str | Path,
+    manifest,
+    components: tuple[str, ...],
+    options: OrtCudaOptions = OrtCudaOptions(),
+) -> dict[str, OrtCudaSession]:
+    """One CUDA session per component; each runs the graph in the precision it was exported in."""
+    return {name: OrtCudaSession(folder, manifest.components[name], options) for name in components}

@@ -20,6 +20,7 @@ TensorRT and cupy are imported here only; ``import sdrt`` never pulls them in.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ import numpy as np
 from sdrt.errors import BackendUnavailableError, InputError
 from sdrt.manifest import TensorSpec
 from sdrt.sessions.base import check_feeds
+
+logger = logging.getLogger(__name__)
 
 _runtime_lock = threading.Lock()
 _runtime = None
@@ -253,3 +256,77 @@ class TensorRTSession:
                 }
             caller.wait_event(stream.record())
         return results
+
+
+# ---------------------------------------------------------------------------- a folder's engines
+
+_memory_lock = threading.Lock()
+_memory_by_folder: dict[Path, SharedDeviceMemory] = {}
+
+
+def shared_memory_for(folder: str | Path) -> SharedDeviceMemory:
+    """One activation block per model folder and process, shared by all its engines."""
+    key = Path(folder).resolve()
+    with _memory_lock:
+        if key not in _memory_by_folder:
+            _memory_by_folder[key] = SharedDeviceMemory()
+        return _memory_by_folder[key]
+
+
+def _fp32_fallback(folder: Path, manifest, name: str, environment, memory):
+    """A maker of the fp32 session for the NaN guard, or None without a usable fp32 engine."""
+    from sdrt.engines.tensorrt import find_record, usable_engine
+
+    if find_record(manifest, name, "fp32") is None:
+        return None
+    try:
+        record = usable_engine(manifest, name, "fp32", environment)
+    except BackendUnavailableError as e:
+        logger.warning("%s: no fp32 fallback for fp16 overflow: %s", name, e)
+        return None
+    component = manifest.components[name]
+
+    def make_fallback():
+        return TensorRTSession.load(
+            name, folder / record.path, component.inputs, component.outputs, memory=memory
+        )
+
+    return make_fallback
+
+
+def create_tensorrt_sessions(
+    folder: str | Path,
+    manifest,
+    components: tuple[str, ...],
+    *,
+    cuda_graph: bool = False,
+) -> dict[str, Any]:
+    """Sessions over the folder's verified fp16 engines (the VAE decoder NaN-guarded).
+
+    Each engine's cache key is recomputed for this TensorRT version and GPU and must match
+    its record; otherwise BackendUnavailableError says to rebuild (a stale plan never loads).
+    """
+    from sdrt.engines.tensorrt import detect_environment, usable_engine
+    from sdrt.sessions.guarded import NanGuardedSession
+
+    folder = Path(folder)
+    environment = detect_environment()
+    memory = shared_memory_for(folder)
+    sessions = {}
+    for name in components:
+        component = manifest.components[name]
+        record = usable_engine(manifest, name, "fp16", environment)
+        session = TensorRTSession.load(
+            name,
+            folder / record.path,
+            component.inputs,
+            component.outputs,
+            memory=memory,
+            cuda_graph=cuda_graph,
+        )
+        if name == "vae_decoder":
+            session = NanGuardedSession(
+                session, _fp32_fallback(folder, manifest, name, environment, memory)
+            )
+        sessions[name] = session
+    return sessions
