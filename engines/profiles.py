@@ -174,8 +174,53 @@ def _axis_value(role: str, level: str, shapes: ShapeRange, vae_scale_factor: int
     return pixels if role in (IMAGE_H, IMAGE_W) else pixels // vae_scale_factor
 
 
+def tied_batch_axes(component: Component) -> dict[str, str]:
+    """Symbolic dimension name -> batch role, for names some input uses on its batch axis.
+
+    ONNX treats inputs that share a dimension name as equal in that dimension, and
+    TensorRT enforces it (the profile ranges must overlap and the runtime values agree).
+    Exports may name the U-Net's timestep axis like its batch axis; that axis then follows
+    the batch in the profile, and sessions broadcast a one-value timestep to the batch.
+    """
+    tied: dict[str, str] = {}
+    for spec in component.inputs:
+        roles = AXIS_ROLES.get((component.name, spec.name), ())
+        if len(roles) != len(spec.shape):
+            continue
+        for role, dim in zip(roles, spec.shape, strict=True):
+            if isinstance(dim, str) and role in (BATCH, GUIDED_BATCH):
+                tied.setdefault(dim, role)
+    return tied
+
+
+def broadcast_named_dims(
+    specs: tuple[TensorSpec, ...], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Input shapes with size-1 axes widened to the size their dimension name has elsewhere.
+
+    The shapes a graph with shared dimension names runs at, when an input is given with
+    one value for a named axis (a timestep for the whole batch); other axes are unchanged.
+    """
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        for dim, size in zip(spec.shape, shapes[spec.name], strict=True):
+            if isinstance(dim, str):
+                sizes[dim] = max(sizes.get(dim, 1), int(size))
+    return {
+        spec.name: tuple(
+            sizes[dim] if isinstance(dim, str) and size == 1 else int(size)
+            for dim, size in zip(spec.shape, shapes[spec.name], strict=True)
+        )
+        for spec in specs
+    }
+
+
 def input_profile(
-    component: Component, spec: TensorSpec, shapes: ShapeRange, vae_scale_factor: int
+    component: Component,
+    spec: TensorSpec,
+    shapes: ShapeRange,
+    vae_scale_factor: int,
+    tied: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """{"min","opt","max"} -> concrete shape of one input."""
     roles = AXIS_ROLES.get((component.name, spec.name))
@@ -205,6 +250,8 @@ def input_profile(
                     )
                 dims.append(dim)
                 continue
+            if role == ONE and isinstance(dim, str) and tied and dim in tied:
+                role = tied[dim]
             value = _axis_value(role, level, shapes, vae_scale_factor)
             if isinstance(dim, int) and dim != value:
                 raise InputError(
@@ -220,8 +267,9 @@ def component_profile(
     component: Component, shapes: ShapeRange, vae_scale_factor: int
 ) -> dict[str, dict[str, tuple[int, ...]]]:
     """Input name -> {"min","opt","max"} -> shape, for every input of one component."""
+    tied = tied_batch_axes(component)
     return {
-        spec.name: input_profile(component, spec, shapes, vae_scale_factor)
+        spec.name: input_profile(component, spec, shapes, vae_scale_factor, tied)
         for spec in component.inputs
     }
 

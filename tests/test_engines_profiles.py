@@ -9,6 +9,7 @@ from engine_helpers import make_folder
 from sdrt.engines.cache_key import BuildEnvironment, engine_cache_key
 from sdrt.engines.profiles import (
     ShapeRange,
+    broadcast_named_dims,
     component_profile,
     profile_contains,
     shape_range_from_options,
@@ -170,3 +171,38 @@ def test_cache_key_is_the_same_after_a_json_round_trip(manifest):
 def test_cache_key_refuses_non_json_options(manifest):
     with pytest.raises(TypeError, match="JSON data"):
         engine_cache_key(manifest.components["unet"], {"path": object()}, ENV)
+
+
+# ---------------------------------------------------------------------------- shared dimension names
+
+
+def _unet_naming_timestep_like_the_batch(manifest):
+    # As `sdrt build` exports it: the timestep's axis has the batch axis's name.
+    unet = manifest.components["unet"]
+    return dataclasses.replace(
+        unet,
+        inputs=(
+            TensorSpec("sample", "float32", ("steps", 4, "latent_height", "latent_width")),
+            TensorSpec("timestep", "float32", ("steps",)),
+            TensorSpec("encoder_hidden_states", "float32", ("steps", "sequence", 32)),
+        ),
+    )
+
+
+def test_a_timestep_named_like_the_batch_follows_the_batch(manifest):
+    unet = _unet_naming_timestep_like_the_batch(manifest)
+    shapes = shape_range_from_options(manifest, min_size=256, max_size=512, max_batch=2)
+    profile = component_profile(unet, shapes, 8)
+    # TensorRT requires equally named dimensions to agree, so the timestep range is the
+    # sample's batch range, not (1,).
+    assert profile["timestep"] == {"min": (1,), "opt": (2,), "max": (4,)}
+    assert profile["sample"]["max"][0] == 4
+
+
+def test_broadcast_named_dims_widens_one_value_inputs(manifest):
+    unet = _unet_naming_timestep_like_the_batch(manifest)
+    fed = {"sample": (2, 4, 32, 32), "timestep": (1,), "encoder_hidden_states": (2, 77, 32)}
+    assert broadcast_named_dims(unet.inputs, fed) == fed | {"timestep": (2,)}
+    # Differently named axes are left alone.
+    plain = manifest.components["unet"]
+    assert broadcast_named_dims(plain.inputs, fed) == fed

@@ -22,7 +22,9 @@ options (device, stream, graph) that ``OrtOptions.providers`` (names only) does 
 
 from __future__ import annotations
 
+import ast
 import math
+import operator
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,26 +49,69 @@ class OrtCudaOptions:
     cudnn_conv_algo_search: str = "HEURISTIC"
 
 
+_OPERATORS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+}
+_FUNCTIONS = {"floor": math.floor, "ceil": math.ceil}
+
+
+def evaluate_dim(expression: str, sizes: Mapping[str, int]) -> int | None:
+    """The size of a symbolic dimension such as "floor(2.0*latent_height)", or None.
+
+    Shape inference writes output dimensions as arithmetic over input dimension names;
+    only names, numbers, + - * / // and floor/ceil are evaluated, nothing else.
+    """
+    if expression in sizes:
+        return sizes[expression]
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in sizes:
+            return sizes[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and len(node.args) == 1
+        ):
+            return _FUNCTIONS[node.func.id](value(node.args[0]))
+        raise ValueError(ast.dump(node))
+
+    try:
+        result = value(ast.parse(expression, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError):
+        return None
+    return int(result) if float(result).is_integer() else None
+
+
 def resolve_output_shapes(
     inputs: tuple[TensorSpec, ...],
     outputs: tuple[TensorSpec, ...],
     shapes: Mapping[str, tuple[int, ...]],
 ) -> dict[str, tuple[int, ...]]:
-    """Concrete output shapes from symbolic dimension names shared with the inputs."""
+    """Concrete output shapes from their symbolic dimensions over the inputs' names."""
     sizes: dict[str, int] = {}
     for spec in inputs:
         for dim, value in zip(spec.shape, shapes[spec.name], strict=True):
             if isinstance(dim, str):
-                sizes.setdefault(dim, int(value))
+                sizes[dim] = max(sizes.get(dim, 1), int(value))
     resolved = {}
     for spec in outputs:
-        unknown = [d for d in spec.shape if isinstance(d, str) and d not in sizes]
+        dims = [d if isinstance(d, int) else evaluate_dim(d, sizes) for d in spec.shape]
+        unknown = [d for d, size in zip(spec.shape, dims, strict=True) if size is None]
         if unknown:
             raise InputError(
-                f"output {spec.name!r} has dimensions {unknown} that no input names, so its size "
-                "is not known before running; CUDA graphs need it (run without cuda_graph)"
+                f"output {spec.name!r} has dimensions {unknown} that are not known before "
+                "running; CUDA graphs need them (run without cuda_graph)"
             )
-        resolved[spec.name] = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
+        resolved[spec.name] = tuple(dims)
     return resolved
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from sdrt.engines.profiles import broadcast_named_dims
 from sdrt.errors import BackendUnavailableError, InputError
 from sdrt.manifest import TensorSpec
 from sdrt.sessions.base import check_feeds
@@ -232,7 +233,10 @@ class TensorRTSession:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         check_feeds(self.name, self.inputs, feeds)
         cp = _cupy()
-        shapes = {n: tuple(int(d) for d in feeds[n].shape) for n in self._input_names}
+        # A one-value input on an axis named like the batch (the timestep) runs at the batch.
+        shapes = broadcast_named_dims(
+            self.inputs, {s.name: tuple(int(d) for d in feeds[s.name].shape) for s in self.inputs}
+        )
         self._check_profile(shapes)
         key = tuple(shapes[n] for n in self._input_names)
         with self._memory.lock:
