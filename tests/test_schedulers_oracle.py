@@ -95,8 +95,12 @@ def diffusers_module(class_name: str):
     return importlib.import_module(f"diffusers.schedulers.{DIFFUSERS_MODULES[class_name]}")
 
 
+def class_name_of(alias: str) -> str:
+    return SCHEDULERS.get(alias, alias)
+
+
 def make_diffusers_scheduler(alias: str, config: dict):
-    class_name = SCHEDULERS[alias]
+    class_name = class_name_of(alias)
     cls = getattr(diffusers_module(class_name), class_name)
     return cls.from_config(config, **DIFFUSERS_ALIAS_OVERRIDES.get(alias, {}))
 
@@ -120,7 +124,7 @@ def run_diffusers(alias, config, steps, strength, initial, image, step_noises, m
             raise AssertionError(f"noise of shape {tuple(shape)} requested")
         return noise.to(dtype=dtype or torch.float32)
 
-    module = diffusers_module(SCHEDULERS[alias])
+    module = diffusers_module(class_name_of(alias))
     if hasattr(module, "randn_tensor"):  # deterministic samplers do not import it
         monkeypatch.setattr(module, "randn_tensor", injected_noise)
 

@@ -24,8 +24,12 @@ LATENT_RTOL = 1e-5
 SIGMA_RTOL = 1e-6
 TIMESTEP_ATOL = 1e-3  # fractional (Karras) timesteps; integer ones must be equal
 
-# diffusers' schedulers call np.array on torch tensors, which numpy 2 warns about.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# diffusers' schedulers call np.array on torch tensors, which numpy 2 warns about, and
+# deprecate algorithm_type="dpmsolver", which a variant below still compares with.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:`algorithm_types dpmsolver:FutureWarning"),
+]
 
 LATENT_SHAPE = (1, 4, 8, 8)
 STEP_COUNTS = (1, 4, 20, 50)
@@ -105,3 +109,71 @@ def test_strength_that_leaves_no_step_is_an_input_error(alias):
     scheduler = create_scheduler(alias, MODEL_CONFIGS["sd15"])
     with pytest.raises(InputError, match="leaves no denoising step"):
         scheduler.plan(1, strength=0.5)
+
+
+# Config values beyond the three model configs: each variant runs 4 and 20 steps at both
+# strengths on top of the SD 1.5 config (SD 2.1's for v-prediction variants).
+VARIANTS = [
+    ("pndm", "sd15", {"skip_prk_steps": False}),
+    ("pndm", "sd21", {"skip_prk_steps": False, "timestep_spacing": "trailing"}),
+    ("pndm", "sd15", {"timestep_spacing": "linspace", "set_alpha_to_one": True}),
+    ("ddim", "sd15", {"clip_sample": True, "set_alpha_to_one": True}),
+    ("ddim", "sd21", {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True}),
+    ("ddim", "sd15", {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace"}),
+    ("ddim", "sd15", {"prediction_type": "sample", "beta_schedule": "linear"}),
+    ("euler", "sd15", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
+    ("euler", "sd21", {"timestep_spacing": "trailing", "use_karras_sigmas": True}),
+    ("euler", "sd15", {"use_karras_sigmas": True, "sigma_min": 0.1, "sigma_max": 10.0}),
+    ("euler_a", "sd21", {"timestep_spacing": "linspace"}),
+    ("heun", "sd15", {"use_karras_sigmas": True}),
+    ("heun", "sd21", {"clip_sample": True, "timestep_spacing": "trailing"}),
+    ("lms", "sd15", {"use_karras_sigmas": True}),
+    ("lms", "sd21", {"timestep_spacing": "linspace"}),
+    ("dpmpp_2m", "sd15", {"timestep_spacing": "leading"}),
+    ("dpmpp_2m", "sd21", {"timestep_spacing": "trailing", "final_sigmas_type": "sigma_min"}),
+    ("dpmpp_2m", "sd15", {"solver_type": "heun", "lower_order_final": False}),
+    ("dpmpp_2m", "sd15", {"euler_at_final": True, "lambda_min_clipped": -5.1}),
+    ("DPMSolverMultistepScheduler", "sd15", {"solver_order": 3}),
+    ("DPMSolverMultistepScheduler", "sd21", {"solver_order": 3, "solver_type": "heun"}),
+    (
+        "DPMSolverMultistepScheduler",
+        "sd15",
+        {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+    ),
+    ("dpmpp_2m_karras", "sd21", {"final_sigmas_type": "sigma_min"}),
+    ("unipc", "sd15", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+    ("unipc", "sd21", {"solver_order": 3, "timestep_spacing": "trailing"}),
+    ("unipc", "sd15", {"predict_x0": False, "final_sigmas_type": "sigma_min"}),
+    ("unipc", "sd15", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),
+    ("unipc", "sd15", {"disable_corrector": [0, 2], "final_sigmas_type": "sigma_min"}),
+    ("unipc", "sd21", {"lower_order_final": False, "final_sigmas_type": "sigma_min"}),
+    ("unipc", "sd15", {"solver_type": "midpoint"}),  # a DPM config's solver_type
+    ("lcm", "sd15", {"original_inference_steps": 100, "clip_sample": True}),
+    ("lcm", "sd21", {"set_alpha_to_one": False, "timestep_scaling": 5.0}),
+    ("ddpm", "sd15", {"variance_type": "fixed_large", "clip_sample": True}),
+    ("ddpm", "sd21", {"variance_type": "fixed_small_log", "timestep_spacing": "trailing"}),
+]
+VARIANT_CASES = [
+    pytest.param(
+        alias, model, overrides, steps, strength, id=f"{alias}-{model}-{i}-{steps}-{strength}"
+    )
+    for i, (alias, model, overrides) in enumerate(VARIANTS)
+    for steps in (4, 20)
+    for strength in STRENGTHS
+]
+
+
+@pytest.mark.parametrize(("alias", "model", "overrides", "steps", "strength"), VARIANT_CASES)
+def test_config_variant_matches_diffusers(alias, model, overrides, steps, strength, monkeypatch):
+    config = {**MODEL_CONFIGS[model], **overrides}
+    initial, image, step_noises = loop_inputs(steps, seed=1)
+    expected, expected_timesteps, expected_sigmas = run_diffusers(
+        alias, config, steps, strength, initial, image, step_noises, monkeypatch
+    )
+    actual, plan = run_sdrt(alias, config, steps, strength, initial, image, step_noises)
+    assert actual.dtype == np.float32
+    np.testing.assert_allclose(plan.timesteps, expected_timesteps, rtol=0, atol=TIMESTEP_ATOL)
+    if plan.sigmas is not None and expected_sigmas is not None:
+        np.testing.assert_allclose(plan.sigmas, expected_sigmas, rtol=SIGMA_RTOL, atol=0)
+    error = relative_error(actual, expected)
+    assert error <= LATENT_RTOL, f"relative error {error:.3g} > {LATENT_RTOL}"

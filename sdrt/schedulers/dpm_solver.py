@@ -150,7 +150,10 @@ class DPMSolverMultistepScheduler(VPSigmaScheduler):
             converted = self.convert_to_noise(model_output, sample, sigma)
         outputs = (*state.model_outputs, converted)[-cfg.solver_order :]
 
-        if cfg.solver_order == 1 or state.lower_order_nums < 1 or lower_order_final:
+        if plan.sigmas[index + 1] == plan.sigmas[index]:
+            # A repeated sigma (Karras with final sigma_min): a zero-length step.
+            prev_sample = sample
+        elif cfg.solver_order == 1 or state.lower_order_nums < 1 or lower_order_final:
             prev_sample = self.first_order_update(plan, index, outputs, sample)
         elif cfg.solver_order == 2 or state.lower_order_nums < 2 or lower_order_second:
             prev_sample = self.second_order_update(plan, index, outputs, sample)

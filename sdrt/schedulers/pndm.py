@@ -1,10 +1,14 @@
-"""PNDM (Liu et al., 2022): its pseudo linear multistep (PLMS) part, as diffusers'
-PNDMScheduler with skip_prk_steps=True, the setting of Stable Diffusion's configs.
+"""PNDM (Liu et al., 2022), as diffusers' PNDMScheduler.
 
-The plan repeats the second-highest timestep: call 0 takes an Euler-like step, call 1
-redoes it with the mean of the two model outputs (a 2nd-order start); later calls
-combine up to four past outputs with the Adams-Bashforth weights. The state holds
-those outputs, the call counter and the sample call 1 restarts from.
+Pseudo linear multistep (PLMS) steps combine up to four past model outputs with the
+Adams-Bashforth weights. They need a warm-up. With skip_prk_steps=True (Stable
+Diffusion's configs) the plan repeats the second-highest timestep: call 0 takes an
+Euler-like step and call 1 redoes it with the mean of the two outputs. Otherwise the
+first three steps are pseudo Runge-Kutta (PRK) steps of four U-Net calls each, at the
+step's start, its midpoint (twice) and its end, 12 calls in all.
+
+The state holds the past outputs, the call counter, the sample a step restarts from
+and the running Runge-Kutta sum.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from sdrt.errors import InputError
 from sdrt.schedulers.base import (
     AlphaBarScheduler,
     NoiseScheduleConfig,
     Plan,
     StepResult,
 )
+
+PRK_CALLS = 12  # 3 Runge-Kutta steps x 4 U-Net calls
+PNDM_ORDER = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,16 +36,13 @@ class PNDMConfig(NoiseScheduleConfig):
     set_alpha_to_one: bool = False
     PREDICTION_TYPES = ("epsilon", "v_prediction")
 
-    def unsupported_values(self):
-        # The Runge-Kutta warm-up (PRK) is not implemented: Stable Diffusion's configs skip it.
-        return {"skip_prk_steps": (True,)}
-
 
 @dataclass(frozen=True)
 class PNDMState:
     counter: int = 0
     model_outputs: tuple[Any, ...] = ()  # the "ets" of diffusers, oldest first, at most 4
-    start_sample: Any = None  # the sample of call 0, which call 1 steps from again
+    start_sample: Any = None  # the sample the current step restarts from
+    rk_sum: Any = None  # weighted sum of this Runge-Kutta step's outputs so far (None: 0)
 
 
 class PNDMScheduler(AlphaBarScheduler):
@@ -53,7 +58,19 @@ class PNDMScheduler(AlphaBarScheduler):
             ascending = (np.arange(0, n) * (n_train // n)).round() + cfg.steps_offset
         else:  # trailing
             ascending = np.round(np.arange(n_train, 0, -n_train / n))[::-1].astype(np.int64) - 1
-        timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+        if cfg.skip_prk_steps:
+            timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1]
+        else:
+            if n < PNDM_ORDER:
+                raise InputError(
+                    f"{self.name} with skip_prk_steps=False needs num_inference_steps >= "
+                    f"{PNDM_ORDER}; got {n}"
+                )
+            # start, midpoint, midpoint, end of each of the 3 lowest-noise-first RK steps
+            half = n_train // n // 2
+            prk = ascending[-PNDM_ORDER:].repeat(2) + np.tile(np.array([0, half]), PNDM_ORDER)
+            prk = prk[:-1].repeat(2)[1:-1][::-1]
+            timesteps = np.concatenate([prk, ascending[:-3][::-1]])
         timesteps = timesteps.astype(np.int64)
         return Plan(
             timesteps=timesteps,
@@ -72,6 +89,39 @@ class PNDMScheduler(AlphaBarScheduler):
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)
         self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+        # As diffusers, the phase follows the call counter, not the schedule position.
+        if not self.config.skip_prk_steps and state.counter < PRK_CALLS:
+            return self.runge_kutta_step(plan, state, model_output, index, sample)
+        return self.linear_multistep_step(plan, state, model_output, index, sample)
+
+    def runge_kutta_step(self, plan: Plan, state, model_output, index: int, sample):
+        counter = state.counter
+        n_train = self.config.num_train_timesteps
+        diff_to_prev = 0 if counter % 2 else n_train // plan.num_inference_steps // 2
+        prev_timestep = int(plan.schedule_timesteps[index]) - diff_to_prev
+        timestep = int(plan.schedule_timesteps[counter // 4 * 4])  # the RK step's start
+        outputs, start_sample, rk_sum = state.model_outputs, state.start_sample, state.rk_sum
+
+        def accumulate(weight):
+            return weight * model_output if rk_sum is None else rk_sum + weight * model_output
+
+        if counter % 4 == 0:
+            rk_sum = accumulate(1 / 6)
+            outputs = (*outputs, model_output)
+            start_sample = sample
+        elif counter % 4 in (1, 2):
+            rk_sum = accumulate(1 / 3)
+        else:  # the end of the RK step: its combined output
+            model_output = accumulate(1 / 6)
+            rk_sum = None
+        restart = start_sample if start_sample is not None else sample
+        prev_sample = self.previous_sample(restart, timestep, prev_timestep, model_output)
+        new_state = PNDMState(
+            counter=counter + 1, model_outputs=outputs, start_sample=start_sample, rk_sum=rk_sum
+        )
+        return StepResult(prev_sample=prev_sample, state=new_state, denoised=None)
+
+    def linear_multistep_step(self, plan: Plan, state, model_output, index: int, sample):
         step_ratio = self.config.num_train_timesteps // plan.num_inference_steps
         timestep = int(plan.schedule_timesteps[index])
         prev_timestep = timestep - step_ratio
@@ -101,7 +151,10 @@ class PNDMScheduler(AlphaBarScheduler):
 
         prev_sample = self.previous_sample(sample, timestep, prev_timestep, combined)
         new_state = PNDMState(
-            counter=state.counter + 1, model_outputs=outputs, start_sample=start_sample
+            counter=state.counter + 1,
+            model_outputs=outputs,
+            start_sample=start_sample,
+            rk_sum=state.rk_sum,
         )
         return StepResult(prev_sample=prev_sample, state=new_state, denoised=None)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from sdrt.errors import InputError
 from sdrt.schedulers.base import (
     NoiseScheduleConfig,
     Plan,
@@ -54,6 +55,20 @@ class UniPCConfig(NoiseScheduleConfig):
             "thresholding": (False,),
             "use_dynamic_shifting": (False,),
         }
+
+    def validate(self, scheduler: str) -> None:
+        super().validate(scheduler)
+        # With a final sigma of 0 the last step spans an infinite log-SNR interval: only the
+        # first-order data-prediction update has a limit there (diffusers returns NaN).
+        if self.final_sigmas_type == "zero" and not self.predict_x0:
+            raise InputError(
+                f"{scheduler}: predict_x0=False needs final_sigmas_type='sigma_min'; got 'zero'"
+            )
+        if self.final_sigmas_type == "zero" and not self.lower_order_final:
+            raise InputError(
+                f"{scheduler}: lower_order_final=False needs final_sigmas_type='sigma_min'; "
+                "got 'zero'"
+            )
 
     @classmethod
     def normalized(cls, values):
@@ -177,6 +192,8 @@ class UniPCMultistepScheduler(VPSigmaScheduler):
         t_level, s_level = self.level(plan, index + 1), self.level(plan, index)
         lambda_s0 = s_level[2]
         h = t_level[2] - lambda_s0
+        if h == 0:  # a repeated sigma (Karras with final sigma_min): nothing to integrate
+            return sample
         m0 = outputs[-1]
         rks = [(self.level(plan, index - k)[2] - lambda_s0) / h for k in range(1, order)]
         h_phi_1, b_h, b, r = self.coefficients(h, [*rks, 1.0], order)
