@@ -30,3 +30,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not cuda_available():
             item.add_marker(skip_gpu)
+
+
+# ---------------------------------------------------------------------------- tiny model
+
+# The tiny architecture's native image size is 64 px; the built folder serves 64..256 px.
+TINY_MIN_SIZE = 64
+TINY_MAX_SIZE = 256
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory):
+    """The `tiny` random-weight diffusers folder (made once per test session)."""
+    from sdrt.export.random_model import init_random_model
+
+    return init_random_model("tiny", tmp_path_factory.mktemp("tiny-source") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_built(tiny_source, tmp_path_factory):
+    """`tiny_source` built to an fp32 sdrt model folder (made once per test session)."""
+    from sdrt.export.build import BuildConfig, build
+
+    config = BuildConfig(
+        source=str(tiny_source),
+        output=tmp_path_factory.mktemp("tiny-built") / "tiny",
+        min_size=TINY_MIN_SIZE,
+        max_size=TINY_MAX_SIZE,
+    )
+    return build(config).output

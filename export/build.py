@@ -1,0 +1,524 @@
+"""``sdrt build``: a diffusers Stable Diffusion pipeline -> a verified ONNX model folder.
+
+The folder follows Optimum's ONNX layout (so Optimum's ORT pipelines load it as it is)
+and carries ``sdrt.json``. The build writes into a hidden folder beside the output and
+renames it into place only when every component is exported, verified and the manifest
+written, so an interrupted build never leaves a folder that looks complete. With
+``force``, components whose source hash (weights + config + export options + library
+versions) matches the previous build's are copied from it instead of exported again.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdrt.export.components import (
+    ShapeCase,
+    component_names,
+    load_export_wrapper,
+    unet_upsampling_factor,
+)
+from sdrt.export.source import (
+    COPIED_FOLDERS,
+    MODEL_FOLDERS,
+    FolderHasher,
+    SourceModel,
+    resolve_source,
+)
+
+from sdrt.errors import InputError, ModelFolderError
+from sdrt.manifest import (
+    MANIFEST_NAME,
+    PRECISIONS,
+    BuildOptions,
+    Component,
+    Manifest,
+    Source,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+# Bump when the exporter's output changes for the same inputs: invalidates reuse.
+EXPORTER_VERSION = 1
+# The legacy exporter needs opset 14 for scaled_dot_product_attention; 20 is its maximum.
+MIN_OPSET, MAX_OPSET = 14, 20
+SIZE_STEP = 8  # every SD VAE scales by 8; sizes are checked against the model's own later
+TRACE_SEED = 0
+COMPONENT_CONFIG = "config.json"
+
+ProgressCallback = Callable[[str, str], None]  # (component, what is happening)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What to build and how; checked on creation (InputError names the bad value)."""
+
+    source: str
+    output: Path
+    precision: str = "fp32"
+    # None: the same as ``precision``, except fp32 for a VAE whose config asks for
+    # force_upcast (SDXL's VAE overflows in fp16).
+    vae_precision: str | None = None
+    min_size: int = 256
+    max_size: int = 1024
+    opt_size: int | None = None  # None: the model's native size, clamped into the range
+    max_batch: int = 4  # images per call; the U-Net sees up to twice that with guidance
+    opset: int = 17
+    force: bool = False
+    revision: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "output", Path(self.output))
+        for name in ("precision", "vae_precision"):
+            value = getattr(self, name)
+            if value is not None and value not in PRECISIONS:
+                raise InputError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        for name in ("min_size", "max_size", "opt_size"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % SIZE_STEP):
+                raise InputError(
+                    f"{name} must be a positive multiple of {SIZE_STEP} pixels, got {value}"
+                )
+        if self.min_size > self.max_size:
+            raise InputError(f"min_size {self.min_size} is above max_size {self.max_size}")
+        if self.opt_size is not None and not self.min_size <= self.opt_size <= self.max_size:
+            raise InputError(
+                f"opt_size {self.opt_size} is outside min_size..max_size "
+                f"({self.min_size}..{self.max_size})"
+            )
+        if self.max_batch < 1:
+            raise InputError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise InputError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
+
+
+@dataclass(frozen=True)
+class ComponentResult:
+    name: str
+    action: str  # "exported" or "reused"
+    seconds: float
+    component: Component
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    output: Path
+    manifest: Manifest
+    components: tuple[ComponentResult, ...]
+    seconds: float
+    size_bytes: int
+
+
+def build(config: BuildConfig, progress: ProgressCallback | None = None) -> BuildResult:
+    started = time.perf_counter()
+    report = progress or (lambda component, stage: None)
+    output = config.output
+    previous = _check_output(output, force=config.force)
+    source = resolve_source(config.source, config.revision)
+    import torch  # imported late: the checks above must not pay for it
+
+    torch.manual_seed(TRACE_SEED)
+    staging = output.parent / f".{output.name}.partial-{secrets.token_hex(4)}"
+    staging.mkdir(parents=True)
+    try:
+        report("source", "hashing")
+        hasher = FolderHasher(source.folder)
+        _copy_pipeline_files(source, staging)
+        results = []
+        precisions = _precisions(config, source)
+        cases = _verification_cases(config, source)
+        for name in component_names(source):
+            t0 = time.perf_counter()
+            export_options = {
+                "component": name,
+                "precision": precisions[name],
+                "opset": config.opset,
+                "family": source.family,
+                "exporter": EXPORTER_VERSION,
+                **_library_versions(exporting=True),
+            }
+            source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
+            reused = _reuse(previous, output, staging, name, source_sha256)
+            if reused is not None:
+                report(name, "reused")
+                results.append(ComponentResult(name, "reused", time.perf_counter() - t0, reused))
+                continue
+            component = _export_component(
+                source,
+                name,
+                staging,
+                precision=precisions[name],
+                opset=config.opset,
+                cases=cases,
+                source_sha256=source_sha256,
+                report=report,
+            )
+            results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+        manifest = _manifest(config, source, hasher, results, cases, precisions)
+        report("manifest", "writing")
+        write_manifest(staging, manifest)
+        _move_into_place(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    return BuildResult(output, manifest, tuple(results), time.perf_counter() - started, size)
+
+
+# ---------------------------------------------------------------------------- output folder
+
+
+def _check_output(output: Path, *, force: bool) -> Manifest | None:
+    """Refuse to replace what should not be replaced; return the previous manifest to reuse."""
+    if not output.exists():
+        if not output.parent.is_dir():
+            raise InputError(f"the parent folder of output {str(output)!r} does not exist")
+        return None
+    if not output.is_dir():
+        raise InputError(f"output {str(output)!r} exists and is not a folder")
+    if not any(output.iterdir()):
+        return None
+    if not (output / MANIFEST_NAME).is_file():
+        raise InputError(
+            f"output {str(output)!r} exists and is not an sdrt model folder (no {MANIFEST_NAME}); "
+            "refusing to replace it"
+        )
+    if not force:
+        raise InputError(f"output {str(output)!r} already exists; pass --force to replace it")
+    try:
+        return read_manifest(output)
+    except ModelFolderError:
+        return None  # unreadable: rebuild everything
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{secrets.token_hex(4)}"
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def _copy_pipeline_files(source: SourceModel, staging: Path) -> None:
+    """Tokenizers, scheduler and feature extractor as they are; model_index.json with the
+    entries of modules we do not carry (safety checker, image encoder) set to null."""
+    copied = [name for name in COPIED_FOLDERS if (source.folder / name).is_dir()]
+    for name in copied:
+        shutil.copytree(source.folder / name, staging / name)
+    carried = set(copied) | set(MODEL_FOLDERS)
+    index = {
+        key: (
+            [None, None]
+            if isinstance(value, list) and len(value) == 2 and key not in carried
+            else value
+        )
+        for key, value in source.model_index.items()
+    }
+    (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # the old folder is removed after the swap: sharing is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _reuse(
+    previous: Manifest | None, output: Path, staging: Path, name: str, source_sha256: str
+) -> Component | None:
+    """The previous build's component if its source hash matches and its files are intact."""
+    if previous is None or name not in previous.components:
+        return None
+    old = previous.components[name]
+    if old.source_sha256 != source_sha256 or not (old.verification and old.verification.passed):
+        return None
+    files = {old.file: old.sha256}
+    if old.external_data:
+        files[old.external_data] = old.external_data_sha256
+    config_file = Path(old.file).parent / COMPONENT_CONFIG
+    for rel, digest in files.items():
+        path = output / rel
+        if not path.is_file() or sha256_file(path) != digest:
+            return None
+    if not (output / config_file).is_file():
+        return None
+    for rel in [*files, config_file]:
+        _link_or_copy(output / rel, staging / rel)
+    return old
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _precisions(config: BuildConfig, source: SourceModel) -> dict[str, str]:
+    vae = config.vae_precision
+    if vae is None:
+        vae = "fp32" if source.configs["vae"].get("force_upcast", False) else config.precision
+    return {
+        name: vae if name.startswith("vae") else config.precision
+        for name in component_names(source)
+    }
+
+
+@dataclass(frozen=True)
+class _Cases:
+    trace: ShapeCase
+    unet: tuple[ShapeCase, ShapeCase]  # also the text encoders' (prompts + negatives)
+    vae: tuple[ShapeCase, ShapeCase]
+    sizes_verified_beyond_factor: bool  # a case's latent size is not a multiple of 2**up
+
+
+def _verification_cases(config: BuildConfig, source: SourceModel) -> _Cases:
+    """Two shapes per component, inside the build's range, differing in batch and size.
+
+    The U-Net is traced at a latent size that is not a multiple of its up-sampling factor,
+    so diffusers forwards explicit up-sampling sizes and the graph takes them from the skip
+    connections: it then serves every multiple of the VAE factor. The second case checks
+    such a size when the range holds one.
+    """
+    vsf = source.vae_scale_factor
+    factor = unet_upsampling_factor(source) * vsf  # pixels per U-Net bottleneck cell
+    for size in (config.min_size, config.max_size):
+        if size % vsf:
+            raise InputError(
+                f"sizes must be multiples of this model's VAE factor {vsf}, got {size}"
+            )
+    trace = ShapeCase(batch=2, height=factor + vsf, width=factor, steps=1)
+    first = config.min_size
+    candidates = range(first + vsf, config.max_size + 1, vsf)
+    second = next((s for s in candidates if s % factor), None)
+    if second is None:
+        second = config.max_size
+    guided_batch = min(3, 2 * config.max_batch)
+    unet = (
+        ShapeCase(batch=2, height=first, width=first, steps=1),  # one timestep, batch 2
+        ShapeCase(batch=guided_batch, height=second, width=first, steps=guided_batch),
+    )
+    vae = (
+        ShapeCase(batch=min(2, config.max_batch), height=first, width=first),
+        ShapeCase(batch=1, height=second, width=first),
+    )
+    beyond = any(s % factor for s in (first, second))
+    return _Cases(trace, unet, vae, beyond)
+
+
+def _export_component(
+    source: SourceModel,
+    name: str,
+    staging: Path,
+    *,
+    precision: str,
+    opset: int,
+    cases: _Cases,
+    source_sha256: str,
+    report: ProgressCallback,
+) -> Component:
+    import torch
+    from sdrt.export.onnx import (
+        ONNX_FILE,
+        cleanup_graph,
+        convert_to_fp16,
+        export_graph,
+        load_graph,
+        save_graph,
+    )
+    from sdrt.export.verify import (
+        THRESHOLDS,
+        check_passed,
+        compare_with_onnxruntime,
+        torch_reference,
+    )
+
+    report(name, "loading weights")
+    wrapper = load_export_wrapper(source, name)
+    report(name, "running eager PyTorch")
+    shapes = cases.vae if name.startswith("vae") else cases.unet
+    references = [
+        torch_reference(
+            wrapper,
+            wrapper.sample_inputs(case, torch.Generator().manual_seed(1 + i)),
+            wrapper.output_names,
+        )
+        for i, case in enumerate(shapes)
+    ]
+    report(name, "exporting")
+    scratch = staging / ".scratch" / name
+    export_graph(wrapper, cases.trace, scratch / ONNX_FILE, opset=opset, seed=TRACE_SEED)
+    del wrapper
+    gc.collect()
+    model = load_graph(scratch / ONNX_FILE)
+    shutil.rmtree(staging / ".scratch")
+    counts = {"exported": len(model.graph.node)}
+    report(name, "cleaning up")
+    model = cleanup_graph(model)
+    counts["cleaned"] = len(model.graph.node)
+    if precision == "fp16":
+        report(name, "converting to fp16")
+        model = convert_to_fp16(model)
+        counts["fp16"] = len(model.graph.node)
+    report(name, "saving")
+    saved = save_graph(model, staging / name)
+    del model
+    gc.collect()
+    shutil.copy2(source.folder / wrapper_folder(name) / COMPONENT_CONFIG, staging / name)
+    report(name, "verifying")
+    verification = compare_with_onnxruntime(saved.onnx_file, references, THRESHOLDS[precision])
+    inputs, outputs = _tensor_specs(saved.onnx_file)
+    component = Component(
+        name=name,
+        file=f"{name}/{ONNX_FILE}",
+        sha256=sha256_file(saved.onnx_file),
+        precision=precision,
+        opset=opset,
+        inputs=inputs,
+        outputs=outputs,
+        external_data=(
+            f"{name}/{saved.external_data_file.name}" if saved.external_data_file else None
+        ),
+        external_data_sha256=(
+            sha256_file(saved.external_data_file) if saved.external_data_file else None
+        ),
+        source_sha256=source_sha256,
+        node_counts=counts,
+        verification=verification,
+    )
+    check_passed(name, precision, verification)
+    return component
+
+
+def wrapper_folder(name: str) -> str:
+    """The source pipeline's folder a component's weights and config.json come from."""
+    return "vae" if name.startswith("vae") else name
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def _tensor_specs(onnx_file: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_param or d.dim_value for d in tensor.shape.dim)
+        return TensorSpec(value.name, _ONNX_DTYPES[tensor.elem_type], dims)
+
+    initializers = {t.name for t in graph.initializer}
+    inputs = tuple(spec(v) for v in graph.input if v.name not in initializers)
+    return inputs, tuple(spec(v) for v in graph.output)
+
+
+# ---------------------------------------------------------------------------- manifest
+
+
+def _library_versions(*, exporting: bool = False) -> dict[str, str]:
+    """Versions that shape the exported graphs (exporting) or that the manifest records."""
+    from importlib import metadata
+
+    names = ["torch", "diffusers", "transformers", "onnx", "onnxruntime"]
+    if not exporting:
+        names = ["sdrt", *names, "onnx-graphsurgeon", "polygraphy"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _family_options(source: SourceModel) -> dict[str, Any]:
+    """What the runtime needs beyond the I/O specs: which outputs feed the U-Net, and SDXL's
+    conditioning settings."""
+    index, unet, vae = source.model_index, source.configs["unet"], source.configs["vae"]
+    options: dict[str, Any] = {
+        "vae_force_upcast": bool(vae.get("force_upcast", False)),
+        "vae_encoder_outputs": {
+            "latent_sample": "mode (mean) of the latent distribution",
+            "latent_parameters": "mean and log-variance, concatenated on channels",
+        },
+    }
+    if source.family != "sdxl":
+        options["prompt_embeds_outputs"] = {"text_encoder": "last_hidden_state"}
+        options["requires_safety_checker"] = bool(index.get("requires_safety_checker", False))
+        return options
+    penultimate = {
+        name: f"hidden_states.{source.configs[name]['num_hidden_layers'] - 1}"
+        for name in source.text_encoders
+    }
+    options |= {
+        "prompt_embeds_outputs": penultimate,  # concatenated on the last axis
+        "pooled_prompt_embeds_output": {"text_encoder_2": "text_embeds"},
+        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
+        "requires_aesthetics_score": bool(index.get("requires_aesthetics_score", False)),
+        "addition_time_embed_dim": unet.get("addition_time_embed_dim"),
+        "projection_class_embeddings_input_dim": unet.get("projection_class_embeddings_input_dim"),
+    }
+    return options
+
+
+def _manifest(
+    config: BuildConfig,
+    source: SourceModel,
+    hasher: FolderHasher,
+    results: list[ComponentResult],
+    cases: _Cases,
+    precisions: Mapping[str, str],
+) -> Manifest:
+    unet, vae = source.configs["unet"], source.configs["vae"]
+    vsf = source.vae_scale_factor
+    native = unet["sample_size"] * vsf
+    opt = config.opt_size or min(max(native, config.min_size), config.max_size)
+    # Sizes the graphs were verified for: any multiple of the VAE factor when a verified
+    # shape was off the U-Net's up-sampling grid, else only that grid.
+    size_multiple = (
+        vsf if cases.sizes_verified_beyond_factor else unet_upsampling_factor(source) * vsf
+    )
+    hashed = [n for n in MODEL_FOLDERS + COPIED_FOLDERS if (source.folder / n).exists()]
+    return Manifest(
+        source=Source(
+            path_or_id=source.path_or_id,
+            revision=source.revision,
+            content_sha256=hasher.folders((*hashed, "model_index.json")),
+        ),
+        family=source.family,
+        prediction_type=source.prediction_type,
+        vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
+        vae_shift_factor=vae.get("shift_factor"),
+        latent_channels=int(vae.get("latent_channels", 4)),
+        unet_in_channels=int(unet.get("in_channels", 4)),
+        sample_size=int(unet["sample_size"]),
+        vae_scale_factor=vsf,
+        build=BuildOptions(
+            min_size=config.min_size,
+            max_size=config.max_size,
+            opt_size=opt,
+            min_batch=1,
+            max_batch=config.max_batch,
+            opt_batch=1,
+            precision=config.precision,
+            vae_precision=precisions["vae_decoder"],
+            opset=config.opset,
+            size_multiple=size_multiple,
+        ),
+        components={r.name: r.component for r in results},
+        tokenizers=source.tokenizers,
+        versions=_library_versions(),
+        family_options=_family_options(source),
+    )

@@ -1,0 +1,163 @@
+"""torch -> ONNX: trace, clean up, convert to fp16, save (one external data file over 2 GB).
+
+The legacy TorchScript exporter (``dynamo=False``) is used: it handles the diffusers and
+transformers models as they are and names dynamic axes as asked. Each pass reports node
+counts so a build can say what it did (``exported`` -> ``cleaned`` -> ``fp16``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from sdrt.export.components import ExportWrapper, ShapeCase
+
+ONNX_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx_data"
+# Protobuf cannot serialise a message of 2 GiB or more; stay clear of it.
+EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 2**26
+# Constants folded into the graph larger than this stay computed at run time.
+FOLD_SIZE_THRESHOLD_BYTES = 16 * 2**20
+# Ops kept in fp32 in fp16 graphs: normalisations reduce over many values (means and
+# variances overflow or lose precision in fp16). GroupNorm exports as InstanceNormalization.
+FP32_ISLAND_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    onnx_file: Path
+    external_data_file: Path | None
+
+
+def export_graph(
+    wrapper: ExportWrapper, case: ShapeCase, path: Path, *, opset: int, seed: int = 0
+) -> None:
+    """Trace ``wrapper`` on inputs of ``case`` and write the raw graph (may spill weights
+    into many external files beside ``path`` when it is over 2 GB)."""
+    inputs = wrapper.sample_inputs(case, torch.Generator().manual_seed(seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The tracer warns about every Python branch on a shape; the verification at two
+    # shapes is what tells whether a branch was baked in wrongly.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            tuple(inputs.values()),
+            str(path),
+            input_names=list(wrapper.input_names),
+            output_names=list(wrapper.output_names),
+            dynamic_axes=wrapper.dynamic_axes(),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=True)
+
+
+def cleanup_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference, constant folding and dead-node removal (Polygraphy and
+    onnx-graphsurgeon), then shape inference again so every tensor has a type and shape."""
+    import onnx_graphsurgeon as gs
+    from polygraphy.backend.onnx import fold_constants, infer_shapes
+    from polygraphy.logger import G_LOGGER
+
+    io_types = _io_types(model)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR), _quiet_onnxruntime():
+        model = fold_constants(
+            model,
+            do_shape_inference=True,
+            error_ok=False,
+            size_threshold=FOLD_SIZE_THRESHOLD_BYTES,
+        )
+        graph = gs.import_onnx(model)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        model = infer_shapes(gs.export_onnx(graph), error_ok=False)
+    _restore_io_types(model, io_types)
+    return model
+
+
+def _io_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    types = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        copy = onnx.TypeProto()
+        copy.CopyFrom(value.type)
+        types[value.name] = copy
+    return types
+
+
+def _restore_io_types(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    """Symbolic shape inference renames dims it proves equal where broadcasting allows
+    them to differ (timestep "steps" became "batch"); the exported I/O shapes are the
+    contract, so they are put back."""
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name in types:
+            value.type.CopyFrom(types[value.name])
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """Constant folding runs ORT sessions whose optimisers warn about every node they
+    cannot simplify; show errors only while it runs, then return to ORT's default level."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and activations, fp32 islands for FP32_ISLAND_OPS, fp32 inputs and
+    outputs (the casts at the boundary cost little and keep the I/O contract one dtype)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    return convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        # cleanup_graph already annotated shapes; re-inference fails on graphs over 2 GB.
+        disable_shape_infer=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_ISLAND_OPS),
+    )
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held in initializers and Constant nodes: what decides external data."""
+    total = sum(len(t.raw_data) or _typed_bytes(t) for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    total += len(attr.t.raw_data) or _typed_bytes(attr.t)
+    return total
+
+
+def _typed_bytes(tensor: onnx.TensorProto) -> int:
+    values = len(tensor.float_data) + len(tensor.int64_data) + len(tensor.int32_data)
+    return values * 4 + len(tensor.double_data) * 8
+
+
+def save_graph(model: onnx.ModelProto, folder: Path) -> SavedModel:
+    """Write ``model.onnx``; weights go to one ``model.onnx_data`` beside it when the
+    graph would not fit in a single protobuf."""
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_file = folder / ONNX_FILE
+    if tensor_bytes(model) < EXTERNAL_DATA_THRESHOLD_BYTES:
+        onnx.save_model(model, str(onnx_file))
+        return SavedModel(onnx_file, None)
+    onnx.save_model(
+        model,
+        str(onnx_file),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA_FILE,
+        size_threshold=1024,
+    )
+    return SavedModel(onnx_file, folder / EXTERNAL_DATA_FILE)

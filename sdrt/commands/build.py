@@ -1,0 +1,88 @@
+"""``sdrt build SOURCE -o OUT``: export a diffusers SD pipeline to a verified ONNX model folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "Export a diffusers Stable Diffusion pipeline (folder or Hub id) to a verified ONNX model folder."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SOURCE", help="a local diffusers folder or a Hub id")
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="the model folder to write"
+    )
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument(
+        "--vae-precision",
+        choices=("fp32", "fp16"),
+        default=None,
+        help="VAE precision (default: as --precision; fp32 where the VAE config asks to upcast)",
+    )
+    parser.add_argument("--min-size", type=int, default=256, help="smallest image side, pixels")
+    parser.add_argument("--max-size", type=int, default=1024, help="largest image side, pixels")
+    parser.add_argument(
+        "--opt-size", type=int, default=None, help="most used image side (default: the model's)"
+    )
+    parser.add_argument("--max-batch", type=int, default=4, help="most images per call")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (14..20)")
+    parser.add_argument("--revision", default=None, help="Hub revision of SOURCE")
+    parser.add_argument(
+        "--force", action="store_true", help="replace OUT (unchanged components are reused)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdrt.export.build import BuildConfig, build
+
+    config = BuildConfig(
+        source=args.source,
+        output=args.output,
+        precision=args.precision,
+        vae_precision=args.vae_precision,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        opt_size=args.opt_size,
+        max_batch=args.max_batch,
+        opset=args.opset,
+        force=args.force,
+        revision=args.revision,
+    )
+    progress = _Progress()
+    try:
+        result = build(config, progress=progress)
+    finally:
+        progress.close()
+    for item in result.components:
+        comp = item.component
+        counts = " -> ".join(f"{v} {k}" for k, v in comp.node_counts.items())
+        check = comp.verification
+        errors = (
+            f"max abs error {check.max_abs_error:.3g}, max rel error {check.max_rel_error:.3g}"
+            if check
+            else "not verified"
+        )
+        print(
+            f"{item.name:15s} {item.action:8s} {comp.precision}  nodes {counts}; {errors}  ({item.seconds:.1f} s)"
+        )
+    size_mb = result.size_bytes / 2**20
+    print(f"built {result.output} ({size_mb:.1f} MiB) in {result.seconds:.1f} s")
+    return 0
+
+
+class _Progress:
+    """One tqdm line on stderr: which component and what step is running."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, file=sys.stderr, bar_format="{desc} [{elapsed}]", leave=False)
+
+    def __call__(self, component: str, stage: str) -> None:
+        self.bar.set_description_str(f"{component}: {stage}")
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,113 @@
+"""sdrt build on the tiny random model: the folder, its manifest and the export's parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from sdrt.export.verify import FP32_THRESHOLDS
+from sdrt.manifest import (
+    check_files,
+    manifest_from_dict,
+    manifest_to_dict,
+    read_manifest,
+    sha256_file,
+)
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+# Optimum's ONNX names: what its ORT pipelines feed and read.
+OPTIMUM_IO = {
+    "text_encoder": (["input_ids"], ["last_hidden_state", "pooler_output"]),
+    "unet": (["sample", "timestep", "encoder_hidden_states"], ["out_sample"]),
+    "vae_decoder": (["latent_sample"], ["sample"]),
+    "vae_encoder": (["sample"], ["latent_sample", "latent_parameters"]),
+}
+
+
+def test_folder_has_optimum_layout(tiny_built, tiny_source):
+    for name in COMPONENTS:
+        assert (tiny_built / name / "model.onnx").is_file()
+        assert (tiny_built / name / "config.json").is_file()
+        assert not (tiny_built / name / "model.onnx_data").exists()  # tiny: far below 2 GB
+    for name in ("tokenizer", "scheduler"):
+        for file in (tiny_source / name).iterdir():
+            assert (tiny_built / name / file.name).read_bytes() == file.read_bytes()
+    index = json.loads((tiny_built / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert not list(tiny_built.parent.glob(".tiny.partial-*"))
+
+
+def test_manifest_round_trips_and_hashes_match(tiny_built):
+    manifest = read_manifest(tiny_built)
+    assert manifest_from_dict(manifest_to_dict(manifest)) == manifest
+    check_files(tiny_built, manifest, hashes=True)
+    for name in COMPONENTS:
+        comp = manifest.components[name]
+        assert sha256_file(tiny_built / comp.file) == comp.sha256
+        assert comp.precision == "fp32"
+        assert comp.node_counts["cleaned"] < comp.node_counts["exported"]
+    assert manifest.family == "sd1"
+    assert manifest.prediction_type == "epsilon"
+    assert manifest.vae_scale_factor == 8
+    assert manifest.build.size_multiple == 8
+    assert manifest.tokenizers == ("tokenizer",)
+
+
+def test_io_names_and_dtypes(tiny_built):
+    manifest = read_manifest(tiny_built)
+    for name, (inputs, outputs) in OPTIMUM_IO.items():
+        session = ort.InferenceSession(str(tiny_built / name / "model.onnx"))
+        assert [i.name for i in session.get_inputs()] == inputs
+        assert [o.name for o in session.get_outputs()] == outputs
+        comp = manifest.components[name]
+        assert [s.name for s in comp.inputs] == inputs
+        assert [s.name for s in comp.outputs] == outputs
+    unet = manifest.components["unet"]
+    specs = {s.name: s for s in unet.inputs}
+    assert specs["timestep"].shape == ("steps",)
+    assert specs["timestep"].dtype == "float32"
+    assert specs["sample"].shape[0] == "batch"
+    assert manifest.components["text_encoder"].inputs[0].dtype == "int64"
+
+
+def test_verification_passed_at_two_shapes(tiny_built):
+    manifest = read_manifest(tiny_built)
+    for name in COMPONENTS:
+        check = manifest.components[name].verification
+        assert check.passed
+        assert len(check.cases) == 2
+        first, second = (dict(c.input_shapes) for c in check.cases)
+        assert first != second
+        assert check.max_rel_error <= FP32_THRESHOLDS.rel
+
+
+@pytest.mark.parametrize(
+    ("batch", "latent_height", "latent_width"), [(2, 8, 8), (1, 9, 8), (3, 11, 13)]
+)
+def test_unet_length_one_timestep_broadcasts(tiny_built, batch, latent_height, latent_width):
+    # Optimum feeds one timestep for the whole (guided) batch; any multiple of 8 px works.
+    session = ort.InferenceSession(str(tiny_built / "unet" / "model.onnx"))
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((batch, 4, latent_height, latent_width), dtype=np.float32)
+    hidden = rng.standard_normal((batch, 77, 32), dtype=np.float32)
+    one = session.run(
+        None,
+        {
+            "sample": sample,
+            "timestep": np.array([500.0], np.float32),
+            "encoder_hidden_states": hidden,
+        },
+    )[0]
+    per_sample = session.run(
+        None,
+        {
+            "sample": sample,
+            "timestep": np.full(batch, 500.0, np.float32),
+            "encoder_hidden_states": hidden,
+        },
+    )[0]
+    assert one.shape == sample.shape
+    np.testing.assert_array_equal(one, per_sample)
