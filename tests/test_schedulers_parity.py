@@ -125,6 +125,9 @@ VARIANTS = [
     ("euler", "sd21", {"timestep_spacing": "trailing", "use_karras_sigmas": True}),
     ("euler", "sd15", {"use_karras_sigmas": True, "sigma_min": 0.1, "sigma_max": 10.0}),
     ("euler_a", "sd21", {"timestep_spacing": "linspace"}),
+    ("euler_a", "sd21", {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True}),
+    ("unipc", "sd21", {"timestep_spacing": "trailing", "rescale_betas_zero_snr": True}),
+    ("lms", "sd15", {"rescale_betas_zero_snr": True}),  # unknown to LMS: ignored
     ("heun", "sd15", {"use_karras_sigmas": True}),
     ("heun", "sd21", {"clip_sample": True, "timestep_spacing": "trailing"}),
     ("lms", "sd15", {"use_karras_sigmas": True}),

@@ -48,7 +48,9 @@ class NoiseScheduleConfig:
     prediction_type: str = "epsilon"
     timestep_spacing: str = "leading"
     steps_offset: int = 0
-    rescale_betas_zero_snr: bool = False
+    # Subclasses whose diffusers class has `rescale_betas_zero_snr` declare that field;
+    # the sigma-based ones also floor the terminal alpha_bar, as their diffusers class does.
+    TERMINAL_ALPHA_FLOOR: ClassVar[bool] = False
 
     # Each subclass narrows these to what its algorithm implements.
     PREDICTION_TYPES: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
@@ -145,9 +147,12 @@ def alphas_cumprod_for(config: NoiseScheduleConfig) -> np.ndarray:
         betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, n).astype(np.float32) ** 2
     else:  # squaredcos_cap_v2 (validated before)
         betas = betas_for_alpha_bar(n)
-    if config.rescale_betas_zero_snr:
+    rescale = getattr(config, "rescale_betas_zero_snr", False)
+    if rescale:
         betas = rescale_zero_terminal_snr(betas)
     alphas_cumprod = np.cumprod((np.float32(1.0) - betas).astype(np.float64)).astype(np.float32)
+    if rescale and config.TERMINAL_ALPHA_FLOOR:
+        alphas_cumprod[-1] = 2**-24  # keeps the terminal sigma finite
     alphas_cumprod.setflags(write=False)
     return alphas_cumprod
 

@@ -19,6 +19,7 @@ from sdrt.schedulers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class DDIMConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
     clip_sample: bool = True
     clip_sample_range: float = 1.0
     set_alpha_to_one: bool = True

@@ -22,10 +22,19 @@ from sdrt.schedulers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class DDPMConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
     variance_type: str = "fixed_small"
     clip_sample: bool = True
     clip_sample_range: float = 1.0
     thresholding: bool = False
+
+    @classmethod
+    def normalized(cls, values):
+        # diffusers treats variance_type=None (e.g. from a DPM-Solver config) as fixed_small.
+        values = dict(values)
+        if "variance_type" in values and values["variance_type"] is None:
+            values["variance_type"] = "fixed_small"
+        return values
 
     def unsupported_values(self):
         # "learned" variances need a U-Net with twice the channels; SD has none.

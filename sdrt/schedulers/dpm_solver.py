@@ -30,6 +30,8 @@ from sdrt.schedulers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class DPMSolverConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
+    TERMINAL_ALPHA_FLOOR = True
     solver_order: int = 2
     algorithm_type: str = "dpmsolver++"
     solver_type: str = "midpoint"
@@ -57,12 +59,18 @@ class DPMSolverConfig(NoiseScheduleConfig):
             "use_lu_lambdas": (False,),
             "use_flow_sigmas": (False,),
             "final_sigmas_type": ("zero", "sigma_min"),
-            "variance_type": (None,),
             "thresholding": (False,),
         }
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
+        # diffusers only acts on the learned variances (a U-Net with twice the channels);
+        # other values, e.g. a DDPM config's "fixed_small", are ignored as there.
+        if self.variance_type in ("learned", "learned_range"):
+            raise InputError(
+                f"{scheduler}: variance_type={self.variance_type!r} (a U-Net predicting its "
+                "variance) is not supported; expected None"
+            )
         if self.algorithm_type == "dpmsolver" and self.final_sigmas_type == "zero":
             raise InputError(
                 f"{scheduler}: final_sigmas_type='zero' needs algorithm_type 'dpmsolver++'; "

@@ -22,6 +22,8 @@ from sdrt.schedulers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class EulerConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
+    TERMINAL_ALPHA_FLOOR = True
     timestep_spacing: str = "linspace"
     interpolation_type: str = "linear"
     use_karras_sigmas: bool = False

@@ -17,6 +17,8 @@ from sdrt.schedulers.euler import sigma_schedule
 
 @dataclass(frozen=True, kw_only=True)
 class EulerAncestralConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
+    TERMINAL_ALPHA_FLOOR = True
     timestep_spacing: str = "linspace"
 
 

@@ -26,6 +26,7 @@ SIGMA_DATA = 0.5  # of the consistency-model boundary condition
 
 @dataclass(frozen=True, kw_only=True)
 class LCMConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"

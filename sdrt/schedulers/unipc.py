@@ -29,6 +29,8 @@ from sdrt.schedulers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class UniPCConfig(NoiseScheduleConfig):
+    rescale_betas_zero_snr: bool = False
+    TERMINAL_ALPHA_FLOOR = True
     solver_order: int = 2
     predict_x0: bool = True
     solver_type: str = "bh2"
