@@ -1,0 +1,169 @@
+"""The loop stays on the device: numpy standing in for cupy gives the CPU path's images.
+
+On a GPU backend the sessions return cupy arrays and the pipeline's loop (guidance
+arithmetic, scheduler steps) runs in cupy until one copy to the host at the end. Here a
+stand-in "cupy" module wraps numpy: its arrays are a numpy subclass that says it comes
+from cupy, refuses to mix with host arrays in arithmetic and refuses numpy functions
+called on it directly (as cupy does), and counts copies to the host. The tiny model's
+ORT CPU sessions are wrapped to take and return such device arrays, the way the TensorRT
+and ORT CUDA sessions take and return cupy arrays.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import sdrt
+import sdrt.pipeline
+
+_in_device_namespace = contextvars.ContextVar("in_device_namespace", default=False)
+
+
+class DeviceArray(np.ndarray):
+    """A numpy array playing a cupy array."""
+
+    host_copies = 0
+
+    def get(self) -> np.ndarray:
+        DeviceArray.host_copies += 1
+        return np.array(self.view(np.ndarray), copy=True)
+
+    def __array_namespace__(self, api_version=None):
+        return sys.modules["cupy"]
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        for value in inputs:
+            if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray) and value.ndim:
+                raise TypeError(f"{ufunc.__name__}: a host array in a device computation")
+        plain = [v.view(np.ndarray) if isinstance(v, DeviceArray) else v for v in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(
+                o.view(np.ndarray) if isinstance(o, DeviceArray) else o for o in kwargs["out"]
+            )
+        return _to_device(getattr(ufunc, method)(*plain, **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        if not _in_device_namespace.get():
+            raise TypeError(f"numpy.{func.__name__} called on a device array (cupy refuses)")
+        return super().__array_function__(func, types, args, kwargs)
+
+
+DeviceArray.__module__ = "cupy._core.core"  # what sdrt.arrays.namespace_of looks at
+
+
+def _to_device(value):
+    if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+        return value.view(DeviceArray)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v) for v in value]
+    return value
+
+
+class StandInCupy(types.ModuleType):
+    """numpy's functions, returning device arrays."""
+
+    ndarray = DeviceArray
+
+    def __getattr__(self, name):
+        attr = getattr(np, name)
+        if not callable(attr) or isinstance(attr, type):
+            return attr
+
+        def on_device(*args, **kwargs):
+            token = _in_device_namespace.set(True)
+            try:
+                return _to_device(attr(*args, **kwargs))
+            finally:
+                _in_device_namespace.reset(token)
+
+        return on_device
+
+
+class DeviceSession:
+    """An ORT CPU session taking and returning device arrays, like the GPU sessions."""
+
+    def __init__(self, inner, feeds_log):
+        self.name, self.inputs, self.outputs = inner.name, inner.inputs, inner.outputs
+        self._inner = inner
+        self._log = feeds_log
+
+    def run(self, feeds):
+        self._log.append((self.name, {k: type(v) for k, v in feeds.items()}))
+        host = {
+            k: v.view(np.ndarray) if isinstance(v, DeviceArray) else v for k, v in feeds.items()
+        }
+        return {k: v.view(DeviceArray) for k, v in self._inner.run(host).items()}
+
+
+def stand_in_device(monkeypatch) -> list:
+    """From here on, sessions the pipeline makes take and return device arrays."""
+    monkeypatch.setitem(sys.modules, "cupy", StandInCupy("cupy"))
+    feeds_log = []
+    create = sdrt.pipeline.create_sessions
+
+    def create_on_device(*args, **kwargs):
+        return {n: DeviceSession(s, feeds_log) for n, s in create(*args, **kwargs).items()}
+
+    monkeypatch.setattr(sdrt.pipeline, "create_sessions", create_on_device)
+    real_to_host = sdrt.pipeline.to_host
+    monkeypatch.setattr(
+        sdrt.pipeline,
+        "to_host",
+        lambda a: a.get() if isinstance(a, DeviceArray) else real_to_host(a),
+    )
+    DeviceArray.host_copies = 0
+    return feeds_log
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "guidance"),
+    [("EulerAncestralDiscreteScheduler", 7.5), ("DPMSolverMultistepScheduler", 1.0)],
+)
+def test_device_loop_gives_the_cpu_images(tiny_built, monkeypatch, scheduler, guidance):
+    cpu = sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
+    settings = dict(
+        prompt=["a red fox in snow", "a lighthouse"],
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        height=64,
+        width=64,
+        seed=7,
+        scheduler=scheduler,
+        output_type="np",
+    )
+    expected = cpu(**settings).images
+    assert type(expected) is np.ndarray
+
+    feeds_log = stand_in_device(monkeypatch)
+    pipe = sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
+    images = pipe(**settings).images
+
+    assert type(images) is np.ndarray and images.dtype == np.float32
+    np.testing.assert_allclose(images, expected, rtol=0, atol=1e-6)
+    # Every U-Net and VAE call was fed device arrays: latents never left the device...
+    calls = [(name, kinds) for name, kinds in feeds_log if name in ("unet", "vae_decoder")]
+    assert len(calls) == 4  # three U-Net steps and one decode
+    for name, kinds in calls:
+        assert set(kinds.values()) == {DeviceArray}, (name, kinds)
+    # ...until the one copy of the decoded images to the host.
+    assert DeviceArray.host_copies == 1
+
+
+def test_stand_in_refuses_what_cupy_refuses(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", StandInCupy("cupy"))
+    xp = sys.modules["cupy"]
+    x = xp.ones((2, 2))
+    assert sdrt.arrays.namespace_of(x) is xp
+    with pytest.raises(TypeError, match="host array in a device computation"):
+        x + np.ones((2, 2))
+    with pytest.raises(TypeError, match="numpy.concatenate called on a device array"):
+        np.concatenate([x, x])
+    assert type(xp.concatenate([x, x * 2.0])) is DeviceArray
