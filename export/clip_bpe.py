@@ -33,7 +33,7 @@ MIN_PAIR_COUNT = 2
 DEFAULT_MAX_MERGES = 4000
 
 # CLIP's pre-tokenizer split, as in openai/CLIP and transformers' CLIPTokenizer.
-_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+CLIP_SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -65,7 +65,7 @@ def _words(text: str) -> collections.Counter[tuple[str, ...]]:
     )
     pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )

@@ -98,7 +98,9 @@ def _replace(out_dir: Path, staging: Path) -> None:
     shutil.rmtree(old)
 
 
-def _write_model(arch: Architecture, folder: Path, seed: int, report: Callable[[str], None]):
+def _write_model(
+    arch: Architecture, folder: Path, seed: int, report: Callable[[str], None]
+) -> None:
     merges, vocab = _tokenizer_model()
     for name, tokenizer in arch.tokenizers.items():
         clip_bpe.write_tokenizer_folder(folder / name, vocab, merges, pad_token=tokenizer.pad_token)
@@ -165,7 +167,9 @@ def _component_seed(seed: int, name: str) -> int:
     return zlib.crc32(f"{seed}/{name}".encode())
 
 
-def _write_component(name: str, component: Component, folder: Path, seed: int, vocab_size: int):
+def _write_component(
+    name: str, component: Component, folder: Path, seed: int, vocab_size: int
+) -> None:
     import torch
 
     config = component_config(component, vocab_size)

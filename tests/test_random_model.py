@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +123,36 @@ def test_transformers_tokenizer_reads_the_folder(models, tokenizer_class):
     padded = tokenizer(PROMPT_A, padding="max_length", max_length=77).input_ids
     assert len(padded) == 77
     assert padded[-1] == vocab[clip_bpe.EOS_TOKEN]  # SD 1.x pads with <|endoftext|>
+
+
+def test_plain_tokenizers_bpe_from_the_files_agrees_with_transformers(models):
+    """The runtime reads vocab.json + merges.txt with `tokenizers` alone; same ids expected."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers import models as bpe_models
+    from transformers import CLIPTokenizer
+
+    folder = models["tiny"] / "tokenizer"
+    bpe = bpe_models.BPE.from_file(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        unk_token=clip_bpe.EOS_TOKEN,
+        end_of_word_suffix=clip_bpe.END_OF_WORD,
+        continuing_subword_prefix="",
+    )
+    plain = Tokenizer(bpe)
+    plain.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    plain.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(clip_bpe.CLIP_SPLIT_PATTERN), "removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    reference = CLIPTokenizer.from_pretrained(folder)
+    for prompt in (PROMPT_A, PROMPT_B, "Héllo  wörld 123, it's a zebra!"):
+        expected = reference(prompt, add_special_tokens=False).input_ids
+        assert plain.encode(prompt).ids == expected
 
 
 def test_sdxl_second_tokenizer_pads_with_bang(models):
@@ -286,7 +318,8 @@ def test_full_size_model_loads_in_diffusers(arch, pipeline_class, tmp_path):
     import diffusers
 
     folder = init_random_model(arch, tmp_path / arch)
-    pipe = getattr(diffusers, pipeline_class).from_pretrained(folder)
+    # Loaded in fp16 to halve the memory (SDXL is 14 GB in fp32); the check is that it loads.
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(folder, dtype=torch.float16)
     counts = {
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
         for name in ARCHITECTURES[arch].components
@@ -366,3 +399,15 @@ def test_cli_makes_the_model(capsys, tmp_path):
         "StableDiffusionPipeline"
     )
     assert f"to {out}" in capsys.readouterr().err
+
+
+def test_cli_module_imports_no_torch():
+    """`sdrt --help` and the other commands must not pay for torch through init-model."""
+    code = (
+        "import sys, sdrt.commands.init_model, sdrt.export.random_model; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
