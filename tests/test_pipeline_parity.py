@@ -1,0 +1,185 @@
+"""sdrt.Pipeline gives diffusers' images on the same weights, initial noise and settings.
+
+diffusers runs the tiny random model's source folder in torch; sdrt runs the folder built
+from it on ONNX Runtime. Randomness is made the same on both sides: the initial noise is
+passed as ``latents``, and where diffusers would draw noise itself (ancestral steps,
+img2img's forward noise) its draw is patched, test-scoped, to return sdrt's draws. The
+VAE encoder is made deterministic on the diffusers side (``sample_mode="argmax"``, the
+mode sdrt uses).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sdrt
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+# Max abs difference of float images in [0, 1]: two 8-bit levels.
+MAX_IMAGE_DIFF = 2 / 255
+STEPS = 3
+PROMPTS = ["a red fox in the snow", "an astronaut riding a horse"]
+NEGATIVES = ["blurry, low quality", "cartoon"]
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_built):
+    return sdrt.Pipeline.load(tiny_built)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_source):
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(tiny_source), safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(sd, batch: int, height: int, width: int, seed: int) -> np.ndarray:
+    f = sd.manifest.vae_scale_factor
+    shape = (batch, sd.manifest.latent_channels, height // f, width // f)
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def _scheduled(reference, scheduler: str):
+    """The reference pipeline with another scheduler class from the same config."""
+    cls = getattr(diffusers, scheduler)
+    return diffusers.StableDiffusionPipeline(
+        **{**reference.components, "scheduler": cls.from_config(reference.scheduler.config)}
+    )
+
+
+def _inject_noise(monkeypatch, module, noises: list[np.ndarray]) -> None:
+    """Make ``module.randn_tensor`` return ``noises`` in order (and fail if it runs out)."""
+    queue = list(noises)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        noise = queue.pop(0)
+        assert tuple(shape) == noise.shape, (shape, noise.shape)
+        return torch.from_numpy(noise.copy()).to(dtype=dtype or torch.float32)
+
+    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
+
+
+def _deterministic_vae_encoder(monkeypatch, module) -> None:
+    original = module.retrieve_latents
+
+    def retrieve_latents(encoder_output, generator=None, sample_mode="sample"):
+        return original(encoder_output, generator=generator, sample_mode="argmax")
+
+    monkeypatch.setattr(module, "retrieve_latents", retrieve_latents)
+
+
+def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
+    assert ours.shape == theirs.shape
+    assert ours.dtype == np.float32
+    return float(np.abs(ours - theirs).max())
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "guidance", "height", "width"),
+    [
+        ("EulerDiscreteScheduler", 7.5, 64, 128),
+        ("DDIMScheduler", 1.0, 128, 64),
+        ("HeunDiscreteScheduler", 7.5, 64, 64),
+    ],
+)
+def test_txt2img_batch_with_negative_prompts(sd, reference, scheduler, guidance, height, width):
+    latents = _latents(sd, len(PROMPTS), height, width, seed=1)
+    settings = dict(
+        negative_prompt=NEGATIVES,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        output_type="np",
+    )
+    theirs = _scheduled(reference, scheduler)(
+        PROMPTS, latents=torch.from_numpy(latents), **settings
+    ).images
+    ours = sd(PROMPTS, latents=latents, scheduler=scheduler, **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+def test_txt2img_ancestral_with_injected_noise(sd, reference, monkeypatch):
+    from diffusers.schedulers import scheduling_euler_ancestral_discrete
+
+    height, width, seed = 128, 64, 7
+    latents = _latents(sd, 2, height, width, seed=3)
+    # sdrt draws one noise array per step from the call's seed (latents are given).
+    rng = np.random.default_rng(seed)
+    step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS)]
+    _inject_noise(monkeypatch, scheduling_euler_ancestral_discrete, step_noises)
+    settings = dict(
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        height=height,
+        width=width,
+        num_images_per_prompt=2,
+        output_type="np",
+    )
+    theirs = _scheduled(reference, "EulerAncestralDiscreteScheduler")(
+        PROMPTS[0], latents=torch.from_numpy(latents), **settings
+    ).images
+    ours = sd(PROMPTS[0], latents=latents, seed=seed, scheduler="euler_a", **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    # The noise mattered: another seed gives another image.
+    other = sd(PROMPTS[0], latents=latents, seed=seed + 1, scheduler="euler_a", **settings)
+    assert _max_diff(other.images, theirs) > MAX_IMAGE_DIFF
+
+
+def _test_image(width: int, height: int) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def test_img2img_half_strength(sd, reference, monkeypatch):
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as module
+
+    height, width = 64, 128
+    image = _test_image(width, height)
+    noise = _latents(sd, 1, height, width, seed=5)
+    _inject_noise(monkeypatch, module, [noise])
+    _deterministic_vae_encoder(monkeypatch, module)
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**reference.components)
+    img2img.set_progress_bar_config(disable=True)
+    settings = dict(num_inference_steps=4, guidance_scale=7.5, strength=0.5, output_type="np")
+    theirs = img2img(PROMPTS[0], image=image, **settings).images
+    ours = sd(PROMPTS[0], image=image, latents=noise, **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+def _inpaint_mask(width: int, height: int) -> Image.Image:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[height // 4 : 3 * height // 4, width // 3 :] = 255
+    return Image.fromarray(mask, mode="L")
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+def test_inpainting_4_channel(sd, reference, monkeypatch, strength):
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as module
+
+    height, width = 64, 128
+    image, mask = _test_image(width, height), _inpaint_mask(width, height)
+    noise = _latents(sd, 1, height, width, seed=9)
+    _inject_noise(monkeypatch, module, [noise])
+    _deterministic_vae_encoder(monkeypatch, module)
+    inpaint = diffusers.StableDiffusionInpaintPipeline(**reference.components)
+    inpaint.set_progress_bar_config(disable=True)
+    settings = dict(
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        strength=strength,
+        height=height,
+        width=width,
+        output_type="np",
+    )
+    theirs = inpaint(PROMPTS[1], image=image, mask_image=mask, **settings).images
+    ours = sd(PROMPTS[1], image=image, mask_image=mask, latents=noise, **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
