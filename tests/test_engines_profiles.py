@@ -206,3 +206,24 @@ def test_broadcast_named_dims_widens_one_value_inputs(manifest):
     # Differently named axes are left alone.
     plain = manifest.components["unet"]
     assert broadcast_named_dims(plain.inputs, fed) == fed
+
+
+def test_profiles_of_the_exported_tiny_folder_run_through_its_graphs(tiny_built):
+    # The axis roles hold for what `sdrt build` really writes: every profile corner is a
+    # shape the ONNX graphs accept (and the verification cases are drawn from them).
+    import onnxruntime as ort
+    from sdrt.engines.compare import sample_inputs
+
+    from sdrt.manifest import read_manifest
+
+    manifest = read_manifest(tiny_built)
+    shapes = shape_range_from_options(manifest, min_size=64, max_size=128, max_batch=2)
+    for name, component in manifest.components.items():
+        profile = component_profile(component, shapes, manifest.vae_scale_factor)
+        session = ort.InferenceSession(
+            str(tiny_built / component.file), providers=["CPUExecutionProvider"]
+        )
+        for level in ("min", "max"):
+            corner = {n: levels[level] for n, levels in profile.items()}
+            outputs = session.run(None, sample_inputs(component.inputs, corner, seed=0))
+            assert outputs[0].shape[0] == corner[component.inputs[0].name][0], name
