@@ -1,0 +1,133 @@
+"""What a benchmark run is asked to do: one frozen configuration, made once from the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdrt.errors import InputError
+
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, 4k"
+DEFAULT_NEGATIVE_PROMPT = "blurry, low quality"
+# Deterministic (no noise drawn per step), so every contender can match the torch image.
+DEFAULT_SCHEDULER = "EulerDiscreteScheduler"
+
+
+@dataclass(frozen=True)
+class Size:
+    height: int
+    width: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def parse_sizes(values: list[str]) -> tuple[Size, ...]:
+    """``["256", "512,768", "512x768"]`` -> sizes; ``WxH`` for non-square ones."""
+    sizes: list[Size] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            width_text, cross, height_text = item.partition("x")
+            try:
+                width = int(width_text)
+                height = int(height_text) if cross else width
+            except ValueError:
+                raise InputError(
+                    f"--size: expected N or WxH (e.g. 256 or 512x768), got {item!r}"
+                ) from None
+            if width <= 0 or height <= 0 or width % 8 or height % 8:
+                raise InputError(f"--size: expected positive multiples of 8, got {item!r}")
+            size = Size(height=height, width=width)
+            if size not in sizes:
+                sizes.append(size)
+    if not sizes:
+        raise InputError("--size: expected at least one size")
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every setting of a run; the report records it as it ran."""
+
+    source: str | None  # a diffusers folder or Hub id; None with random_arch
+    random_arch: str | None  # make this architecture with random weights instead
+    output_dir: Path
+    cache_dir: Path
+    backends: tuple[str, ...] = ("torch", "ort-cpu")
+    sizes: tuple[Size, ...] = (Size(256, 256),)
+    steps: int = 20
+    batch: int = 1
+    guidance: float = 7.5
+    scheduler: str = DEFAULT_SCHEDULER
+    runs: int = 5
+    warmup: int = 1
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    precision: str = "fp32"
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    optimum_venv: Path | None = None
+    # An already built folder of SOURCE to use instead of building one in the cache.
+    built_dir: Path | None = None
+    # Measure the peak matmul rate with this matrix size (n x n times n x n, fp32).
+    matmul_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if (self.source is None) == (self.random_arch is None):
+            raise InputError("expected either SOURCE or --arch with --random-weights, not both")
+        for name in ("steps", "batch", "runs", "threads", "matmul_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise InputError(f"--warmup: expected an integer >= 0, got {self.warmup}")
+        if self.built_dir is not None and self.source is None:
+            raise InputError("--built needs SOURCE: the diffusers folder it was built from")
+        if not self.backends:
+            raise InputError("--backends: expected at least one backend")
+        if self.precision not in ("fp32", "fp16"):
+            raise InputError(f"--precision: expected fp32 or fp16, got {self.precision!r}")
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return (self.prompt,) * self.batch
+
+
+def reproduce_command(config: BenchConfig) -> str:
+    """The ``sdrt bench`` command line that runs exactly this configuration."""
+    import shlex
+
+    words = ["sdrt", "bench"]
+    if config.source is not None:
+        words.append(config.source)
+    else:
+        words += ["--arch", config.random_arch, "--random-weights"]
+    if config.built_dir is not None:
+        words += ["--built", str(config.built_dir)]
+    words += ["--backends", ",".join(config.backends)]
+    words += ["--size", ",".join(size.label for size in config.sizes)]
+    options = {
+        "--steps": config.steps,
+        "--batch": config.batch,
+        "--guidance": config.guidance,
+        "--scheduler": config.scheduler,
+        "--runs": config.runs,
+        "--warmup": config.warmup,
+        "--threads": config.threads,
+        "--precision": config.precision,
+        "--seed": config.seed,
+        "--prompt": config.prompt,
+        "--negative-prompt": config.negative_prompt,
+        "--matmul-size": config.matmul_size,
+        "--cache-dir": config.cache_dir,
+    }
+    for flag, value in options.items():
+        words += [flag, str(value)]
+    if config.optimum_venv is not None:
+        words += ["--optimum-venv", str(config.optimum_venv)]
+    words += ["-o", str(config.output_dir)]
+    return shlex.join(words)

@@ -1,0 +1,114 @@
+"""sdrt's own runtime on one of its backends (``ort-cpu``, ...), through the public API.
+
+Stages are timed by a proxy around each of this pipeline's sessions (nothing global is
+patched). The prompt-embedding cache is turned off so that every run encodes its prompts,
+as the other contenders do: the same work for everyone.
+Run as ``python -m sdrt.benchmarks.contenders.sdrt_runtime MODEL_DIR THREADS BACKEND``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sdrt.benchmarks.contenders.protocol import StageClock, Workload, serve, version_of
+
+# session (component) name -> benchmark stage
+STAGES = {
+    "text_encoder": "text_encoder",
+    "text_encoder_2": "text_encoder",
+    "unet": "unet",
+    "vae_decoder": "vae_decode",
+}
+SDRT_SOURCE_DIR = str(Path(__file__).resolve().parents[2] / "sdrt")
+
+
+class TimedSession:
+    """A session whose ``run`` records its wall time on the current request's clock."""
+
+    def __init__(self, session: Any, stage: str, owner: SdrtRuntime):
+        self._session = session
+        self._stage = stage
+        self._owner = owner
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        with self._owner.clock.measure(self._stage):
+            return self._session.run(feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+class SdrtRuntime:
+    name = "sdrt"
+    runtime_distributions = ("sdrt",)  # its run-time requirements, not the extras
+    runtime_source_dirs = (SDRT_SOURCE_DIR,)
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.pipe: Any = None
+        self.clock = StageClock()
+        self.threads = 0
+        self.optimized_model_cached = False
+
+    def import_runtime(self) -> None:
+        import sdrt.pipeline  # noqa: F401 -- the runtime and onnxruntime
+
+    def load(self, model_dir: str, threads: int) -> None:
+        import sdrt
+        from sdrt.sessions.onnxruntime import OrtOptions
+
+        self.threads = threads
+        options = OrtOptions(intra_op_threads=threads)
+        # sdrt saves an optimised copy of each graph on first load; say whether this load had it.
+        self.optimized_model_cached = (Path(model_dir) / "engines" / options.target).is_dir()
+        self.pipe = sdrt.Pipeline.load(
+            model_dir, backend=self.backend, prompt_cache_size=0, ort_options=options
+        )
+        self._wrap_sessions()
+
+    def _wrap_sessions(self) -> None:
+        # The pipeline keeps its sessions by component name; wrap this pipeline's own.
+        sessions = self.pipe._sessions
+        for name, stage in STAGES.items():
+            if name in sessions:
+                sessions[name] = TimedSession(sessions[name], stage, self)
+        self.pipe.prompt_encoder.session = sessions["text_encoder"]
+
+    def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
+        self.clock = clock
+        prompts = list(workload.prompts)
+        result = self.pipe(
+            prompt=prompts,
+            negative_prompt=[workload.negative_prompt] * len(prompts),
+            num_inference_steps=workload.steps,
+            guidance_scale=workload.guidance,
+            height=workload.height,
+            width=workload.width,
+            latents=latents,
+            seed=0,
+            scheduler=workload.scheduler,
+            output_type="np",
+        )
+        return result.images
+
+    def settings(self, workload: Workload) -> dict[str, Any]:
+        unet = self.pipe._sessions["unet"]
+        return {
+            "scheduler": workload.scheduler,
+            "backend": self.backend,
+            "threads": self.threads,
+            "prompt_cache": 0,
+            "optimized_model_cached_before_load": self.optimized_model_cached,
+            "unet_precision": self.pipe.manifest.components["unet"].precision,
+            "providers": list(getattr(unet, "providers", ()) or ()),
+        }
+
+    def versions(self) -> dict[str, str]:
+        return {name: version_of(name) for name in ("sdrt", "onnxruntime", "numpy", "tokenizers")}
+
+
+if __name__ == "__main__":
+    sys.exit(serve(SdrtRuntime(backend=sys.argv[3]), sys.argv[1:3]))

@@ -1,0 +1,391 @@
+"""The benchmark: every contender on the same work, interleaved, each in its own process.
+
+For each contender a worker process is started, loads the model and makes its first image
+at once (process start -> first image is its cold start); the next contender starts only
+then, so cold starts never overlap. Then, per image size, the remaining warm-up runs (not
+counted) and the measured runs interleaved A B A B, so that drift on a noisy machine hits
+every contender alike. Every contender gets the same prompts, size, steps, guidance,
+scheduler and initial latents (drawn once here with numpy). A contender that fails is
+recorded with its error and the others go on. After the runs, in their own processes: the
+U-Net's FLOPs per call, the machine's peak matmul rate and the scheduler micro-benchmark.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from sdrt.benchmarks import contenders
+from sdrt.benchmarks.config import BenchConfig, Size, reproduce_command
+from sdrt.benchmarks.contenders.protocol import version_of
+from sdrt.benchmarks.jobs import JobFailed, run_job
+from sdrt.benchmarks.models import BenchModels, prepare_models
+from sdrt.benchmarks.parity import compare_images
+from sdrt.benchmarks.roofline import achieved
+from sdrt.benchmarks.stats import summarize
+from sdrt.benchmarks.worker_process import Ready, WorkerFailed, WorkerProcess
+
+from sdrt.errors import BackendUnavailableError
+
+SCHEMA_VERSION = 1
+# Stages timed inside every contender; "other" is end-to-end minus their sum.
+MODEL_STAGES = ("text_encoder", "unet", "vae_decode")
+
+
+class ProgressDisplay(Protocol):
+    def status(self, message: str) -> None: ...
+
+    def start_runs(self, total: int) -> None: ...
+
+    def advance(self, description: str) -> None: ...
+
+
+@dataclass
+class ContenderState:
+    """One contender through the run: its worker, its figures, or why it failed."""
+
+    name: str
+    status: str = "ok"  # ok | failed | unavailable
+    error: str | None = None
+    failed_stage: str | None = None
+    worker: WorkerProcess | None = None
+    ready: Ready | None = None
+    cold_start_s: float | None = None
+    peak_rss_bytes: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    warmups_done: dict[str, int] = field(default_factory=dict)  # per size label
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per size label
+    images: dict[str, Path] = field(default_factory=dict)  # per size label, .npy
+
+    @property
+    def active(self) -> bool:
+        return self.status == "ok" and self.worker is not None
+
+    def fail(self, stage: str, error: str) -> None:
+        self.status, self.failed_stage, self.error = "failed", stage, error
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass  # not Linux
+    return platform.processor() or "unknown"
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    from sdrt.sessions.onnxruntime import physical_cores
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "memory_bytes": memory,
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+    }
+
+
+def harness_versions() -> dict[str, str]:
+    names = ("sdrt", "numpy", "onnxruntime", "torch", "diffusers", "transformers", "matplotlib")
+    return {name: version_of(name) for name in names}
+
+
+def make_latents(config: BenchConfig, models: BenchModels, size: Size, work_dir: Path) -> Path:
+    """The initial noise every contender starts from, drawn once with numpy."""
+    vae = json.loads((models.source_dir / "vae" / "config.json").read_text())
+    scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    shape = (
+        config.batch,
+        int(vae.get("latent_channels", 4)),
+        size.height // scale,
+        size.width // scale,
+    )
+    rng = np.random.default_rng(config.seed)
+    path = work_dir / f"latents-{size.label}.npy"
+    np.save(path, rng.standard_normal(shape, dtype=np.float32))
+    return path
+
+
+def workload(config: BenchConfig, size: Size, latents_path: Path) -> dict[str, Any]:
+    return {
+        "prompts": list(config.prompts),
+        "negative_prompt": config.negative_prompt,
+        "height": size.height,
+        "width": size.width,
+        "steps": config.steps,
+        "guidance": config.guidance,
+        "scheduler": config.scheduler,
+        "latents_path": str(latents_path),
+    }
+
+
+class Benchmark:
+    def __init__(self, config: BenchConfig, progress: ProgressDisplay):
+        self.config = config
+        self.progress = progress
+        self.out = config.output_dir
+        self.work_dir = self.out / "work"
+        self.states = [ContenderState(name) for name in config.backends]
+
+    # -------------------------------------------------------------------------- running
+
+    def _run_once(self, state: ContenderState, size: Size, request: dict, measured: bool) -> None:
+        save = None
+        if measured and size.label not in state.images:
+            save = self.work_dir / f"image-{state.name}-{size.label}.npy"
+        try:
+            message = state.worker.run(request, save)
+        except WorkerFailed as failure:
+            state.fail(failure.stage, failure.error)
+            return
+        if state.cold_start_s is None:
+            state.cold_start_s = state.worker.first_image_at - state.worker.spawned_at
+        state.settings = message["settings"]
+        if measured:
+            state.runs.setdefault(size.label, []).append(message["timings"])
+            if save is not None:
+                state.images[size.label] = save
+        else:
+            state.warmups_done[size.label] = state.warmups_done.get(size.label, 0) + 1
+        kind = "run" if measured else "warm-up"
+        self.progress.advance(f"{state.name} {size.label} {kind}")
+
+    def _start(self, state: ContenderState, models: BenchModels, first: dict, size: Size) -> None:
+        try:
+            spec = contenders.resolve(state.name, self.config.optimum_venv)
+        except BackendUnavailableError as unavailable:
+            state.status, state.failed_stage, state.error = "unavailable", "start", str(unavailable)
+            return
+        model_dir = models.source_dir if spec.model == "source" else models.built_dir
+        self.progress.status(f"starting {state.name}")
+        state.worker = WorkerProcess(
+            spec, model_dir, self.config.threads, self.out / "logs" / f"{state.name}.log"
+        )
+        try:
+            state.ready = state.worker.wait_ready()
+        except WorkerFailed as failure:
+            state.fail(failure.stage, failure.error)
+            return
+        # The first image right after loading: the cold start, and the first warm-up.
+        self.progress.status(f"{state.name}: first image")
+        self._run_once(state, size, first, measured=self.config.warmup == 0)
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        started = datetime.datetime.now(datetime.timezone.utc)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        models = prepare_models(config, self.progress.status)
+        requests = {
+            size.label: workload(config, size, make_latents(config, models, size, self.work_dir))
+            for size in config.sizes
+        }
+        total = len(self.states) * len(config.sizes) * (config.warmup + config.runs)
+        self.progress.start_runs(total)
+        try:
+            self._measure(models, requests)
+        finally:
+            for state in self.states:
+                if state.worker is not None:  # only after an interruption
+                    state.worker.close()
+        self.progress.status("measuring FLOPs per U-Net call and the peak matmul rate")
+        roofline = self._roofline(models)
+        self.progress.status("scheduler micro-benchmark")
+        schedulers = self._scheduler_bench()
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        return self._report(models, roofline, schedulers, started, finished)
+
+    def _measure(self, models: BenchModels, requests: dict[str, dict]) -> None:
+        config = self.config
+        first_size = config.sizes[0]
+        for state in self.states:
+            self._start(state, models, requests[first_size.label], first_size)
+        for size in config.sizes:
+            request = requests[size.label]
+            for state in self.states:
+                while state.active and state.warmups_done.get(size.label, 0) < config.warmup:
+                    self._run_once(state, size, request, measured=False)
+            for run_index in range(config.runs):
+                for state in self.states:
+                    if state.active and len(state.runs.get(size.label, [])) <= run_index:
+                        self._run_once(state, size, request, measured=True)
+        for state in self.states:
+            if state.active:
+                try:
+                    state.peak_rss_bytes = state.worker.quit()
+                except WorkerFailed as failure:
+                    state.fail(failure.stage, failure.error)
+                state.worker = None
+
+    # -------------------------------------------------------------------------- jobs
+
+    def _roofline(self, models: BenchModels) -> dict[str, Any]:
+        config = self.config
+        calls_batch = config.batch * (2 if config.guidance > 1 else 1)
+        result: dict[str, Any] = {"unet_batch": calls_batch, "flops_per_unet_call": {}}
+        try:
+            for size in config.sizes:
+                counted = run_job(
+                    [
+                        "flops",
+                        str(models.source_dir),
+                        str(calls_batch),
+                        str(size.height),
+                        str(size.width),
+                        str(config.cache_dir),
+                    ],
+                    config.threads,
+                )
+                result["flops_per_unet_call"][size.label] = counted["flops"]
+                result["flop_count_method"] = counted["method"]
+            result["peak"] = run_job(
+                ["peak", str(config.matmul_size), str(config.threads)], config.threads
+            )
+            result["status"] = "ok"
+        except JobFailed as failure:
+            result.update(status="failed", error=str(failure))
+        return result
+
+    def _scheduler_bench(self) -> dict[str, Any]:
+        try:
+            rows = run_job(["schedulers", str(self.config.steps), str(self.config.threads)], 1)
+        except JobFailed as failure:
+            return {"status": "failed", "error": str(failure), "rows": []}
+        return {"status": "ok", "rows": rows}
+
+    # -------------------------------------------------------------------------- figures
+
+    def _size_results(self, state: ContenderState, roofline: dict, reference: ContenderState):
+        results = []
+        for size in self.config.sizes:
+            runs = state.runs.get(size.label)
+            if not runs:
+                continue
+            results.append(self._size_result(state, size, runs, roofline, reference))
+        return results
+
+    def _size_result(self, state, size: Size, runs, roofline, reference) -> dict[str, Any]:
+        per_run: dict[str, list[float]] = {f"{s}_s": [] for s in (*MODEL_STAGES, "other")}
+        per_run["end_to_end_s"] = []
+        unet_calls: list[float] = []
+        for timings in runs:
+            stages = timings["stages_s"]
+            total = timings["end_to_end_s"]
+            model_time = 0.0
+            for stage in MODEL_STAGES:
+                spent = sum(stages.get(stage, []))
+                per_run[f"{stage}_s"].append(spent)
+                model_time += spent
+            per_run["other_s"].append(total - model_time)
+            per_run["end_to_end_s"].append(total)
+            unet_calls.extend(stages.get("unet", []))
+        result: dict[str, Any] = {
+            "size": size.label,
+            "height": size.height,
+            "width": size.width,
+            "runs": len(runs),
+            "unet_calls_per_run": len(unet_calls) // len(runs),
+            "stages": {name: summarize(values) for name, values in per_run.items()},
+            "raw": {**per_run, "unet_call_s": unet_calls},
+        }
+        if unet_calls:
+            result["stages"]["unet_step_s"] = summarize(unet_calls)
+        end_to_end = result["stages"]["end_to_end_s"]["median"]
+        result["images_per_s"] = self.config.batch / end_to_end
+        fractions = [
+            o / e for o, e in zip(per_run["other_s"], per_run["end_to_end_s"], strict=True)
+        ]
+        result["other_fraction"] = summarize(fractions)["median"]
+        flops = roofline.get("flops_per_unet_call", {}).get(size.label)
+        if unet_calls and flops and roofline.get("status") == "ok":
+            step = result["stages"]["unet_step_s"]["median"]
+            result["roofline"] = achieved(flops, step, roofline["peak"]["peak_flops_per_s"])
+        image_path = state.images.get(size.label)
+        if image_path is not None:
+            result["image"] = self._save_png(np.load(image_path), state.name, size)
+            reference_path = reference.images.get(size.label) if reference else None
+            if reference_path is not None and reference is not state:
+                result["parity"] = {
+                    "reference": reference.name,
+                    **compare_images(np.load(image_path), np.load(reference_path)),
+                }
+        return result
+
+    def _save_png(self, images: np.ndarray, name: str, size: Size) -> str:
+        from PIL import Image
+
+        path = self.out / "images" / f"{name}-{size.label}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = (np.clip(images[0], 0, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(path)
+        return str(path.relative_to(self.out))
+
+    def _contender_record(self, state: ContenderState, roofline, reference) -> dict[str, Any]:
+        record: dict[str, Any] = {"name": state.name, "status": state.status}
+        if state.error is not None:
+            record["error"] = state.error
+            record["failed_stage"] = state.failed_stage
+        if state.ready is not None:
+            record["versions"] = state.ready.versions
+            record["cold_start"] = {
+                "import_s": state.ready.import_s,
+                "load_to_ready_s": state.ready.load_s,
+                "process_start_to_first_image_s": state.cold_start_s,
+            }
+            record["installed"] = state.ready.installed
+        record["peak_rss_bytes"] = state.peak_rss_bytes
+        record["settings"] = state.settings
+        record["log"] = str((self.out / "logs" / f"{state.name}.log").relative_to(self.out))
+        record["results"] = self._size_results(state, roofline, reference)
+        return record
+
+    def _report(self, models, roofline, schedulers, started, finished) -> dict[str, Any]:
+        config = self.config
+        by_name = {state.name: state for state in self.states}
+        reference = by_name.get(contenders.BASELINE)
+        settings = {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in asdict(config).items()
+        }
+        settings["sizes"] = [size.label for size in config.sizes]
+        settings["backends"] = list(config.backends)
+        settings["prompts"] = list(config.prompts)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "started": started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "command": reproduce_command(config),
+            "settings": settings,
+            "machine": machine_info(config.threads),
+            "versions": harness_versions(),
+            "model": {
+                "source": models.source_label,
+                "source_dir": str(models.source_dir),
+                "built_dir": str(models.built_dir),
+                "built_reused": models.built_reused,
+            },
+            "roofline": roofline,
+            "contenders": [
+                self._contender_record(state, roofline, reference) for state in self.states
+            ],
+            "scheduler_bench": schedulers,
+        }
+
+
+def run_benchmark(config: BenchConfig, progress: ProgressDisplay) -> dict[str, Any]:
+    return Benchmark(config, progress).run()

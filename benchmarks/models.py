@@ -1,0 +1,110 @@
+"""The two folders a benchmark needs: the diffusers source (torch) and the built ONNX folder.
+
+With ``--arch ... --random-weights`` the source is made here with random weights, so a
+benchmark of a real architecture runs offline. Both live under the cache folder and are
+reused only when they are what this run asks for: the built folder's manifest must record
+the source's current content hash and build options that cover the requested sizes, batch
+and precision. Reusing it keeps sdrt's saved optimised graphs (``engines/``) between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdrt.benchmarks.config import BenchConfig
+
+from sdrt.errors import InputError, ModelFolderError
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchModels:
+    source_dir: Path  # diffusers folder: the torch contender loads it
+    built_dir: Path  # sdrt build output: sdrt and Optimum load it
+    source_label: str  # the SOURCE argument, or "random <arch> (seed N)"
+    built_reused: bool
+
+
+def _random_source(config: BenchConfig, report: Report) -> Path:
+    from sdrt.export.random_model import init_random_model
+
+    folder = config.cache_dir / "random" / config.random_arch / f"seed-{config.seed}"
+    # init_random_model renames the folder into place only once complete.
+    if not (folder / "model_index.json").is_file():
+        report(f"making {config.random_arch} with random weights (seed {config.seed})")
+        init_random_model(config.random_arch, folder, seed=config.seed, force=folder.exists())
+    return folder
+
+
+def _source_content_sha256(source_dir: Path) -> str:
+    """The content hash ``sdrt build`` records for a source folder (same folders, same order)."""
+    from sdrt.export.source import COPIED_FOLDERS, MODEL_FOLDERS, FolderHasher
+
+    hashed = [name for name in MODEL_FOLDERS + COPIED_FOLDERS if (source_dir / name).exists()]
+    return FolderHasher(source_dir).folders((*hashed, "model_index.json"))
+
+
+def _reusable(built_dir: Path, source_dir: Path, config: BenchConfig) -> bool:
+    from sdrt.manifest import read_manifest
+
+    if not built_dir.is_dir():
+        return False
+    try:
+        manifest = read_manifest(built_dir)
+    except ModelFolderError:
+        return False
+    sizes = [s for size in config.sizes for s in (size.height, size.width)]
+    options = manifest.build
+    return (
+        manifest.source.content_sha256 == _source_content_sha256(source_dir)
+        and options.precision == config.precision
+        and options.min_size <= min(sizes)
+        and options.max_size >= max(sizes)
+        and options.max_batch >= config.batch
+        and all(s % options.size_multiple == 0 for s in sizes)
+    )
+
+
+def prepare_models(config: BenchConfig, report: Report) -> BenchModels:
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.source import resolve_source
+
+    if config.random_arch is not None:
+        source_dir = _random_source(config, report)
+        label = f"random {config.random_arch} (seed {config.seed})"
+    else:
+        source_dir = resolve_source(config.source).folder
+        label = config.source
+    report("checking the built model folder")
+    if config.built_dir is not None:
+        if not _reusable(config.built_dir, source_dir, config):
+            raise InputError(
+                f"--built {str(config.built_dir)!r} is not a build of {label!r} that covers "
+                f"sizes {[s.label for s in config.sizes]}, batch {config.batch} and "
+                f"{config.precision} (its sdrt.json records another source, range or precision)"
+            )
+        return BenchModels(source_dir, config.built_dir, label, built_reused=True)
+    key = hashlib.sha256(str(source_dir.resolve()).encode()).hexdigest()[:12]
+    built_dir = config.cache_dir / "built" / key
+    if _reusable(built_dir, source_dir, config):
+        return BenchModels(source_dir, built_dir, label, built_reused=True)
+    sizes = [s for size in config.sizes for s in (size.height, size.width)]
+    report(f"building {label} ({config.precision})")
+    built_dir.parent.mkdir(parents=True, exist_ok=True)
+    build(
+        BuildConfig(
+            source=str(source_dir),
+            output=built_dir,
+            precision=config.precision,
+            min_size=min(sizes),
+            max_size=max(sizes),
+            max_batch=max(config.batch, 1),
+            force=True,
+        ),
+        progress=lambda component, stage: report(f"building {component}: {stage}"),
+    )
+    return BenchModels(source_dir, built_dir, label, built_reused=False)

@@ -1,0 +1,373 @@
+"""Write a benchmark's report: report.json (every figure), report.md (tables first), charts.
+
+report.md leads with what a person reads first: end-to-end latency per contender with its
+ratio against torch, the per-stage split with the U-Net's share of the machine's matmul
+peak beside its time, cold start and memory, parity, and the issue's targets checked
+against the measured figures. Everything in it comes from report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdrt.benchmarks.charts import write_charts
+from sdrt.benchmarks.contenders import BASELINE
+
+PEER = "optimum"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance target of issue 5, checked for each sdrt contender."""
+
+    text: str
+    check: Callable[[dict, dict | None, dict | None], tuple[float | None, bool | None]]
+
+
+def _median(record: dict | None, size: str, stage: str) -> float | None:
+    if record is None:
+        return None
+    for result in record["results"]:
+        if result["size"] == size and stage in result["stages"]:
+            return result["stages"][stage]["median"]
+    return None
+
+
+def _result(record: dict | None, size: str) -> dict | None:
+    if record is None:
+        return None
+    return next((r for r in record["results"] if r["size"] == size), None)
+
+
+def _targets(size: str) -> list[Target]:
+    def speedup(sdrt, torch, _):
+        ours, theirs = _median(sdrt, size, "end_to_end_s"), _median(torch, size, "end_to_end_s")
+        value = theirs / ours if ours and theirs else None
+        return value, None if value is None else value >= 2.3
+
+    def versus_peer(sdrt, _, peer):
+        ours, theirs = _median(sdrt, size, "end_to_end_s"), _median(peer, size, "end_to_end_s")
+        value = ours / theirs if ours and theirs else None
+        return value, None if value is None else value <= 1.0
+
+    def load_time(sdrt, _, peer):
+        ours = (sdrt.get("cold_start") or {}).get("load_to_ready_s")
+        theirs = ((peer or {}).get("cold_start") or {}).get("load_to_ready_s")
+        value = ours / theirs if ours and theirs else None
+        return value, None if value is None else value <= 0.25
+
+    def roofline(sdrt, _, __):
+        value = ((_result(sdrt, size) or {}).get("roofline") or {}).get("fraction_of_peak")
+        return value, None if value is None else value >= 0.75
+
+    def overhead(sdrt, _, __):
+        value = (_result(sdrt, size) or {}).get("other_fraction")
+        return value, None if value is None else value < 0.01
+
+    def parity(sdrt, _, __):
+        found = (_result(sdrt, size) or {}).get("parity")
+        if found is None:
+            return None, None
+        value = math.inf if found["identical"] else found["psnr_db"]
+        return value, value >= 40
+
+    return [
+        Target("end to end ≥ 2.3x faster than torch (ratio)", speedup),
+        Target("end to end no slower than Optimum (time ratio ≤ 1)", versus_peer),
+        Target("load → ready ≤ 1/4 of Optimum's (ratio)", load_time),
+        Target("U-Net step ≥ 75% of peak matmul rate (fraction)", roofline),
+        Target("everything but the models < 1% of end to end (fraction)", overhead),
+        Target("parity PSNR vs torch ≥ 40 dB", parity),
+    ]
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) < 1:
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def size_bytes(value: int | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1 << 30:
+        return f"{value / (1 << 30):.2f} GiB"
+    return f"{value / (1 << 20):.0f} MiB"
+
+
+def ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def psnr(parity: dict | None) -> str:
+    if parity is None:
+        return "—"
+    if parity["identical"]:
+        return "identical"
+    return f"{parity['psnr_db']:.1f} dB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def _summary(report: dict, size: str) -> list[str]:
+    by_name = {c["name"]: c for c in report["contenders"]}
+    baseline = _median(by_name.get(BASELINE), size, "end_to_end_s")
+    rows = []
+    for contender in report["contenders"]:
+        result = _result(contender, size)
+        if result is None:
+            error = contender.get("error", "no measured run")
+            rows.append([contender["name"], contender["status"], f"{error}"] + ["—"] * 9)
+            continue
+        stages = result["stages"]
+        end_to_end = stages["end_to_end_s"]["median"]
+        step = stages.get("unet_step_s", {}).get("median")
+        fraction = (result.get("roofline") or {}).get("fraction_of_peak")
+        rows.append(
+            [
+                contender["name"],
+                contender["status"],
+                seconds(end_to_end),
+                ratio(baseline / end_to_end) if baseline else "—",
+                f"{result['images_per_s']:.3f}",
+                f"{seconds(step)} ({percent(fraction)} of peak)",
+                seconds(stages["text_encoder_s"]["median"]),
+                seconds(stages["vae_decode_s"]["median"]),
+                f"{seconds(stages['other_s']['median'])} ({percent(result['other_fraction'])})",
+                psnr(result.get("parity")),
+                "—" if "parity" not in result else f"{result['parity']['max_abs_diff']:.2e}",
+                str(result["runs"]),
+            ]
+        )
+    header = [
+        "contender",
+        "status",
+        "end to end (median)",
+        "speedup vs torch",
+        "images/s",
+        "U-Net per step",
+        "text encoder",
+        "VAE decode",
+        "everything else",
+        "PSNR vs torch",
+        "max abs diff",
+        "runs",
+    ]
+    return [f"## {size}: end to end", "", *_table(header, rows)]
+
+
+def _distributions(report: dict, size: str) -> list[str]:
+    stages = [
+        ("end_to_end_s", "end to end"),
+        ("text_encoder_s", "text encoder"),
+        ("unet_step_s", "U-Net per step"),
+        ("unet_s", "U-Net all steps"),
+        ("vae_decode_s", "VAE decode"),
+        ("other_s", "everything else"),
+    ]
+    rows = []
+    for contender in report["contenders"]:
+        result = _result(contender, size)
+        if result is None:
+            continue
+        for key, label in stages:
+            if key in result["stages"]:
+                s = result["stages"][key]
+                values = [seconds(s[q]) for q in ("median", "p90", "min", "max")]
+                rows.append([contender["name"], label, *values, str(s["count"])])
+    header = ["contender", "stage", "median", "p90", "min", "max", "samples"]
+    return [f"### {size}: latency distribution", "", *_table(header, rows)]
+
+
+def _cold_start(report: dict) -> list[str]:
+    rows = []
+    for contender in report["contenders"]:
+        cold = contender.get("cold_start") or {}
+        installed = contender.get("installed") or {}
+        rows.append(
+            [
+                contender["name"],
+                seconds(cold.get("import_s")),
+                seconds(cold.get("load_to_ready_s")),
+                seconds(cold.get("process_start_to_first_image_s")),
+                size_bytes(contender.get("peak_rss_bytes")),
+                size_bytes(installed.get("bytes")),
+                str(len(installed.get("distributions", {})) or "—"),
+            ]
+        )
+    header = [
+        "contender",
+        "import",
+        "load → ready",
+        "process start → first image",
+        "peak RSS",
+        "installed size",
+        "distributions",
+    ]
+    return ["## Cold start, memory, install size", "", *_table(header, rows)]
+
+
+def _target_section(report: dict) -> list[str]:
+    by_name = {c["name"]: c for c in report["contenders"]}
+    ours = [c for c in report["contenders"] if c["name"] not in (BASELINE, PEER)]
+    lines = ["## Targets (issue 5)", ""]
+    for size in report["settings"]["sizes"]:
+        rows = []
+        for contender in ours:
+            for target in _targets(size):
+                value, met = target.check(contender, by_name.get(BASELINE), by_name.get(PEER))
+                shown = "—" if value is None else f"{value:.3g}"
+                verdict = {True: "met", False: "NOT met", None: "not measured"}[met]
+                rows.append([contender["name"], size, target.text, shown, verdict])
+        lines += _table(["contender", "size", "target", "measured", "verdict"], rows)
+    return lines
+
+
+def _failures(report: dict) -> list[str]:
+    failed = [c for c in report["contenders"] if c["status"] != "ok"]
+    if not failed:
+        return []
+    rows = [[c["name"], c["status"], c.get("failed_stage", ""), c["error"]] for c in failed]
+    return [
+        "## Contenders that did not run",
+        "",
+        *_table(["contender", "status", "at", "why"], rows),
+    ]
+
+
+def _roofline(report: dict) -> list[str]:
+    roofline = report["roofline"]
+    lines = ["## Roofline", ""]
+    if roofline["status"] != "ok":
+        return lines + [f"Not measured: {roofline.get('error')}", ""]
+    peak = roofline["peak"]
+    lines.append(
+        f"Peak matmul rate measured on this machine: **{peak['peak_flops_per_s'] / 1e9:.1f} "
+        f"GFLOP/s** ({peak['method']}; numpy {peak['numpy_flops_per_s'] / 1e9:.1f}, torch "
+        f"{peak['torch_flops_per_s'] / 1e9:.1f} GFLOP/s, {peak['threads']} threads)."
+    )
+    lines.append("")
+    rows = []
+    for size, flops in roofline["flops_per_unet_call"].items():
+        for contender in report["contenders"]:
+            result = _result(contender, size)
+            if result is None or "roofline" not in result:
+                continue
+            rows.append(
+                [
+                    size,
+                    f"{flops / 1e9:.2f}",
+                    contender["name"],
+                    seconds(result["stages"]["unet_step_s"]["median"]),
+                    f"{result['roofline']['achieved_flops_per_s'] / 1e9:.1f}",
+                    percent(result["roofline"]["fraction_of_peak"]),
+                ]
+            )
+    header = ["size", "GFLOP per U-Net call", "contender", "U-Net call", "GFLOP/s", "of peak"]
+    lines += _table(header, rows)
+    lines.append(
+        f"FLOPs counted with {roofline.get('flop_count_method', '?')} at U-Net batch "
+        f"{roofline['unet_batch']} (classifier-free guidance doubles the batch)."
+    )
+    return lines + [""]
+
+
+def _schedulers(report: dict) -> list[str]:
+    bench = report["scheduler_bench"]
+    lines = ["## Scheduler micro-benchmark", ""]
+    if bench["status"] != "ok":
+        return lines + [f"Not measured: {bench.get('error')}", ""]
+    rows = bench["rows"]
+    if not rows:
+        return lines + ["No rows.", ""]
+    header = list(rows[0])
+    body = [
+        [f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in header]
+        for row in rows
+    ]
+    return lines + _table(header, body)
+
+
+def _versions(report: dict) -> list[str]:
+    lines = ["## Versions", ""]
+    harness = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    lines.append(f"- harness: {harness}")
+    for contender in report["contenders"]:
+        if contender.get("versions"):
+            text = ", ".join(f"{k} {v}" for k, v in contender["versions"].items())
+            lines.append(f"- {contender['name']}: {text}")
+    return lines + [""]
+
+
+def render_markdown(report: dict) -> str:
+    settings, machine = report["settings"], report["machine"]
+    lines = [
+        f"# sdrt bench — {report['model']['source']}",
+        "",
+        f"{', '.join(settings['sizes'])}, {settings['steps']} steps, batch {settings['batch']}, "
+        f"guidance {settings['guidance']}, {settings['scheduler']}, {settings['precision']}, "
+        f"{settings['runs']} measured run(s) after {settings['warmup']} warm-up(s), "
+        f"interleaved; {machine['threads']} threads on {machine['cpu_model']} "
+        f"({machine['logical_cpus']} logical CPUs). Started {report['started']}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    for size in settings["sizes"]:
+        lines += _summary(report, size)
+    lines += _cold_start(report)
+    lines += _target_section(report)
+    lines += _failures(report)
+    for chart in report["charts"]:
+        lines += [f"![{Path(chart).stem}]({chart})", ""]
+    for size in settings["sizes"]:
+        lines += _distributions(report, size)
+    lines += _roofline(report)
+    lines += _schedulers(report)
+    images = [
+        f"![{c['name']} {r['size']}]({r['image']})"
+        for c in report["contenders"]
+        for r in c["results"]
+        if "image" in r
+    ]
+    if images:
+        lines += [
+            "## Images (first of each contender's first measured run)",
+            "",
+            " ".join(images),
+            "",
+        ]
+    lines += _versions(report)
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write charts, report.json and report.md into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["charts"] = write_charts(report, out_dir)
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    markdown_path = out_dir / "report.md"
+    markdown_path.write_text(render_markdown(report))
+    return {"json": json_path, "markdown": markdown_path}

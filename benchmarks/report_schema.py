@@ -1,0 +1,188 @@
+"""JSON schema of report.json (draft 2020-12); tests check every report against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+_STATS = {
+    "type": "object",
+    "required": ["median", "p90", "min", "max", "count"],
+    "properties": {
+        "median": {"type": "number"},
+        "p90": {"type": "number"},
+        "min": {"type": "number"},
+        "max": {"type": "number"},
+        "count": {"type": "integer", "minimum": 1},
+    },
+}
+
+_SIZE_RESULT = {
+    "type": "object",
+    "required": [
+        "size",
+        "height",
+        "width",
+        "runs",
+        "unet_calls_per_run",
+        "stages",
+        "images_per_s",
+        "other_fraction",
+        "raw",
+    ],
+    "properties": {
+        "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+        "height": {"type": "integer"},
+        "width": {"type": "integer"},
+        "runs": {"type": "integer", "minimum": 1},
+        "unet_calls_per_run": {"type": "integer", "minimum": 0},
+        "stages": {
+            "type": "object",
+            "required": [
+                "text_encoder_s",
+                "unet_s",
+                "vae_decode_s",
+                "other_s",
+                "end_to_end_s",
+            ],
+            "additionalProperties": _STATS,
+        },
+        "images_per_s": {"type": "number", "exclusiveMinimum": 0},
+        "other_fraction": {"type": "number"},
+        "roofline": {
+            "type": "object",
+            "required": ["achieved_flops_per_s", "fraction_of_peak"],
+            "properties": {
+                "achieved_flops_per_s": {"type": "number"},
+                "fraction_of_peak": {"type": "number"},
+            },
+        },
+        "parity": {
+            "type": "object",
+            "required": ["reference", "psnr_db", "max_abs_diff", "identical"],
+            "properties": {
+                "reference": {"type": "string"},
+                "psnr_db": _NUMBER_OR_NULL,
+                "max_abs_diff": {"type": "number", "minimum": 0},
+                "identical": {"type": "boolean"},
+            },
+        },
+        "image": {"type": "string"},
+        "raw": {"type": "object", "additionalProperties": {"type": "array"}},
+    },
+}
+
+_CONTENDER = {
+    "type": "object",
+    "required": ["name", "status", "settings", "results", "peak_rss_bytes", "log"],
+    "properties": {
+        "name": {"type": "string"},
+        "status": {"enum": ["ok", "failed", "unavailable"]},
+        "error": {"type": "string"},
+        "failed_stage": {"type": "string"},
+        "versions": {"type": "object", "additionalProperties": {"type": "string"}},
+        "cold_start": {
+            "type": "object",
+            "required": ["import_s", "load_to_ready_s", "process_start_to_first_image_s"],
+            "properties": {
+                "import_s": {"type": "number"},
+                "load_to_ready_s": {"type": "number"},
+                "process_start_to_first_image_s": _NUMBER_OR_NULL,
+            },
+        },
+        "installed": {
+            "type": "object",
+            "required": ["bytes", "distributions"],
+            "properties": {
+                "bytes": {"type": "integer", "minimum": 0},
+                "distributions": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+        },
+        "peak_rss_bytes": {"type": ["integer", "null"]},
+        "settings": {"type": "object"},
+        "log": {"type": "string"},
+        "results": {"type": "array", "items": _SIZE_RESULT},
+    },
+    "allOf": [
+        {  # a failed contender says why
+            "if": {"properties": {"status": {"enum": ["failed", "unavailable"]}}},
+            "then": {"required": ["error", "failed_stage"]},
+        }
+    ],
+}
+
+REPORT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sdrt bench report",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "started",
+        "finished",
+        "command",
+        "settings",
+        "machine",
+        "versions",
+        "model",
+        "roofline",
+        "contenders",
+        "scheduler_bench",
+        "charts",
+    ],
+    "properties": {
+        "schema_version": {"const": 1},
+        "started": {"type": "string"},
+        "finished": {"type": "string"},
+        "command": {"type": "string"},
+        "settings": {
+            "type": "object",
+            "required": [
+                "backends",
+                "sizes",
+                "steps",
+                "batch",
+                "guidance",
+                "scheduler",
+                "runs",
+                "warmup",
+                "threads",
+                "precision",
+                "seed",
+                "prompts",
+                "negative_prompt",
+            ],
+        },
+        "machine": {
+            "type": "object",
+            "required": ["cpu_model", "logical_cpus", "threads", "memory_bytes"],
+        },
+        "versions": {"type": "object", "additionalProperties": {"type": "string"}},
+        "model": {"type": "object", "required": ["source", "source_dir", "built_dir"]},
+        "roofline": {
+            "type": "object",
+            "required": ["status", "unet_batch", "flops_per_unet_call"],
+            "properties": {
+                "status": {"enum": ["ok", "failed"]},
+                "flops_per_unet_call": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                },
+                "peak": {
+                    "type": "object",
+                    "required": ["peak_flops_per_s", "matmul_size", "threads"],
+                },
+            },
+        },
+        "contenders": {"type": "array", "minItems": 1, "items": _CONTENDER},
+        "scheduler_bench": {
+            "type": "object",
+            "required": ["status", "rows"],
+            "properties": {
+                "status": {"enum": ["ok", "failed"]},
+                "rows": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "charts": {"type": "array", "items": {"type": "string"}},
+    },
+}
