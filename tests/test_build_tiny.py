@@ -7,8 +7,8 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from sdrt.export.verify import FP32_THRESHOLDS
+
 from sdrt.manifest import (
     check_files,
     manifest_from_dict,

@@ -1,0 +1,104 @@
+"""``sdrt info FOLDER``: what a model folder holds, as readable tables (no torch needed)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Show a model folder's manifest: components, files, sizes, precisions, I/O, verification, engines."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "folder", metavar="FOLDER", type=Path, help="a model folder made by sdrt build"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdrt.manifest import read_manifest
+
+    manifest = read_manifest(args.folder)
+    print(format_info(args.folder, manifest))
+    return 0
+
+
+def format_info(folder: Path, manifest) -> str:
+    b = manifest.build
+    lines = [
+        f"model folder   {folder}",
+        f"source         {manifest.source.path_or_id}"
+        + (f" @ {manifest.source.revision}" if manifest.source.revision else "")
+        + f"  (content sha256 {manifest.source.content_sha256[:12]})",
+        f"family         {manifest.family}, prediction {manifest.prediction_type}, "
+        f"native size {manifest.default_image_size} px",
+        f"latents        {manifest.latent_channels} channels, VAE scale {manifest.vae_scale_factor}, "
+        f"scaling factor {manifest.vae_scaling_factor:g}"
+        + (
+            f", shift {manifest.vae_shift_factor:g}"
+            if manifest.vae_shift_factor is not None
+            else ""
+        )
+        + f", U-Net in channels {manifest.unet_in_channels}",
+        f"build          sizes {b.min_size}..{b.max_size} px (opt {b.opt_size}, multiple of "
+        f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
+        f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
+        f"tokenizers     {', '.join(manifest.tokenizers)}",
+        "",
+    ]
+    rows = [
+        ("component", "files", "size", "precision", "nodes", "max abs err", "max rel err", "check")
+    ]
+    for comp in manifest.components.values():
+        files = [comp.file] + ([comp.external_data] if comp.external_data else [])
+        size = sum((folder / f).stat().st_size for f in files if (folder / f).is_file())
+        missing = [f for f in files if not (folder / f).is_file()]
+        check = comp.verification
+        rows.append(
+            (
+                comp.name,
+                " + ".join(files) + (" (MISSING)" if missing else ""),
+                _size(size),
+                comp.precision,
+                " -> ".join(str(v) for v in comp.node_counts.values()) or "-",
+                f"{check.max_abs_error:.3g}" if check else "-",
+                f"{check.max_rel_error:.3g}" if check else "-",
+                ("passed" if check.passed else "FAILED") if check else "not verified",
+            )
+        )
+    lines += _table(rows)
+    lines.append("")
+    io_rows = [("component", "", "name", "dtype", "shape")]
+    for comp in manifest.components.values():
+        for kind, specs in (("in", comp.inputs), ("out", comp.outputs)):
+            for spec in specs:
+                shape = "[" + ", ".join(str(d) for d in spec.shape) + "]"
+                io_rows.append((comp.name, kind, spec.name, spec.dtype, shape))
+    lines += _table(io_rows)
+    lines.append("")
+    if not manifest.engines:
+        lines.append("engines        none built")
+    else:
+        engine_rows = [("engine", "component", "path", "cache key", "device")]
+        for e in manifest.engines:
+            device = str(e.device.get("name", "")) if e.device else ""
+            engine_rows.append((e.target, e.component, e.path, e.cache_key[:16], device))
+        lines += _table(engine_rows)
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, row in enumerate(rows):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
