@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -264,3 +266,33 @@ def test_cupy_arrays_give_the_numpy_result(alias):
     on_gpu = run(cupy)
     assert on_gpu.dtype == cupy.float32
     np.testing.assert_allclose(cupy.asnumpy(on_gpu), run(np), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("alias", "config", "message"),
+    [
+        ("ddim", {"num_train_timesteps": "1000"}, "num_train_timesteps must be int; got '1000'"),
+        ("euler", {"use_karras_sigmas": 1}, "use_karras_sigmas must be bool; got 1"),
+        ("euler", {"sigma_min": "0.1"}, "sigma_min must be float or None; got '0.1'"),
+        ("unipc", {"disable_corrector": 3}, "disable_corrector must be a list of int; got 3"),
+        ("ddim", {"trained_betas": [0.01] * 10}, "trained_betas has 10 entries; expected"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_input_errors(alias, config, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        create_scheduler(alias, config)
+
+
+def test_trained_betas_from_json_are_used():
+    betas = np.linspace(0.0001, 0.02, 1000).tolist()
+    sched = create_scheduler("ddim", {"trained_betas": betas, "beta_schedule": "unknown"})
+    expected = np.cumprod(1 - np.asarray(betas, dtype=np.float32).astype(np.float64))
+    np.testing.assert_allclose(sched.alphas_cumprod, expected, rtol=1e-6)
+
+
+def test_importing_the_schedulers_does_not_import_torch():
+    code = (
+        "import sys, sdrt.schedulers as s; s.create_scheduler('euler_a').plan(4); "
+        "sys.exit(int(any(m in sys.modules for m in ('torch', 'diffusers', 'scipy'))))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

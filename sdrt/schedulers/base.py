@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +30,30 @@ def check_choice(key: str, value: Any, choices: tuple, scheduler: str) -> None:
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices)
         raise InputError(f"{scheduler}: {key}={value!r} is not supported; expected one of {valid}")
+
+
+def _has_kind(value: Any, kind: str) -> bool:
+    """Whether a config value fits one alternative of its field's annotation."""
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("tuple[") and kind.endswith(", ...]"):  # e.g. tuple[float, ...]
+        item_kind = kind[len("tuple[") : -len(", ...]")]
+        return isinstance(value, tuple) and all(_has_kind(item, item_kind) for item in value)
+    raise TypeError(f"config annotation {kind!r} has no check")
+
+
+def _describe_kind(kind: str) -> str:
+    if kind.startswith("tuple["):  # what JSON spells as a list
+        return f"a list of {kind[len('tuple[') : -len(', ...]')]}"
+    return kind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +81,9 @@ class NoiseScheduleConfig:
     PREDICTION_TYPES: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
 
     def validate(self, scheduler: str) -> None:
-        """Raise InputError for a value this scheduler does not implement."""
+        """Raise InputError for a value of the wrong type or that this scheduler does not
+        implement."""
+        self.check_types(scheduler)
         if self.trained_betas is None:
             check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES, scheduler)
         elif len(self.trained_betas) != self.num_train_timesteps:
@@ -72,6 +99,17 @@ class NoiseScheduleConfig:
             )
         for key, choices in self.unsupported_values().items():
             check_choice(key, getattr(self, key), choices, scheduler)
+
+    def check_types(self, scheduler: str) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kinds = [kind.strip() for kind in str(field.type).split("|")]
+            if not any(_has_kind(value, kind) for kind in kinds):
+                expected = " or ".join(_describe_kind(kind) for kind in kinds)
+                raise InputError(
+                    f"{scheduler}: config key {field.name} must be {expected}; "
+                    f"got {reprlib.repr(value)} ({type(value).__name__})"
+                )
 
     def unsupported_values(self) -> dict[str, tuple]:
         """Keys whose diffusers options this runtime does not implement -> values it does."""
@@ -91,8 +129,8 @@ def make_config(config_class: type, values: dict[str, Any], scheduler: str):
     """Build a frozen config from file values (unknown keys ignored, as diffusers does)."""
     known = set(config_fields(config_class))
     kwargs = {k: v for k, v in config_class.normalized(dict(values)).items() if k in known}
-    if kwargs.get("trained_betas") is not None:
-        kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
+    if isinstance(kwargs.get("trained_betas"), (list, tuple)):  # JSON has lists, not tuples
+        kwargs["trained_betas"] = tuple(kwargs["trained_betas"])
     try:
         config = config_class(**kwargs)
     except TypeError as exc:  # a wrong-typed value that the dataclass cannot take

@@ -78,8 +78,8 @@ class UniPCConfig(NoiseScheduleConfig):
         values = dict(values)
         if values.get("solver_type") in ("midpoint", "heun", "logrho"):
             values["solver_type"] = "bh2"
-        if values.get("disable_corrector") is not None:
-            values["disable_corrector"] = tuple(int(s) for s in values["disable_corrector"])
+        if isinstance(values.get("disable_corrector"), list):  # JSON has lists, not tuples
+            values["disable_corrector"] = tuple(values["disable_corrector"])
         return values
 
 
