@@ -152,6 +152,7 @@ def test_load_scheduler_config_errors(tmp_path):
         (20, 0.0, r"strength must be in \(0, 1\]; got 0.0"),
         (20, 1.5, r"strength must be in \(0, 1\]; got 1.5"),
         (4, 0.1, "leaves no denoising step"),
+        (4, "0.5", r"strength must be a number in \(0, 1\]; got str"),
     ],
 )
 def test_plan_checks_its_arguments(steps, strength, message):

@@ -250,14 +250,15 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Plan:
-    """The schedule of one call, made by ``Scheduler.plan``.
+    """The schedule of one call, made by ``Scheduler.plan``; host numpy, read-only.
 
     ``timesteps`` has one entry per U-Net call, already sliced for img2img strength;
     ``begin_index`` is where it starts in the full schedule (``schedule_timesteps``).
-    ``sigmas`` is the full schedule's noise levels, final level included, for the
-    samplers that work in sigma; None for those that work in alpha_bar.
+    ``sigmas`` is the full schedule's noise levels, one more than its timesteps (the
+    final level), for the samplers that keep them as diffusers' do; None for those
+    that index alpha_bar by timestep. Holding arrays, plans compare by identity.
     """
 
     timesteps: np.ndarray
@@ -279,7 +280,7 @@ class NoHistory:
     """The state of single-step samplers: nothing carries over between steps."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StepResult:
     prev_sample: Any
     state: Any
@@ -368,6 +369,8 @@ class Scheduler:
             raise InputError(
                 f"{self.name}: num_inference_steps must be in [1, {limit}]; got {num_inference_steps}"
             )
+        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)):
+            raise InputError(f"strength must be a number in (0, 1]; got {type(strength).__name__}")
         strength = float(strength)
         if not 0.0 < strength <= 1.0:
             raise InputError(f"strength must be in (0, 1]; got {strength}")

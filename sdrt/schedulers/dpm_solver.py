@@ -88,7 +88,7 @@ class DPMSolverConfig(NoiseScheduleConfig):
         return values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DPMSolverState:
     model_outputs: tuple[Any, ...] = ()  # converted outputs, oldest first, at most solver_order
     lower_order_nums: int = 0  # steps taken so far, capped at solver_order

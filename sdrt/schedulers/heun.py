@@ -38,7 +38,7 @@ class HeunConfig(NoiseScheduleConfig):
         return {"use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeunState:
     """None between steps; after a predictor call, what its corrector needs."""
 

@@ -36,7 +36,7 @@ class LMSConfig(NoiseScheduleConfig):
         return {"use_exponential_sigmas": (False,), "use_beta_sigmas": (False,)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LMSState:
     derivatives: tuple[Any, ...] = ()  # oldest first, at most LMS_ORDER
 

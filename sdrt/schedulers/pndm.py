@@ -37,7 +37,7 @@ class PNDMConfig(NoiseScheduleConfig):
     PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PNDMState:
     counter: int = 0
     model_outputs: tuple[Any, ...] = ()  # the "ets" of diffusers, oldest first, at most 4
@@ -66,7 +66,7 @@ class PNDMScheduler(AlphaBarScheduler):
                     f"{self.name} with skip_prk_steps=False needs num_inference_steps >= "
                     f"{PNDM_ORDER}; got {n}"
                 )
-            # start, midpoint, midpoint, end of each of the 3 lowest-noise-first RK steps
+            # the 3 RK steps at the noisy end: start, midpoint, midpoint, end of each
             half = n_train // n // 2
             prk = ascending[-PNDM_ORDER:].repeat(2) + np.tile(np.array([0, half]), PNDM_ORDER)
             prk = prk[:-1].repeat(2)[1:-1][::-1]

@@ -83,7 +83,7 @@ class UniPCConfig(NoiseScheduleConfig):
         return values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class UniPCState:
     model_outputs: tuple[Any, ...] = ()  # converted outputs, oldest first, at most solver_order
     lower_order_nums: int = 0
