@@ -40,6 +40,7 @@ SD15_SCHEDULER_CONFIG = {
     "trained_betas": None,
     "clip_sample": False,
 }
+SAMPLERS_DRAWING_NOISE = {alias for alias in SCHEDULERS if create_scheduler(alias).needs_noise}
 DEFAULT_SHAPE = (2, 4, 64, 64)  # CFG batch of one 512x512 image
 # One SD 1.5 U-Net call at batch 2 with 32x32 latents in ONNX Runtime (fp32) on the
 # project's 2-core CPU machines, measured by the team: the yardstick for "the scheduler
@@ -89,7 +90,7 @@ def _diffusers_loop(alias: str, config: dict, steps: int, sample: np.ndarray, ep
     sample_t = torch.from_numpy(sample)
     eps_t = torch.from_numpy(eps)
     generator = torch.Generator().manual_seed(0)
-    takes_generator = alias in ("euler_a", "ddpm", "lcm")
+    takes_generator = alias in SAMPLERS_DRAWING_NOISE
 
     def loop() -> int:
         sched.set_timesteps(steps)
@@ -114,6 +115,17 @@ def _time_loops(loop, repeats: int) -> tuple[float, float, int]:
     return statistics.median(durations), min(durations), calls
 
 
+def _noise_draw_us(shape: tuple[int, ...], repeats: int) -> float:
+    """Median time of one float32 standard-normal draw of the latent shape (numpy)."""
+    rng = np.random.default_rng(0)
+    durations = []
+    for _ in range(max(repeats, 3)):
+        start = time.perf_counter()
+        rng.standard_normal(shape, dtype=np.float32)
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations) * 1e6
+
+
 def _diffusers_available() -> bool:
     try:
         import diffusers  # noqa: F401
@@ -135,9 +147,11 @@ def run_scheduler_bench(
     """Time each scheduler's whole loop; one row (dict) per scheduler and backend.
 
     Row keys: scheduler (alias), class_name, backend ("sdrt-numpy" or "diffusers-torch"),
-    shape, steps, unet_calls, repeats, us_per_step (median loop time / U-Net calls),
-    schedule_ms (median whole loop) and schedule_ms_min, share_of_unet_call (whole loop /
-    unet_call_s), unet_call_s, threads, and the library versions that ran.
+    shape, steps, unet_calls, repeats, us_per_step (median loop time / U-Net calls) and
+    us_per_step_min, noise_draw_us (one numpy draw, part of us_per_step for the samplers
+    that need noise), schedule_ms (median whole loop) and schedule_ms_min,
+    share_of_unet_call (whole loop / unet_call_s), unet_call_s, threads, and the library
+    versions that ran.
     """
     schedulers = list(SCHEDULERS) if schedulers is None else schedulers
     config = SD15_SCHEDULER_CONFIG if config is None else config
@@ -156,6 +170,7 @@ def run_scheduler_bench(
         torch_threads = torch.get_num_threads()
         versions.update(torch=torch.__version__, diffusers=diffusers.__version__)
 
+    noise_draw_us = _noise_draw_us(shape, repeats)
     rows = []
     for alias in schedulers:
         for backend, make_loop in backends:
@@ -171,6 +186,9 @@ def run_scheduler_bench(
                     "unet_calls": calls,
                     "repeats": repeats,
                     "us_per_step": median_s / calls * 1e6,
+                    "us_per_step_min": min_s / calls * 1e6,
+                    # included in us_per_step for samplers that draw noise (both backends)
+                    "noise_draw_us": noise_draw_us if alias in SAMPLERS_DRAWING_NOISE else 0.0,
                     "schedule_ms": median_s * 1e3,
                     "schedule_ms_min": min_s * 1e3,
                     "unet_call_s": unet_call_s,
@@ -184,14 +202,15 @@ def run_scheduler_bench(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = (
-        f"{'scheduler':<16} {'backend':<16} {'calls':>5} {'us/step':>9} "
-        f"{'loop ms':>9} {'% of U-Net call':>16}"
+        f"{'scheduler':<16} {'backend':<16} {'calls':>5} {'us/step':>9} {'min':>9} "
+        f"{'noise us':>9} {'loop ms':>9} {'% of U-Net call':>16}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
             f"{row['scheduler']:<16} {row['backend']:<16} {row['unet_calls']:>5} "
-            f"{row['us_per_step']:>9.1f} {row['schedule_ms']:>9.2f} "
+            f"{row['us_per_step']:>9.1f} {row['us_per_step_min']:>9.1f} "
+            f"{row['noise_draw_us']:>9.1f} {row['schedule_ms']:>9.2f} "
             f"{100 * row['share_of_unet_call']:>15.3f}%"
         )
     return "\n".join(lines)
