@@ -8,8 +8,10 @@ TensorRT plan, in process (Polygraphy's loaders over the TensorRT Python API):
 2. decide: an engine recorded in sdrt.json under the same key, verified, with its plan on
    disk, is reused; any other (no record, another key, failed verification, missing plan)
    is built, and the stale plan it replaces is deleted, never loaded;
-3. build: fp16, a timing cache kept beside the engines (reused across builds), refit if
-   asked; written to ``engines/tensorrt/<key>/<component>.plan`` through a temporary file;
+3. build: fp16 (TensorRT 10's FP16 flag; on TensorRT 11, which only builds strongly
+   typed, from an fp16 copy of an fp32 graph), a timing cache kept beside the engines
+   (reused across builds), refit if asked; written to
+   ``engines/tensorrt/<key>/<component>.plan`` through a temporary file;
 4. verify: the engine against ONNX Runtime fp32 on the CPU (engines/compare.py);
 5. record: an ``Engine`` entry per plan, written to sdrt.json atomically after each one;
    a failed verification is recorded too (loaders refuse it) and fails the build.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +35,10 @@ from typing import Any, Protocol
 
 from sdrt.engines.cache_key import BuildEnvironment, engine_cache_key
 from sdrt.engines.compare import FP16, FP32, Thresholds, failure_message, verification_cases
+from sdrt.engines.fp16_graph import write_fp16_copy
 from sdrt.engines.profiles import ShapeRange, component_profile
 
-from sdrt.errors import BackendUnavailableError, InputError, VerificationError
+from sdrt.errors import BackendUnavailableError, InputError, SdrtError, VerificationError
 from sdrt.manifest import (
     Component,
     Engine,
@@ -89,6 +93,7 @@ class BuildRequest:
     refit: bool
     optimization_level: int
     timing_cache: Path
+    graph_precision: str = "fp32"  # the ONNX graph's own precision (the manifest's)
 
 
 class EngineBuilder(Protocol):
@@ -272,6 +277,7 @@ def build_engines(
                     refit=options.refit,
                     optimization_level=options.optimization_level,
                     timing_cache=timing_cache,
+                    graph_precision=component.precision,
                 )
             )
             os.replace(partial, plan_path)
@@ -370,9 +376,15 @@ def detect_environment() -> BuildEnvironment:
 
 
 class TensorRTBuilder:
-    """Builds one plan through Polygraphy's loaders (the TensorRT builder API, in process)."""
+    """Builds one plan through Polygraphy's loaders (the TensorRT builder API, in process).
+
+    TensorRT 10 makes fp16 engines from fp32 graphs with its FP16 builder flag. TensorRT 11
+    removed weak typing (the flag is gone; networks run in their graph's types), so there
+    an fp32 graph is converted to fp16 first (engines/fp16_graph.py) and built as it is.
+    """
 
     def build(self, request: BuildRequest) -> None:
+        import tensorrt as trt
         from polygraphy.backend.trt import (
             CreateConfig,
             Profile,
@@ -380,20 +392,31 @@ class TensorRTBuilder:
             network_from_onnx_path,
         )
 
+        weakly_typed = hasattr(trt.BuilderFlag, "FP16")
         profile = Profile()
         for name, levels in request.profile.items():
             profile.add(name, min=levels["min"], opt=levels["opt"], max=levels["max"])
-        network = network_from_onnx_path(str(request.onnx_path))
         config = CreateConfig(
-            fp16=request.fp16,
+            fp16=request.fp16 if weakly_typed else None,
             refittable=request.refit,
             profiles=[profile],
             builder_optimization_level=request.optimization_level,
             load_timing_cache=str(request.timing_cache) if request.timing_cache.is_file() else None,
         )
-        plan = engine_bytes_from_network(
-            network, config=config, save_timing_cache=str(request.timing_cache)
-        )
+        with tempfile.TemporaryDirectory(prefix=".fp16-", dir=request.plan_path.parent) as scratch:
+            onnx_path = request.onnx_path
+            if request.fp16 and not weakly_typed and request.graph_precision == "fp32":
+                onnx_path = write_fp16_copy(onnx_path, Path(scratch))
+            network = network_from_onnx_path(
+                str(onnx_path), strongly_typed=None if weakly_typed else True
+            )
+            plan = engine_bytes_from_network(
+                network, config=config, save_timing_cache=str(request.timing_cache)
+            )
+        if plan is None:
+            raise SdrtError(
+                f"TensorRT could not build an engine from {request.onnx_path} (see its log above)"
+            )
         request.plan_path.write_bytes(plan)
 
 
