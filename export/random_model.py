@@ -67,7 +67,7 @@ def init_random_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         _write_model(ARCHITECTURES[arch], staging, seed, report)
-        _replace(out_dir, staging)
+        _replace(out_dir, staging, force)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -86,11 +86,17 @@ def _check_output(out_dir: Path, force: bool) -> None:
         )
 
 
-def _replace(out_dir: Path, staging: Path) -> None:
+def _replace(out_dir: Path, staging: Path, force: bool) -> None:
     """Move the finished folder into place; an old one is moved aside first, then deleted."""
-    if not out_dir.exists():
-        staging.rename(out_dir)
+    try:
+        staging.rename(out_dir)  # succeeds where out_dir is absent or an empty folder
         return
+    except OSError as e:
+        if not force:  # out_dir was filled by another process after _check_output
+            raise InputError(
+                f"output folder {out_dir} was filled by another process while this model was "
+                "being written; pass --force to replace it"
+            ) from e
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
     old.rmdir()
     out_dir.rename(old)

@@ -355,6 +355,22 @@ def test_existing_folder_needs_force(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_folder_filled_by_another_process_meanwhile_is_not_overwritten(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    write_model = random_model._write_model
+
+    def write_while_another_process_fills_out(*args):
+        write_model(*args)
+        out.mkdir()
+        (out / "theirs.txt").write_text("theirs")
+
+    monkeypatch.setattr(random_model, "_write_model", write_while_another_process_fills_out)
+    with pytest.raises(InputError, match="filled by another process"):
+        init_random_model("tiny", out)
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_bad_seed_is_rejected(tmp_path):
     with pytest.raises(InputError, match="seed must be a non-negative integer, got -1"):
         init_random_model("tiny", tmp_path / "model", seed=-1)
