@@ -375,13 +375,12 @@ class Pipeline:
             bad = [int(i) for i in np.flatnonzero(~finite)]
             latents_finite = bool(xp.isfinite(latents).all())
             raise NumericsError(
-                f"the decoded image{'s' if len(bad) > 1 else ''} {bad} of {len(decoded)} "
-                "contain NaN or Inf values"
+                f"NaN or Inf in the decoded image(s) {bad} of a batch of {len(decoded)}"
                 + (
-                    " (the latents were finite: the VAE decoder overflowed; "
-                    "an fp32 VAE avoids this)"
+                    ": the latents were finite, so the VAE decoder overflowed "
+                    "(an fp32 VAE avoids this)"
                     if latents_finite
-                    else " (the denoising loop already produced NaN/Inf latents)"
+                    else ": the denoising loop already produced NaN/Inf latents"
                 )
             )
         return postprocess(decoded)
