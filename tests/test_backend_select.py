@@ -91,7 +91,7 @@ def test_explicit_backend_that_is_missing_names_what_is_missing(backend, message
 def test_explicit_cpu_and_unknown_names():
     assert select_backend("ort-cpu", probe=machine(FULL_GPU)).backend == "ort-cpu"
     with pytest.raises(
-        InputError, match="backend: expected one of auto, tensorrt, ort-cuda, ort-cpu, got 'cuda'"
+        InputError, match="backend: expected one of auto, ort-cpu, ort-cuda, tensorrt, got 'cuda'"
     ):
         select_backend("cuda", probe=machine(CPU_ONLY))
 
@@ -157,3 +157,21 @@ def test_probe_with_cupy_but_no_driver(monkeypatch):
     assert found.cupy_version == "13.3.0" and found.cuda_devices == 0
     with pytest.raises(BackendUnavailableError, match="a CUDA device"):
         select_backend("ort-cuda", probe=lambda: found)
+
+
+def test_create_sessions_routes_gpu_backends_through_the_selection(tmp_path, monkeypatch):
+    from sdrt.sessions import create_sessions, resolve_backend
+
+    real_import = builtins.__import__
+
+    def no_gpu(name, *args, **kwargs):
+        if name in ("tensorrt", "cupy"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gpu)
+    manifest = make_folder(tmp_path / "model")
+    assert resolve_backend("auto", manifest) == "ort-cpu"
+    for backend, missing in (("tensorrt", "the tensorrt package"), ("ort-cuda", "cupy")):
+        with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' .*{missing}"):
+            create_sessions(tmp_path / "model", manifest, backend)

@@ -22,14 +22,18 @@ BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
 __all__ = ["BACKENDS", "Session", "check_feeds", "create_sessions", "resolve_backend"]
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: str, manifest: Manifest | None = None) -> str:
     """The concrete backend for a requested name ("auto" picks the best one present)."""
     if backend not in BACKENDS:
         raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "auto":
-        # Only the CPU backend exists so far; GPU backends join this choice when they land.
-        return "ort-cpu"
-    return backend
+    if backend == "ort-cpu":
+        return backend
+    # "auto" picks tensorrt, then ort-cuda, then ort-cpu by what the machine (and the
+    # folder's engines) offer, and logs why; an explicit GPU backend that cannot run here
+    # raises BackendUnavailableError naming what is missing.
+    from sdrt.sessions.select import select_backend
+
+    return select_backend(backend, manifest).backend
 
 
 def create_sessions(
@@ -44,8 +48,16 @@ def create_sessions(
     ``ort_options`` overrides the measured ONNX Runtime defaults (its providers are set
     from the backend).
     """
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, manifest)
     names = tuple(manifest.components) if components is None else components
+    if backend == "tensorrt":
+        from sdrt.sessions.tensorrt import create_tensorrt_sessions
+
+        return create_tensorrt_sessions(folder, manifest, names)
+    if backend == "ort-cuda":  # device-resident I/O binding (sdrt/sessions/ort_cuda.py)
+        from sdrt.sessions.ort_cuda import create_ort_cuda_sessions
+
+        return create_ort_cuda_sessions(folder, manifest, names)
     if backend in ("ort-cpu", "ort-cuda"):
         from sdrt.sessions.onnxruntime import OrtOptions, OrtSession
 

@@ -19,8 +19,7 @@ from sdrt.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-ORDER = ("tensorrt", "ort-cuda", "ort-cpu")
-BACKENDS = ("auto", *ORDER)
+ORDER = ("tensorrt", "ort-cuda", "ort-cpu")  # auto's preference
 GPU_EXTRA = "pip install 'sdrt[gpu]'"
 
 
@@ -115,8 +114,12 @@ def select_backend(
     probe: Callable[[], Machine] = probe_machine,
 ) -> Selection:
     """The backend to run ``manifest``'s folder with; see the module docstring."""
+    from sdrt.sessions import BACKENDS
+
     if requested not in BACKENDS:
         raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {requested!r}")
+    if requested == "ort-cpu":
+        return Selection(requested, "requested")
     machine = probe()
     if requested != "auto":
         missing = missing_for(requested, machine)
