@@ -97,3 +97,17 @@ def test_list_shows_records_and_failures(tmp_path, capsys, no_gpu_libraries):
     assert "tensorrt vae_decoder fp32" in out and "compute capability 8.9" in out
     # A static 256x256 build: the guided U-Net batch is 2 at every level.
     assert "sample [2, 4, 32, 32]..[2, 4, 32, 32]" in out
+
+
+def test_sdrt_build_target_tensorrt_fails_before_exporting(tmp_path, capsys, no_gpu_libraries):
+    source = tmp_path / "source"
+    source.mkdir()
+    out = tmp_path / "out"
+    code = main(["build", str(source), "-o", str(out), "--target", "tensorrt"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "sdrt build: error: TensorRT engines need tensorrt and cupy "
+        "(pip install 'sdrt[gpu]' on a machine with an NVIDIA GPU)"
+    ]
+    assert not out.exists()

@@ -32,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace OUT (unchanged components are reused)"
     )
+    parser.add_argument(
+        "--target",
+        choices=("onnx", "tensorrt"),
+        default="onnx",
+        help="tensorrt: also build fp16 TensorRT engines for the folder's size and batch "
+        "range (needs an NVIDIA GPU; `sdrt engines build` offers more choices)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         revision=args.revision,
     )
+    environment = None
+    if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
+        from sdrt.commands.engines import check_can_build
+
+        environment = check_can_build()
     progress = _Progress()
     try:
         result = build(config, progress=progress)
@@ -69,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         )
     size_mb = result.size_bytes / 2**20
     print(f"built {result.output} ({size_mb:.1f} MiB) in {result.seconds:.1f} s")
+    if environment is not None:
+        from sdrt.commands.engines import build_and_report
+        from sdrt.engines.profiles import shape_range_from_options
+        from sdrt.engines.tensorrt import TensorRTBuildOptions
+        from sdrt.manifest import read_manifest
+
+        shapes = shape_range_from_options(read_manifest(result.output))
+        return build_and_report(result.output, TensorRTBuildOptions(shapes=shapes), environment)
     return 0
 
 
