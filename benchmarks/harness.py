@@ -25,7 +25,7 @@ import numpy as np
 from sdrt.benchmarks import contenders
 from sdrt.benchmarks.config import BenchConfig, Size, reproduce_command
 from sdrt.benchmarks.contenders.protocol import version_of
-from sdrt.benchmarks.jobs import JobFailed, run_job
+from sdrt.benchmarks.jobs import JobFailed, run_jobs
 from sdrt.benchmarks.models import BenchModels, prepare_models
 from sdrt.benchmarks.parity import compare_images
 from sdrt.benchmarks.roofline import achieved
@@ -203,10 +203,8 @@ class Benchmark:
             for state in self.states:
                 if state.worker is not None:  # only after an interruption
                     state.worker.close()
-        self.progress.status("measuring FLOPs per U-Net call and the peak matmul rate")
-        roofline = self._roofline(models)
-        self.progress.status("scheduler micro-benchmark")
-        schedulers = self._scheduler_bench()
+        self.progress.status("U-Net FLOPs, peak matmul rate, scheduler micro-benchmark")
+        roofline, schedulers = self._side_measurements(models)
         finished = datetime.datetime.now(datetime.timezone.utc)
         return self._report(models, roofline, schedulers, started, finished)
 
@@ -234,39 +232,75 @@ class Benchmark:
 
     # -------------------------------------------------------------------------- jobs
 
-    def _roofline(self, models: BenchModels) -> dict[str, Any]:
-        config = self.config
-        calls_batch = config.batch * (2 if config.guidance > 1 else 1)
-        result: dict[str, Any] = {"unet_batch": calls_batch, "flops_per_unet_call": {}}
-        try:
-            for size in config.sizes:
-                counted = run_job(
-                    [
-                        "flops",
-                        str(models.source_dir),
-                        str(calls_batch),
-                        str(size.height),
-                        str(size.width),
-                        str(config.cache_dir),
-                    ],
-                    config.threads,
-                )
-                result["flops_per_unet_call"][size.label] = counted["flops"]
-                result["flop_count_method"] = counted["method"]
-            result["peak"] = run_job(
-                ["peak", str(config.matmul_size), str(config.threads)], config.threads
-            )
-            result["status"] = "ok"
-        except JobFailed as failure:
-            result.update(status="failed", error=str(failure))
-        return result
+    def _unet_batch(self) -> int:
+        # classifier-free guidance runs the conditional and unconditional halves as one batch
+        return self.config.batch * (2 if self.config.guidance > 1 else 1)
 
-    def _scheduler_bench(self) -> dict[str, Any]:
+    def _measured_unet_call_s(self) -> float | None:
+        """sdrt's median U-Net call at the first size: the scheduler's yardstick."""
+        label = self.config.sizes[0].label
+        for state in self.states:
+            if state.name in (contenders.BASELINE, "optimum"):
+                continue
+            calls = [
+                c for run in state.runs.get(label, []) for c in run["stages_s"].get("unet", [])
+            ]
+            if calls:
+                return summarize(calls)["median"]
+        return None
+
+    def _side_measurements(self, models: BenchModels) -> tuple[dict, dict]:
+        """The roofline's FLOPs and peak, and the scheduler micro-benchmark, in one process."""
+        config = self.config
+        first = config.sizes[0]
+        scheduler_config = json.loads(
+            (models.source_dir / "scheduler" / "scheduler_config.json").read_text()
+        )
+        latents = np.load(self.work_dir / f"latents-{first.label}.npy")
+        schedulers = {
+            "shape": [self._unet_batch(), *latents.shape[1:]],
+            "steps": config.steps,
+            "config": scheduler_config,
+        }
+        unet_call_s = self._measured_unet_call_s()
+        if unet_call_s is not None:
+            schedulers["unet_call_s"] = unet_call_s
+        spec = {
+            "flops": {
+                "model_dir": str(models.source_dir),
+                "batch": self._unet_batch(),
+                "sizes": [
+                    {"label": s.label, "height": s.height, "width": s.width} for s in config.sizes
+                ],
+                "cache_dir": str(config.cache_dir),
+            },
+            "peak": {"n": config.matmul_size, "threads": config.threads},
+            "schedulers": schedulers,
+        }
         try:
-            rows = run_job(["schedulers", str(self.config.steps), str(self.config.threads)], 1)
+            answer = run_jobs(spec, config.threads)
         except JobFailed as failure:
-            return {"status": "failed", "error": str(failure), "rows": []}
-        return {"status": "ok", "rows": rows}
+            failed = {"status": "failed", "error": str(failure)}
+            answer = {"flops": failed, "peak": failed, "schedulers": failed}
+        roofline: dict[str, Any] = {
+            "status": "ok",
+            "unet_batch": self._unet_batch(),
+            "flops_per_unet_call": answer["flops"].get("by_size", {}),
+        }
+        if answer["flops"]["status"] == "ok":
+            roofline["flop_count_method"] = answer["flops"]["method"]
+        if answer["peak"]["status"] == "ok":
+            roofline["peak"] = {k: v for k, v in answer["peak"].items() if k != "status"}
+        errors = [answer[k]["error"] for k in ("flops", "peak") if answer[k]["status"] != "ok"]
+        if errors:
+            roofline.update(status="failed", error="; ".join(errors))
+        bench = answer["schedulers"]
+        scheduler_bench = {
+            "status": bench["status"],
+            "rows": bench.get("rows", []),
+            **({"error": bench["error"]} if "error" in bench else {}),
+        }
+        return roofline, scheduler_bench
 
     # -------------------------------------------------------------------------- figures
 

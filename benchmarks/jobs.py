@@ -1,11 +1,12 @@
-"""One-off measurements, each run in its own process and answered as one JSON line.
+"""The measurements besides the contenders, run together in one process of their own.
 
-    python -m sdrt.benchmarks.jobs flops MODEL_DIR BATCH HEIGHT WIDTH CACHE_DIR
-    python -m sdrt.benchmarks.jobs peak N THREADS
-    python -m sdrt.benchmarks.jobs schedulers STEPS THREADS
+    python -m sdrt.benchmarks.jobs '{"flops": {...}, "peak": {...}, "schedulers": {...}}'
 
-Keeping them out of the harness process keeps torch and BLAS thread pools out of it, and
-out of the contenders' processes, whose memory and timings they would otherwise colour.
+answers one JSON line with a result (or a failure and its error) per measurement: the
+U-Net's FLOPs per call at each size, the machine's peak matmul rate, and the scheduler
+micro-benchmark. Their own process keeps torch and BLAS thread pools out of the harness and
+out of the contenders' processes, whose memory and timings they would otherwise colour;
+one process for all of them pays for importing torch once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,10 @@ class JobFailed(Exception):
     pass
 
 
-def run_job(args: list[str], threads: int) -> Any:
-    """Run ``jobs.py`` with ``args`` in a fresh interpreter; returns its JSON answer."""
+def run_jobs(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Run the measurements of ``spec`` in a fresh interpreter; returns its answer."""
     completed = subprocess.run(
-        [sys.executable, "-m", "sdrt.benchmarks.jobs", *args],
+        [sys.executable, "-m", "sdrt.benchmarks.jobs", json.dumps(spec)],
         capture_output=True,
         text=True,
         env=thread_environment(threads),
@@ -35,36 +37,54 @@ def run_job(args: list[str], threads: int) -> Any:
     lines = completed.stdout.strip().splitlines()
     if completed.returncode != 0 or not lines:
         tail = " | ".join(completed.stderr.strip().splitlines()[-3:]) or "no output"
-        raise JobFailed(f"{args[0]} exited with code {completed.returncode}: {tail}")
+        raise JobFailed(f"measurements exited with code {completed.returncode}: {tail}")
     return json.loads(lines[-1])
 
 
-def _schedulers(steps: int, threads: int) -> Any:
-    from sdrt.benchmarks import scheduler_bench
+def _flops(spec: dict[str, Any]) -> dict[str, Any]:
+    from sdrt.benchmarks.roofline import stored_unet_flops
 
-    return scheduler_bench.scheduler_rows(num_inference_steps=steps, threads=threads)
+    by_size, method = {}, None
+    for size in spec["sizes"]:
+        counted = stored_unet_flops(
+            Path(spec["model_dir"]),
+            spec["batch"],
+            size["height"],
+            size["width"],
+            Path(spec["cache_dir"]),
+        )
+        by_size[size["label"]] = counted["flops"]
+        method = counted["method"]
+    return {"by_size": by_size, "method": method}
+
+
+def _peak(spec: dict[str, Any]) -> dict[str, Any]:
+    from sdrt.benchmarks.roofline import measure_peak_matmul
+
+    return measure_peak_matmul(spec["n"], spec["threads"])
+
+
+def _schedulers(spec: dict[str, Any]) -> dict[str, Any]:
+    from sdrt.benchmarks.scheduler_bench import run_scheduler_bench
+
+    return {"rows": run_scheduler_bench(**{**spec, "shape": tuple(spec["shape"])})}
+
+
+JOBS = {"flops": _flops, "peak": _peak, "schedulers": _schedulers}
 
 
 def main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
-    job, args = argv[0], argv[1:]
-    if job == "flops":
-        from sdrt.benchmarks.roofline import stored_unet_flops
-
-        model_dir, batch, height, width, cache_dir = args
-        answer = stored_unet_flops(
-            Path(model_dir), int(batch), int(height), int(width), Path(cache_dir)
-        )
-    elif job == "peak":
-        from sdrt.benchmarks.roofline import measure_peak_matmul
-
-        answer = measure_peak_matmul(int(args[0]), int(args[1]))
-    elif job == "schedulers":
-        answer = _schedulers(int(args[0]), int(args[1]))
-    else:
-        print(f"unknown job {job!r}", file=sys.stderr)
-        return 2
+    spec = json.loads(argv[0])
+    answer = {}
+    for name, job_spec in spec.items():
+        try:
+            answer[name] = {"status": "ok", **JOBS[name](job_spec)}
+        # Each measurement's failure is reported as data; the others still run.
+        except Exception as error:
+            traceback.print_exc()
+            answer[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
     out.write(json.dumps(answer) + "\n")
     out.flush()
     return 0

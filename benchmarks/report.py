@@ -294,6 +294,7 @@ def _roofline(report: dict) -> list[str]:
 
 
 def _schedulers(report: dict) -> list[str]:
+    """One line per scheduler: sdrt's numpy step against diffusers' torch step."""
     bench = report["scheduler_bench"]
     lines = ["## Scheduler micro-benchmark", ""]
     if bench["status"] != "ok":
@@ -301,12 +302,36 @@ def _schedulers(report: dict) -> list[str]:
     rows = bench["rows"]
     if not rows:
         return lines + ["No rows.", ""]
-    header = list(rows[0])
-    body = [
-        [f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in header]
-        for row in rows
+    by_scheduler: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        by_scheduler.setdefault(row["scheduler"], {})[row["backend"]] = row
+    body = []
+    for name, backends in by_scheduler.items():
+        ours, theirs = backends.get("sdrt-numpy"), backends.get("diffusers-torch")
+        body.append(
+            [
+                name,
+                "—" if ours is None else f"{ours['us_per_step']:.1f}",
+                "—" if theirs is None else f"{theirs['us_per_step']:.1f}",
+                ratio(theirs["us_per_step"] / ours["us_per_step"]) if ours and theirs else "—",
+                "—" if ours is None else percent(ours["share_of_unet_call"]),
+            ]
+        )
+    first = rows[0]
+    header = [
+        "scheduler",
+        "sdrt numpy µs/step",
+        "diffusers torch µs/step",
+        "sdrt speedup",
+        "sdrt loop / one U-Net call",
     ]
-    return lines + _table(header, body)
+    return [
+        *lines,
+        *_table(header, body),
+        f"Latents {first['shape']}, {first['steps']} steps, median of {first['repeats']} loops; "
+        f"the yardstick U-Net call is {seconds(first['unet_call_s'])}.",
+        "",
+    ]
 
 
 def _versions(report: dict) -> list[str]:

@@ -59,6 +59,20 @@ def test_torch_and_sdrt_ran_the_same_work(bench_report):
     assert "torch" in by_name["torch"]["installed"]["distributions"]
 
 
+def test_side_measurements(bench_report):
+    _, report = bench_report
+    roofline = report["roofline"]
+    assert roofline["status"] == "ok", roofline.get("error")
+    assert roofline["unet_batch"] == 2 and roofline["flops_per_unet_call"]["64x64"] > 0
+    assert roofline["peak"]["matmul_size"] == 512
+    (ort,) = [c for c in report["contenders"] if c["name"] == "ort-cpu"]
+    assert ort["results"][0]["roofline"]["fraction_of_peak"] > 0
+    bench = report["scheduler_bench"]
+    assert bench["status"] == "ok", bench.get("error")
+    assert {row["backend"] for row in bench["rows"]} == {"sdrt-numpy", "diffusers-torch"}
+    assert all(row["shape"] == [2, 4, 8, 8] for row in bench["rows"])
+
+
 def test_failed_contenders_say_why(bench_report):
     _, report = bench_report
     by_name = {c["name"]: c for c in report["contenders"]}
