@@ -115,13 +115,26 @@ def _time_loops(loop, repeats: int) -> tuple[float, float, int]:
     return statistics.median(durations), min(durations), calls
 
 
-def _noise_draw_us(shape: tuple[int, ...], repeats: int) -> float:
-    """Median time of one float32 standard-normal draw of the latent shape (numpy)."""
-    rng = np.random.default_rng(0)
+def _noise_draw_us(backend: str, shape: tuple[int, ...], repeats: int) -> float:
+    """Median time of one float32 standard-normal draw of the latent shape, drawn as the
+    backend draws it (numpy's Generator for sdrt, torch.randn for diffusers)."""
+    if backend == "sdrt-numpy":
+        rng = np.random.default_rng(0)
+
+        def draw():
+            rng.standard_normal(shape, dtype=np.float32)
+    else:
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+
+        def draw():
+            torch.randn(shape, generator=generator, dtype=torch.float32)
+
     durations = []
     for _ in range(max(repeats, 3)):
         start = time.perf_counter()
-        rng.standard_normal(shape, dtype=np.float32)
+        draw()
         durations.append(time.perf_counter() - start)
     return statistics.median(durations) * 1e6
 
@@ -148,8 +161,8 @@ def run_scheduler_bench(
 
     Row keys: scheduler (alias), class_name, backend ("sdrt-numpy" or "diffusers-torch"),
     shape, steps, unet_calls, repeats, us_per_step (median loop time / U-Net calls) and
-    us_per_step_min, noise_draw_us (one numpy draw, part of us_per_step for the samplers
-    that need noise), schedule_ms (median whole loop) and schedule_ms_min,
+    us_per_step_min, noise_draw_us (one draw by the backend's generator, part of
+    us_per_step for the samplers that need noise), schedule_ms (median whole loop) and schedule_ms_min,
     share_of_unet_call (whole loop / unet_call_s), unet_call_s, threads, and the library
     versions that ran.
     """
@@ -170,7 +183,7 @@ def run_scheduler_bench(
         torch_threads = torch.get_num_threads()
         versions.update(torch=torch.__version__, diffusers=diffusers.__version__)
 
-    noise_draw_us = _noise_draw_us(shape, repeats)
+    noise_draw_us = {backend: _noise_draw_us(backend, shape, repeats) for backend, _ in backends}
     rows = []
     for alias in schedulers:
         for backend, make_loop in backends:
@@ -188,7 +201,9 @@ def run_scheduler_bench(
                     "us_per_step": median_s / calls * 1e6,
                     "us_per_step_min": min_s / calls * 1e6,
                     # included in us_per_step for samplers that draw noise (both backends)
-                    "noise_draw_us": noise_draw_us if alias in SAMPLERS_DRAWING_NOISE else 0.0,
+                    "noise_draw_us": (
+                        noise_draw_us[backend] if alias in SAMPLERS_DRAWING_NOISE else 0.0
+                    ),
                     "schedule_ms": median_s * 1e3,
                     "schedule_ms_min": min_s * 1e3,
                     "unet_call_s": unet_call_s,
