@@ -180,3 +180,24 @@ def test_config_variant_matches_diffusers(alias, model, overrides, steps, streng
         np.testing.assert_allclose(plan.sigmas, expected_sigmas, rtol=SIGMA_RTOL, atol=0)
     error = relative_error(actual, expected)
     assert error <= LATENT_RTOL, f"relative error {error:.3g} > {LATENT_RTOL}"
+
+
+def test_lms_coefficients_equal_numerical_integration():
+    """sdrt integrates the Lagrange basis exactly (Gauss-Legendre); diffusers uses scipy."""
+    integrate = pytest.importorskip("scipy.integrate")
+    from sdrt.schedulers.lms import lms_coefficient
+
+    sigmas = create_scheduler("lms", MODEL_CONFIGS["sd15"]).plan(20).sigmas
+    for t in range(3, 20):
+        for order in range(1, 5):
+            for current in range(order):
+
+                def basis(tau, order=order, current=current, t=t):
+                    nodes = [float(sigmas[t - k]) for k in range(order)]
+                    own = nodes[current]
+                    return np.prod([(tau - n) / (own - n) for n in nodes if n != own])
+
+                lower, upper = float(sigmas[t]), float(sigmas[t + 1])
+                expected = integrate.quad(basis, lower, upper, epsrel=1e-12)[0]
+                actual = lms_coefficient(sigmas, order, t, current)
+                assert actual == pytest.approx(expected, rel=1e-10, abs=1e-14)

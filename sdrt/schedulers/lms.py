@@ -22,7 +22,9 @@ from sdrt.schedulers.base import (
 from sdrt.schedulers.euler import sigma_schedule
 
 LMS_ORDER = 4  # diffusers' default `order` argument of step()
-_GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(LMS_ORDER)
+# Gauss-Legendre nodes and weights on [-1, 1], as Python floats: the integrals are a few
+# dozen scalar operations, cheaper in plain Python than with tiny numpy arrays.
+_GAUSS_NODES, _GAUSS_WEIGHTS = (v.tolist() for v in np.polynomial.legendre.leggauss(LMS_ORDER))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,14 +47,17 @@ def lms_coefficient(sigmas: np.ndarray, order: int, t: int, current_order: int) 
     """Integral over [sigmas[t], sigmas[t+1]] of the Lagrange basis polynomial of node
     sigmas[t - current_order] among the nodes sigmas[t], ..., sigmas[t - order + 1]."""
     lower, upper = float(sigmas[t]), float(sigmas[t + 1])
-    taus = 0.5 * (upper - lower) * _GAUSS_NODES + 0.5 * (upper + lower)
-    basis = np.ones_like(taus)
-    for k in range(order):
-        if k == current_order:
-            continue
-        node, own = float(sigmas[t - k]), float(sigmas[t - current_order])
-        basis *= (taus - node) / (own - node)
-    return float(0.5 * (upper - lower) * np.dot(_GAUSS_WEIGHTS, basis))
+    own = float(sigmas[t - current_order])
+    others = [float(sigmas[t - k]) for k in range(order) if k != current_order]
+    half_width, middle = 0.5 * (upper - lower), 0.5 * (upper + lower)
+    integral = 0.0
+    for node, weight in zip(_GAUSS_NODES, _GAUSS_WEIGHTS, strict=True):
+        tau = half_width * node + middle
+        basis = 1.0
+        for other in others:
+            basis *= (tau - other) / (own - other)
+        integral += weight * basis
+    return half_width * integral
 
 
 class LMSDiscreteScheduler(SigmaScheduler):
