@@ -131,3 +131,25 @@ def test_a_step_does_not_modify_its_inputs(alias):
     np.testing.assert_array_equal(sample, image)
     np.testing.assert_array_equal(model_output, noises[0])
     np.testing.assert_array_equal(noise, noises[1])
+
+
+@pytest.mark.parametrize("alias", ["dpmpp_2m", "heun", "unipc", "euler_a"])
+def test_one_scheduler_serves_concurrent_threads(alias):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sched = create_scheduler(alias, MODEL_CONFIGS["sdxl"])
+    jobs = [
+        (sched.plan(steps, strength=s), seed)
+        for seed, (steps, s) in enumerate([(8, 1.0), (12, 0.6), (8, 0.5), (10, 1.0)] * 2)
+    ]
+
+    def run(job):
+        plan, seed = job
+        image, noises = loop_arrays(seed, 2, len(plan.timesteps))
+        return run_loop(sched, plan, sched.add_noise(plan, image, noises[-1], 0), noises)
+
+    sequential = [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(run, jobs))
+    for alone, together in zip(sequential, concurrent, strict=True):
+        np.testing.assert_array_equal(alone, together)

@@ -12,6 +12,18 @@
 
 Any diffusers scheduler config is accepted by any scheduler, as diffusers' from_config
 does: keys the algorithm does not know are ignored, absent keys take its defaults.
+
+Numerics follow diffusers (the parity tests hold whole loops to 1e-5 relative in fp32).
+``StepResult.denoised`` is the sampler's x0 estimate; None where the algorithm forms
+none (PNDM, DPM-Solver with algorithm_type="dpmsolver", UniPC with predict_x0=False).
+
+Not implemented (InputError naming the supported values): dynamic thresholding,
+exponential / beta / Lu-lambda / flow sigmas, Euler's log_linear interpolation and
+continuous timesteps, the SDE variants of DPM-Solver, learned DDPM variances, custom
+timestep lists, Euler's s_churn and DDIM's eta > 0 (both draw noise diffusers' default
+pipelines do not). Where diffusers yields NaN, sdrt either rejects the config (UniPC
+with predict_x0=False or lower_order_final=False and a final sigma of 0) or takes the
+limit (UniPC bh1 with a final sigma of 0: the last step returns the x0 estimate).
 """
 
 from __future__ import annotations
