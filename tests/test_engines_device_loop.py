@@ -33,8 +33,10 @@ class DeviceArray(np.ndarray):
         DeviceArray.host_copies += 1
         return np.array(self.view(np.ndarray), copy=True)
 
-    def __array_namespace__(self, api_version=None):
-        return sys.modules["cupy"]
+    @property
+    def __array_namespace__(self):
+        # cupy's ndarray (v14) has none: code must find cupy by the array's module.
+        raise AttributeError("'cupy.ndarray' object has no attribute '__array_namespace__'")
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         for value in inputs:
@@ -162,8 +164,36 @@ def test_stand_in_refuses_what_cupy_refuses(monkeypatch):
     xp = sys.modules["cupy"]
     x = xp.ones((2, 2))
     assert sdrt.arrays.namespace_of(x) is xp
+    assert not hasattr(x, "__array_namespace__")
     with pytest.raises(TypeError, match="host array in a device computation"):
         x + np.ones((2, 2))
     with pytest.raises(TypeError, match="numpy.concatenate called on a device array"):
         np.concatenate([x, x])
     assert type(xp.concatenate([x, x * 2.0])) is DeviceArray
+
+
+def test_schedulers_find_the_device_namespace_without_array_namespace(monkeypatch):
+    # DDIM with clip_sample asks the schedulers' array_namespace() for its clip function.
+    from sdrt.schedulers import create_scheduler
+    from sdrt.schedulers.base import array_namespace
+
+    monkeypatch.setitem(sys.modules, "cupy", StandInCupy("cupy"))
+    xp = sys.modules["cupy"]
+    config = {
+        "_class_name": "DDIMScheduler",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": True,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+    sched = create_scheduler("DDIMScheduler", config)
+    plan = sched.plan(4)
+    rng = np.random.default_rng(0)
+    x, eps = (rng.standard_normal((1, 4, 8, 8), dtype=np.float32) for _ in range(2))
+    expected = sched.step(plan, sched.initial_state(plan), eps, 0, x).prev_sample
+    assert array_namespace(xp.asarray(x)) is xp
+    got = sched.step(plan, sched.initial_state(plan), xp.asarray(eps), 0, xp.asarray(x))
+    assert type(got.prev_sample) is DeviceArray
+    np.testing.assert_array_equal(got.prev_sample.get(), expected)

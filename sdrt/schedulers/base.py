@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from sdrt.arrays import namespace_of
 from sdrt.errors import InputError
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -289,6 +290,8 @@ class StepResult:
 
 def array_namespace(x):
     """numpy for numpy arrays, cupy for cupy arrays (both implement the array API)."""
+    if type(x).__module__.startswith("cupy"):  # cupy's ndarray has no __array_namespace__
+        return namespace_of(x)
     if hasattr(x, "__array_namespace__"):
         return x.__array_namespace__()
     if isinstance(x, np.ndarray):  # numpy < 2
