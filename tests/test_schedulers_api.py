@@ -297,3 +297,23 @@ def test_importing_the_schedulers_does_not_import_torch():
         "sys.exit(int(any(m in sys.modules for m in ('torch', 'diffusers', 'scipy'))))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("alias", "overrides"),
+    [("dpmpp_2m", {}), ("unipc", {}), ("unipc", {"solver_type": "bh1"}), ("euler", {})],
+)
+def test_last_step_to_sigma_zero_returns_the_x0_estimate(alias, overrides):
+    """At a final sigma of 0 the solvers' last update is their clean estimate (diffusers
+    gives NaN for UniPC bh1 there; sdrt takes the limit)."""
+    sched = create_scheduler(alias, SD15_CONFIG, **overrides)
+    plan = sched.plan(5)
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    state = sched.initial_state(plan)
+    for i, t in enumerate(plan.timesteps):
+        eps = np.tanh(sched.scale_model_input(plan, latents, i)) + np.float32(t / 1000)
+        result = sched.step(plan, state, eps, i, latents)
+        latents, state = result.prev_sample, result.state
+    assert np.isfinite(latents).all()
+    np.testing.assert_allclose(latents, result.denoised, rtol=1e-6, atol=1e-6)
