@@ -146,10 +146,10 @@ def test_cuda_graph_replays_match_plain_runs(static_folder):
     assert len(graphed._graphs) == 1
 
 
-def test_pipeline_on_tensorrt_is_close_to_the_cpu_images(trt_folder, monkeypatch):
+def test_pipeline_on_tensorrt_is_close_to_the_cpu_images(trt_folder):
+    import cupy as cp
+
     import sdrt
-    import sdrt.pipeline
-    from sdrt.sessions.tensorrt import create_tensorrt_sessions
 
     settings = dict(
         prompt="a red fox in snow",
@@ -160,17 +160,16 @@ def test_pipeline_on_tensorrt_is_close_to_the_cpu_images(trt_folder, monkeypatch
         output_type="np",
     )
     expected = sdrt.Pipeline.load(trt_folder, backend="ort-cpu")(**settings).images
-    monkeypatch.setattr(
-        sdrt.pipeline,
-        "create_sessions",
-        lambda folder, manifest, backend, components=None, **kw: create_tensorrt_sessions(
-            folder, manifest, components or tuple(manifest.components)
-        ),
-    )
-    images = sdrt.Pipeline.load(trt_folder, backend="ort-cpu")(**settings).images
+    pipe = sdrt.Pipeline.load(trt_folder, backend="tensorrt")
+    embeddings = pipe.prompt_encoder.encode(["a red fox in snow"])
+    assert isinstance(embeddings, cp.ndarray)  # the loop's arrays live on the device
+    images = pipe(**settings).images
+    assert isinstance(images, np.ndarray)
     diff = np.abs(images - expected)
     # fp16 engines against the fp32 CPU path, over a few denoising steps.
     assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.2
+    auto = sdrt.Pipeline.load(trt_folder, backend="auto")
+    assert isinstance(auto._session("unet"), type(pipe._session("unet")))
 
 
 def test_ort_cuda_session_binds_device_arrays(tiny_built):
