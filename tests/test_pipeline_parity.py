@@ -183,3 +183,46 @@ def test_inpainting_4_channel(sd, reference, monkeypatch, strength):
     theirs = inpaint(PROMPTS[1], image=image, mask_image=mask, **settings).images
     ours = sd(PROMPTS[1], image=image, mask_image=mask, latents=noise, **settings).images
     assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint(tmp_path_factory):
+    """(source, built) folders of the tiny model with a 9-channel inpainting U-Net."""
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.random_model import init_random_model
+
+    source = init_random_model("tiny-inpaint", tmp_path_factory.mktemp("inpaint") / "src")
+    config = BuildConfig(
+        source=str(source), output=source.parent / "built", min_size=64, max_size=128
+    )
+    return source, build(config).output
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.75])
+def test_inpainting_9_channel(tiny_inpaint, monkeypatch, strength):
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as module
+
+    source, built = tiny_inpaint
+    sd = sdrt.Pipeline.load(built)
+    assert sd.manifest.unet_in_channels == 9
+    height, width = 64, 128
+    image, mask = _test_image(width, height), _inpaint_mask(width, height)
+    noise = _latents(sd, 2, height, width, seed=13)
+    _inject_noise(monkeypatch, module, [noise])
+    _deterministic_vae_encoder(monkeypatch, module)
+    inpaint = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
+        str(source), safety_checker=None, requires_safety_checker=False
+    )
+    inpaint.set_progress_bar_config(disable=True)
+    settings = dict(
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        strength=strength,
+        height=height,
+        width=width,
+        num_images_per_prompt=2,
+        output_type="np",
+    )
+    theirs = inpaint(PROMPTS[0], image=image, mask_image=mask, **settings).images
+    ours = sd(PROMPTS[0], image=image, mask_image=mask, latents=noise, **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
