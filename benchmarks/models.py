@@ -19,6 +19,8 @@ from sdrt.benchmarks.config import BenchConfig
 from sdrt.errors import InputError, ModelFolderError
 
 Report = Callable[[str], None]
+# Image sizes (pixels) a cached build covers at least.
+BUILD_RANGE = (256, 1024)
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,10 @@ def prepare_models(config: BenchConfig, report: Report) -> BenchModels:
             source=str(source_dir),
             output=built_dir,
             precision=config.precision,
-            min_size=min(sizes),
-            max_size=max(sizes),
+            # A wide range, so that runs at other sizes reuse this build (and sdrt's saved
+            # optimised graphs); the build verifies at the small end, so it costs little.
+            min_size=min(BUILD_RANGE[0], *sizes),
+            max_size=max(BUILD_RANGE[1], *sizes),
             max_batch=max(config.batch, 1),
             force=True,
         ),

@@ -334,6 +334,19 @@ def _schedulers(report: dict) -> list[str]:
     ]
 
 
+def _settings_that_ran(report: dict) -> list[str]:
+    rows = []
+    for contender in report["contenders"]:
+        settings = contender.get("settings") or {}
+        text = ", ".join(f"{k}={v}" for k, v in settings.items()) or "—"
+        rows.append([contender["name"], text, contender["log"]])
+    return [
+        "## Settings each contender ran with",
+        "",
+        *_table(["contender", "settings", "log"], rows),
+    ]
+
+
 def _versions(report: dict) -> list[str]:
     lines = ["## Versions", ""]
     harness = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
@@ -383,6 +396,7 @@ def render_markdown(report: dict) -> str:
             " ".join(images),
             "",
         ]
+    lines += _settings_that_ran(report)
     lines += _versions(report)
     return "\n".join(lines)
 

@@ -93,11 +93,17 @@ def test_reproduced_command_parses_back_to_the_same_config(tmp_path):
         (["src", "--arch", "tiny", "--random-weights", "-o", "r"], "got both"),
         (["--arch", "tiny", "--random-weights", "--runs", "0", "-o", "r"], "--runs"),
         (["--arch", "tiny", "--random-weights", "--built", "b", "-o", "r"], "--built needs"),
+        (["--arch", "tiny", "--random-weights", "--scheduler", "fast", "-o", "r"], "--scheduler"),
     ],
 )
 def test_bad_arguments_say_what_was_expected(argv, message):
     with pytest.raises(InputError, match=message):
         _config(_args(*argv))
+
+
+def test_scheduler_aliases_become_diffusers_class_names(tmp_path):
+    args = _args("--arch", "tiny", "--random-weights", "--scheduler", "dpmpp_2m", "-o", "r")
+    assert _config(args).scheduler == "DPMSolverMultistepScheduler"
 
 
 def test_unknown_backend_is_a_one_line_error(tmp_path, capsys):

@@ -22,6 +22,8 @@ STAGES = {
     "unet": "unet",
     "vae_decoder": "vae_decode",
 }
+# Pipeline.load's default: check every graph's sha256 against sdrt.json (part of load time).
+VERIFY_FILES = True
 SDRT_SOURCE_DIR = str(Path(__file__).resolve().parents[2] / "sdrt")
 
 
@@ -65,7 +67,11 @@ class SdrtRuntime:
         # sdrt saves an optimised copy of each graph on first load; say whether this load had it.
         self.optimized_model_cached = (Path(model_dir) / "engines" / options.target).is_dir()
         self.pipe = sdrt.Pipeline.load(
-            model_dir, backend=self.backend, prompt_cache_size=0, ort_options=options
+            model_dir,
+            backend=self.backend,
+            prompt_cache_size=0,
+            ort_options=options,
+            verify_files=VERIFY_FILES,
         )
         self._wrap_sessions()
 
@@ -95,7 +101,6 @@ class SdrtRuntime:
         return result.images
 
     def settings(self, workload: Workload) -> dict[str, Any]:
-        unet = self.pipe._sessions["unet"]
         return {
             "scheduler": workload.scheduler,
             "backend": self.backend,
@@ -103,7 +108,7 @@ class SdrtRuntime:
             "prompt_cache": 0,
             "optimized_model_cached_before_load": self.optimized_model_cached,
             "unet_precision": self.pipe.manifest.components["unet"].precision,
-            "providers": list(getattr(unet, "providers", ()) or ()),
+            "verify_files": VERIFY_FILES,
         }
 
     def versions(self) -> dict[str, str]:

@@ -80,10 +80,20 @@ def _config(args: argparse.Namespace):
         raise InputError(
             "expected SOURCE (a diffusers folder or Hub id) or --arch --random-weights"
         )
+    scheduler = args.scheduler
+    if scheduler is not None:
+        from sdrt.schedulers import SCHEDULERS
+
+        scheduler = SCHEDULERS.get(scheduler, scheduler)  # an alias -> its diffusers class
+        if scheduler not in SCHEDULERS.values():
+            raise InputError(
+                f"--scheduler: expected a diffusers class name or alias sdrt implements "
+                f"({', '.join(SCHEDULERS.values())}), got {args.scheduler!r}"
+            )
     cache = args.cache_dir or Path(os.environ.get("SDRT_CACHE_DIR") or DEFAULT_CACHE)
     optional = {
         "threads": args.threads,
-        "scheduler": args.scheduler,
+        "scheduler": scheduler,
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "optimum_venv": args.optimum_venv,
@@ -162,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.benchmarks.harness import run_benchmark
     from sdrt.benchmarks.report import write_report
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     with RichProgress(console) as progress:
         report = run_benchmark(config, progress)
     paths = write_report(report, config.output_dir)
