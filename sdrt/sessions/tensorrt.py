@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -265,16 +266,20 @@ class TensorRTSession:
 # ---------------------------------------------------------------------------- a folder's engines
 
 _memory_lock = threading.Lock()
-_memory_by_folder: dict[Path, SharedDeviceMemory] = {}
+# Weak: the block lives as long as some session of the folder does, then goes with them.
+_memory_by_folder: weakref.WeakValueDictionary[Path, SharedDeviceMemory] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def shared_memory_for(folder: str | Path) -> SharedDeviceMemory:
     """One activation block per model folder and process, shared by all its engines."""
     key = Path(folder).resolve()
     with _memory_lock:
-        if key not in _memory_by_folder:
-            _memory_by_folder[key] = SharedDeviceMemory()
-        return _memory_by_folder[key]
+        memory = _memory_by_folder.get(key)
+        if memory is None:
+            memory = _memory_by_folder[key] = SharedDeviceMemory()
+        return memory
 
 
 def _fp32_fallback(folder: Path, manifest, name: str, environment, memory):
