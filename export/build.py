@@ -67,7 +67,7 @@ class BuildConfig:
     source: str
     output: Path
     precision: str = "fp32"
-    # None: the same as ``precision``, except fp32 for a VAE whose config asks for
+    # None: the same as ``precision``, except fp32 for an SDXL VAE whose config asks for
     # force_upcast (SDXL's VAE overflows in fp16).
     vae_precision: str | None = None
     min_size: int = 256
@@ -268,7 +268,10 @@ def _reuse(
 def _precisions(config: BuildConfig, source: SourceModel) -> dict[str, str]:
     vae = config.vae_precision
     if vae is None:
-        vae = "fp32" if source.configs["vae"].get("force_upcast", False) else config.precision
+        # Only SDXL pipelines honour force_upcast (diffusers' AutoencoderKL defaults it to
+        # true, so SD 1.x/2.x configs carry it too without meaning it).
+        upcast = source.family == "sdxl" and source.configs["vae"].get("force_upcast", True)
+        vae = "fp32" if upcast else config.precision
     return {
         name: vae if name.startswith("vae") else config.precision
         for name in component_names(source)
@@ -448,7 +451,7 @@ def _family_options(source: SourceModel) -> dict[str, Any]:
     conditioning settings."""
     index, unet, vae = source.model_index, source.configs["unet"], source.configs["vae"]
     options: dict[str, Any] = {
-        "vae_force_upcast": bool(vae.get("force_upcast", False)),
+        "vae_force_upcast": source.family == "sdxl" and bool(vae.get("force_upcast", True)),
         "vae_encoder_outputs": {
             "latent_sample": "mode (mean) of the latent distribution",
             "latent_parameters": "mean and log-variance, concatenated on channels",
