@@ -28,13 +28,13 @@ REFERENCE = "onnxruntime-fp32"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """fp16 engines against an fp32 reference: errors of a few 1e-2 are normal fp16 rounding."""
-
-    abs: float = 5e-2
-    rel: float = 2e-2
+    abs: float
+    rel: float
 
 
-FP16 = Thresholds()
+# fp16 engines against the fp32 graph: the bounds the fp16 export is held to against
+# eager PyTorch (export/verify.py), same metric; fp16 carries ~3 decimal digits.
+FP16 = Thresholds(abs=1e-3, rel=3e-2)
 # TensorRT's fp32 engines use TF32 tensor cores by default (10-bit mantissa products).
 FP32 = Thresholds(abs=1e-2, rel=5e-3)
 
