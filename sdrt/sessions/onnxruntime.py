@@ -10,9 +10,11 @@ EXTENDED ones are. ``providers`` is open for CUDA ("CUDAExecutionProvider").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import platform
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +71,19 @@ def physical_cores() -> int:
     return os.cpu_count() or 1
 
 
+@functools.cache
+def cpu_fingerprint() -> str:
+    """The CPU model and instruction-set flags (what ORT's CPU kernels specialise on)."""
+    text = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features"))]
+        text += "".join(sorted(set(lines)))
+    except OSError:
+        text += platform.processor()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class OrtOptions:
     """How sessions are made; the defaults are the measured choice for CPU inference."""
@@ -76,6 +91,9 @@ class OrtOptions:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0  # 0: physical cores
     enable_mem_arena: bool = True
+    # Idle pool threads spin for work by default; off gives the cores back to other
+    # processes at some latency cost (worth it on a shared, oversubscribed machine).
+    allow_spinning: bool = True
     graph_optimization: str = "extended"  # a key of GRAPH_OPTIMIZATION_LEVELS
     # Save the optimised graph once under <folder>/engines/<target>/ and load it later with
     # optimisation off; skipped silently where the folder is read-only.
@@ -102,6 +120,8 @@ def _session_options(options: OrtOptions) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.enable_cpu_mem_arena = options.enable_mem_arena
     so.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization]
+    if not options.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
     return so
 
@@ -115,6 +135,8 @@ def optimized_model_path(folder: Path, component: Component, options: OrtOptions
             ort.__version__,
             options.graph_optimization,
             ",".join(options.providers),
+            # ORT_ENABLE_ALL saves layouts for this CPU's instruction set: key on it.
+            cpu_fingerprint() if options.graph_optimization == "all" else "",
         ]
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
