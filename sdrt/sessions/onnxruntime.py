@@ -24,7 +24,7 @@ from typing import Any
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from sdrt.errors import BackendUnavailableError, ModelFolderError
+from sdrt.errors import BackendUnavailableError, ModelFolderError, SdrtError
 from sdrt.manifest import Component
 from sdrt.sessions.base import check_feeds
 
@@ -45,6 +45,7 @@ LOAD_ERRORS = (
     ort_errors.NotImplemented,
     ort_errors.InvalidArgument,
 )
+RUN_ERRORS = (ort_errors.Fail, ort_errors.RuntimeException, ort_errors.InvalidArgument)
 # Initializers at least this large go to the optimised model's external data file, so that
 # models over protobuf's 2 GiB limit (an fp32 SD U-Net) can be saved.
 EXTERNAL_INITIALIZER_MIN_BYTES = 1024
@@ -219,5 +220,9 @@ class OrtSession:
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         check_feeds(self.name, self.inputs, feeds)
-        values = self._session.run(self._output_names, dict(feeds))
+        try:
+            values = self._session.run(self._output_names, dict(feeds))
+        except RUN_ERRORS as e:
+            shapes = {k: list(getattr(v, "shape", ())) for k, v in feeds.items()}
+            raise SdrtError(f"{self.name}: ONNX Runtime failed on inputs {shapes}: {e}") from None
         return dict(zip(self._output_names, values, strict=True))
