@@ -111,3 +111,29 @@ def test_unet_length_one_timestep_broadcasts(tiny_built, batch, latent_height, l
     )[0]
     assert one.shape == sample.shape
     np.testing.assert_array_equal(one, per_sample)
+
+
+def test_info_prints_the_manifest_as_tables(tiny_built, capsys):
+    from sdrt import cli
+
+    assert cli.main(["info", str(tiny_built)]) == 0
+    out = capsys.readouterr().out
+    manifest = read_manifest(tiny_built)
+    assert "family         sd1, prediction epsilon, native size 64 px" in out
+    assert "sizes 64..256 px (opt 64, multiple of 8)" in out
+    for name, comp in manifest.components.items():
+        row = next(
+            line for line in out.splitlines() if line.startswith(f"{name} ") and ".onnx" in line
+        )
+        assert comp.file in row and "fp32" in row and "passed" in row
+        assert f"{comp.verification.max_abs_error:.3g}" in row
+    assert "unet          in   timestep               float32  [steps]" in out
+    assert "engines        none built" in out
+
+
+def test_info_on_a_folder_without_manifest(tmp_path, capsys):
+    from sdrt import cli
+
+    assert cli.main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdrt info: error:") and "has no sdrt.json" in err
