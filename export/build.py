@@ -126,9 +126,6 @@ def build(config: BuildConfig, progress: ProgressCallback | None = None) -> Buil
     output = config.output
     previous = _check_output(output, force=config.force)
     source = resolve_source(config.source, config.revision)
-    import torch  # imported late: the checks above must not pay for it
-
-    torch.manual_seed(TRACE_SEED)
     staging = output.parent / f".{output.name}.partial-{secrets.token_hex(4)}"
     staging.mkdir(parents=True)
     try:

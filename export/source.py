@@ -81,7 +81,7 @@ def resolve_source(path_or_id: str, revision: str | None = None) -> SourceModel:
     if path.exists():
         if not path.is_dir():
             raise InputError(f"source {path_or_id!r} is a file; expected a diffusers folder")
-        return inspect_folder(path, path_or_id, revision)
+        return inspect_folder(path.resolve(), str(path.resolve()), revision)
     if not looks_like_hub_id(path_or_id):
         raise InputError(f"source {path_or_id!r} does not exist")
     return inspect_folder(_download(path_or_id, revision), path_or_id, revision)

@@ -175,3 +175,11 @@ def test_verification_failure_names_the_component(tmp_path, capsys, monkeypatch,
     )
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_unreachable_hub_id(tmp_path, capsys, monkeypatch):
+    # "org/name" that is no local path is tried on the Hub; offline, that fails in one line.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, "sdrt-tests/no-such-model", "-o", tmp_path / "out")
+    assert_one_line_error(code, err, "could not be fetched from the Hugging Face Hub")
