@@ -19,6 +19,7 @@ log-variance concatenated on channels, what current Optimum exports and samples 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ class ShapeCase:
     steps: int = 1  # length of the U-Net's timestep input; 1 means broadcast over the batch
 
 
-class ExportWrapper(torch.nn.Module):
+class ExportWrapper(torch.nn.Module, abc.ABC):
     """Base of the wrappers: names, dynamic axes and sample inputs of one ONNX graph."""
 
     name: str
@@ -43,11 +44,13 @@ class ExportWrapper(torch.nn.Module):
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
 
+    @abc.abstractmethod
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        raise NotImplementedError
+        """ONNX input/output name -> {axis: symbolic dimension name}."""
 
+    @abc.abstractmethod
     def sample_inputs(self, case: ShapeCase, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Random inputs of the case's shapes, keyed and ordered as ``input_names``."""
 
 
 class TextEncoderExport(ExportWrapper):
