@@ -38,7 +38,8 @@ from sdrt.sessions.base import Session
 from sdrt.tokenizer import ClipTokenizer
 
 # Components made at load; the VAE encoder only on the first img2img / inpainting call.
-EAGER_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+EAGER_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,22 @@ class Pipeline:
         manifest: Manifest,
         backend: str,
         sessions: dict[str, Session],
-        tokenizer: ClipTokenizer,
+        tokenizers: tuple[ClipTokenizer, ...],
         scheduler_config: dict[str, Any],
         prompt_cache_size: int = DEFAULT_CACHE_SIZE,
+        ort_options=None,
     ):
         self.folder = folder
         self.manifest = manifest
         self.backend = backend
         self._sessions = dict(sessions)
         self._sessions_lock = threading.Lock()
+        self._ort_options = ort_options
         self.scheduler_config = scheduler_config
         self.default_scheduler = scheduler_config.get("_class_name")
-        self.prompt_encoder = PromptEncoder(tokenizer, sessions["text_encoder"], prompt_cache_size)
+        self.prompt_encoders = _prompt_encoders(manifest, sessions, tokenizers, prompt_cache_size)
+        self.prompt_encoder = self.prompt_encoders[0]
+        self.is_xl = manifest.family == "sdxl"
 
     # ------------------------------------------------------------------------------ load
 
@@ -98,21 +103,23 @@ class Pipeline:
         """
         folder = Path(folder)
         manifest = read_manifest(folder)
-        if manifest.family == "sdxl":
-            raise ModelFolderError(
-                f"{folder}: SDXL folders are not supported by this runtime yet (family 'sdxl')"
-            )
         check_files(folder, manifest, hashes=verify_files)
-        tokenizer = ClipTokenizer.from_folder(folder / manifest.tokenizers[0])
+        tokenizers = tuple(ClipTokenizer.from_folder(folder / t) for t in manifest.tokenizers)
         scheduler_config = load_scheduler_config(folder)
+        eager = tuple(n for n in EAGER_COMPONENTS if n in manifest.components)
         sessions = create_sessions(
-            folder, manifest, backend, components=EAGER_COMPONENTS, ort_options=ort_options
+            folder, manifest, backend, components=eager, ort_options=ort_options
         )
-        pipe = cls(
-            folder, manifest, backend, sessions, tokenizer, scheduler_config, prompt_cache_size
+        return cls(
+            folder,
+            manifest,
+            backend,
+            sessions,
+            tokenizers,
+            scheduler_config,
+            prompt_cache_size,
+            ort_options,
         )
-        pipe._ort_options = ort_options
-        return pipe
 
     def _session(self, name: str) -> Session:
         """A component's session, made on first use (once, even under concurrent calls)."""
@@ -131,7 +138,7 @@ class Pipeline:
                         self.manifest,
                         self.backend,
                         components=(name,),
-                        ort_options=getattr(self, "_ort_options", None),
+                        ort_options=self._ort_options,
                     )
                 )
             return self._sessions[name]
@@ -237,11 +244,26 @@ class Pipeline:
         cfg = request.do_classifier_free_guidance
         batch = request.batch_size
 
-        embeddings = self.prompt_encoder.encode(list(request.prompts))
+        embeddings, pooled = self._encode_prompts(request.prompts)
         xp = namespace_of(embeddings)
         if cfg:
-            uncond = self.prompt_encoder.encode(list(request.negative_prompts))
+            zero_negative = request.negative_prompt is None and self.manifest.family_options.get(
+                "force_zeros_for_empty_prompt", False
+            )
+            if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
+                uncond = xp.zeros_like(embeddings)
+                uncond_pooled = None if pooled is None else xp.zeros_like(pooled)
+            else:
+                uncond, uncond_pooled = self._encode_prompts(request.negative_prompts)
             embeddings = xp.concatenate([uncond, embeddings], axis=0)
+            if pooled is not None:
+                pooled = xp.concatenate([uncond_pooled, pooled], axis=0)
+        added_conditions = {}
+        if self.is_xl:
+            added_conditions = {
+                "text_embeds": pooled,
+                "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
+            }
 
         factor = self.manifest.vae_scale_factor
         shape = (
@@ -276,7 +298,7 @@ class Pipeline:
             model_input = sched.scale_model_input(plan, model_input, i)
             if inpaint is not None and inpaint.unet_condition is not None:
                 model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
-            noise_pred = self._unet(model_input, timesteps[i], embeddings)
+            noise_pred = self._unet(model_input, timesteps[i], embeddings, added_conditions)
             if cfg:
                 noise_pred_uncond, noise_pred_text = noise_pred[:batch], noise_pred[batch:]
                 noise_pred = noise_pred_uncond + request.guidance_scale * (
@@ -318,7 +340,18 @@ class Pipeline:
             condition = xp.concatenate([condition, condition], axis=0)
         return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
 
-    def _unet(self, sample, timestep, encoder_hidden_states):
+    def _encode_prompts(self, prompts: tuple[str, ...]):
+        """(hidden states, pooled or None): the encoders' states joined on the last axis."""
+        hidden, pooled = [], None
+        for encoder in self.prompt_encoders:
+            states, pooled_states = encoder.encode_with_pooled(list(prompts))
+            hidden.append(states)
+            pooled = pooled_states if pooled_states is not None else pooled
+        if len(hidden) == 1:
+            return hidden[0], pooled
+        return namespace_of(hidden[0]).concatenate(hidden, axis=-1), pooled
+
+    def _unet(self, sample, timestep, encoder_hidden_states, added_conditions):
         session = self._session("unet")
         specs = {s.name: s for s in session.inputs}
         xp = namespace_of(sample)
@@ -329,6 +362,8 @@ class Pipeline:
                 specs["encoder_hidden_states"].dtype
             ),
         }
+        for name, value in added_conditions.items():
+            feeds[name] = value.astype(specs[name].dtype)
         out = session.run(feeds)[session.outputs[0].name]
         return out.astype(xp.float32)
 
@@ -401,6 +436,47 @@ class _Inpainting:
         if i < len(plan.timesteps) - 1:
             known = sched.add_noise(plan, known, self.noise, i + 1)
         return (1 - self.mask) * known + self.mask * x
+
+
+def _time_ids(height: int, width: int, rows: int, xp):
+    """SDXL's micro-conditioning as diffusers sets it by default: original size = target
+    size = (height, width), crop top-left (0, 0)."""
+    row = xp.asarray([[height, width, 0, 0, height, width]], dtype=xp.float32)
+    return xp.concatenate([row] * rows, axis=0)
+
+
+def _prompt_encoders(manifest, sessions, tokenizers, cache_size) -> tuple[PromptEncoder, ...]:
+    """One PromptEncoder per (tokenizer, text encoder), with the outputs the folder names."""
+    names = [n for n in TEXT_ENCODERS if n in manifest.components]
+    if len(names) != len(tokenizers):
+        raise ModelFolderError(
+            f"sdrt.json: expected one tokenizer per text encoder ({names}), "
+            f"got tokenizers {list(manifest.tokenizers)}"
+        )
+    hidden_outputs = manifest.family_options.get("prompt_embeds_outputs", {})
+    pooled_outputs = manifest.family_options.get("pooled_prompt_embeds_output", {})
+    encoders = []
+    for name, tokenizer in zip(names, tokenizers, strict=True):
+        try:
+            encoders.append(
+                PromptEncoder(
+                    tokenizer,
+                    sessions[name],
+                    cache_size,
+                    hidden_output=hidden_outputs.get(name, "last_hidden_state"),
+                    pooled_output=pooled_outputs.get(name),
+                )
+            )
+        except ValueError as e:
+            raise ModelFolderError(
+                f"sdrt.json family_options do not match the graphs: {e}"
+            ) from None
+    if manifest.family == "sdxl" and not any(e.pooled_output for e in encoders):
+        raise ModelFolderError(
+            "sdrt.json: an SDXL folder must name the pooled output in "
+            "family_options.pooled_prompt_embeds_output"
+        )
+    return tuple(encoders)
 
 
 def _timestep_feed(spec: TensorSpec, timestep, batch: int, xp):

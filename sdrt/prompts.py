@@ -2,6 +2,9 @@
 
 Services send the same prompts (and the empty negative prompt) again and again; the text
 encoder is skipped for those. Uncached prompts of one call are encoded as one batch.
+Which outputs condition the U-Net is the model folder's choice (sdrt.json's
+``family_options``): SD 1.x/2.x use ``last_hidden_state``; SDXL the penultimate layer's
+``hidden_states.N`` of both encoders, and the pooled ``text_embeds`` of the second.
 """
 
 from __future__ import annotations
@@ -21,13 +24,26 @@ class PromptEncoder:
     """Encodes prompts with one tokenizer and text encoder; ``encode`` is thread-safe."""
 
     def __init__(
-        self, tokenizer: ClipTokenizer, session: Session, cache_size: int = DEFAULT_CACHE_SIZE
+        self,
+        tokenizer: ClipTokenizer,
+        session: Session,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        hidden_output: str = HIDDEN_STATES,
+        pooled_output: str | None = None,
     ):
         if cache_size < 0:
             raise ValueError(f"cache_size: expected >= 0, got {cache_size}")
         self.tokenizer = tokenizer
         self.session = session
         self.cache_size = cache_size
+        self.hidden_output = hidden_output
+        self.pooled_output = pooled_output
+        outputs = {s.name for s in session.outputs}
+        for wanted in (hidden_output, pooled_output):
+            if wanted is not None and wanted not in outputs:
+                raise ValueError(
+                    f"{session.name}: expected an output {wanted!r}, got {sorted(outputs)}"
+                )
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
         (ids_spec,) = [s for s in session.inputs if s.name == "input_ids"] or [None]
@@ -54,17 +70,30 @@ class PromptEncoder:
 
     def encode(self, prompts: list[str]):
         """Hidden states (len(prompts), tokens, width), float32, in the session's namespace."""
+        return self.encode_with_pooled(prompts)[0]
+
+    def encode_with_pooled(self, prompts: list[str]):
+        """(hidden states, pooled embeddings or None), one row per prompt."""
         found = {p: self._lookup(p) for p in dict.fromkeys(prompts)}
         missing = [p for p, v in found.items() if v is None]
         if missing:
             ids = self.tokenizer(missing).astype(self._ids_dtype)
-            hidden = self.session.run({"input_ids": ids})[HIDDEN_STATES]
+            outputs = self.session.run({"input_ids": ids})
+            hidden = outputs[self.hidden_output]
+            xp = namespace_of(hidden)
+            pooled = None if self.pooled_output is None else outputs[self.pooled_output]
             for i, prompt in enumerate(missing):
-                row = hidden[i : i + 1].astype(namespace_of(hidden).float32)
+                row = (
+                    hidden[i : i + 1].astype(xp.float32),
+                    None if pooled is None else pooled[i : i + 1].astype(xp.float32),
+                )
                 found[prompt] = row
                 self._store(prompt, row)
-        xp = namespace_of(next(iter(found.values())))
-        return xp.concatenate([found[p] for p in prompts], axis=0)
+        rows = [found[p] for p in prompts]
+        xp = namespace_of(rows[0][0])
+        hidden = xp.concatenate([r[0] for r in rows], axis=0)
+        pooled = None if rows[0][1] is None else xp.concatenate([r[1] for r in rows], axis=0)
+        return hidden, pooled
 
     def cached_prompts(self) -> list[str]:
         with self._lock:

@@ -23,7 +23,7 @@ OUTPUT_TYPES = ("pil", "np")
 @dataclass(frozen=True)
 class Request:
     prompts: tuple[str, ...]  # one per image: each prompt repeated num_images_per_prompt times
-    negative_prompts: tuple[str, ...]  # aligned with prompts
+    negative_prompts: tuple[str, ...]  # aligned with prompts ("" where none was given)
     num_inference_steps: int
     guidance_scale: float
     height: int
@@ -35,6 +35,7 @@ class Request:
     mask_image: Any = None
     latents: np.ndarray | None = None
     seed: int | np.random.Generator | None = None
+    negative_prompt: Any = None  # as given: SDXL zeroes the unconditional input when None
 
     @property
     def batch_size(self) -> int:
@@ -180,6 +181,7 @@ def make_request(
         mask_image=mask_image,
         latents=latents,
         seed=seed,
+        negative_prompt=negative_prompt,
     )
 
 
