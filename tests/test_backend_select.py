@@ -175,3 +175,24 @@ def test_create_sessions_routes_gpu_backends_through_the_selection(tmp_path, mon
     for backend, missing in (("tensorrt", "the tensorrt package"), ("ort-cuda", "cupy")):
         with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' .*{missing}"):
             create_sessions(tmp_path / "model", manifest, backend)
+
+
+def test_an_sdxl_folder_needs_its_second_text_encoder_engine_too(tmp_path):
+    import dataclasses
+
+    folder = tmp_path / "model"
+    make_folder(folder)
+    build(folder)
+    manifest = read_manifest(folder)
+    sdxl = dataclasses.replace(
+        manifest,
+        components={
+            **manifest.components,
+            "text_encoder_2": dataclasses.replace(
+                manifest.components["text_encoder"], name="text_encoder_2"
+            ),
+        },
+    )
+    choice = select_backend("auto", sdxl, probe=machine(FULL_GPU))
+    assert choice.backend == "ort-cuda"
+    assert "no fp16 TensorRT engine for text_encoder_2" in choice.reason

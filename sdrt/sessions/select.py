@@ -93,7 +93,9 @@ def tensorrt_engines_problem(manifest: Manifest, machine: Machine) -> str | None
     environment = BuildEnvironment(
         TARGET, machine.tensorrt_version or "", machine.compute_capability or ""
     )
-    for component in ("text_encoder", "unet", "vae_decoder"):
+    # The components every call needs (SDXL adds its second text encoder).
+    needed = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
+    for component in (c for c in needed if c in manifest.components):
         try:
             usable_engine(manifest, component, "fp16", environment)
         except SdrtError as e:
