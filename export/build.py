@@ -329,14 +329,7 @@ def _export_component(
     report: ProgressCallback,
 ) -> Component:
     import torch
-    from sdrt.export.onnx import (
-        ONNX_FILE,
-        cleanup_graph,
-        convert_to_fp16,
-        export_graph,
-        load_graph,
-        save_graph,
-    )
+    from sdrt.export.onnx import ONNX_FILE, cleanup_graph, convert_to_fp16, export_graph, save_graph
     from sdrt.export.verify import (
         THRESHOLDS,
         check_passed,
@@ -361,12 +354,12 @@ def _export_component(
     export_graph(wrapper, cases.trace, scratch / ONNX_FILE, opset=opset, seed=TRACE_SEED)
     del wrapper
     gc.collect()
-    model = load_graph(scratch / ONNX_FILE)
-    shutil.rmtree(staging / ".scratch")
-    counts = {"exported": len(model.graph.node)}
     report(name, "cleaning up")
-    model = cleanup_graph(model)
-    counts["cleaned"] = len(model.graph.node)
+    cleaned = cleanup_graph(scratch / ONNX_FILE)
+    shutil.rmtree(staging / ".scratch")
+    model = cleaned.model
+    counts = {"exported": cleaned.exported_nodes, "cleaned": cleaned.cleaned_nodes}
+    del cleaned
     if precision == "fp16":
         report(name, "converting to fp16")
         model = convert_to_fp16(model)

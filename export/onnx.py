@@ -1,8 +1,8 @@
 """torch -> ONNX: trace, clean up, convert to fp16, save (one external data file over 2 GB).
 
 The legacy TorchScript exporter (``dynamo=False``) is used: it handles the diffusers and
-transformers models as they are and names dynamic axes as asked. Each pass reports node
-counts so a build can say what it did (``exported`` -> ``cleaned`` -> ``fp16``).
+transformers models as they are and names dynamic axes as asked. Node counts are taken
+after each pass so a build can say what it did (``exported`` -> ``cleaned`` -> ``fp16``).
 """
 
 from __future__ import annotations
@@ -57,30 +57,45 @@ def export_graph(
         )
 
 
-def load_graph(path: Path) -> onnx.ModelProto:
-    return onnx.load(str(path), load_external_data=True)
+@dataclass(frozen=True)
+class CleanedGraph:
+    model: onnx.ModelProto
+    exported_nodes: int
+    cleaned_nodes: int
 
 
-def cleanup_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference, constant folding and dead-node removal (Polygraphy and
-    onnx-graphsurgeon), then shape inference again so every tensor has a type and shape."""
+def cleanup_graph(raw_file: Path) -> CleanedGraph:
+    """Shape inference, constant folding and dead-node removal (onnx-graphsurgeon).
+
+    Reads the raw export from disk and keeps at most two copies of the weights alive (the
+    loaded graph and the cleaned one): an SD U-Net is 3.4 GB in fp32. Shape inference runs
+    on the file, which also works for graphs whose weights live in external files.
+    """
     import onnx_graphsurgeon as gs
-    from polygraphy.backend.onnx import fold_constants, infer_shapes
-    from polygraphy.logger import G_LOGGER
 
+    inferred_file = raw_file.with_name("inferred.onnx")
+    onnx.shape_inference.infer_shapes_path(str(raw_file), str(inferred_file))
+    model = onnx.load(str(inferred_file), load_external_data=True)
+    exported_nodes = len(model.graph.node)
     io_types = _io_types(model)
-    with G_LOGGER.verbosity(G_LOGGER.ERROR), _quiet_onnxruntime():
-        model = fold_constants(
-            model,
-            do_shape_inference=True,
-            error_ok=False,
-            size_threshold=FOLD_SIZE_THRESHOLD_BYTES,
-        )
-        graph = gs.import_onnx(model)
+    graph = gs.import_onnx(model)
+    del model
+    with _quiet_onnxruntime():
+        graph.fold_constants(size_threshold=FOLD_SIZE_THRESHOLD_BYTES)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        model = infer_shapes(gs.export_onnx(graph), error_ok=False)
+    model = gs.export_onnx(graph)
+    del graph
+    model = infer_shapes_in_memory(model)
     _restore_io_types(model, io_types)
-    return model
+    return CleanedGraph(model, exported_nodes, len(model.graph.node))
+
+
+def infer_shapes_in_memory(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Annotate every tensor's type and shape; graphs over 2 GB are annotated on disk by
+    ``save_graph`` instead (protobuf cannot serialise them for the in-memory pass)."""
+    if tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD_BYTES:
+        return model
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def _io_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -93,8 +108,8 @@ def _io_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
 
 
 def _restore_io_types(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
-    """Symbolic shape inference renames dims it proves equal where broadcasting allows
-    them to differ (timestep "steps" became "batch"); the exported I/O shapes are the
+    """Shape inference may rename dims it proves equal where broadcasting allows them to
+    differ (a timestep of "steps" becoming "batch"); the exported I/O shapes are the
     contract, so they are put back."""
     for value in [*model.graph.input, *model.graph.output]:
         if value.name in types:
@@ -122,7 +137,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return convert_float_to_float16(
         model,
         keep_io_types=True,
-        # cleanup_graph already annotated shapes; re-inference fails on graphs over 2 GB.
+        # cleanup_graph annotated shapes where it could; re-inference fails over 2 GB.
         disable_shape_infer=True,
         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_ISLAND_OPS),
     )
@@ -160,4 +175,6 @@ def save_graph(model: onnx.ModelProto, folder: Path) -> SavedModel:
         location=EXTERNAL_DATA_FILE,
         size_threshold=1024,
     )
+    # The graph alone is small now: annotate its shapes in place.
+    onnx.shape_inference.infer_shapes_path(str(onnx_file), str(onnx_file))
     return SavedModel(onnx_file, folder / EXTERNAL_DATA_FILE)
