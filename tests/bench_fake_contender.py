@@ -1,0 +1,51 @@
+"""A contender for the harness's own tests: no model, records each request in a log file.
+
+Run as a script: ``python bench_fake_contender.py MODEL_DIR THREADS NAME LOG [FAIL_AT]``;
+with FAIL_AT it raises on that request (counted from 1), as a broken runtime would.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+from sdrt.benchmarks.contenders.protocol import StageClock, Workload, serve
+
+
+class FakeContender:
+    runtime_distributions = ("numpy",)
+    runtime_source_dirs: tuple[str, ...] = ()
+
+    def __init__(self, name: str, log: str, fail_at: int | None):
+        self.name, self.log, self.fail_at = name, log, fail_at
+        self.requests = 0
+
+    def import_runtime(self) -> None:
+        pass
+
+    def load(self, model_dir: str, threads: int) -> None:
+        pass
+
+    def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
+        self.requests += 1
+        if self.requests == self.fail_at:
+            raise RuntimeError(f"{self.name} broke on request {self.requests}")
+        with open(self.log, "a") as log:
+            log.write(f"{self.name} {workload.width}x{workload.height}\n")
+        for stage in ("text_encoder", "unet", "unet", "vae_decode"):
+            with clock.measure(stage):
+                pass
+        return np.zeros((1, workload.height, workload.width, 3), dtype=np.float32)
+
+    def settings(self, workload: Workload) -> dict[str, Any]:
+        return {"scheduler": workload.scheduler}
+
+    def versions(self) -> dict[str, str]:
+        return {"numpy": np.__version__}
+
+
+if __name__ == "__main__":
+    name, log, *fail_at = sys.argv[3:]
+    contender = FakeContender(name, log, int(fail_at[0]) if fail_at else None)
+    sys.exit(serve(contender, sys.argv[1:3]))
