@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1, help="prompts per request")
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--scheduler", help="diffusers scheduler class for every contender")
+    parser.add_argument(
+        "--scheduler",
+        help="diffusers scheduler class or sdrt alias, the same for every contender "
+        "(default: EulerDiscreteScheduler, which draws no noise, so images can match)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="measured runs per contender")
     parser.add_argument("--warmup", type=int, default=1, help="uncounted runs per contender")
     parser.add_argument("--threads", type=int, help="threads per contender (default: all CPUs)")
