@@ -163,7 +163,16 @@ class Pipeline:
         output_type: str = "pil",
         callback=None,
     ) -> PipelineOutput:
-        """Generate images; ``callback(progress)`` is called after every U-Net call."""
+        """Generate images; ``callback(progress)`` is called after every U-Net call.
+
+        The arguments mean what they mean in diffusers' StableDiffusion(XL)Pipeline,
+        ...Img2ImgPipeline (``image``, ``strength``) and ...InpaintPipeline (``mask_image``,
+        white = repaint). ``latents`` is the initial noise: scaled by the scheduler's
+        init_noise_sigma for txt2img (and inpainting at strength 1), added to the image's
+        latents at the first planned timestep for img2img and inpainting otherwise.
+        ``scheduler`` is a diffusers class name or alias (default: the folder's own).
+        """
+        result = None
         for progress in self.generate(
             prompt,
             negative_prompt=negative_prompt,
@@ -182,9 +191,8 @@ class Pipeline:
         ):
             if callback is not None:
                 callback(progress)
-            if progress.result is not None:
-                return progress.result
-        raise AssertionError("generate() ended without a result")  # unreachable by design
+            result = progress.result
+        return result
 
     def generate(
         self,
@@ -224,18 +232,23 @@ class Pipeline:
             mask_image=mask_image,
             output_type=output_type,
         )
-        return self._run(request)
+        # Checked before the first step, so a bad scheduler or strength fails at the call.
+        sched, plan = self._plan(request)
+        return self._run(request, sched, plan)
 
     # ------------------------------------------------------------------------------ loop
 
-    def _run(self, request: Request) -> Iterator[Progress]:
+    def _plan(self, request: Request):
         name = request.scheduler or self.default_scheduler
         if name is None:
             raise ModelFolderError(
-                f"{self.folder}: scheduler/scheduler_config.json names no _class_name; pass scheduler="
+                f"{self.folder}: scheduler/scheduler_config.json names no _class_name; "
+                "pass scheduler="
             )
         sched = create_scheduler(name, self.scheduler_config)
-        plan = sched.plan(request.num_inference_steps, strength=request.strength)
+        return sched, sched.plan(request.num_inference_steps, strength=request.strength)
+
+    def _run(self, request: Request, sched, plan) -> Iterator[Progress]:
         rng = (
             request.seed
             if isinstance(request.seed, np.random.Generator)
@@ -243,27 +256,8 @@ class Pipeline:
         )
         cfg = request.do_classifier_free_guidance
         batch = request.batch_size
-
-        embeddings, pooled = self._encode_prompts(request.prompts)
+        embeddings, added_conditions = self._condition(request)
         xp = namespace_of(embeddings)
-        if cfg:
-            zero_negative = request.negative_prompt is None and self.manifest.family_options.get(
-                "force_zeros_for_empty_prompt", False
-            )
-            if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
-                uncond = xp.zeros_like(embeddings)
-                uncond_pooled = None if pooled is None else xp.zeros_like(pooled)
-            else:
-                uncond, uncond_pooled = self._encode_prompts(request.negative_prompts)
-            embeddings = xp.concatenate([uncond, embeddings], axis=0)
-            if pooled is not None:
-                pooled = xp.concatenate([uncond_pooled, pooled], axis=0)
-        added_conditions = {}
-        if self.is_xl:
-            added_conditions = {
-                "text_embeds": pooled,
-                "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
-            }
 
         factor = self.manifest.vae_scale_factor
         shape = (
@@ -319,6 +313,29 @@ class Pipeline:
         yield Progress(len(timesteps), len(timesteps), float(timesteps[-1]), PipelineOutput(output))
 
     # ------------------------------------------------------------------------------ parts
+
+    def _condition(self, request: Request):
+        """(encoder hidden states, added U-Net inputs): uncond rows first under CFG."""
+        embeddings, pooled = self._encode_prompts(request.prompts)
+        xp = namespace_of(embeddings)
+        if request.do_classifier_free_guidance:
+            zero_negative = request.negative_prompt is None and self.manifest.family_options.get(
+                "force_zeros_for_empty_prompt", False
+            )
+            if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
+                uncond = xp.zeros_like(embeddings)
+                uncond_pooled = None if pooled is None else xp.zeros_like(pooled)
+            else:
+                uncond, uncond_pooled = self._encode_prompts(request.negative_prompts)
+            embeddings = xp.concatenate([uncond, embeddings], axis=0)
+            if pooled is not None:
+                pooled = xp.concatenate([uncond_pooled, pooled], axis=0)
+        if not self.is_xl:
+            return embeddings, {}
+        return embeddings, {
+            "text_embeds": pooled,
+            "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
+        }
 
     def _prepare_inpainting(self, request, pixels, image_latents, noise, cfg, xp) -> _Inpainting:
         mask = preprocess_mask(request.mask_image, request.width, request.height)
