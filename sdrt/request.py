@@ -85,9 +85,10 @@ def _check_size(name: str, value: Any, manifest: Manifest) -> int:
 
 
 def _default_size(manifest: Manifest, image: Any) -> tuple[int, int]:
-    """(height, width): the image's own, rounded down to the size multiple; else the model's."""
+    """(height, width): the image's own, rounded down to the size multiple; else the size
+    the folder was optimised for (the model's native size, clamped into the built range)."""
     if image is None:
-        return manifest.default_image_size, manifest.default_image_size
+        return manifest.build.opt_size, manifest.build.opt_size
     width, height = image_size(image, "image")
     multiple = manifest.build.size_multiple
     return height // multiple * multiple, width // multiple * multiple

@@ -288,3 +288,13 @@ def test_changed_files_are_refused(tiny_built, tmp_path):
     (copy / "unet" / "model.onnx").unlink()
     with pytest.raises(ModelFolderError, match=r"missing: unet/model.onnx"):
         sdrt.Pipeline.load(copy, verify_files=False)
+
+
+def test_default_size_is_the_size_the_folder_was_built_for(pipe):
+    size = pipe.manifest.build.opt_size
+    images = pipe("a fox", num_inference_steps=1, seed=0, output_type="np").images
+    assert images.shape == (1, size, size, 3)
+    # With an image, its own size (rounded down to the size multiple) is the default.
+    images = pipe("a fox", image=_image(72, 68), num_inference_steps=2, output_type="np").images
+    multiple = pipe.manifest.build.size_multiple
+    assert images.shape == (1, 68 // multiple * multiple, 72 // multiple * multiple, 3)

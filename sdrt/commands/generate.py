@@ -1,7 +1,8 @@
 """``sdrt generate FOLDER "prompt" -o out.png``: txt2img, img2img (--image) and inpainting (--mask).
 
 Needs only the runtime (numpy, onnxruntime, tokenizers, pillow, tqdm). Images are written
-atomically; a batch of N writes out-0.png ... out-(N-1).png beside the -o name.
+atomically (the -o folder is created if needed); a batch of N writes out-0.png ...
+out-(N-1).png beside the -o name.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise InputError(f"-o: expected a .png file name, got {str(output)!r}")
-    if not output.parent.resolve().is_dir():
-        raise InputError(f"-o: the folder {str(output.parent)!r} does not exist")
+    if output.exists() and not output.is_file():
+        raise InputError(f"-o: {str(output)!r} exists and is not a file")
     return GenerateConfig(
         folder=Path(args.folder),
         prompt=args.prompt,
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    config.output.parent.mkdir(parents=True, exist_ok=True)
     paths = output_paths(config.output, len(result.images))
     for picture, path in zip(result.images, paths, strict=True):
         save_png_atomically(picture, path)
