@@ -1,11 +1,13 @@
 """ONNX Runtime sessions: one InferenceSession per component, created once, run from any thread.
 
-The session options are the ones measured fastest on this project's machines (see
-``benchmarks``/the runtime report): sequential execution, intra-op threads = physical
-cores, the CPU memory arena on, and graph optimisation at ORT_ENABLE_EXTENDED, saved
-once to an optimised copy so that later loads skip re-optimisation. ORT_ENABLE_ALL adds
-layout transforms tied to the CPU's instruction set, so its saved models are not portable;
-EXTENDED ones are. ``providers`` is open for CUDA ("CUDAExecutionProvider").
+Default options, chosen by measurement (``python -m sdrt.benchmarks.ort_options``; SD 1.5
+fp32 U-Net at 256x256, batch 2, on this project's shared 2-core machines): sequential
+execution; intra-op threads = physical cores (1 thread was slower once the machine was not
+oversubscribed); the CPU memory arena on (off was slower per step); ORT_ENABLE_ALL (its
+NCHWc layouts ran U-Net steps faster than ORT_ENABLE_EXTENDED in most interleaved pairs);
+the optimised graph saved once under ``<folder>/engines/<target>/`` and loaded with
+optimisation off later. ORT_ENABLE_ALL specialises on the CPU's instruction set, so the
+saved copy's key includes a CPU fingerprint. ``providers`` is open for CUDA.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class OrtOptions:
     # Idle pool threads spin for work by default; off gives the cores back to other
     # processes at some latency cost (worth it on a shared, oversubscribed machine).
     allow_spinning: bool = True
-    graph_optimization: str = "extended"  # a key of GRAPH_OPTIMIZATION_LEVELS
+    graph_optimization: str = "all"  # a key of GRAPH_OPTIMIZATION_LEVELS
     # Save the optimised graph once under <folder>/engines/<target>/ and load it later with
     # optimisation off; skipped silently where the folder is read-only.
     cache_optimized_model: bool = True
