@@ -177,3 +177,21 @@ def test_pad_token_missing_from_vocabulary(tmp_path):
         ModelFolderError, match=r"the pad token '<\|pad\|>' is not in the vocabulary"
     ):
         ClipTokenizer.from_folder(folder)
+
+
+def test_random_model_tokenizer_matches_transformers(tiny_source, tmp_path):
+    """The project's own locally learned CLIP vocabulary, in both file forms."""
+    from transformers import CLIPTokenizer
+
+    folder = tiny_source / "tokenizer"
+    ours = ClipTokenizer.from_folder(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTruncatedWarning)
+        ids = ours(PROMPTS)
+    assert ids.tolist() == _reference_ids(folder, PROMPTS)
+    CLIPTokenizer.from_pretrained(str(folder)).save_pretrained(str(tmp_path))
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTruncatedWarning)
+        assert ClipTokenizer.from_folder(tmp_path)(PROMPTS).tolist() == ids.tolist()
