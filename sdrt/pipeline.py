@@ -6,8 +6,8 @@
         ...                                     # progress.result is set on the last one
 
 The loop follows diffusers' StableDiffusionPipeline, ...Img2ImgPipeline and
-...InpaintPipeline step for step, so the same weights, initial noise, scheduler and
-settings give the same image. Its array code runs in the namespace of the session outputs
+...InpaintPipeline step for step (and StableDiffusionXLPipeline's conditioning for SDXL
+folders), so the same weights, initial noise, scheduler and settings give the same image. Its array code runs in the namespace of the session outputs
 (numpy; cupy on a GPU backend) and copies to the host only for the final image.
 
 Random numbers come from one numpy Generator per call (``seed``), drawn in this order:
