@@ -127,7 +127,7 @@ def build(config: BuildConfig, progress: ProgressCallback | None = None) -> Buil
     previous = _check_output(output, force=config.force)
     source = resolve_source(config.source, config.revision)
     staging = output.parent / f".{output.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)
+    staging.mkdir(parents=True)  # parents too, like `mkdir -p`: `-o out/sd15` just works
     try:
         report("source", "hashing")
         hasher = FolderHasher(source.folder)
@@ -179,8 +179,8 @@ def build(config: BuildConfig, progress: ProgressCallback | None = None) -> Buil
 def _check_output(output: Path, *, force: bool) -> Manifest | None:
     """Refuse to replace what should not be replaced; return the previous manifest to reuse."""
     if not output.exists():
-        if not output.parent.is_dir():
-            raise InputError(f"the parent folder of output {str(output)!r} does not exist")
+        if output.parent.exists() and not output.parent.is_dir():
+            raise InputError(f"the parent of output {str(output)!r} is a file, not a folder")
         return None
     if not output.is_dir():
         raise InputError(f"output {str(output)!r} exists and is not a folder")

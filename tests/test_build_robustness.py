@@ -183,3 +183,12 @@ def test_unreachable_hub_id(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, err = run_cli(capsys, "sdrt-tests/no-such-model", "-o", tmp_path / "out")
     assert_one_line_error(code, err, "could not be fetched from the Hugging Face Hub")
+
+
+def test_output_parents_are_created(tmp_path, capsys, tiny_source):
+    output = tmp_path / "new" / "nested" / "tiny"
+    code, err = run_cli(
+        capsys, tiny_source, "-o", output, "--min-size", TINY_MIN_SIZE, "--max-size", TINY_MAX_SIZE
+    )
+    assert code == 0, err
+    assert read_manifest(output).components["unet"].file == "unet/model.onnx"
