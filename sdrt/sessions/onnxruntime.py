@@ -7,7 +7,9 @@ oversubscribed); the CPU memory arena on (off was slower per step); ORT_ENABLE_A
 NCHWc layouts ran U-Net steps faster than ORT_ENABLE_EXTENDED in most interleaved pairs);
 the optimised graph saved once under ``<folder>/engines/<target>/`` and loaded with
 optimisation off later. ORT_ENABLE_ALL specialises on the CPU's instruction set, so the
-saved copy's key includes a CPU fingerprint. ``providers`` is open for CUDA.
+saved copy's key includes a CPU fingerprint. Spinning pool threads stay on (fastest when
+the process has its cores; on an oversubscribed machine ``allow_spinning=False`` or one
+thread was faster). ``providers`` is open for CUDA.
 """
 
 from __future__ import annotations
