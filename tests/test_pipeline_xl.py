@@ -51,3 +51,60 @@ def test_xl_txt2img_matches_diffusers(tiny_xl, negative_prompt, guidance):
     theirs = reference(PROMPTS, latents=torch.from_numpy(latents), **settings).images
     ours = sd(PROMPTS, latents=latents, **settings).images
     assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
+
+
+def _image_and_mask(width: int, height: int):
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[height // 4 : 3 * height // 4, width // 3 :] = 255
+    return Image.fromarray(pixels.astype(np.uint8)), Image.fromarray(mask, mode="L")
+
+
+def _same_noise_and_deterministic_encoder(monkeypatch, module, noise: np.ndarray) -> None:
+    """diffusers draws ``noise`` (what sdrt gets as latents) and encodes with the VAE's mode."""
+    original = module.retrieve_latents
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == noise.shape, (shape, noise.shape)
+        return torch.from_numpy(noise.copy())
+
+    def retrieve_latents(encoder_output, generator=None, sample_mode="sample"):
+        return original(encoder_output, generator=generator, sample_mode="argmax")
+
+    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
+    monkeypatch.setattr(module, "retrieve_latents", retrieve_latents)
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint"])
+def test_xl_img2img_and_inpainting_match_diffusers(tiny_xl, monkeypatch, mode):
+    from diffusers.pipelines.stable_diffusion_xl import (
+        pipeline_stable_diffusion_xl_img2img,
+        pipeline_stable_diffusion_xl_inpaint,
+    )
+
+    sd, reference = tiny_xl
+    height, width = 64, 128
+    image, mask = _image_and_mask(width, height)
+    noise = np.random.default_rng(4).standard_normal((1, 4, 8, 16), dtype=np.float32)
+    settings = dict(num_inference_steps=4, guidance_scale=7.5, output_type="np")
+    if mode == "img2img":
+        module, cls = (
+            pipeline_stable_diffusion_xl_img2img,
+            diffusers.StableDiffusionXLImg2ImgPipeline,
+        )
+        settings |= dict(image=image, strength=0.5)
+    else:
+        module, cls = (
+            pipeline_stable_diffusion_xl_inpaint,
+            diffusers.StableDiffusionXLInpaintPipeline,
+        )
+        settings |= dict(image=image, mask_image=mask, strength=0.75, height=height, width=width)
+    _same_noise_and_deterministic_encoder(monkeypatch, module, noise)
+    pipe = cls(**reference.components)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(PROMPTS[0], **settings).images
+    ours = sd(PROMPTS[0], latents=noise, **settings).images
+    assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
