@@ -33,7 +33,7 @@ from sdrt.manifest import Manifest, TensorSpec, check_files, read_manifest
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request
 from sdrt.schedulers import create_scheduler, load_scheduler_config
-from sdrt.sessions import create_sessions
+from sdrt.sessions import create_sessions, resolve_backend
 from sdrt.sessions.base import Session
 from sdrt.tokenizer import ClipTokenizer
 
@@ -106,6 +106,8 @@ class Pipeline:
         check_files(folder, manifest, hashes=verify_files)
         tokenizers = tuple(ClipTokenizer.from_folder(folder / t) for t in manifest.tokenizers)
         scheduler_config = load_scheduler_config(folder)
+        # Resolved once: the lazily made VAE encoder runs on the same backend.
+        backend = resolve_backend(backend, manifest)
         eager = tuple(n for n in EAGER_COMPONENTS if n in manifest.components)
         sessions = create_sessions(
             folder, manifest, backend, components=eager, ort_options=ort_options
