@@ -13,13 +13,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdrt.errors import ModelFolderError
+from sdrt.files import atomic_write
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "sdrt.json"
@@ -404,17 +404,7 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write through a temporary file in the same folder and rename over the target."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:

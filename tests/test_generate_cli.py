@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -97,3 +98,17 @@ def test_not_a_model_folder_exits_2(tmp_path, capsys):
     code = main(["generate", str(tmp_path), "a fox", "-o", str(tmp_path / "out.png")])
     assert code == 2
     assert "is not an sdrt model folder" in capsys.readouterr().err
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    from sdrt.files import atomic_write
+
+    target = tmp_path / "out.txt"
+    old = os.umask(0o022)
+    try:
+        atomic_write(target, lambda f: f.write("x"), binary=False)
+    finally:
+        os.umask(old)
+    assert target.read_text() == "x"
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -8,13 +8,12 @@ out-(N-1).png beside the -o name.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdrt.errors import InputError
+from sdrt.files import atomic_write
 
 HELP = "Generate images from a model folder: txt2img, img2img (--image), inpainting (--mask)."
 
@@ -111,16 +110,7 @@ def read_image(path: Path | None, option: str):
 
 def save_png_atomically(image, path: Path) -> None:
     """Write through a temporary file beside ``path``: readers never see half a PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: image.save(f, format="PNG"), binary=True)
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
