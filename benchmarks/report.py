@@ -290,7 +290,48 @@ def _roofline(report: dict) -> list[str]:
         f"FLOPs counted with {roofline.get('flop_count_method', '?')} at U-Net batch "
         f"{roofline['unet_batch']} (classifier-free guidance doubles the batch)."
     )
-    return lines + [""]
+    return lines + [""] + _speedup_bound(report)
+
+
+def speedup_bound(
+    contender: dict, torch: dict, size: str, flops: float, peak: float
+) -> dict[str, float] | None:
+    """The end-to-end speedup over torch a contender would reach with its U-Net at 100% of
+    the peak matmul rate and its other stages as measured: what kernels alone could give."""
+    result = _result(contender, size)
+    ours = _median(contender, size, "end_to_end_s")
+    unet = _median(contender, size, "unet_s")
+    theirs = _median(torch, size, "end_to_end_s")
+    if result is None or None in (ours, unet, theirs) or not peak:
+        return None
+    at_peak = ours - unet + result["unet_calls_per_run"] * flops / peak
+    return {"end_to_end_at_peak_s": at_peak, "speedup_at_peak": theirs / at_peak}
+
+
+def _speedup_bound(report: dict) -> list[str]:
+    roofline = report["roofline"]
+    by_name = {c["name"]: c for c in report["contenders"]}
+    torch = by_name.get(BASELINE)
+    if torch is None:
+        return []
+    peak = roofline["peak"]["peak_flops_per_s"]
+    lines = []
+    for size, flops in roofline["flops_per_unet_call"].items():
+        for contender in report["contenders"]:
+            if contender["name"] == BASELINE:
+                continue
+            bound = speedup_bound(contender, torch, size, flops, peak)
+            if bound is None:
+                continue
+            lines.append(
+                f"- {contender['name']} at {size}: with its U-Net at 100% of the peak and its "
+                f"other stages as measured, end to end would take "
+                f"{seconds(bound['end_to_end_at_peak_s'])}, "
+                f"{bound['speedup_at_peak']:.2f}x faster than torch at most."
+            )
+    if not lines:
+        return []
+    return ["Upper bound of the speedup at this precision:", "", *lines, ""]
 
 
 def _schedulers(report: dict) -> list[str]:

@@ -36,6 +36,7 @@ from sdrt.export.source import (
 )
 
 from sdrt.errors import InputError, ModelFolderError
+from sdrt.integrity import record_verified
 from sdrt.manifest import (
     MANIFEST_NAME,
     PRECISIONS,
@@ -165,6 +166,7 @@ def build(config: BuildConfig, progress: ProgressCallback | None = None) -> Buil
         manifest = _manifest(config, source, hasher, results, cases, precisions)
         report("manifest", "writing")
         write_manifest(staging, manifest)
+        record_verified(staging, manifest)  # just hashed: the first load need not hash again
         _move_into_place(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -29,7 +29,8 @@ import numpy as np
 from sdrt.arrays import namespace_of, to_host
 from sdrt.errors import ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
-from sdrt.manifest import Manifest, TensorSpec, check_files, read_manifest
+from sdrt.integrity import check_model_files
+from sdrt.manifest import Manifest, TensorSpec, read_manifest
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request
 from sdrt.schedulers import create_scheduler, load_scheduler_config
@@ -91,19 +92,21 @@ class Pipeline:
         folder: str | os.PathLike,
         backend: str = "auto",
         *,
-        verify_files: bool = True,
+        verify_files: str | bool = "changed",
         prompt_cache_size: int = DEFAULT_CACHE_SIZE,
         ort_options=None,
     ) -> Pipeline:
         """Open a model folder written by ``sdrt build``.
 
-        ``verify_files`` checks every graph against its sha256 in sdrt.json (it reads every
-        byte: about a second per GB); ``ort_options`` (sdrt.sessions.onnxruntime.OrtOptions)
+        ``verify_files`` checks the graphs against their sha256 in sdrt.json: "changed" (the
+        default) hashes only files changed since they last matched (sdrt.integrity), "always"
+        reads every byte (about a second per GB), "never" only checks they exist;
+        ``ort_options`` (sdrt.sessions.onnxruntime.OrtOptions)
         overrides the measured ONNX Runtime defaults.
         """
         folder = Path(folder)
         manifest = read_manifest(folder)
-        check_files(folder, manifest, hashes=verify_files)
+        check_model_files(folder, manifest, verify_files)
         tokenizers = tuple(ClipTokenizer.from_folder(folder / t) for t in manifest.tokenizers)
         scheduler_config = load_scheduler_config(folder)
         # Resolved once: the lazily made VAE encoder runs on the same backend.

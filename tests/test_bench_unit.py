@@ -9,7 +9,7 @@ import pytest
 from sdrt.benchmarks.config import BenchConfig, Size, parse_sizes, reproduce_command
 from sdrt.benchmarks.contenders.protocol import installed_size, peak_rss_bytes
 from sdrt.benchmarks.parity import compare_images
-from sdrt.benchmarks.report import render_markdown
+from sdrt.benchmarks.report import render_markdown, speedup_bound
 from sdrt.benchmarks.report_schema import REPORT_SCHEMA
 from sdrt.benchmarks.stats import percentile, summarize
 
@@ -148,3 +148,21 @@ def test_markdown_of_a_report_whose_contenders_all_failed():
 def test_config_rejects_source_and_arch_together(tmp_path):
     with pytest.raises(InputError, match="either SOURCE"):
         BenchConfig(source="a", random_arch="tiny", output_dir=tmp_path, cache_dir=tmp_path)
+
+
+def _contender(name, end_to_end, unet_total, calls=10):
+    stages = {"end_to_end_s": {"median": end_to_end}, "unet_s": {"median": unet_total}}
+    return {
+        "name": name,
+        "results": [{"size": "256x256", "unet_calls_per_run": calls, "stages": stages}],
+    }
+
+
+def test_speedup_bound_puts_the_unet_at_peak_and_keeps_the_other_stages():
+    torch = _contender("torch", end_to_end=40.0, unet_total=35.0)
+    ours = _contender("ort-cpu", end_to_end=30.0, unet_total=26.0)
+    # 10 calls of 300 GFLOP at 150 GFLOP/s: 20 s of U-Net at best, plus 4 s of the rest
+    bound = speedup_bound(ours, torch, "256x256", flops=300e9, peak=150e9)
+    assert bound["end_to_end_at_peak_s"] == pytest.approx(24.0)
+    assert bound["speedup_at_peak"] == pytest.approx(40.0 / 24.0)
+    assert speedup_bound(ours, torch, "512x512", flops=300e9, peak=150e9) is None

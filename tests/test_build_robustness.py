@@ -192,3 +192,24 @@ def test_output_parents_are_created(tmp_path, capsys, tiny_source):
     )
     assert code == 0, err
     assert read_manifest(output).components["unet"].file == "unet/model.onnx"
+
+
+def test_target_ort_cpu_saves_the_optimised_graphs_the_first_load_uses(
+    tmp_path, capsys, tiny_source, tiny_built
+):
+    import sdrt
+
+    out = tmp_path / "prepared"
+    shutil.copytree(tiny_built, out, ignore=shutil.ignore_patterns("engines"))
+    code = cli.main(
+        ["build", str(tiny_source), "-o", str(out), "--force", "--target", "ort-cpu"]
+        + ["--min-size", str(TINY_MIN_SIZE), "--max-size", str(TINY_MAX_SIZE)]
+    )
+    stdout = capsys.readouterr().out
+    assert code == 0
+    manifest = read_manifest(out)
+    saved = sorted((out / "engines" / "ort-cpu").glob("*/model.onnx"))
+    assert len(saved) == len(manifest.components)
+    assert f"saved {len(saved)} optimised ONNX Runtime CPU graphs" in stdout
+    pipe = sdrt.Pipeline.load(out, backend="ort-cpu")
+    assert pipe._session("unet").model_path in saved

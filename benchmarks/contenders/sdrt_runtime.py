@@ -22,8 +22,9 @@ STAGES = {
     "unet": "unet",
     "vae_decoder": "vae_decode",
 }
-# Pipeline.load's default: check every graph's sha256 against sdrt.json (part of load time).
-VERIFY_FILES = True
+# Pipeline.load's default: hash the graphs that changed since they last matched sdrt.json
+# (sdrt.integrity; the report says whether a record of earlier hashes was there).
+VERIFY_FILES = "changed"
 SDRT_SOURCE_DIR = str(Path(__file__).resolve().parents[2] / "sdrt")
 
 
@@ -54,18 +55,27 @@ class SdrtRuntime:
         self.clock = StageClock()
         self.threads = 0
         self.optimized_model_cached = False
+        self.hashes_recorded = False
 
     def import_runtime(self) -> None:
         import sdrt.pipeline  # noqa: F401 -- the runtime and onnxruntime
 
     def load(self, model_dir: str, threads: int) -> None:
         import sdrt
-        from sdrt.sessions.onnxruntime import OrtOptions
+        from sdrt.integrity import RECORD_NAME
+        from sdrt.manifest import read_manifest
+        from sdrt.sessions.onnxruntime import OrtOptions, optimized_model_path
 
         self.threads = threads
         options = OrtOptions(intra_op_threads=threads)
         # sdrt saves an optimised copy of each graph on first load; say whether this load had it.
-        self.optimized_model_cached = (Path(model_dir) / "engines" / options.target).is_dir()
+        manifest = read_manifest(model_dir)
+        self.optimized_model_cached = all(
+            optimized_model_path(Path(model_dir), manifest.components[name], options).is_file()
+            for name in STAGES
+            if name in manifest.components
+        )
+        self.hashes_recorded = (Path(model_dir) / RECORD_NAME).is_file()
         self.pipe = sdrt.Pipeline.load(
             model_dir,
             backend=self.backend,
@@ -109,6 +119,7 @@ class SdrtRuntime:
             "optimized_model_cached_before_load": self.optimized_model_cached,
             "unet_precision": self.pipe.manifest.components["unet"].precision,
             "verify_files": VERIFY_FILES,
+            "file_hashes_recorded_before_load": self.hashes_recorded,
         }
 
     def versions(self) -> dict[str, str]:

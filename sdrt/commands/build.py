@@ -34,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=("onnx", "tensorrt"),
+        choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
-        help="tensorrt: also build fp16 TensorRT engines for the folder's size and batch "
-        "range (needs an NVIDIA GPU; `sdrt engines build` offers more choices)",
+        help="ort-cpu: also save ONNX Runtime's optimised CPU graphs for this machine (else "
+        "the first load does); tensorrt: also build fp16 TensorRT engines for the folder's "
+        "size and batch range (needs an NVIDIA GPU; `sdrt engines build` offers more choices)",
     )
 
 
@@ -81,6 +82,17 @@ def run(args: argparse.Namespace) -> int:
         )
     size_mb = result.size_bytes / 2**20
     print(f"built {result.output} ({size_mb:.1f} MiB) in {result.seconds:.1f} s")
+    if args.target == "ort-cpu":
+        import time
+
+        from sdrt.sessions.onnxruntime import save_optimized_models
+
+        started = time.perf_counter()
+        saved = save_optimized_models(result.output, result.manifest)
+        print(
+            f"saved {len(saved)} optimised ONNX Runtime CPU graphs under "
+            f"{result.output / 'engines' / 'ort-cpu'} in {time.perf_counter() - started:.1f} s"
+        )
     if environment is not None:
         from sdrt.commands.engines import build_and_report
         from sdrt.engines.profiles import shape_range_from_options

@@ -36,6 +36,26 @@ def resolve_backend(backend: str, manifest: Manifest | None = None) -> str:
     return select_backend(backend, manifest).backend
 
 
+def _create_in_parallel(names: tuple[str, ...], make) -> dict[str, Session]:
+    """``make(name)`` for every name on a few threads, the largest graph (the U-Net) first.
+
+    ONNX Runtime releases the GIL while it creates a session, and creating one is mostly a
+    single thread reading and repacking weights: SD 1.5's text encoder and VAE load while its
+    U-Net does (2.7 s instead of 3.8 to 5.7 s one after another, on 2 cores).
+    """
+    if len(names) <= 1:
+        return {name: make(name) for name in names}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdrt.sessions.onnxruntime import physical_cores
+
+    order = sorted(names, key=lambda name: name != "unet")
+    with ThreadPoolExecutor(max_workers=min(len(names), physical_cores())) as pool:
+        futures = {name: pool.submit(make, name) for name in order}
+        # result() re-raises a failed session's own error (ModelFolderError, ...)
+        return {name: futures[name].result() for name in names}
+
+
 def create_sessions(
     folder: str | os.PathLike,
     manifest: Manifest,
@@ -65,7 +85,9 @@ def create_sessions(
         if backend == "ort-cuda":
             providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
         options = dataclasses.replace(ort_options or OrtOptions(), providers=providers)
-        return {name: OrtSession(folder, manifest.components[name], options) for name in names}
+        return _create_in_parallel(
+            names, lambda name: OrtSession(folder, manifest.components[name], options)
+        )
     from sdrt.errors import BackendUnavailableError
 
     raise BackendUnavailableError(f"backend {backend!r} is not implemented in this build of sdrt")

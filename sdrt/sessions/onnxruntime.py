@@ -29,7 +29,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from sdrt.errors import BackendUnavailableError, ModelFolderError, SdrtError
-from sdrt.manifest import Component
+from sdrt.manifest import Component, Manifest
 from sdrt.sessions.base import check_feeds
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class OrtOptions:
     # Save the optimised graph once under <folder>/engines/<target>/ and load it later with
     # optimisation off; skipped silently where the folder is read-only.
     cache_optimized_model: bool = True
+    # Store the CPU kernels' repacked weights in the saved copy too, so that a load maps them
+    # instead of repacking (SD 1.5 U-Net: 2.9 s instead of 3.3 to 3.8 s to create, for 1.1 GB
+    # more on disk).
+    save_prepacked_weights: bool = True
 
     def __post_init__(self):
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -142,10 +146,15 @@ def optimized_model_path(folder: Path, component: Component, options: OrtOptions
             ",".join(options.providers),
             # ORT_ENABLE_ALL saves layouts for this CPU's instruction set: key on it.
             cpu_fingerprint() if options.graph_optimization == "all" else "",
+            "prepacked" if _saves_prepacked_weights(options) else "",
         ]
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     return folder / "engines" / options.target / f"{component.name}-{key}" / "model.onnx"
+
+
+def _saves_prepacked_weights(options: OrtOptions) -> bool:
+    return options.save_prepacked_weights and options.target == "ort-cpu"
 
 
 def _write_optimized_model(source: Path, target: Path, options: OrtOptions) -> None:
@@ -162,6 +171,10 @@ def _write_optimized_model(source: Path, target: Path, options: OrtOptions) -> N
             "session.optimized_model_external_initializers_min_size_in_bytes",
             str(EXTERNAL_INITIALIZER_MIN_BYTES),
         )
+        if _saves_prepacked_weights(options):
+            so.add_session_config_entry(
+                "session.save_external_prepacked_constant_initializers", "1"
+            )
         ort.InferenceSession(str(source), so, providers=list(options.providers))
         try:
             os.replace(staging, target.parent)
@@ -230,3 +243,19 @@ class OrtSession:
             shapes = {k: list(getattr(v, "shape", ())) for k, v in feeds.items()}
             raise SdrtError(f"{self.name}: ONNX Runtime failed on inputs {shapes}: {e}") from None
         return dict(zip(self._output_names, values, strict=True))
+
+
+def save_optimized_models(
+    folder: str | os.PathLike, manifest: Manifest, options: OrtOptions | None = None
+) -> list[Path]:
+    """Write every component's optimised graph for this machine now (what the first
+    ``Pipeline.load`` would do), so that the first load is as fast as the later ones."""
+    from sdrt.sessions import create_sessions
+
+    options = options or OrtOptions()
+    if not options.cache_optimized_model or options.graph_optimization == "disable":
+        raise ValueError(
+            "save_optimized_models needs cache_optimized_model and an optimisation level"
+        )
+    sessions = create_sessions(folder, manifest, "ort-cpu", ort_options=options)
+    return [session.model_path for session in sessions.values()]
