@@ -143,13 +143,9 @@ OPENCLIP_H_TEXT = _clip_text(
 )
 
 SD21_SCHEDULER = {
+    **SD15_SCHEDULER,
     "_class_name": "DDIMScheduler",
-    **_SCALED_LINEAR,
-    "clip_sample": False,
     "prediction_type": "v_prediction",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
 }
 
 # --- SDXL base 1.0 --------------------------------------------------------------------------
@@ -222,15 +218,11 @@ OPENCLIP_BIGG_TEXT = _clip_text(
 )
 
 SDXL_SCHEDULER = {
+    **SD15_SCHEDULER,
     "_class_name": "EulerDiscreteScheduler",
-    **_SCALED_LINEAR,
-    "clip_sample": False,
     "interpolation_type": "linear",
     "prediction_type": "epsilon",
     "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
     "timestep_spacing": "leading",
     "use_karras_sigmas": False,
 }
@@ -268,16 +260,12 @@ TINY_TEXT = _clip_text(
     vocab_size=None,
 )
 
-TINY_XL_TEXT_2 = _clip_text(
-    architectures=["CLIPTextModelWithProjection"],
-    hidden_act="gelu",
-    hidden_size=32,
-    intermediate_size=64,
-    num_attention_heads=4,
-    num_hidden_layers=2,
-    projection_dim=32,
-    vocab_size=None,
-)
+# TINY_TEXT's widths in the shape of OpenCLIP bigG's tower (gelu, with its projection).
+TINY_XL_TEXT_2 = {
+    **TINY_TEXT,
+    "architectures": ["CLIPTextModelWithProjection"],
+    "hidden_act": "gelu",
+}
 
 _TINY_XL_TIME_EMBED_DIM = 8
 TINY_XL_UNET = {
@@ -366,83 +354,115 @@ _NO_SAFETY_CHECKER = {
 _XL_OPTIONS = {"force_zeros_for_empty_prompt": True}
 
 
-def _sd(unet: dict, vae: dict, text: dict) -> dict[str, tuple[str, str, dict[str, Any]]]:
-    return {
-        "text_encoder": ("transformers", "CLIPTextModel", text),
-        "unet": ("diffusers", "UNet2DConditionModel", unet),
-        "vae": ("diffusers", "AutoencoderKL", vae),
-    }
-
-
-def _xl(unet: dict, vae: dict, text: dict, text_2: dict) -> dict[str, tuple[str, str, dict]]:
-    return {
-        "text_encoder": ("transformers", "CLIPTextModel", text),
-        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", text_2),
-        "unet": ("diffusers", "UNet2DConditionModel", unet),
-        "vae": ("diffusers", "AutoencoderKL", vae),
-    }
-
-
 _EOS_PAD = "<|endoftext|>"
 _BANG_PAD = "!"
+
+
+def _sd(
+    name: str,
+    description: str,
+    scheduler: dict[str, Any],
+    unet: dict[str, Any],
+    vae: dict[str, Any],
+    text: dict[str, Any],
+    *,
+    pipeline_class: str = "StableDiffusionPipeline",
+    tokenizer_pad: str = _EOS_PAD,
+) -> Architecture:
+    """An SD 1.x/2.x pipeline: one CLIP text encoder, a U-Net, a VAE, no safety checker."""
+    return _architecture(
+        name,
+        description,
+        pipeline_class,
+        scheduler,
+        {
+            "text_encoder": ("transformers", "CLIPTextModel", text),
+            "unet": ("diffusers", "UNet2DConditionModel", unet),
+            "vae": ("diffusers", "AutoencoderKL", vae),
+        },
+        {"tokenizer": tokenizer_pad},
+        _NO_SAFETY_CHECKER,
+    )
+
+
+def _xl(
+    name: str,
+    description: str,
+    unet: dict[str, Any],
+    vae: dict[str, Any],
+    text: dict[str, Any],
+    text_2: dict[str, Any],
+) -> Architecture:
+    """An SDXL pipeline: two text encoders (the second with its projection), a U-Net, a VAE."""
+    return _architecture(
+        name,
+        description,
+        "StableDiffusionXLPipeline",
+        SDXL_SCHEDULER,
+        {
+            "text_encoder": ("transformers", "CLIPTextModel", text),
+            "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", text_2),
+            "unet": ("diffusers", "UNet2DConditionModel", unet),
+            "vae": ("diffusers", "AutoencoderKL", vae),
+        },
+        {"tokenizer": _EOS_PAD, "tokenizer_2": _BANG_PAD},
+        _XL_OPTIONS,
+    )
+
 
 ARCHITECTURES: MappingProxyType = _frozen(
     {
         arch.name: arch
         for arch in [
-            _architecture(
+            _sd(
                 "sd15",
                 "Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5), 512 px",
-                "StableDiffusionPipeline",
                 SD15_SCHEDULER,
-                _sd(SD15_UNET, SD15_VAE, CLIP_VIT_L_TEXT),
-                {"tokenizer": _EOS_PAD},
-                _NO_SAFETY_CHECKER,
+                SD15_UNET,
+                SD15_VAE,
+                CLIP_VIT_L_TEXT,
             ),
-            _architecture(
+            _sd(
                 "sd21",
                 "Stable Diffusion 2.1 (stabilityai/stable-diffusion-2-1), v-prediction, 768 px",
-                "StableDiffusionPipeline",
                 SD21_SCHEDULER,
-                _sd(SD21_UNET, SD21_VAE, OPENCLIP_H_TEXT),
-                {"tokenizer": _BANG_PAD},
-                _NO_SAFETY_CHECKER,
+                SD21_UNET,
+                SD21_VAE,
+                OPENCLIP_H_TEXT,
+                tokenizer_pad=_BANG_PAD,
             ),
-            _architecture(
+            _xl(
                 "sdxl",
                 "Stable Diffusion XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0), 1024 px",
-                "StableDiffusionXLPipeline",
-                SDXL_SCHEDULER,
-                _xl(SDXL_UNET, SDXL_VAE, CLIP_VIT_L_TEXT, OPENCLIP_BIGG_TEXT),
-                {"tokenizer": _EOS_PAD, "tokenizer_2": _BANG_PAD},
-                _XL_OPTIONS,
+                SDXL_UNET,
+                SDXL_VAE,
+                CLIP_VIT_L_TEXT,
+                OPENCLIP_BIGG_TEXT,
             ),
-            _architecture(
+            _sd(
                 "tiny",
                 "SD 1.5 block structure with small widths, 64 px (for tests)",
-                "StableDiffusionPipeline",
                 SD15_SCHEDULER,
-                _sd(TINY_UNET, TINY_VAE, TINY_TEXT),
-                {"tokenizer": _EOS_PAD},
-                _NO_SAFETY_CHECKER,
+                TINY_UNET,
+                TINY_VAE,
+                TINY_TEXT,
             ),
-            _architecture(
+            _sd(
                 "tiny-inpaint",
                 "tiny with a 9-channel inpainting U-Net, 64 px (for tests)",
-                "StableDiffusionInpaintPipeline",
                 SD15_SCHEDULER,
-                _sd(TINY_INPAINT_UNET, TINY_VAE, TINY_TEXT),
-                {"tokenizer": _EOS_PAD},
-                _NO_SAFETY_CHECKER,
+                TINY_INPAINT_UNET,
+                TINY_VAE,
+                TINY_TEXT,
+                pipeline_class="StableDiffusionInpaintPipeline",
             ),
-            _architecture(
+            _xl(
                 "tiny-xl",
                 "SDXL block structure with small widths, two text encoders, 64 px (for tests)",
-                "StableDiffusionXLPipeline",
-                SDXL_SCHEDULER,
-                _xl(TINY_XL_UNET, TINY_XL_VAE, TINY_TEXT, TINY_XL_TEXT_2),
-                {"tokenizer": _EOS_PAD, "tokenizer_2": _BANG_PAD},
-                _XL_OPTIONS,
+                TINY_XL_UNET,
+                TINY_XL_VAE,
+                TINY_TEXT,
+                TINY_XL_TEXT_2,
             ),
         ]
     }
