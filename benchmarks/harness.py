@@ -28,7 +28,7 @@ from sdrt.benchmarks.contenders.protocol import version_of
 from sdrt.benchmarks.jobs import JobFailed, run_jobs
 from sdrt.benchmarks.models import BenchModels, prepare_models
 from sdrt.benchmarks.parity import compare_images
-from sdrt.benchmarks.roofline import achieved
+from sdrt.benchmarks.roofline import achieved, median_peak
 from sdrt.benchmarks.stats import summarize
 from sdrt.benchmarks.worker_process import Ready, WorkerFailed, WorkerProcess
 
@@ -142,6 +142,8 @@ class Benchmark:
         self.out = config.output_dir
         self.work_dir = self.out / "work"
         self.states = [ContenderState(name) for name in config.backends]
+        # peak matmul rates measured between the measured rounds (see _sample_peak)
+        self.peak_samples: list[dict[str, Any]] = []
 
     # -------------------------------------------------------------------------- running
 
@@ -222,6 +224,7 @@ class Benchmark:
                 for state in self.states:
                     if state.active and len(state.runs.get(size.label, [])) <= run_index:
                         self._run_once(state, size, request, measured=True)
+                self._sample_peak()
         for state in self.states:
             if state.active:
                 try:
@@ -249,6 +252,22 @@ class Benchmark:
                 return summarize(calls)["median"]
         return None
 
+    def _peak_spec(self) -> dict[str, int]:
+        return {"n": self.config.matmul_size, "threads": self.config.threads}
+
+    def _sample_peak(self) -> None:
+        """The peak matmul rate once per measured round, so that it is measured over the same
+        minutes as the U-Net steps it divides: this machine's speed drifts by a third."""
+        if not any(state.active for state in self.states):
+            return
+        self.progress.status("peak matmul rate")
+        try:
+            answer = run_jobs({"peak": self._peak_spec()}, self.config.threads)
+        except JobFailed:
+            return  # the measurement after the runs reports the failure
+        if answer["peak"]["status"] == "ok":
+            self.peak_samples.append(answer["peak"])
+
     def _side_measurements(self, models: BenchModels) -> tuple[dict, dict]:
         """The roofline's FLOPs and peak, and the scheduler micro-benchmark, in one process."""
         config = self.config
@@ -274,7 +293,7 @@ class Benchmark:
                 ],
                 "cache_dir": str(config.cache_dir),
             },
-            "peak": {"n": config.matmul_size, "threads": config.threads},
+            "peak": self._peak_spec(),
             "schedulers": schedulers,
         }
         try:
@@ -290,7 +309,7 @@ class Benchmark:
         if answer["flops"]["status"] == "ok":
             roofline["flop_count_method"] = answer["flops"]["method"]
         if answer["peak"]["status"] == "ok":
-            roofline["peak"] = {k: v for k, v in answer["peak"].items() if k != "status"}
+            roofline["peak"] = median_peak([*self.peak_samples, answer["peak"]])
         errors = [answer[k]["error"] for k in ("flops", "peak") if answer[k]["status"] != "ok"]
         if errors:
             roofline.update(status="failed", error="; ".join(errors))

@@ -267,6 +267,12 @@ def _roofline(report: dict) -> list[str]:
         f"GFLOP/s** ({peak['method']}; numpy {peak['numpy_flops_per_s'] / 1e9:.1f}, torch "
         f"{peak['torch_flops_per_s'] / 1e9:.1f} GFLOP/s, {peak['threads']} threads)."
     )
+    samples = peak.get("samples_flops_per_s", [])
+    if len(samples) > 1:
+        lines[-1] += (
+            f" The samples ranged from {min(samples) / 1e9:.1f} to {max(samples) / 1e9:.1f} "
+            "GFLOP/s: compare the U-Net's share of the peak within a report, not across."
+        )
     lines.append("")
     rows = []
     for size, flops in roofline["flops_per_unet_call"].items():

@@ -137,6 +137,27 @@ def measure_peak_matmul(n: int, threads: int) -> dict[str, Any]:
     }
 
 
+def median_peak(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One peak from several ``measure_peak_matmul`` samples taken during the runs: the
+    median of each rate, the samples kept."""
+    import statistics
+
+    first = samples[0]
+    rates = {
+        key: statistics.median(sample[key] for sample in samples)
+        for key in ("peak_flops_per_s", "numpy_flops_per_s", "torch_flops_per_s")
+    }
+    return {
+        **rates,
+        "samples_flops_per_s": [sample["peak_flops_per_s"] for sample in samples],
+        "matmul_size": first["matmul_size"],
+        "threads": first["threads"],
+        "repeats": first["repeats"],
+        "method": f"median of {len(samples)} samples taken between the measured rounds and "
+        f"after them, each the {first['method']}",
+    }
+
+
 def achieved(flops_per_call: int, seconds_per_call: float, peak_flops_per_s: float) -> dict:
     rate = flops_per_call / seconds_per_call
     return {"achieved_flops_per_s": rate, "fraction_of_peak": rate / peak_flops_per_s}

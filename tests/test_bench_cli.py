@@ -65,6 +65,8 @@ def test_side_measurements(bench_report):
     assert roofline["status"] == "ok", roofline.get("error")
     assert roofline["unet_batch"] == 2 and roofline["flops_per_unet_call"]["64x64"] > 0
     assert roofline["peak"]["matmul_size"] == 512
+    # one sample after the measured run and one after all runs
+    assert len(roofline["peak"]["samples_flops_per_s"]) == 2
     (ort,) = [c for c in report["contenders"] if c["name"] == "ort-cpu"]
     assert ort["results"][0]["roofline"]["fraction_of_peak"] > 0
     bench = report["scheduler_bench"]

@@ -33,6 +33,14 @@ def _benchmark(tmp_path, monkeypatch, backends, fail_at=None):
         return ContenderSpec(name, (sys.executable, str(FAKE)), extra, "built")
 
     monkeypatch.setattr(harness.contenders, "resolve", resolve)
+    # a peak sample per measured round, recorded here instead of timing real matmuls
+    monkeypatch.setattr(
+        harness.Benchmark,
+        "_sample_peak",
+        lambda self: self.peak_samples.append(
+            {"after_requests": len(log.read_text().splitlines())}
+        ),
+    )
     config = BenchConfig(
         source=None,
         random_arch="tiny",
@@ -67,6 +75,8 @@ def test_cold_start_then_interleaved_runs(tmp_path, monkeypatch):
         assert [len(state.runs[s]) for s in ("16x16", "24x24")] == [2, 2]
         assert state.cold_start_s > 0 and state.peak_rss_bytes > 0
         assert set(state.images) == {"16x16", "24x24"}
+    # one peak sample after each measured round (A B), sizes x runs of them
+    assert [sample["after_requests"] for sample in bench.peak_samples] == [4, 6, 10, 12]
 
 
 def test_a_failing_contender_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):

@@ -166,3 +166,24 @@ def test_speedup_bound_puts_the_unet_at_peak_and_keeps_the_other_stages():
     assert bound["end_to_end_at_peak_s"] == pytest.approx(24.0)
     assert bound["speedup_at_peak"] == pytest.approx(40.0 / 24.0)
     assert speedup_bound(ours, torch, "512x512", flops=300e9, peak=150e9) is None
+
+
+def test_median_peak_keeps_every_sample():
+    from sdrt.benchmarks.roofline import median_peak
+
+    def sample(numpy_rate, torch_rate):
+        return {
+            "peak_flops_per_s": max(numpy_rate, torch_rate),
+            "numpy_flops_per_s": numpy_rate,
+            "torch_flops_per_s": torch_rate,
+            "matmul_size": 512,
+            "threads": 2,
+            "repeats": 3,
+            "method": "best of 3",
+        }
+
+    peak = median_peak([sample(100e9, 150e9), sample(90e9, 120e9), sample(130e9, 170e9)])
+    assert peak["peak_flops_per_s"] == 150e9
+    assert peak["numpy_flops_per_s"] == 100e9
+    assert peak["samples_flops_per_s"] == [150e9, 120e9, 170e9]
+    assert peak["method"].startswith("median of 3 samples")
