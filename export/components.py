@@ -206,8 +206,10 @@ class VaeEncoderExport(ExportWrapper):
         self.vae = vae
 
     def forward(self, sample):
-        dist = self.vae.encode(sample, return_dict=False)[0]
-        return dist.mode(), dist.parameters
+        parameters = self.vae.encode(sample, return_dict=False)[0].parameters
+        # The mode is the mean, the first half of the channels. A slice with constant bounds
+        # (not the distribution's chunk) keeps the channel count static in the graph.
+        return parameters[:, : self.vae.config.latent_channels], parameters
 
     def dynamic_axes(self):
         latent = {0: "batch", 2: "latent_height", 3: "latent_width"}

@@ -71,6 +71,12 @@ def test_io_names_and_dtypes(tiny_built):
     assert specs["timestep"].dtype == "float32"
     assert specs["sample"].shape[0] == "batch"
     assert manifest.components["text_encoder"].inputs[0].dtype == "int64"
+    # the encoder's mode keeps a static channel count (the latent channels), as the decoder's input
+    encoder_outputs = {s.name: s.shape for s in manifest.components["vae_encoder"].outputs}
+    decoder_input = manifest.components["vae_decoder"].inputs[0].shape
+    assert encoder_outputs["latent_sample"] == ("batch", 4, "latent_height", "latent_width")
+    assert encoder_outputs["latent_sample"][1] == decoder_input[1]
+    assert encoder_outputs["latent_parameters"][1] == 8
 
 
 def test_verification_passed_at_two_shapes(tiny_built):
