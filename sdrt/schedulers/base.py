@@ -242,6 +242,20 @@ def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
     return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
+def interpolated_sigmas(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+    """Training sigmas linearly interpolated at (possibly fractional) timesteps, float64."""
+    sigmas = train_sigmas(alphas_cumprod)
+    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+
+
+def final_sigma(final_sigmas_type: str, alphas_cumprod: np.ndarray) -> float:
+    """The noise level after the last step: 0 ("zero"), or the lowest training sigma
+    ("sigma_min")."""
+    if final_sigmas_type == "sigma_min":
+        return float(train_sigmas(alphas_cumprod[:1])[0])
+    return 0.0
+
+
 # --- what a call carries -----------------------------------------------------------------
 
 
@@ -276,6 +290,24 @@ class Plan:
             object.__setattr__(self, "sigmas", _read_only(self.sigmas))
 
 
+def full_plan(
+    timesteps: np.ndarray,
+    num_inference_steps: int,
+    *,
+    init_noise_sigma: float = 1.0,
+    sigmas: np.ndarray | None = None,
+) -> Plan:
+    """The plan of a whole schedule (strength 1): every timestep, from begin_index 0."""
+    return Plan(
+        timesteps=timesteps,
+        init_noise_sigma=init_noise_sigma,
+        num_inference_steps=num_inference_steps,
+        begin_index=0,
+        schedule_timesteps=timesteps,
+        sigmas=sigmas,
+    )
+
+
 @dataclass(frozen=True)
 class NoHistory:
     """The state of single-step samplers: nothing carries over between steps."""
@@ -299,6 +331,15 @@ def array_namespace(x):
     raise InputError(f"expected a numpy or cupy array; got {type(x).__name__}")
 
 
+def clip_predicted_original(config: NoiseScheduleConfig, pred_original):
+    """diffusers' clip_sample: x0 clipped to [-clip_sample_range, clip_sample_range] where
+    the config's clip_sample is set (the configs with those keys: DDIM, DDPM, Heun, LCM)."""
+    if not config.clip_sample:
+        return pred_original
+    limit = config.clip_sample_range
+    return array_namespace(pred_original).clip(pred_original, -limit, limit)
+
+
 def check_same_shape(name: str, array, reference, reference_name: str = "sample") -> None:
     if tuple(array.shape) != tuple(reference.shape):
         raise InputError(
@@ -310,13 +351,15 @@ def check_same_shape(name: str, array, reference, reference_name: str = "sample"
 class Scheduler:
     """Base of all schedulers: config, plan-making with img2img strength, checks.
 
-    Subclasses set ``name`` (the diffusers class name), ``Config``, ``order`` (U-Net
-    calls per step, as diffusers' ``scheduler.order``), ``needs_noise``, and implement
-    ``full_schedule``, ``step`` and, where they differ from the defaults, the rest.
+    Subclasses set ``name`` (the diffusers class name), ``Config``, ``State`` (the
+    multistep history ``step`` passes on; NoHistory for single-step samplers), ``order``
+    (U-Net calls per step, as diffusers' ``scheduler.order``), ``needs_noise``, and
+    implement ``full_schedule``, ``step`` and, where they differ from the defaults, the rest.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[NoiseScheduleConfig]]
+    State: ClassVar[type] = NoHistory
     order: ClassVar[int] = 1
     needs_noise: ClassVar[bool] = False
 
@@ -391,7 +434,7 @@ class Scheduler:
         return dataclasses.replace(full, timesteps=timesteps, begin_index=begin_index)
 
     def initial_state(self, plan: Plan):
-        return NoHistory()
+        return self.State()
 
     # -- per step ----------------------------------------------------------------------
 
@@ -426,7 +469,7 @@ class Scheduler:
             check_same_shape("noise", noise, sample)
 
     def state_class(self) -> type:
-        return NoHistory
+        return self.State
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         raise NotImplementedError
@@ -446,6 +489,11 @@ class AlphaBarScheduler(Scheduler):
         if final_alpha_cumprod is None:
             raise ValueError("timestep < 0 needs final_alpha_cumprod")
         return final_alpha_cumprod
+
+    def final_alpha_cumprod(self) -> float:
+        """alpha_bar "after" the last step by set_alpha_to_one (DDIM, PNDM, LCM): 1, or
+        alpha_bar at timestep 0."""
+        return 1.0 if self.config.set_alpha_to_one else float(self.alphas_cumprod[0])
 
     def add_noise(self, plan: Plan, original, noise, i: int):
         index = self.schedule_index(plan, i)
@@ -469,6 +517,35 @@ class AlphaBarScheduler(Scheduler):
 
 class SigmaScheduler(Scheduler):
     """Samplers that work in sigma = sqrt((1 - alpha_bar) / alpha_bar) (k-diffusion style)."""
+
+    def sigma_schedule(self, num_inference_steps: int, use_karras: bool):
+        """Timesteps (float32) and sigmas (float32, final level appended) of the k-samplers.
+
+        Shared by Euler, Euler ancestral, Heun and LMS, which build them the same way.
+        """
+        cfg = self.config
+        timesteps = spaced_timesteps(cfg, num_inference_steps).astype(np.float32)
+        sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps)
+        if use_karras:
+            sigma_min = getattr(cfg, "sigma_min", None)
+            sigma_max = getattr(cfg, "sigma_max", None)
+            sigma_min = sigma_min if sigma_min is not None else float(sigmas[-1])
+            sigma_max = sigma_max if sigma_max is not None else float(sigmas[0])
+            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+            log_sigmas = np.log(train_sigmas(self.alphas_cumprod))
+            timesteps = sigma_to_t(sigmas, log_sigmas).astype(np.float32)
+        sigma_last = final_sigma(getattr(cfg, "final_sigmas_type", "zero"), self.alphas_cumprod)
+        sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
+        return timesteps, sigmas
+
+    def sigma_plan(self, num_inference_steps: int, timesteps, sigmas: np.ndarray) -> Plan:
+        """The whole schedule's plan, with diffusers' init_noise_sigma for these sigmas."""
+        return full_plan(
+            timesteps,
+            num_inference_steps,
+            init_noise_sigma=self.init_noise_sigma_for(sigmas),
+            sigmas=sigmas,
+        )
 
     def scale_model_input(self, plan: Plan, x, i: int):
         sigma = float(plan.sigmas[self.schedule_index(plan, i)])
@@ -494,12 +571,6 @@ class SigmaScheduler(Scheduler):
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return max_sigma
         return (max_sigma**2 + 1) ** 0.5
-
-
-def interpolated_sigmas(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
-    """Training sigmas linearly interpolated at (possibly fractional) timesteps, float64."""
-    sigmas = train_sigmas(alphas_cumprod)
-    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
 
 def multistep_timesteps(

@@ -12,7 +12,8 @@ from sdrt.schedulers.base import (
     NoiseScheduleConfig,
     Plan,
     StepResult,
-    array_namespace,
+    clip_predicted_original,
+    full_plan,
     spaced_timesteps,
 )
 
@@ -36,17 +37,7 @@ class DDIMScheduler(AlphaBarScheduler):
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         timesteps = spaced_timesteps(self.config, num_inference_steps).round().astype(np.int64)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=1.0,
-            num_inference_steps=num_inference_steps,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-        )
-
-    def final_alpha_cumprod(self) -> float:
-        # Alpha_bar "after" the last step: 1, or alpha_bar at timestep 0.
-        return 1.0 if self.config.set_alpha_to_one else float(self.alphas_cumprod[0])
+        return full_plan(timesteps, num_inference_steps)
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)
@@ -70,9 +61,7 @@ class DDIMScheduler(AlphaBarScheduler):
             pred_original = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
             pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
 
-        if cfg.clip_sample:
-            xp = array_namespace(sample)
-            pred_original = xp.clip(pred_original, -cfg.clip_sample_range, cfg.clip_sample_range)
+        pred_original = clip_predicted_original(cfg, pred_original)
 
         # eta = 0: no variance term, the direction to x_t is all predicted noise.
         direction = (1 - alpha_prod_t_prev) ** 0.5 * pred_epsilon

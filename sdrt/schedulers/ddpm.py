@@ -15,7 +15,8 @@ from sdrt.schedulers.base import (
     NoiseScheduleConfig,
     Plan,
     StepResult,
-    array_namespace,
+    clip_predicted_original,
+    full_plan,
     spaced_timesteps,
 )
 
@@ -51,13 +52,7 @@ class DDPMScheduler(AlphaBarScheduler):
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         timesteps = spaced_timesteps(self.config, num_inference_steps).round().astype(np.int64)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=1.0,
-            num_inference_steps=num_inference_steps,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-        )
+        return full_plan(timesteps, num_inference_steps)
 
     def noise_scale(self, alpha_prod_t: float, alpha_prod_t_prev: float) -> float:
         """Standard deviation of the noise added at this step, by variance_type."""
@@ -84,9 +79,7 @@ class DDPMScheduler(AlphaBarScheduler):
         current_beta_t = 1 - current_alpha_t
 
         pred_original = self.predicted_original(model_output, sample, alpha_prod_t)
-        if cfg.clip_sample:
-            limit = cfg.clip_sample_range
-            pred_original = array_namespace(sample).clip(pred_original, -limit, limit)
+        pred_original = clip_predicted_original(cfg, pred_original)
 
         # mean of the posterior q(x_{t-1} | x_t, x_0), eq. 7 of the paper
         original_coeff = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t

@@ -21,6 +21,8 @@ from sdrt.schedulers.base import (
     Plan,
     StepResult,
     VPSigmaScheduler,
+    final_sigma,
+    full_plan,
     karras_sigmas,
     multistep_timesteps,
     sigma_to_t,
@@ -97,6 +99,7 @@ class DPMSolverState:
 class DPMSolverMultistepScheduler(VPSigmaScheduler):
     name = "DPMSolverMultistepScheduler"
     Config = DPMSolverConfig
+    State = DPMSolverState
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         cfg = self.config
@@ -113,19 +116,9 @@ class DPMSolverMultistepScheduler(VPSigmaScheduler):
             timesteps = timesteps.astype(np.int64)
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
-        if cfg.final_sigmas_type == "sigma_min":
-            sigma_last = float(train_sigmas(self.alphas_cumprod[:1])[0])
-        else:
-            sigma_last = 0.0
+        sigma_last = final_sigma(cfg.final_sigmas_type, self.alphas_cumprod)
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=1.0,
-            num_inference_steps=len(timesteps),
-            begin_index=0,
-            schedule_timesteps=timesteps,
-            sigmas=sigmas,
-        )
+        return full_plan(timesteps, len(timesteps), sigmas=sigmas)
 
     def clipped_steps(self) -> int:
         """Training steps at the noisy end whose log-SNR is below lambda_min_clipped."""
@@ -133,12 +126,6 @@ class DPMSolverMultistepScheduler(VPSigmaScheduler):
         sigma_t = np.sqrt(1 - self.alphas_cumprod)
         lambdas = np.log(alpha_t) - np.log(sigma_t)
         return int(np.searchsorted(np.flip(lambdas), self.config.lambda_min_clipped))
-
-    def initial_state(self, plan: Plan) -> DPMSolverState:
-        return DPMSolverState()
-
-    def state_class(self) -> type:
-        return DPMSolverState
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)

@@ -12,7 +12,6 @@ from sdrt.schedulers.base import (
     SigmaScheduler,
     StepResult,
 )
-from sdrt.schedulers.euler import sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,15 +27,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     needs_noise = True
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = sigma_schedule(self, num_inference_steps, use_karras=False)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=self.init_noise_sigma_for(sigmas),
-            num_inference_steps=num_inference_steps,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-            sigmas=sigmas,
-        )
+        timesteps, sigmas = self.sigma_schedule(num_inference_steps, use_karras=False)
+        return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)

@@ -18,9 +18,8 @@ from sdrt.schedulers.base import (
     Plan,
     SigmaScheduler,
     StepResult,
-    array_namespace,
+    clip_predicted_original,
 )
-from sdrt.schedulers.euler import sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,27 +53,15 @@ class HeunState:
 class HeunDiscreteScheduler(SigmaScheduler):
     name = "HeunDiscreteScheduler"
     Config = HeunConfig
+    State = HeunState
     order = 2
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = sigma_schedule(self, num_inference_steps, self.config.use_karras_sigmas)
+        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
         # [s0, s1, s1, s2, s2, ..., 0] and [t0, t1, t1, t2, t2, ...]: one entry per U-Net call.
         sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:-1], 2), sigmas[-1:]])
         timesteps = np.concatenate([timesteps[:1], np.repeat(timesteps[1:], 2)]).astype(np.float32)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=self.init_noise_sigma_for(sigmas),
-            num_inference_steps=num_inference_steps,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-            sigmas=sigmas,
-        )
-
-    def initial_state(self, plan: Plan) -> HeunState:
-        return HeunState()
-
-    def state_class(self) -> type:
-        return HeunState
+        return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)
@@ -86,9 +73,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
             sigma, sigma_next = float(plan.sigmas[index - 1]), float(plan.sigmas[index])
             sigma_input = sigma_next
         pred_original = self.predicted_original(model_output, sample, sigma_input)
-        if self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_original = array_namespace(sample).clip(pred_original, -limit, limit)
+        pred_original = clip_predicted_original(self.config, pred_original)
 
         if state.in_first_order:
             derivative = (sample - pred_original) / sigma

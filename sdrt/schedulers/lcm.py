@@ -18,7 +18,8 @@ from sdrt.schedulers.base import (
     NoiseScheduleConfig,
     Plan,
     StepResult,
-    array_namespace,
+    clip_predicted_original,
+    full_plan,
 )
 
 SIGMA_DATA = 0.5  # of the consistency-model boundary condition
@@ -64,13 +65,7 @@ class LCMScheduler(AlphaBarScheduler):
         origin = origin[::-1].copy()
         picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
         timesteps = origin[np.floor(picks).astype(np.int64)].astype(np.int64)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=1.0,
-            num_inference_steps=num_inference_steps,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-        )
+        return full_plan(timesteps, num_inference_steps)
 
     def boundary_scalings(self, timestep: int) -> tuple[float, float]:
         """c_skip, c_out: make the estimate equal the sample at timestep 0."""
@@ -89,14 +84,11 @@ class LCMScheduler(AlphaBarScheduler):
             prev_timestep = int(plan.schedule_timesteps[index + 1])
         else:
             prev_timestep = timestep
-        final = 1.0 if cfg.set_alpha_to_one else float(self.alphas_cumprod[0])
         alpha_prod_t = self.alpha_bar(timestep)
-        alpha_prod_t_prev = self.alpha_bar(prev_timestep, final)
+        alpha_prod_t_prev = self.alpha_bar(prev_timestep, self.final_alpha_cumprod())
 
         pred_original = self.predicted_original(model_output, sample, alpha_prod_t)
-        if cfg.clip_sample:
-            limit = cfg.clip_sample_range
-            pred_original = array_namespace(sample).clip(pred_original, -limit, limit)
+        pred_original = clip_predicted_original(cfg, pred_original)
         c_skip, c_out = self.boundary_scalings(timestep)
         denoised = c_out * pred_original + c_skip * sample
 

@@ -19,7 +19,6 @@ from sdrt.schedulers.base import (
     SigmaScheduler,
     StepResult,
 )
-from sdrt.schedulers.euler import sigma_schedule
 
 LMS_ORDER = 4  # diffusers' default `order` argument of step()
 # Gauss-Legendre nodes and weights on [-1, 1], as Python floats: the integrals are a few
@@ -63,23 +62,11 @@ def lms_coefficient(sigmas: np.ndarray, order: int, t: int, current_order: int) 
 class LMSDiscreteScheduler(SigmaScheduler):
     name = "LMSDiscreteScheduler"
     Config = LMSConfig
+    State = LMSState
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = sigma_schedule(self, num_inference_steps, self.config.use_karras_sigmas)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=self.init_noise_sigma_for(sigmas),
-            num_inference_steps=num_inference_steps,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-            sigmas=sigmas,
-        )
-
-    def initial_state(self, plan: Plan) -> LMSState:
-        return LMSState()
-
-    def state_class(self) -> type:
-        return LMSState
+        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
+        return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)

@@ -24,6 +24,7 @@ from sdrt.schedulers.base import (
     NoiseScheduleConfig,
     Plan,
     StepResult,
+    full_plan,
 )
 
 PRK_CALLS = 12  # 3 Runge-Kutta steps x 4 U-Net calls
@@ -48,6 +49,7 @@ class PNDMState:
 class PNDMScheduler(AlphaBarScheduler):
     name = "PNDMScheduler"
     Config = PNDMConfig
+    State = PNDMState
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         cfg = self.config
@@ -72,19 +74,7 @@ class PNDMScheduler(AlphaBarScheduler):
             prk = prk[:-1].repeat(2)[1:-1][::-1]
             timesteps = np.concatenate([prk, ascending[:-3][::-1]])
         timesteps = timesteps.astype(np.int64)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=1.0,
-            num_inference_steps=n,
-            begin_index=0,
-            schedule_timesteps=timesteps,
-        )
-
-    def initial_state(self, plan: Plan) -> PNDMState:
-        return PNDMState()
-
-    def state_class(self) -> type:
-        return PNDMState
+        return full_plan(timesteps, n)
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)
@@ -160,9 +150,8 @@ class PNDMScheduler(AlphaBarScheduler):
 
     def previous_sample(self, sample, timestep: int, prev_timestep: int, model_output):
         """Formula (9) of the PNDM paper: x_{t-delta} from x_t and the noise estimate."""
-        final = 1.0 if self.config.set_alpha_to_one else float(self.alphas_cumprod[0])
         alpha_prod_t = self.alpha_bar(timestep)
-        alpha_prod_t_prev = self.alpha_bar(prev_timestep, final)
+        alpha_prod_t_prev = self.alpha_bar(prev_timestep, self.final_alpha_cumprod())
         beta_prod_t = 1 - alpha_prod_t
         beta_prod_t_prev = 1 - alpha_prod_t_prev
         if self.config.prediction_type == "v_prediction":

@@ -20,6 +20,8 @@ from sdrt.schedulers.base import (
     Plan,
     StepResult,
     VPSigmaScheduler,
+    final_sigma,
+    full_plan,
     karras_sigmas,
     multistep_timesteps,
     sigma_to_t,
@@ -94,6 +96,7 @@ class UniPCState:
 class UniPCMultistepScheduler(VPSigmaScheduler):
     name = "UniPCMultistepScheduler"
     Config = UniPCConfig
+    State = UniPCState
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         cfg = self.config
@@ -109,25 +112,9 @@ class UniPCMultistepScheduler(VPSigmaScheduler):
             sigma_last = float(sigmas[-1]) if cfg.final_sigmas_type == "sigma_min" else 0.0
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
-            if cfg.final_sigmas_type == "sigma_min":
-                sigma_last = float(train_sigmas(self.alphas_cumprod[:1])[0])
-            else:
-                sigma_last = 0.0
+            sigma_last = final_sigma(cfg.final_sigmas_type, self.alphas_cumprod)
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
-        return Plan(
-            timesteps=timesteps,
-            init_noise_sigma=1.0,
-            num_inference_steps=len(timesteps),
-            begin_index=0,
-            schedule_timesteps=timesteps,
-            sigmas=sigmas,
-        )
-
-    def initial_state(self, plan: Plan) -> UniPCState:
-        return UniPCState()
-
-    def state_class(self) -> type:
-        return UniPCState
+        return full_plan(timesteps, len(timesteps), sigmas=sigmas)
 
     def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
         index = self.schedule_index(plan, i)
