@@ -11,6 +11,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from sdrt.benchmarks.contenders.diffusers_pipeline import (
+    pipeline_arguments,
+    timed_on_current_clock,
+    use_scheduler,
+)
 from sdrt.benchmarks.contenders.protocol import StageClock, Workload, serve, version_of
 
 # ONNX part attribute on Optimum's pipeline -> benchmark stage
@@ -53,40 +58,12 @@ class OptimumORT:
             part = getattr(self.pipe, attribute, None)
             if part is not None:
                 # An instance attribute: only this pipeline's part is wrapped.
-                part.forward = self._timed(part.forward, stage)
-
-    def _timed(self, forward: Any, stage: str) -> Any:
-        def timed_forward(*args: Any, **kwargs: Any) -> Any:
-            with self.clock.measure(stage):
-                return forward(*args, **kwargs)
-
-        return timed_forward
-
-    def _use_scheduler(self, name: str) -> None:
-        import diffusers
-
-        if type(self.pipe.scheduler).__name__ != name:
-            scheduler_class = getattr(diffusers, name)
-            self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
+                part.forward = timed_on_current_clock(self, stage, part.forward)
 
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
-        import torch
-
-        self._use_scheduler(workload.scheduler)
+        use_scheduler(self.pipe, workload.scheduler)
         self.clock = clock
-        prompts = list(workload.prompts)
-        result = self.pipe(
-            prompt=prompts,
-            negative_prompt=[workload.negative_prompt] * len(prompts),
-            num_inference_steps=workload.steps,
-            guidance_scale=workload.guidance,
-            height=workload.height,
-            width=workload.width,
-            latents=torch.from_numpy(latents),
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        )
-        return result.images
+        return self.pipe(**pipeline_arguments(workload, latents)).images
 
     def settings(self, workload: Workload) -> dict[str, Any]:
         return {

@@ -49,6 +49,19 @@ class Workload:
     def from_dict(cls, data: dict[str, Any]) -> Workload:
         return cls(**{**data, "prompts": tuple(data["prompts"])})
 
+    def call_arguments(self) -> dict[str, Any]:
+        """The keyword arguments every contender's diffusers-style pipeline call takes alike
+        (the latents, seed, scheduler and output type are each contender's own)."""
+        prompts = list(self.prompts)
+        return {
+            "prompt": prompts,
+            "negative_prompt": [self.negative_prompt] * len(prompts),
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance,
+            "height": self.height,
+            "width": self.width,
+        }
+
 
 @dataclass
 class StageClock:

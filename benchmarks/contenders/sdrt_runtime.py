@@ -95,14 +95,8 @@ class SdrtRuntime:
 
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
         self.clock = clock
-        prompts = list(workload.prompts)
         result = self.pipe(
-            prompt=prompts,
-            negative_prompt=[workload.negative_prompt] * len(prompts),
-            num_inference_steps=workload.steps,
-            guidance_scale=workload.guidance,
-            height=workload.height,
-            width=workload.width,
+            **workload.call_arguments(),
             latents=latents,
             seed=0,
             scheduler=workload.scheduler,

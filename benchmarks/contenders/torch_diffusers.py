@@ -11,6 +11,11 @@ import sys
 import time
 from typing import Any
 
+from sdrt.benchmarks.contenders.diffusers_pipeline import (
+    pipeline_arguments,
+    timed_on_current_clock,
+    use_scheduler,
+)
 from sdrt.benchmarks.contenders.protocol import StageClock, Workload, serve, version_of
 
 
@@ -42,7 +47,7 @@ class TorchDiffusers:
             if module is not None:
                 self._time_module(module, "text_encoder")
         self._time_module(self.pipe.unet, "unet")
-        self.pipe.vae.decode = self._timed_method(self.pipe.vae.decode, "vae_decode")
+        self.pipe.vae.decode = timed_on_current_clock(self, "vae_decode", self.pipe.vae.decode)
 
     def _time_module(self, module: Any, stage: str) -> None:
         """Forward hooks on this module instance: start before, record after."""
@@ -60,42 +65,13 @@ class TorchDiffusers:
         module.register_forward_pre_hook(before)
         module.register_forward_hook(after)
 
-    def _timed_method(self, method: Any, stage: str) -> Any:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                if self.clock is not None:
-                    self.clock.durations.setdefault(stage, []).append(time.perf_counter() - start)
-
-        return timed
-
-    def _use_scheduler(self, name: str) -> None:
-        import diffusers
-
-        if type(self.pipe.scheduler).__name__ != name:
-            scheduler_class = getattr(diffusers, name)
-            self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
-
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
         import torch
 
-        self._use_scheduler(workload.scheduler)
+        use_scheduler(self.pipe, workload.scheduler)
         self.clock = clock
-        prompts = list(workload.prompts)
         with torch.inference_mode():
-            result = self.pipe(
-                prompt=prompts,
-                negative_prompt=[workload.negative_prompt] * len(prompts),
-                num_inference_steps=workload.steps,
-                guidance_scale=workload.guidance,
-                height=workload.height,
-                width=workload.width,
-                latents=torch.from_numpy(latents),
-                generator=torch.Generator().manual_seed(0),
-                output_type="np",
-            )
+            result = self.pipe(**pipeline_arguments(workload, latents))
         self.clock = None
         return result.images
 
