@@ -150,11 +150,50 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ call
 
-    def __call__(self, *args, callback=None, **kwargs) -> PipelineOutput:
-        """Generate images: ``generate(*args, **kwargs)`` run to its end, returning the
-        result; ``callback(progress)`` is called after every U-Net call."""
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | np.random.Generator | None = None,
+        latents: np.ndarray | None = None,
+        scheduler: str | None = None,
+        image: Any = None,
+        strength: float = 0.8,
+        mask_image: Any = None,
+        output_type: str = "pil",
+        callback=None,
+    ) -> PipelineOutput:
+        """Generate images; ``callback(progress)`` is called after every U-Net call.
+
+        The arguments mean what they mean in diffusers' StableDiffusion(XL)Pipeline,
+        ...Img2ImgPipeline (``image``, ``strength``) and ...InpaintPipeline (``mask_image``,
+        white = repaint). ``latents`` is the initial noise: scaled by the scheduler's
+        init_noise_sigma for txt2img (and inpainting at strength 1), added to the image's
+        latents at the first planned timestep for img2img and inpainting otherwise.
+        ``scheduler`` is a diffusers class name or alias (default: the folder's own).
+        """
         result = None
-        for progress in self.generate(*args, **kwargs):
+        for progress in self.generate(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            num_images_per_prompt=num_images_per_prompt,
+            seed=seed,
+            latents=latents,
+            scheduler=scheduler,
+            image=image,
+            strength=strength,
+            mask_image=mask_image,
+            output_type=output_type,
+        ):
             if callback is not None:
                 callback(progress)
             result = progress.result
@@ -179,12 +218,6 @@ class Pipeline:
     ) -> Iterator[Progress]:
         """Yield a Progress per U-Net call; the last one carries the result.
 
-        The arguments mean what they mean in diffusers' StableDiffusion(XL)Pipeline,
-        ...Img2ImgPipeline (``image``, ``strength``) and ...InpaintPipeline (``mask_image``,
-        white = repaint). ``latents`` is the initial noise: scaled by the scheduler's
-        init_noise_sigma for txt2img (and inpainting at strength 1), added to the image's
-        latents at the first planned timestep for img2img and inpainting otherwise.
-        ``scheduler`` is a diffusers class name or alias (default: the folder's own).
         Stop iterating (or ``close()`` the generator) to cancel between steps.
         """
         request = make_request(
