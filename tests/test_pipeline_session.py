@@ -11,7 +11,13 @@ import pytest
 
 from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError, SdrtError
 from sdrt.manifest import Component, TensorSpec
-from sdrt.sessions.onnxruntime import OrtOptions, OrtSession, optimized_model_path, physical_cores
+from sdrt.sessions.onnxruntime import (
+    KEY_RECORD,
+    OrtOptions,
+    OrtSession,
+    optimized_model_path,
+    physical_cores,
+)
 
 onnx = pytest.importorskip("onnx")
 helper = onnx.helper
@@ -60,6 +66,35 @@ def test_runs_and_saves_the_optimised_graph_once(tmp_path):
     assert optimized_model_path(tmp_path, changed, OrtOptions()) != saved
     no_cache = OrtSession(tmp_path, component, OrtOptions(cache_optimized_model=False))
     assert no_cache.model_path == tmp_path / component.file
+
+
+def test_saving_a_graph_removes_the_copies_it_supersedes(tmp_path):
+    import json
+    import shutil
+
+    component = _write_graph(tmp_path)
+    first = OrtSession(tmp_path, component, OrtOptions())
+    saved_dir = first.model_path.parent
+    ours = json.loads((saved_dir / KEY_RECORD).read_text())
+    assert ours["sha256"] == component.sha256 and ours["component"] == "unet"
+    siblings = {
+        "unet-othergraph": {**ours, "sha256": "1" * 64},
+        "unet-olderort": {**ours, "onnxruntime": "0.0.1"},
+        "unet-othercpu": {**ours, "cpu": "another", "onnxruntime": "0.0.1"},
+        "unet-otheroptions": ours,
+        "unet-unknown": None,
+        "unet_2-othergraph": {**ours, "component": "unet_2", "sha256": "1" * 64},
+    }
+    for name, record in siblings.items():
+        (saved_dir.parent / name).mkdir()
+        if record is not None:
+            (saved_dir.parent / name / KEY_RECORD).write_text(json.dumps(record))
+    shutil.rmtree(saved_dir)  # the next session writes it again, and prunes then
+    again = OrtSession(tmp_path, component, OrtOptions())
+    assert again.model_path == first.model_path
+    left = sorted(p.name for p in saved_dir.parent.iterdir())
+    expected = {"unet-othercpu", "unet-otheroptions", "unet-unknown", "unet_2-othergraph"}
+    assert left == sorted({saved_dir.name, *expected})
 
 
 def test_read_only_folder_still_loads(tmp_path, monkeypatch):

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +52,8 @@ LOAD_ERRORS = (
     ort_errors.InvalidArgument,
 )
 RUN_ERRORS = (ort_errors.Fail, ort_errors.RuntimeException, ort_errors.InvalidArgument)
+# Written beside each saved graph: what it was made from, so that superseded copies can go.
+KEY_RECORD = "key.json"
 # Initializers at least this large go to the optimised model's external data file, so that
 # models over protobuf's 2 GiB limit (an fp32 SD U-Net) can be saved.
 EXTERNAL_INITIALIZER_MIN_BYTES = 1024
@@ -168,12 +172,50 @@ def _saves_prepacked_weights(options: OrtOptions, component: str) -> bool:
     )
 
 
-def _write_optimized_model(source: Path, target: Path, options: OrtOptions, component: str) -> None:
-    """Let ORT optimise ``source`` and save the result; rename the folder in atomically."""
+def _key_record(component: Component) -> dict[str, str]:
+    return {
+        "component": component.name,
+        "sha256": component.sha256,
+        "external_data_sha256": component.external_data_sha256 or "",
+        "onnxruntime": ort.__version__,
+        "cpu": cpu_fingerprint(),
+    }
+
+
+def prune_superseded(saved_dir: Path, record: dict[str, str]) -> list[Path]:
+    """Remove the component's other saved graphs that no load can pick again: those made
+    from another version of its graph, or by another ONNX Runtime on this same CPU (an SD 1.5
+    U-Net's copy is 4.3 GB). Copies for other CPUs or other options stay; so does a folder
+    without a key record, which is not ours to judge."""
+    removed = []
+    for sibling in sorted(saved_dir.parent.glob(f"{record['component']}-*")):
+        if sibling == saved_dir or not sibling.is_dir():
+            continue
+        try:
+            other = json.loads((sibling / KEY_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(other, dict) or other.get("component") != record["component"]:
+            continue
+        other_graph = any(other.get(k) != record[k] for k in ("sha256", "external_data_sha256"))
+        older_runtime = other.get("cpu") == record["cpu"] and (
+            other.get("onnxruntime") != record["onnxruntime"]
+        )
+        if other_graph or older_runtime:
+            shutil.rmtree(sibling, ignore_errors=True)  # open mappings stay valid on POSIX
+            removed.append(sibling)
+    return removed
+
+
+def _write_optimized_model(
+    source: Path, target: Path, options: OrtOptions, component: Component
+) -> None:
+    """Let ORT optimise ``source`` and save the result; rename the folder in atomically,
+    then remove the copies it supersedes."""
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.parent.name}.", dir=target.parent.parent))
     try:
-        so = _session_options(options, component)
+        so = _session_options(options, component.name)
         so.optimized_model_filepath = str(staging / target.name)
         so.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", target.name + "_data"
@@ -182,21 +224,27 @@ def _write_optimized_model(source: Path, target: Path, options: OrtOptions, comp
             "session.optimized_model_external_initializers_min_size_in_bytes",
             str(EXTERNAL_INITIALIZER_MIN_BYTES),
         )
-        if _saves_prepacked_weights(options, component):
+        if _saves_prepacked_weights(options, component.name):
             so.add_session_config_entry(
                 "session.save_external_prepacked_constant_initializers", "1"
             )
         ort.InferenceSession(str(source), so, providers=list(options.providers))
+        record = _key_record(component)
+        (staging / KEY_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         try:
             os.replace(staging, target.parent)
         except OSError:
             if not target.is_file():  # not another process that won the race: a real failure
                 raise
+            return
     finally:
         if staging.exists():
             for child in staging.iterdir():
                 child.unlink()
             staging.rmdir()
+    removed = prune_superseded(target.parent, record)
+    if removed:
+        log.info("removed %d superseded saved graphs of %s", len(removed), component.name)
 
 
 class OrtSession:
@@ -240,7 +288,7 @@ class OrtSession:
         if target.is_file():
             return target
         try:
-            _write_optimized_model(source, target, self.options, component.name)
+            _write_optimized_model(source, target, self.options, component)
         except OSError as e:  # a read-only folder: optimise in memory on every load instead
             log.info("not caching the optimised %s graph (%s)", component.name, e)
             return source
