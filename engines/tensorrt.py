@@ -39,12 +39,12 @@ from sdrt.engines.fp16_graph import write_fp16_copy
 from sdrt.engines.profiles import ShapeRange, component_profile
 
 from sdrt.errors import BackendUnavailableError, InputError, SdrtError, VerificationError
+from sdrt.integrity import check_model_files
 from sdrt.manifest import (
     Component,
     Engine,
     Manifest,
     Verification,
-    check_files,
     read_manifest,
     write_manifest,
 )
@@ -248,7 +248,7 @@ def build_engines(
     """Build (or reuse) every engine ``options`` asks for; raises VerificationError on failure."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    check_files(folder, manifest)
+    check_model_files(folder, manifest, "always")
     if environment is None or builder is None or verifier is None:
         environment = environment or detect_environment()
         builder = builder or TensorRTBuilder()

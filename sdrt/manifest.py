@@ -439,23 +439,3 @@ def component_files(manifest: Manifest) -> dict[str, str]:
         if comp.external_data:
             files[comp.external_data] = comp.external_data_sha256 or ""
     return files
-
-
-def check_files(folder: str | os.PathLike, manifest: Manifest, *, hashes: bool = True) -> None:
-    """Raise ModelFolderError if a component file is missing or (with hashes) changed."""
-    folder = Path(folder)
-    missing, changed = [], []
-    for rel, expected in component_files(manifest).items():
-        path = folder / rel
-        if not path.is_file():
-            missing.append(rel)
-        elif hashes and expected and sha256_file(path) != expected:
-            changed.append(rel)
-    if missing:
-        raise ModelFolderError(
-            f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}"
-        )
-    if changed:
-        raise ModelFolderError(
-            f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: {', '.join(changed)} (rebuild, or restore the original files)"
-        )

@@ -9,7 +9,8 @@ from sdrt.export.build import BuildConfig, build
 from sdrt.export.onnx import FP32_ISLAND_OPS
 from sdrt.export.verify import FP16_THRESHOLDS, FP32_THRESHOLDS
 
-from sdrt.manifest import check_files, manifest_from_dict, manifest_to_dict, read_manifest
+from sdrt.integrity import check_model_files
+from sdrt.manifest import manifest_from_dict, manifest_to_dict, read_manifest
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
@@ -29,7 +30,7 @@ def tiny_fp16(tiny_source, tmp_path_factory):
 
 def test_fp16_build_verifies_within_fp16_thresholds(tiny_fp16):
     manifest = read_manifest(tiny_fp16)
-    check_files(tiny_fp16, manifest)
+    check_model_files(tiny_fp16, manifest, "always")
     assert manifest.build.precision == manifest.build.vae_precision == "fp16"
     for comp in manifest.components.values():
         assert comp.precision == "fp16"
@@ -56,7 +57,7 @@ def test_fp16_graph_has_fp16_weights_and_fp32_islands(tiny_fp16):
 def test_tiny_xl_exports_both_text_encoders_and_added_conditions(tiny_xl_built):
     manifest = read_manifest(tiny_xl_built)
     assert manifest_from_dict(manifest_to_dict(manifest)) == manifest
-    check_files(tiny_xl_built, manifest)
+    check_model_files(tiny_xl_built, manifest, "always")
     assert manifest.family == "sdxl"
     assert manifest.tokenizers == ("tokenizer", "tokenizer_2")
     assert set(manifest.components) == {

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from sdrt.export.build import BuildConfig, build
 
-from sdrt.manifest import check_files, read_manifest
+from sdrt.integrity import check_model_files
+from sdrt.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def test_sd15_builds_and_verifies(sd15_source, precision):
     out = sd15_source.parent / f"built-{precision}"
     result = build(BuildConfig(source=str(sd15_source), output=out, precision=precision))
     manifest = read_manifest(out)
-    check_files(out, manifest)
+    check_model_files(out, manifest, "always")
     assert manifest.family == "sd1" and manifest.default_image_size == 512
     unet = manifest.components["unet"]
     # 860 M parameters: over 2 GB in fp32 (one external data file), under it in fp16.

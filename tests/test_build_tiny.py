@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 from sdrt.export.verify import FP32_THRESHOLDS
 
+from sdrt.integrity import check_model_files
 from sdrt.manifest import (
-    check_files,
     manifest_from_dict,
     manifest_to_dict,
     read_manifest,
@@ -43,7 +43,7 @@ def test_folder_has_optimum_layout(tiny_built, tiny_source):
 def test_manifest_round_trips_and_hashes_match(tiny_built):
     manifest = read_manifest(tiny_built)
     assert manifest_from_dict(manifest_to_dict(manifest)) == manifest
-    check_files(tiny_built, manifest, hashes=True)
+    check_model_files(tiny_built, manifest, "always")
     for name in COMPONENTS:
         comp = manifest.components[name]
         assert sha256_file(tiny_built / comp.file) == comp.sha256
