@@ -10,8 +10,10 @@ import sdrt
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-# Max abs difference of float images in [0, 1]: two 8-bit levels.
-MAX_IMAGE_DIFF = 2 / 255
+# Max abs difference of float images in [0, 1]. Both sides compute in float32 on the same
+# weights and noise, so only float32 rounding (different kernels, summation orders) can
+# differ: see tests/test_pipeline_parity.py for what was measured.
+MAX_IMAGE_DIFF = 1e-4
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse"]
 
 
