@@ -37,6 +37,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`algorithm_types dpmsolver:FutureWarning"),
 ]
 
+
 def assert_sigmas_match(actual: np.ndarray, expected: np.ndarray) -> None:
     """Sigmas equal up to float32 rounding of their alphas_cumprod.
 
