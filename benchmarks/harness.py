@@ -87,7 +87,7 @@ def cpu_model() -> str:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    from sdrt.sessions.onnxruntime import physical_cores
+    from sdrt.backends.ort_cpu_options import physical_cores
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {

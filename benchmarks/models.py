@@ -113,8 +113,9 @@ def prepare_models(config: BenchConfig, report: Report) -> BenchModels:
     )
     if "ort-cpu" in config.backends:
         # as `sdrt build --target ort-cpu` does: sdrt's loads then map the saved graphs
+        from sdrt.engines.ort_graphs import save_optimized_models
+
         from sdrt.manifest import read_manifest
-        from sdrt.sessions.onnxruntime import save_optimized_models
 
         report("saving the optimised ONNX Runtime CPU graphs")
         save_optimized_models(built_dir, read_manifest(built_dir))

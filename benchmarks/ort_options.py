@@ -36,7 +36,7 @@ CHILD = """
 import json, sys, time
 start = time.perf_counter()
 import sdrt
-from sdrt.sessions.onnxruntime import OrtOptions
+from sdrt.backends.ort_cpu_options import OrtOptions
 folder, options, size, steps, warm = sys.argv[1], json.loads(sys.argv[2]), *map(int, sys.argv[3:6])
 imported = time.perf_counter()
 pipe = sdrt.Pipeline.load(folder, backend="ort-cpu", ort_options=OrtOptions(**options), verify_files=False)

@@ -193,28 +193,6 @@ def tied_batch_axes(component: Component) -> dict[str, str]:
     return tied
 
 
-def broadcast_named_dims(
-    specs: tuple[TensorSpec, ...], shapes: Mapping[str, tuple[int, ...]]
-) -> dict[str, tuple[int, ...]]:
-    """Input shapes with size-1 axes widened to the size their dimension name has elsewhere.
-
-    The shapes a graph with shared dimension names runs at, when an input is given with
-    one value for a named axis (a timestep for the whole batch); other axes are unchanged.
-    """
-    sizes: dict[str, int] = {}
-    for spec in specs:
-        for dim, size in zip(spec.shape, shapes[spec.name], strict=True):
-            if isinstance(dim, str):
-                sizes[dim] = max(sizes.get(dim, 1), int(size))
-    return {
-        spec.name: tuple(
-            sizes[dim] if isinstance(dim, str) and size == 1 else int(size)
-            for dim, size in zip(spec.shape, shapes[spec.name], strict=True)
-        )
-        for spec in specs
-    }
-
-
 def input_profile(
     component: Component,
     spec: TensorSpec,

@@ -4,7 +4,7 @@
 TensorRT plan, in process (Polygraphy's loaders over the TensorRT Python API):
 
 1. plan: for every component, the optimization profile (engines/profiles.py) and the cache
-   key (engines/cache_key.py) over graph, options, TensorRT version and GPU architecture;
+   key (sdrt/backends/engine_key.py) over graph, options, TensorRT version and GPU architecture;
 2. decide: an engine recorded in sdrt.json under the same key, verified, with its plan on
    disk, is reused; any other (no record, another key, failed verification, missing plan)
    is built, and the stale plan it replaces is deleted, never loaded;
@@ -33,11 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sdrt.engines.cache_key import BuildEnvironment, engine_cache_key
 from sdrt.engines.compare import FP16, FP32, Thresholds, failure_message, verification_cases
 from sdrt.engines.fp16_graph import write_fp16_copy
 from sdrt.engines.profiles import ShapeRange, component_profile
 
+from sdrt.backends.engine_key import BuildEnvironment, engine_cache_key
+from sdrt.backends.machine import probe_machine
+from sdrt.backends.tensorrt import NAME as TARGET
+from sdrt.backends.tensorrt import build_environment, find_record
 from sdrt.errors import BackendUnavailableError, InputError, SdrtError, VerificationError
 from sdrt.integrity import check_model_files
 from sdrt.manifest import (
@@ -51,7 +54,6 @@ from sdrt.manifest import (
 
 logger = logging.getLogger(__name__)
 
-TARGET = "tensorrt"
 ENGINES_DIR = Path("engines") / TARGET
 # Components whose fp16 output may overflow and which therefore get an fp32 engine as well.
 FP32_FALLBACK_COMPONENTS = ("vae_decoder",)
@@ -130,17 +132,6 @@ def engine_options(precision: str, options: TensorRTBuildOptions, profile) -> di
             name: {k: list(v) for k, v in levels.items()} for name, levels in profile.items()
         },
     }
-
-
-def find_record(manifest: Manifest, component: str, precision: str) -> Engine | None:
-    for engine in manifest.engines:
-        if (
-            engine.target == TARGET
-            and engine.component == component
-            and engine.options.get("precision") == precision
-        ):
-            return engine
-    return None
 
 
 def decide(record: Engine | None, cache_key: str, folder: Path) -> tuple[str, str]:
@@ -315,64 +306,28 @@ def build_engines(
     return BuildReport(manifest=manifest, plans=plans)
 
 
-# ---------------------------------------------------------------------------- load-time check
-
-
-def usable_engine(
-    manifest: Manifest, component: str, precision: str, environment: BuildEnvironment
-) -> Engine:
-    """The recorded engine for ``component``, if its key matches this machine; else a clear error."""
-    record = find_record(manifest, component, precision)
-    hint = "build them with `sdrt engines build FOLDER`"
-    if record is None:
-        raise BackendUnavailableError(f"no {precision} TensorRT engine for {component}: {hint}")
-    key = engine_cache_key(manifest.components[component], record.options, environment)
-    if key != record.cache_key:
-        built = record.library_versions.get(environment.library, "?")
-        raise BackendUnavailableError(
-            f"the {component} engine was built for TensorRT {built} on compute capability "
-            f"{record.device.get('compute_capability', '?')} (or from other ONNX files); this "
-            f"machine has TensorRT {environment.library_version} on compute capability "
-            f"{environment.compute_capability}: rebuild with `sdrt engines build FOLDER`"
-        )
-    if record.verification is None or not record.verification.passed:
-        raise BackendUnavailableError(
-            f"the {component} engine failed its verification at build time; {hint}"
-        )
-    return record
-
-
 # ---------------------------------------------------------------------------- the real thing
 
 
 def detect_environment() -> BuildEnvironment:
-    """TensorRT version and the compute capability of CUDA device 0."""
-    missing = []
-    try:
-        import tensorrt
-    except ImportError:
-        missing.append("tensorrt")
-    try:
-        import cupy
-    except ImportError:
-        missing.append("cupy")
+    """TensorRT version and the compute capability of CUDA device 0 (the one machine probe)."""
+    machine = probe_machine()
+    missing = [
+        package
+        for package, version in (
+            ("tensorrt", machine.tensorrt_version),
+            ("cupy", machine.cupy_version),
+        )
+        if version is None
+    ]
     if missing:
         raise BackendUnavailableError(
             f"TensorRT engines need {' and '.join(missing)} (pip install 'sdrt[gpu]' on a machine "
             "with an NVIDIA GPU)"
         )
-    try:
-        device = cupy.cuda.Device(0)
-        capability = device.compute_capability  # "89"
-        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
-    except cupy.cuda.runtime.CUDARuntimeError as e:
-        raise BackendUnavailableError(f"TensorRT engines need a CUDA device: {e}") from None
-    return BuildEnvironment(
-        library=TARGET,
-        library_version=tensorrt.__version__,
-        compute_capability=f"{capability[:-1]}.{capability[-1]}",
-        device_name=name.decode() if isinstance(name, bytes) else str(name),
-    )
+    if machine.cuda_devices == 0:
+        raise BackendUnavailableError("TensorRT engines need a CUDA device (cupy sees none)")
+    return build_environment(machine)
 
 
 class TensorRTBuilder:
@@ -428,7 +383,7 @@ class TensorRTVerifier:
         import onnxruntime as ort
         from sdrt.engines.compare import verify
 
-        from sdrt.sessions.tensorrt import TensorRTSession
+        from sdrt.backends.tensorrt import TensorRTSession
 
         reference = ort.InferenceSession(
             str(folder / component.file), providers=["CPUExecutionProvider"]

@@ -25,3 +25,16 @@ def to_host(array) -> np.ndarray:
     if isinstance(array, np.ndarray):
         return array
     return array.get()
+
+
+def import_cupy() -> ModuleType:
+    """cupy, which the GPU backends keep their device arrays in, or a clear error."""
+    try:
+        import cupy
+    except ImportError:
+        from sdrt.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "GPU backends need cupy for device arrays (pip install 'sdrt[gpu]')"
+        ) from None
+    return cupy

@@ -118,7 +118,7 @@ class BuildOptions:
 class Engine:
     """An engine built from one component for one target."""
 
-    target: str  # "tensorrt", "ort-cpu", "ort-cuda"
+    target: str  # the backend it is for (a name in sdrt/backends/registry.py)
     component: str
     path: str  # relative to the model folder
     cache_key: str

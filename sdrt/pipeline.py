@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of, to_host
+from sdrt.backends import Selection, Session, select_backend
 from sdrt.errors import ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
 from sdrt.integrity import check_model_files
@@ -34,8 +35,6 @@ from sdrt.manifest import Manifest, TensorSpec, read_manifest
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request
 from sdrt.schedulers import create_scheduler, load_scheduler_config
-from sdrt.sessions import create_sessions, resolve_backend
-from sdrt.sessions.base import Session
 from sdrt.tokenizer import ClipTokenizer
 
 # Components made at load; the VAE encoder only on the first img2img / inpainting call.
@@ -65,19 +64,20 @@ class Pipeline:
         self,
         folder: Path,
         manifest: Manifest,
-        backend: str,
+        selection: Selection,
         sessions: dict[str, Session],
         tokenizers: tuple[ClipTokenizer, ...],
         scheduler_config: dict[str, Any],
         prompt_cache_size: int = DEFAULT_CACHE_SIZE,
-        ort_options=None,
+        backend_options=None,
     ):
         self.folder = folder
         self.manifest = manifest
-        self.backend = backend
+        self.selection = selection
+        self.backend = selection.backend
         self._sessions = dict(sessions)
         self._sessions_lock = threading.Lock()
-        self._ort_options = ort_options
+        self._backend_options = backend_options
         self.scheduler_config = scheduler_config
         self.default_scheduler = scheduler_config.get("_class_name")
         self.prompt_encoders = _prompt_encoders(manifest, sessions, tokenizers, prompt_cache_size)
@@ -95,14 +95,16 @@ class Pipeline:
         verify_files: str | bool = "changed",
         prompt_cache_size: int = DEFAULT_CACHE_SIZE,
         ort_options=None,
+        backend_options=None,
     ) -> Pipeline:
         """Open a model folder written by ``sdrt build``.
 
         ``verify_files`` checks the graphs against their sha256 in sdrt.json: "changed" (the
         default) hashes only files changed since they last matched (sdrt.integrity), "always"
         reads every byte (about a second per GB), "never" only checks they exist;
-        ``ort_options`` (sdrt.sessions.onnxruntime.OrtOptions)
-        overrides the measured ONNX Runtime defaults.
+        ``backend_options`` are the chosen backend's options (its ``options_type``, e.g.
+        sdrt.backends.ort_cpu_options.OrtOptions); ``ort_options`` are OrtOptions that apply
+        only when the backend takes them (ort-cpu), whichever backend ``auto`` picks.
         """
         folder = Path(folder)
         manifest = read_manifest(folder)
@@ -110,20 +112,20 @@ class Pipeline:
         tokenizers = tuple(ClipTokenizer.from_folder(folder / t) for t in manifest.tokenizers)
         scheduler_config = load_scheduler_config(folder)
         # Resolved once: the lazily made VAE encoder runs on the same backend.
-        backend = resolve_backend(backend, manifest)
+        selection = select_backend(backend, manifest)
+        if backend_options is None and isinstance(ort_options, selection.options_type):
+            backend_options = ort_options
         eager = tuple(n for n in EAGER_COMPONENTS if n in manifest.components)
-        sessions = create_sessions(
-            folder, manifest, backend, components=eager, ort_options=ort_options
-        )
+        sessions = selection.open_sessions(folder, manifest, eager, backend_options)
         return cls(
             folder,
             manifest,
-            backend,
+            selection,
             sessions,
             tokenizers,
             scheduler_config,
             prompt_cache_size,
-            ort_options,
+            backend_options,
         )
 
     def _session(self, name: str) -> Session:
@@ -138,12 +140,8 @@ class Pipeline:
         with self._sessions_lock:
             if name not in self._sessions:
                 self._sessions.update(
-                    create_sessions(
-                        self.folder,
-                        self.manifest,
-                        self.backend,
-                        components=(name,),
-                        ort_options=self._ort_options,
+                    self.selection.open_sessions(
+                        self.folder, self.manifest, (name,), self._backend_options
                     )
                 )
             return self._sessions[name]

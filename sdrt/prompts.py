@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 
 from sdrt.arrays import namespace_of
-from sdrt.sessions.base import Session
+from sdrt.backends.protocol import Session
 from sdrt.tokenizer import ClipTokenizer
 
 DEFAULT_CACHE_SIZE = 64

@@ -11,9 +11,10 @@ import pytest
 from engine_helpers import make_folder
 from test_engines_build import build
 
+from sdrt.backends.machine import Machine, probe_machine
+from sdrt.backends.registry import select_backend
 from sdrt.errors import BackendUnavailableError, InputError
 from sdrt.manifest import read_manifest
-from sdrt.sessions.select import Machine, probe_machine, select_backend
 
 CPU_ONLY = Machine(None, None, 0, ("CPUExecutionProvider",))
 FULL_GPU = Machine("10.3.0", "13.3.0", 1, ("CUDAExecutionProvider", "CPUExecutionProvider"), "8.9")
@@ -24,7 +25,7 @@ def machine(m):
 
 
 def test_auto_on_a_cpu_machine_picks_ort_cpu_and_says_why(caplog):
-    with caplog.at_level(logging.INFO, logger="sdrt.sessions.select"):
+    with caplog.at_level(logging.INFO, logger="sdrt.backends.registry"):
         choice = select_backend("auto", probe=machine(CPU_ONLY))
     assert choice.backend == "ort-cpu"
     assert "not tensorrt: needs the tensorrt package" in choice.reason
@@ -160,7 +161,7 @@ def test_probe_with_cupy_but_no_driver(monkeypatch):
 
 
 def test_create_sessions_routes_gpu_backends_through_the_selection(tmp_path, monkeypatch):
-    from sdrt.sessions import create_sessions, resolve_backend
+    from sdrt.backends import create_sessions, select_backend
 
     real_import = builtins.__import__
 
@@ -171,7 +172,7 @@ def test_create_sessions_routes_gpu_backends_through_the_selection(tmp_path, mon
 
     monkeypatch.setattr(builtins, "__import__", no_gpu)
     manifest = make_folder(tmp_path / "model")
-    assert resolve_backend("auto", manifest) == "ort-cpu"
+    assert select_backend("auto", manifest).backend == "ort-cpu"
     for backend, missing in (("tensorrt", "the tensorrt package"), ("ort-cuda", "cupy")):
         with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' .*{missing}"):
             create_sessions(tmp_path / "model", manifest, backend)

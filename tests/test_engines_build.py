@@ -7,15 +7,15 @@ import json
 
 import pytest
 from engine_helpers import make_folder
-from sdrt.engines.cache_key import BuildEnvironment
 from sdrt.engines.profiles import ShapeRange
 from sdrt.engines.tensorrt import (
     TensorRTBuildOptions,
     build_engines,
     default_timing_cache,
-    usable_engine,
 )
 
+from sdrt.backends.engine_key import BuildEnvironment
+from sdrt.backends.tensorrt import usable_engine
 from sdrt.errors import BackendUnavailableError, VerificationError
 from sdrt.manifest import (
     Verification,

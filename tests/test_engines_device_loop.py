@@ -108,12 +108,14 @@ def stand_in_device(monkeypatch) -> list:
     """From here on, sessions the pipeline makes take and return device arrays."""
     monkeypatch.setitem(sys.modules, "cupy", StandInCupy("cupy"))
     feeds_log = []
-    create = sdrt.pipeline.create_sessions
+    from sdrt.backends.registry import Selection
+
+    create = Selection.open_sessions
 
     def create_on_device(*args, **kwargs):
         return {n: DeviceSession(s, feeds_log) for n, s in create(*args, **kwargs).items()}
 
-    monkeypatch.setattr(sdrt.pipeline, "create_sessions", create_on_device)
+    monkeypatch.setattr(Selection, "open_sessions", create_on_device)
     real_to_host = sdrt.pipeline.to_host
     monkeypatch.setattr(
         sdrt.pipeline,

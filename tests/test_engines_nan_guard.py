@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
+from sdrt.backends.nan_guard import NanGuardedSession, all_finite
 from sdrt.manifest import TensorSpec
-from sdrt.sessions.guarded import NanGuardedSession, all_finite
 
 
 class Decoder:
@@ -50,7 +50,7 @@ def test_finite_outputs_pass_through_without_making_the_fallback():
 def test_overflow_reruns_in_fp32_and_stays_there(caplog):
     session, fp16, fp32, made = guarded()
     big = np.full((1, 4, 2, 2), 40000, np.float16)
-    with caplog.at_level(logging.WARNING, logger="sdrt.sessions.guarded"):
+    with caplog.at_level(logging.WARNING, logger="sdrt.backends.nan_guard"):
         out = session.run({"latent_sample": big})
     assert "fp16 overflow" in caplog.text
     assert made == [fp32] and session.fallbacks == 1

@@ -231,7 +231,7 @@ def feeds(batch, side, seed, timestep):
 
 
 def test_device_inputs_are_bound_and_outputs_stay_on_the_device(component, tmp_path):
-    from sdrt.sessions.ort_cuda import OrtCudaSession
+    from sdrt.backends.ort_cuda import OrtCudaSession
 
     cp = sys.modules["cupy"]
     session = OrtCudaSession(tmp_path, component)
@@ -250,7 +250,7 @@ def test_device_inputs_are_bound_and_outputs_stay_on_the_device(component, tmp_p
 
 
 def test_cuda_graph_mode_uses_fixed_values_and_one_graph_id_per_shape(component, tmp_path):
-    from sdrt.sessions.ort_cuda import OrtCudaOptions, OrtCudaSession
+    from sdrt.backends.ort_cuda import OrtCudaOptions, OrtCudaSession
 
     cp = sys.modules["cupy"]
     session = OrtCudaSession(tmp_path, component, OrtCudaOptions(cuda_graph=True))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sdrt.backends.shapes import evaluate_dim, resolve_output_shapes
 from sdrt.errors import InputError
 from sdrt.manifest import TensorSpec
-from sdrt.sessions.ort_cuda import evaluate_dim, resolve_output_shapes
 
 
 def test_evaluate_dim_handles_shape_inference_expressions():

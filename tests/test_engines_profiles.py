@@ -6,15 +6,15 @@ import dataclasses
 
 import pytest
 from engine_helpers import make_folder
-from sdrt.engines.cache_key import BuildEnvironment, engine_cache_key
 from sdrt.engines.profiles import (
     ShapeRange,
-    broadcast_named_dims,
     component_profile,
     profile_contains,
     shape_range_from_options,
 )
 
+from sdrt.backends.engine_key import BuildEnvironment, engine_cache_key
+from sdrt.backends.shapes import broadcast_named_dims
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import TensorSpec
 

@@ -219,7 +219,7 @@ OUTPUTS = (TensorSpec("out_sample", "float32", ("steps", 4, "latent_height", "la
 
 
 def session(engine, **kwargs):
-    from sdrt.sessions.tensorrt import TensorRTSession
+    from sdrt.backends.tensorrt import TensorRTSession
 
     return TensorRTSession("unet", engine, INPUTS, OUTPUTS, **kwargs)
 
@@ -281,14 +281,14 @@ def test_shape_outside_the_profile_and_bad_feeds_are_input_errors(fakes):
 
 def test_engine_inputs_must_match_the_folder(fakes):
     engine = FakeEngine()
-    from sdrt.sessions.tensorrt import TensorRTSession
+    from sdrt.backends.tensorrt import TensorRTSession
 
     with pytest.raises(InputError, match="do not match the model folder's"):
         TensorRTSession("unet", engine, INPUTS[:1], OUTPUTS)
 
 
 def test_engines_share_one_activation_block_that_grows(fakes):
-    from sdrt.sessions.tensorrt import SharedDeviceMemory
+    from sdrt.backends.tensorrt import SharedDeviceMemory
 
     memory = SharedDeviceMemory()
     small, large = FakeEngine(memory=1000), FakeEngine(memory=5000)
@@ -325,7 +325,7 @@ def test_cuda_graph_is_captured_once_per_shape_and_replayed(fakes):
 
 
 def test_a_grown_block_invalidates_captured_graphs(fakes):
-    from sdrt.sessions.tensorrt import SharedDeviceMemory
+    from sdrt.backends.tensorrt import SharedDeviceMemory
 
     memory = SharedDeviceMemory()
     s = session(FakeEngine(memory=100), memory=memory, cuda_graph=True)
@@ -340,7 +340,7 @@ def test_shared_memory_per_folder_lives_as_long_as_its_sessions(fakes, tmp_path)
     import gc
     import weakref
 
-    from sdrt.sessions.tensorrt import shared_memory_for
+    from sdrt.backends.tensorrt import shared_memory_for
 
     first = shared_memory_for(tmp_path)
     assert shared_memory_for(tmp_path / ".") is first

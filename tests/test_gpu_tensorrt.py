@@ -87,10 +87,11 @@ def test_build_records_verified_engines_and_reuses_them(trt_folder):
 def test_sessions_match_onnxruntime_and_share_one_activation_block(trt_folder):
     import cupy as cp
 
-    from sdrt.sessions.tensorrt import _activation_size, create_tensorrt_sessions
+    from sdrt.backends import create_sessions
+    from sdrt.backends.tensorrt import _activation_size
 
     manifest = read_manifest(trt_folder)
-    sessions = create_tensorrt_sessions(trt_folder, manifest, COMPONENTS)
+    sessions = create_sessions(trt_folder, manifest, "tensorrt", COMPONENTS)
     unet = sessions["unet"]
     memories = {id(s._memory) for s in (sessions["text_encoder"], unet)}
     assert len(memories) == 1
@@ -115,20 +116,20 @@ def test_sessions_match_onnxruntime_and_share_one_activation_block(trt_folder):
 def test_shape_outside_the_profile_is_an_input_error(trt_folder):
     import cupy as cp
 
+    from sdrt.backends import create_sessions
     from sdrt.errors import InputError
-    from sdrt.sessions.tensorrt import create_tensorrt_sessions
 
     manifest = read_manifest(trt_folder)
-    vae = create_tensorrt_sessions(trt_folder, manifest, ("vae_decoder",))["vae_decoder"]
+    vae = create_sessions(trt_folder, manifest, "tensorrt", ("vae_decoder",))["vae_decoder"]
     with pytest.raises(InputError, match="the engine was built for"):
         vae.run({"latent_sample": cp.zeros((1, 4, 32, 32), cp.float32)})
 
 
 def test_cuda_graph_replays_match_plain_runs(static_folder):
     import cupy as cp
-    from sdrt.engines.tensorrt import detect_environment, usable_engine
+    from sdrt.engines.tensorrt import detect_environment
 
-    from sdrt.sessions.tensorrt import TensorRTSession
+    from sdrt.backends.tensorrt import TensorRTSession, usable_engine
 
     manifest = read_manifest(static_folder)
     component = manifest.components["unet"]
@@ -179,7 +180,7 @@ def test_ort_cuda_session_binds_device_arrays(tiny_built):
         pytest.skip("onnxruntime-gpu is not installed")
     import cupy as cp
 
-    from sdrt.sessions.ort_cuda import OrtCudaOptions, OrtCudaSession
+    from sdrt.backends.ort_cuda import OrtCudaOptions, OrtCudaSession
 
     manifest = read_manifest(tiny_built)
     for name, shapes in (

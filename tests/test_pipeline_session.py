@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError, SdrtError
-from sdrt.manifest import Component, TensorSpec
-from sdrt.sessions.onnxruntime import (
+from sdrt.backends.ort_cpu import OrtSession
+from sdrt.backends.ort_cpu_options import (
     KEY_RECORD,
     OrtOptions,
-    OrtSession,
     optimized_model_path,
     physical_cores,
 )
+from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError, SdrtError
+from sdrt.manifest import Component, TensorSpec
 
 onnx = pytest.importorskip("onnx")
 helper = onnx.helper
@@ -103,7 +103,7 @@ def test_read_only_folder_still_loads(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr("sdrt.sessions.onnxruntime._write_optimized_model", refuse)
+    monkeypatch.setattr("sdrt.engines.ort_graphs.write_optimized_model", refuse)
     session = OrtSession(tmp_path, component, OrtOptions())
     assert session.model_path == tmp_path / component.file
     assert session.run({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 4)

@@ -25,14 +25,14 @@ class ContenderSpec:
 
 
 def known_contenders() -> tuple[str, ...]:
-    from sdrt.sessions import BACKENDS
+    from sdrt.backends import BACKENDS
 
     return (BASELINE, "optimum", *(name for name in BACKENDS if name != "auto"))
 
 
 def resolve(name: str, optimum_venv: Path | None) -> ContenderSpec:
     """The spec for contender ``name``; ``BackendUnavailableError`` says why one cannot run."""
-    from sdrt.sessions import BACKENDS
+    from sdrt.backends import BACKENDS
 
     if name == BASELINE:
         return ContenderSpec(

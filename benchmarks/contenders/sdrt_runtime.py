@@ -62,9 +62,9 @@ class SdrtRuntime:
 
     def load(self, model_dir: str, threads: int) -> None:
         import sdrt
+        from sdrt.backends.ort_cpu_options import OrtOptions, optimized_model_path
         from sdrt.integrity import RECORD_NAME
         from sdrt.manifest import read_manifest
-        from sdrt.sessions.onnxruntime import OrtOptions, optimized_model_path
 
         self.threads = threads
         options = OrtOptions(intra_op_threads=threads)

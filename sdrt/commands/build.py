@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "ort-cpu":
         import time
 
-        from sdrt.sessions.onnxruntime import save_optimized_models
+        from sdrt.engines.ort_graphs import save_optimized_models
 
         started = time.perf_counter()
         saved = save_optimized_models(result.output, result.manifest)

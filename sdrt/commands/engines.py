@@ -133,7 +133,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from sdrt.engines.cache_key import engine_cache_key
+    from sdrt.backends.engine_key import engine_cache_key
     from sdrt.engines.tensorrt import detect_environment
     from sdrt.manifest import read_manifest
 
@@ -155,7 +155,7 @@ def _list(args: argparse.Namespace) -> int:
             status = f"verified (max abs error {verification.max_abs_error:.3g})"
         else:
             status = f"FAILED verification (max abs error {verification.max_abs_error:.3g})"
-        if environment is not None and engine.target == "tensorrt":
+        if environment is not None and engine.target == environment.library:
             key = engine_cache_key(
                 manifest.components[engine.component], engine.options, environment
             )

@@ -5,7 +5,9 @@ built with (profile, precision, refit, optimisation level), the TensorRT version
 built it and the GPU architecture (compute capability) it was tuned for. The key hashes
 all four; the plan lives in a folder named by the key and the manifest records the key.
 Whoever loads an engine recomputes the key from what it has and loads only on a match;
-anything else is rebuilt, never loaded (a stale plan fails or, worse, runs wrong).
+anything else is rebuilt, never loaded (a stale plan fails or, worse, runs wrong). The
+key lives on the runtime side: loads check it (sdrt/backends/tensorrt.py), builds write it
+(engines/tensorrt.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ KEY_LENGTH = 16  # hex digits: short enough for a folder name, far from collisio
 class BuildEnvironment:
     """What an engine is specific to besides its graph and options."""
 
-    library: str  # "tensorrt"
+    library: str  # the backend's name
     library_version: str
     compute_capability: str  # "8.9"
     device_name: str = ""  # informational; not part of the key (same arch, same engine)

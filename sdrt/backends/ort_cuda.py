@@ -1,6 +1,6 @@
-"""ONNX Runtime on CUDA as a Session: I/O binding on device arrays, optional CUDA graph.
+"""The ort-cuda backend: ONNX Runtime on CUDA, I/O binding on device arrays, CUDA graphs.
 
-The CPU session (sdrt/sessions/onnxruntime.py) hands numpy arrays to ``session.run``,
+The CPU session (sdrt/backends/ort_cpu.py) hands numpy arrays to ``session.run``,
 which copies every input to the device and every output back. Here inputs and outputs stay
 on the GPU: cupy arrays are bound by pointer (``IOBinding.bind_input``), outputs are left
 in ONNX Runtime's device memory and handed back as cupy arrays over that memory (no copy),
@@ -22,9 +22,7 @@ options (device, stream, graph) that ``OrtOptions.providers`` (names only) does 
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,10 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from sdrt.arrays import import_cupy
+from sdrt.backends.machine import Machine
+from sdrt.backends.protocol import Session, check_feeds, options_of_type
+from sdrt.backends.shapes import resolve_output_shapes
 from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError
-from sdrt.manifest import Component, TensorSpec
-from sdrt.sessions.base import check_feeds
+from sdrt.manifest import Component, Manifest
 
+NAME = "ort-cuda"
 PROVIDER = "CUDAExecutionProvider"
 
 
@@ -47,82 +49,6 @@ class OrtCudaOptions:
     # Heuristic convolution algorithm search: "EXHAUSTIVE" is faster per run once warmed up
     # but slows every first run of a new shape by seconds.
     cudnn_conv_algo_search: str = "HEURISTIC"
-
-
-_OPERATORS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-}
-_FUNCTIONS = {"floor": math.floor, "ceil": math.ceil}
-
-
-def evaluate_dim(expression: str, sizes: Mapping[str, int]) -> int | None:
-    """The size of a symbolic dimension such as "floor(2.0*latent_height)", or None.
-
-    Shape inference writes output dimensions as arithmetic over input dimension names;
-    only names, numbers, + - * / // and floor/ceil are evaluated, nothing else.
-    """
-    if expression in sizes:
-        return sizes[expression]
-
-    def value(node):
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in sizes:
-            return sizes[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS
-            and len(node.args) == 1
-        ):
-            return _FUNCTIONS[node.func.id](value(node.args[0]))
-        raise ValueError(ast.dump(node))
-
-    try:
-        result = value(ast.parse(expression, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError):
-        return None
-    return int(result) if float(result).is_integer() else None
-
-
-def resolve_output_shapes(
-    inputs: tuple[TensorSpec, ...],
-    outputs: tuple[TensorSpec, ...],
-    shapes: Mapping[str, tuple[int, ...]],
-) -> dict[str, tuple[int, ...]]:
-    """Concrete output shapes from their symbolic dimensions over the inputs' names."""
-    sizes: dict[str, int] = {}
-    for spec in inputs:
-        for dim, value in zip(spec.shape, shapes[spec.name], strict=True):
-            if isinstance(dim, str):
-                sizes[dim] = max(sizes.get(dim, 1), int(value))
-    resolved = {}
-    for spec in outputs:
-        dims = [d if isinstance(d, int) else evaluate_dim(d, sizes) for d in spec.shape]
-        unknown = [d for d, size in zip(spec.shape, dims, strict=True) if size is None]
-        if unknown:
-            raise InputError(
-                f"output {spec.name!r} has dimensions {unknown} that are not known before "
-                "running; CUDA graphs need them (run without cuda_graph)"
-            )
-        resolved[spec.name] = tuple(dims)
-    return resolved
-
-
-def _cupy():
-    try:
-        import cupy
-    except ImportError:
-        raise BackendUnavailableError(
-            "the ort-cuda backend needs cupy for device arrays (pip install 'sdrt[gpu]')"
-        ) from None
-    return cupy
 
 
 # OrtValue.data_type() names ONNX element types: "tensor(float)" is float32.
@@ -169,7 +95,7 @@ class OrtCudaSession:
                 f"the ort-cuda backend needs ONNX Runtime's {PROVIDER} (pip install "
                 f"onnxruntime-gpu); this onnxruntime has {ort.get_available_providers()}"
             )
-        cp = _cupy()
+        cp = import_cupy()
         path = Path(folder) / component.file
         if not path.is_file():
             raise ModelFolderError(
@@ -285,11 +211,32 @@ class OrtCudaSession:
         return results
 
 
-def create_ort_cuda_sessions(
-    folder: str | Path,
-    manifest,
-    components: tuple[str, ...],
-    options: OrtCudaOptions = OrtCudaOptions(),
-) -> dict[str, OrtCudaSession]:
-    """One CUDA session per component; each runs the graph in the precision it was exported in."""
-    return {name: OrtCudaSession(folder, manifest.components[name], options) for name in components}
+class OrtCudaBackend:
+    name = NAME
+    options_type = OrtCudaOptions
+
+    def missing(self, machine: Machine) -> list[str]:
+        missing = []
+        if PROVIDER not in machine.ort_providers:
+            missing.append(
+                f"ONNX Runtime's {PROVIDER} (onnxruntime-gpu; this onnxruntime has "
+                f"{', '.join(machine.ort_providers) or 'no providers'})"
+            )
+        return missing + machine.missing_cuda()
+
+    def folder_problem(self, manifest: Manifest, machine: Machine) -> str | None:
+        return None  # runs each graph in the precision it was exported in
+
+    def open_sessions(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        names: tuple[str, ...],
+        machine: Machine,
+        options: OrtCudaOptions | None = None,
+    ) -> dict[str, Session]:
+        options = options_of_type(self, options)
+        return {name: OrtCudaSession(folder, manifest.components[name], options) for name in names}
+
+
+BACKEND = OrtCudaBackend()

@@ -1,6 +1,9 @@
-"""A TensorRT engine as a Session: device buffers, one shared activation block, one stream.
+"""The tensorrt backend: the folder's verified fp16 TensorRT engines as Sessions.
 
-Activation (``load``) is separate from building (engines/tensorrt.py). A session:
+Activation (``load``) is separate from building (engines/tensorrt.py builds the plans and
+records them in sdrt.json). An engine loads only if its record's cache key, recomputed for
+this TensorRT version and GPU (sdrt/backends/engine_key.py), matches: a stale plan is never
+loaded. A session:
 
 - deserializes the plan once and allocates its input and output buffers once, at the
   largest shape of its optimization profile; each call uses the leading part of them;
@@ -25,17 +28,27 @@ import math
 import threading
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sdrt.engines.profiles import broadcast_named_dims
+from sdrt.arrays import import_cupy
+from sdrt.backends.engine_key import BuildEnvironment, engine_cache_key
+from sdrt.backends.machine import GPU_EXTRA, Machine
+from sdrt.backends.nan_guard import NanGuardedSession
+from sdrt.backends.protocol import Session, check_feeds, options_of_type
+from sdrt.backends.shapes import broadcast_named_dims
 from sdrt.errors import BackendUnavailableError, InputError
-from sdrt.manifest import TensorSpec
-from sdrt.sessions.base import check_feeds
+from sdrt.manifest import Engine, Manifest, TensorSpec
 
 logger = logging.getLogger(__name__)
+
+NAME = "tensorrt"
+# The components every call needs (SDXL adds its second text encoder).
+NEEDED_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
+REBUILD_HINT = "build them with `sdrt engines build FOLDER`"
 
 _runtime_lock = threading.Lock()
 _runtime = None
@@ -49,16 +62,6 @@ def _trt():
             "the tensorrt backend needs the tensorrt package (pip install 'sdrt[gpu]')"
         ) from None
     return tensorrt
-
-
-def _cupy():
-    try:
-        import cupy
-    except ImportError:
-        raise BackendUnavailableError(
-            "GPU sessions need cupy for device arrays (pip install 'sdrt[gpu]')"
-        ) from None
-    return cupy
 
 
 def trt_runtime():
@@ -96,7 +99,7 @@ class SharedDeviceMemory:
     """One activation block and one stream shared by every engine of a pipeline."""
 
     def __init__(self):
-        cp = _cupy()
+        cp = import_cupy()
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.lock = threading.RLock()
         self.generation = 0  # bumped when the block moves; captured graphs are then stale
@@ -116,7 +119,7 @@ class SharedDeviceMemory:
             needed = _activation_size(engine)
             if needed > self._size or self._block is None:
                 self.stream.synchronize()
-                self._block = _cupy().cuda.alloc(max(needed, 1))
+                self._block = import_cupy().cuda.alloc(max(needed, 1))
                 self._size = needed
                 self.generation += 1
                 for each in self._contexts:
@@ -139,7 +142,7 @@ class TensorRTSession:
         memory: SharedDeviceMemory | None = None,
         cuda_graph: bool = False,
     ):
-        trt, cp = _trt(), _cupy()
+        trt, cp = _trt(), import_cupy()
         self.name = name
         self.inputs = inputs
         self.outputs = outputs
@@ -233,7 +236,7 @@ class TensorRTSession:
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         check_feeds(self.name, self.inputs, feeds)
-        cp = _cupy()
+        cp = import_cupy()
         # A one-value input on an axis named like the batch (the timestep) runs at the batch.
         shapes = broadcast_named_dims(
             self.inputs, {s.name: tuple(int(d) for d in feeds[s.name].shape) for s in self.inputs}
@@ -282,10 +285,54 @@ def shared_memory_for(folder: str | Path) -> SharedDeviceMemory:
         return memory
 
 
+# ---------------------------------------------------------------------------- records and keys
+
+
+def build_environment(machine: Machine) -> BuildEnvironment:
+    """What this machine's engines are keyed on besides graph and options."""
+    return BuildEnvironment(
+        NAME, machine.tensorrt_version or "", machine.compute_capability or "", machine.device_name
+    )
+
+
+def find_record(manifest: Manifest, component: str, precision: str) -> Engine | None:
+    for engine in manifest.engines:
+        if (
+            engine.target == NAME
+            and engine.component == component
+            and engine.options.get("precision") == precision
+        ):
+            return engine
+    return None
+
+
+def usable_engine(
+    manifest: Manifest, component: str, precision: str, environment: BuildEnvironment
+) -> Engine:
+    """The recorded engine for ``component``, if its key matches this machine; else a clear error."""
+    record = find_record(manifest, component, precision)
+    if record is None:
+        raise BackendUnavailableError(
+            f"no {precision} TensorRT engine for {component}: {REBUILD_HINT}"
+        )
+    key = engine_cache_key(manifest.components[component], record.options, environment)
+    if key != record.cache_key:
+        built = record.library_versions.get(environment.library, "?")
+        raise BackendUnavailableError(
+            f"the {component} engine was built for TensorRT {built} on compute capability "
+            f"{record.device.get('compute_capability', '?')} (or from other ONNX files); this "
+            f"machine has TensorRT {environment.library_version} on compute capability "
+            f"{environment.compute_capability}: rebuild with `sdrt engines build FOLDER`"
+        )
+    if record.verification is None or not record.verification.passed:
+        raise BackendUnavailableError(
+            f"the {component} engine failed its verification at build time; {REBUILD_HINT}"
+        )
+    return record
+
+
 def _fp32_fallback(folder: Path, manifest, name: str, environment, memory):
     """A maker of the fp32 session for the NaN guard, or None without a usable fp32 engine."""
-    from sdrt.engines.tensorrt import find_record, usable_engine
-
     if find_record(manifest, name, "fp32") is None:
         return None
     try:
@@ -303,39 +350,64 @@ def _fp32_fallback(folder: Path, manifest, name: str, environment, memory):
     return make_fallback
 
 
-def create_tensorrt_sessions(
-    folder: str | Path,
-    manifest,
-    components: tuple[str, ...],
-    *,
-    cuda_graph: bool = False,
-) -> dict[str, Any]:
-    """Sessions over the folder's verified fp16 engines (the VAE decoder NaN-guarded).
+# ---------------------------------------------------------------------------- the backend
 
-    Each engine's cache key is recomputed for this TensorRT version and GPU and must match
-    its record; otherwise BackendUnavailableError says to rebuild (a stale plan never loads).
-    """
-    from sdrt.engines.tensorrt import detect_environment, usable_engine
-    from sdrt.sessions.guarded import NanGuardedSession
 
-    folder = Path(folder)
-    environment = detect_environment()
-    memory = shared_memory_for(folder)
-    sessions = {}
-    for name in components:
-        component = manifest.components[name]
-        record = usable_engine(manifest, name, "fp16", environment)
-        session = TensorRTSession.load(
-            name,
-            folder / record.path,
-            component.inputs,
-            component.outputs,
-            memory=memory,
-            cuda_graph=cuda_graph,
-        )
-        if name == "vae_decoder":
-            session = NanGuardedSession(
-                session, _fp32_fallback(folder, manifest, name, environment, memory)
+@dataclass(frozen=True)
+class TensorRTOptions:
+    cuda_graph: bool = False  # capture one CUDA graph per input shape, replay it after
+
+
+class TensorRTBackend:
+    name = NAME
+    options_type = TensorRTOptions
+
+    def missing(self, machine: Machine) -> list[str]:
+        missing = []
+        if machine.tensorrt_version is None:
+            missing.append(f"the tensorrt package ({GPU_EXTRA})")
+        return missing + machine.missing_cuda()
+
+    def folder_problem(self, manifest: Manifest, machine: Machine) -> str | None:
+        """None when the folder has verified engines for this TensorRT and GPU, else why not."""
+        environment = build_environment(machine)
+        for component in (c for c in NEEDED_COMPONENTS if c in manifest.components):
+            try:
+                usable_engine(manifest, component, "fp16", environment)
+            except BackendUnavailableError as e:
+                return str(e)
+        return None
+
+    def open_sessions(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        names: tuple[str, ...],
+        machine: Machine,
+        options: TensorRTOptions | None = None,
+    ) -> dict[str, Session]:
+        """Sessions over the folder's verified fp16 engines (the VAE decoder NaN-guarded)."""
+        options = options_of_type(self, options)
+        folder = Path(folder)
+        environment = build_environment(machine)
+        memory = shared_memory_for(folder)
+        sessions = {}
+        for name in names:
+            component = manifest.components[name]
+            record = usable_engine(manifest, name, "fp16", environment)
+            session = TensorRTSession.load(
+                name,
+                folder / record.path,
+                component.inputs,
+                component.outputs,
+                memory=memory,
+                cuda_graph=options.cuda_graph,
             )
-        sessions[name] = session
-    return sessions
+            if name == "vae_decoder":
+                fallback = _fp32_fallback(folder, manifest, name, environment, memory)
+                session = NanGuardedSession(session, fallback)
+            sessions[name] = session
+        return sessions
+
+
+BACKEND = TensorRTBackend()

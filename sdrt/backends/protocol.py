@@ -1,17 +1,20 @@
-"""The Session protocol: one compiled graph, run on named arrays.
+"""The two protocols every backend implements: Backend (what it needs of the machine,
+whether a folder is usable with it and why not, open sessions) and Session (one compiled
+graph, run on named arrays), so that the pipeline never knows which backend it drives.
 
-Every backend (ONNX Runtime CPU/CUDA, TensorRT) implements this, so the pipeline never
-knows which one it drives. Inputs are checked at this boundary against the component's
-specs from the manifest: names, dtypes and ranks, with messages that say what came.
+Session inputs are checked at this boundary against the component's specs from the
+manifest: names, dtypes and ranks, with messages that say what came.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from sdrt.backends.machine import Machine
 from sdrt.errors import InputError
-from sdrt.manifest import TensorSpec
+from sdrt.manifest import Manifest, TensorSpec
 
 
 @runtime_checkable
@@ -25,6 +28,44 @@ class Session(Protocol):
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Run the graph; returns every output by name (numpy, or device arrays on GPU)."""
         ...
+
+
+class Backend(Protocol):
+    """One way of running a model folder; one module under sdrt/backends/ each."""
+
+    name: str  # what users pass as backend=
+    options_type: type  # the frozen dataclass of its options; None gives its defaults
+
+    def missing(self, machine: Machine) -> list[str]:
+        """What this backend needs that ``machine`` lacks (empty when it can run)."""
+        ...
+
+    def folder_problem(self, manifest: Manifest, machine: Machine) -> str | None:
+        """None when the folder can run with this backend here, else why not."""
+        ...
+
+    def open_sessions(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        names: tuple[str, ...],
+        machine: Machine,
+        options: Any = None,
+    ) -> dict[str, Session]:
+        """One session per named component."""
+        ...
+
+
+def options_of_type(backend: Backend, options: Any) -> Any:
+    """``options``, or the backend's defaults for None; another kind is an InputError."""
+    if options is None:
+        return backend.options_type()
+    if not isinstance(options, backend.options_type):
+        raise InputError(
+            f"backend {backend.name!r}: expected options of type "
+            f"{backend.options_type.__name__}, got {type(options).__name__}"
+        )
+    return options
 
 
 def check_feeds(session_name: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, Any]) -> None:

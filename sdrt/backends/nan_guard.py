@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sdrt.arrays import namespace_of
-from sdrt.sessions.base import Session
+from sdrt.backends.protocol import Session
 
 logger = logging.getLogger(__name__)
 
