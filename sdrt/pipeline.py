@@ -2,7 +2,8 @@
 
     pipe = Pipeline.load("out/sd15")
     image = pipe("a red fox in snow", seed=0).images[0]
-    for progress in pipe.generate("a red fox in snow", seed=0):   # streaming / cancel
+    request = pipe.request("a red fox in snow", seed=0)
+    for progress in pipe.generate(request):      # streaming / cancel
         ...                                     # progress.result is set on the last one
 
 The loop follows diffusers' StableDiffusionPipeline, ...Img2ImgPipeline and
@@ -17,6 +18,7 @@ array of the latents' shape per U-Net call.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Iterator
@@ -28,13 +30,14 @@ import numpy as np
 
 from sdrt.arrays import namespace_of, to_host
 from sdrt.backends import Selection, Session, select_backend
-from sdrt.errors import ModelFolderError, NumericsError
+from sdrt.errors import InputError, ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
 from sdrt.integrity import check_model_files
 from sdrt.manifest import Manifest, TensorSpec, read_manifest
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request
 from sdrt.schedulers import create_scheduler, load_scheduler_config
+from sdrt.stages import StageCallback, StageRecorder, StageTiming
 from sdrt.tokenizer import ClipTokenizer
 
 # Components made at load; the VAE encoder only on the first img2img / inpainting call.
@@ -45,6 +48,7 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 @dataclass(frozen=True)
 class PipelineOutput:
     images: Any  # list of PIL images, or float32 NHWC np.ndarray in [0, 1]
+    timings: tuple[StageTiming, ...] = ()  # the call's stages, in order (sdrt/stages.py)
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,10 @@ class Pipeline:
         mask_image: Any = None,
         output_type: str = "pil",
         callback=None,
+        stage_callback: StageCallback | None = None,
     ) -> PipelineOutput:
-        """Generate images; ``callback(progress)`` is called after every U-Net call.
+        """Generate images; ``callback(progress)`` is called after every U-Net call and
+        ``stage_callback(timing)`` after every stage (sdrt/stages.py).
 
         The arguments mean what they mean in diffusers' StableDiffusion(XL)Pipeline,
         ...Img2ImgPipeline (``image``, ``strength``) and ...InpaintPipeline (``mask_image``,
@@ -174,49 +180,7 @@ class Pipeline:
         init_noise_sigma for txt2img (and inpainting at strength 1), added to the image's
         latents at the first planned timestep for img2img and inpainting otherwise.
         ``scheduler`` is a diffusers class name or alias (default: the folder's own).
-        """
-        result = None
-        for progress in self.generate(
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            num_images_per_prompt=num_images_per_prompt,
-            seed=seed,
-            latents=latents,
-            scheduler=scheduler,
-            image=image,
-            strength=strength,
-            mask_image=mask_image,
-            output_type=output_type,
-        ):
-            if callback is not None:
-                callback(progress)
-            result = progress.result
-        return result
-
-    def generate(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
-        height: int | None = None,
-        width: int | None = None,
-        num_images_per_prompt: int = 1,
-        seed: int | np.random.Generator | None = None,
-        latents: np.ndarray | None = None,
-        scheduler: str | None = None,
-        image: Any = None,
-        strength: float = 0.8,
-        mask_image: Any = None,
-        output_type: str = "pil",
-    ) -> Iterator[Progress]:
-        """Yield a Progress per U-Net call; the last one carries the result.
-
-        Stop iterating (or ``close()`` the generator) to cancel between steps.
+        The result's ``timings`` say how long each stage took.
         """
         request = make_request(
             self.manifest,
@@ -235,9 +199,33 @@ class Pipeline:
             mask_image=mask_image,
             output_type=output_type,
         )
+        result = None
+        for progress in self.generate(request, stage_callback=stage_callback):
+            if callback is not None:
+                callback(progress)
+            result = progress.result
+        return result
+
+    def request(self, prompt: str | list[str], **arguments: Any) -> Request:
+        """A checked Request from ``__call__``'s arguments; those not given take its defaults."""
+        unknown = sorted(set(arguments) - set(CALL_DEFAULTS))
+        if unknown:
+            raise InputError(
+                f"unexpected arguments {unknown}; expected some of {sorted(CALL_DEFAULTS)}"
+            )
+        return make_request(self.manifest, prompt=prompt, **{**CALL_DEFAULTS, **arguments})
+
+    def generate(
+        self, request: Request, *, stage_callback: StageCallback | None = None
+    ) -> Iterator[Progress]:
+        """Yield a Progress per U-Net call; the last one carries the result.
+
+        ``request`` comes from ``Pipeline.request`` (or ``sdrt.request.make_request``).
+        Stop iterating (or ``close()`` the generator) to cancel between steps.
+        """
         # Checked before the first step, so a bad scheduler or strength fails at the call.
         sched, plan = self._plan(request)
-        return self._run(request, sched, plan)
+        return self._run(request, sched, plan, StageRecorder(stage_callback))
 
     # ------------------------------------------------------------------------------ loop
 
@@ -251,75 +239,91 @@ class Pipeline:
         sched = create_scheduler(name, self.scheduler_config)
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
-    def _run(self, request: Request, sched, plan) -> Iterator[Progress]:
-        rng = (
-            request.seed
-            if isinstance(request.seed, np.random.Generator)
-            else np.random.default_rng(request.seed)
-        )
-        cfg = request.do_classifier_free_guidance
-        batch = request.batch_size
-        embeddings, added_conditions = self._condition(request)
-        xp = namespace_of(embeddings)
+    def _run(self, request: Request, sched, plan, stages: StageRecorder) -> Iterator[Progress]:
+        """The loop, step by step: condition, initial latents, denoise, decode."""
+        rng = _generator(request.seed)
+        conditioning = self._condition(request, stages)
+        xp = namespace_of(conditioning.embeddings)
+        noise = self._initial_noise(request, rng, xp)
+        x, inpaint = self._initial_latents(request, sched, plan, noise, xp, stages)
+        state = sched.initial_state(plan)
+        total = len(plan.timesteps)
+        for i in range(total):
+            x, state = self._denoise_step(
+                request, sched, plan, state, x, i, conditioning, inpaint, rng, stages
+            )
+            if i < total - 1:
+                yield Progress(i + 1, total, float(plan.timesteps[i]))
+        with stages.stage("vae_decode"):
+            images = self._decode(x)
+        output = images if request.output_type == "np" else to_pil(images)
+        result = PipelineOutput(output, tuple(stages.timings))
+        yield Progress(total, total, float(plan.timesteps[-1]), result)
 
+    def _initial_noise(self, request: Request, rng: np.random.Generator, xp):
+        """The call's initial noise: ``latents`` as given, else drawn from the call's seed."""
+        if request.latents is not None:
+            return xp.asarray(request.latents, dtype=xp.float32)
         factor = self.manifest.vae_scale_factor
         shape = (
-            batch,
+            request.batch_size,
             self.manifest.latent_channels,
             request.height // factor,
             request.width // factor,
         )
-        if request.latents is not None:
-            noise = xp.asarray(request.latents, dtype=xp.float32)
-        else:
-            noise = xp.asarray(rng.standard_normal(shape, dtype=np.float32))
+        return xp.asarray(rng.standard_normal(shape, dtype=np.float32))
 
-        inpaint = None
+    def _initial_latents(self, request: Request, sched, plan, noise, xp, stages: StageRecorder):
+        """(latents to start from, inpainting state or None).
+
+        txt2img starts from scaled noise; img2img from the image's latents noised to the
+        first planned timestep; inpainting as img2img, or from pure noise at strength 1.
+        """
         if request.image is None:
-            x = noise * plan.init_noise_sigma
-        else:
-            pixels = preprocess_image(request.image, request.width, request.height)
+            return noise * plan.init_noise_sigma, None
+        pixels = preprocess_image(request.image, request.width, request.height)
+        with stages.stage("vae_encode"):
             image_latents = self._encode_image(xp.asarray(pixels))
-            image_latents = xp.concatenate([image_latents] * batch, axis=0)
-            if request.mask_image is not None and request.strength == 1.0:
-                x = noise * plan.init_noise_sigma  # as the inpainting pipeline: pure noise
-            else:
-                x = sched.add_noise(plan, image_latents, noise, 0)
-            if request.mask_image is not None:
-                inpaint = self._prepare_inpainting(request, pixels, image_latents, noise, cfg, xp)
+        image_latents = xp.concatenate([image_latents] * request.batch_size, axis=0)
+        if request.mask_image is not None and request.strength == 1.0:
+            x = noise * plan.init_noise_sigma  # as the inpainting pipeline: pure noise
+        else:
+            x = sched.add_noise(plan, image_latents, noise, 0)
+        inpaint = None
+        if request.mask_image is not None:
+            inpaint = self._prepare_inpainting(request, pixels, image_latents, noise, xp, stages)
+        return x, inpaint
 
-        state = sched.initial_state(plan)
-        timesteps = plan.timesteps
-        for i in range(len(timesteps)):
-            model_input = xp.concatenate([x, x], axis=0) if cfg else x
-            model_input = sched.scale_model_input(plan, model_input, i)
-            if inpaint is not None and inpaint.unet_condition is not None:
-                model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
-            noise_pred = self._unet(model_input, timesteps[i], embeddings, added_conditions)
-            if cfg:
-                noise_pred_uncond, noise_pred_text = noise_pred[:batch], noise_pred[batch:]
-                noise_pred = noise_pred_uncond + request.guidance_scale * (
-                    noise_pred_text - noise_pred_uncond
-                )
-            step_noise = None
-            if sched.needs_noise:
-                step_noise = xp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    def _denoise_step(
+        self, request, sched, plan, state, x, i: int, conditioning, inpaint, rng, stages
+    ):
+        """One U-Net call (both guidance halves as one batch) and one scheduler step."""
+        xp = namespace_of(x)
+        cfg = request.do_classifier_free_guidance
+        model_input = xp.concatenate([x, x], axis=0) if cfg else x
+        model_input = sched.scale_model_input(plan, model_input, i)
+        if inpaint is not None and inpaint.unet_condition is not None:
+            model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
+        with stages.stage("unet", step=i):
+            noise_pred = self._unet(model_input, plan.timesteps[i], conditioning)
+        if cfg:
+            uncond, text = noise_pred[: request.batch_size], noise_pred[request.batch_size :]
+            noise_pred = uncond + request.guidance_scale * (text - uncond)
+        step_noise = None
+        if sched.needs_noise:
+            step_noise = xp.asarray(rng.standard_normal(x.shape, dtype=np.float32))
+        with stages.stage("scheduler_step", step=i):
             result = sched.step(plan, state, noise_pred, i, x, noise=step_noise)
-            x, state = result.prev_sample, result.state
-            if inpaint is not None and inpaint.unet_condition is None:
-                x = inpaint.blend(sched, plan, x, i)
-            if i < len(timesteps) - 1:
-                yield Progress(i + 1, len(timesteps), float(timesteps[i]))
-
-        images = self._decode(x)
-        output = images if request.output_type == "np" else to_pil(images)
-        yield Progress(len(timesteps), len(timesteps), float(timesteps[-1]), PipelineOutput(output))
+        x = result.prev_sample
+        if inpaint is not None and inpaint.unet_condition is None:
+            x = inpaint.blend(sched, plan, x, i)
+        return x, result.state
 
     # ------------------------------------------------------------------------------ parts
 
-    def _condition(self, request: Request):
-        """(encoder hidden states, added U-Net inputs): uncond rows first under CFG."""
-        embeddings, pooled = self._encode_prompts(request.prompts)
+    def _condition(self, request: Request, stages: StageRecorder) -> _Conditioning:
+        """The U-Net's text conditioning: uncond rows first under CFG."""
+        embeddings, pooled = self._encode_prompts(request.prompts, stages)
         xp = namespace_of(embeddings)
         if request.do_classifier_free_guidance:
             zero_negative = request.negative_prompt is None and self.manifest.family_options.get(
@@ -329,18 +333,23 @@ class Pipeline:
                 uncond = xp.zeros_like(embeddings)
                 uncond_pooled = None if pooled is None else xp.zeros_like(pooled)
             else:
-                uncond, uncond_pooled = self._encode_prompts(request.negative_prompts)
+                uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages)
             embeddings = xp.concatenate([uncond, embeddings], axis=0)
             if pooled is not None:
                 pooled = xp.concatenate([uncond_pooled, pooled], axis=0)
         if not self.is_xl:
-            return embeddings, {}
-        return embeddings, {
-            "text_embeds": pooled,
-            "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
-        }
+            return _Conditioning(embeddings, {})
+        return _Conditioning(
+            embeddings,
+            {
+                "text_embeds": pooled,
+                "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
+            },
+        )
 
-    def _prepare_inpainting(self, request, pixels, image_latents, noise, cfg, xp) -> _Inpainting:
+    def _prepare_inpainting(
+        self, request, pixels, image_latents, noise, xp, stages: StageRecorder
+    ) -> _Inpainting:
         mask = preprocess_mask(request.mask_image, request.width, request.height)
         latent_mask = xp.asarray(mask_to_latent_size(mask, self.manifest.vae_scale_factor))
         latent_mask = xp.concatenate([latent_mask] * request.batch_size, axis=0)
@@ -353,26 +362,28 @@ class Pipeline:
                 f"{expected} input channels, got {self.manifest.unet_in_channels}"
             )
         masked_pixels = xp.asarray(pixels * (mask < 0.5))
-        masked_latents = self._encode_image(masked_pixels)
+        with stages.stage("vae_encode"):
+            masked_latents = self._encode_image(masked_pixels)
         masked_latents = xp.concatenate([masked_latents] * request.batch_size, axis=0)
         condition = xp.concatenate([latent_mask, masked_latents], axis=1)
-        if cfg:
+        if request.do_classifier_free_guidance:
             condition = xp.concatenate([condition, condition], axis=0)
         return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
 
-    def _encode_prompts(self, prompts: tuple[str, ...]):
+    def _encode_prompts(self, prompts: tuple[str, ...], stages: StageRecorder):
         """(hidden states, pooled or None): the encoders' states joined on the last axis."""
         hidden, pooled = [], None
         for encoder in self.prompt_encoders:
-            states, pooled_states = encoder.encode_with_pooled(list(prompts))
+            states, pooled_states = encoder.encode_with_pooled(list(prompts), stages)
             hidden.append(states)
             pooled = pooled_states if pooled_states is not None else pooled
         if len(hidden) == 1:
             return hidden[0], pooled
         return namespace_of(hidden[0]).concatenate(hidden, axis=-1), pooled
 
-    def _unet(self, sample, timestep, encoder_hidden_states, added_conditions):
+    def _unet(self, sample, timestep, conditioning: _Conditioning):
         session = self._session("unet")
+        encoder_hidden_states = conditioning.embeddings
         specs = {s.name: s for s in session.inputs}
         xp = namespace_of(sample)
         feeds = {
@@ -382,7 +393,7 @@ class Pipeline:
                 specs["encoder_hidden_states"].dtype
             ),
         }
-        for name, value in added_conditions.items():
+        for name, value in conditioning.added.items():
             feeds[name] = value.astype(specs[name].dtype)
         out = session.run(feeds)[session.outputs[0].name]
         return out.astype(xp.float32)
@@ -442,6 +453,14 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class _Conditioning:
+    """What the U-Net is conditioned on, besides the latents and the timestep."""
+
+    embeddings: Any  # encoder hidden states (2B rows under CFG: uncond first)
+    added: dict[str, Any]  # SDXL's text_embeds and time_ids; empty for SD 1.x/2.x
+
+
+@dataclass(frozen=True)
 class _Inpainting:
     """What the inpainting loop needs beyond txt2img."""
 
@@ -456,6 +475,19 @@ class _Inpainting:
         if i < len(plan.timesteps) - 1:
             known = sched.add_noise(plan, known, self.noise, i + 1)
         return (1 - self.mask) * known + self.mask * x
+
+
+# __call__'s arguments and their defaults: what Pipeline.request fills in.
+CALL_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(Pipeline.__call__).parameters.items()
+    if parameter.default is not parameter.empty and name not in ("callback", "stage_callback")
+}
+
+
+def _generator(seed) -> np.random.Generator:
+    """The call's random numbers: the Generator given, or one made from the seed."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 def _time_ids(height: int, width: int, rows: int, xp):

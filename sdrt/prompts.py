@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 from sdrt.arrays import namespace_of
 from sdrt.backends.protocol import Session
+from sdrt.stages import StageRecorder
 from sdrt.tokenizer import ClipTokenizer
 
 DEFAULT_CACHE_SIZE = 64
@@ -72,13 +73,17 @@ class PromptEncoder:
         """Hidden states (len(prompts), tokens, width), float32, in the session's namespace."""
         return self.encode_with_pooled(prompts)[0]
 
-    def encode_with_pooled(self, prompts: list[str]):
-        """(hidden states, pooled embeddings or None), one row per prompt."""
+    def encode_with_pooled(self, prompts: list[str], stages: StageRecorder | None = None):
+        """(hidden states, pooled embeddings or None), one row per prompt; ``stages``
+        times the tokenizer and the text encoder (named as its session) when they run."""
+        stages = stages or StageRecorder()
         found = {p: self._lookup(p) for p in dict.fromkeys(prompts)}
         missing = [p for p, v in found.items() if v is None]
         if missing:
-            ids = self.tokenizer(missing).astype(self._ids_dtype)
-            outputs = self.session.run({"input_ids": ids})
+            with stages.stage("tokenize"):
+                ids = self.tokenizer(missing).astype(self._ids_dtype)
+            with stages.stage(self.session.name):
+                outputs = self.session.run({"input_ids": ids})
             hidden = outputs[self.hidden_output]
             xp = namespace_of(hidden)
             pooled = None if self.pooled_output is None else outputs[self.pooled_output]

@@ -101,7 +101,7 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
 
 
 def test_generator_yields_each_step_and_the_result_last(pipe):
-    events = list(pipe.generate("a fox", seed=0, scheduler="heun", **FAST))
+    events = list(pipe.generate(pipe.request("a fox", seed=0, scheduler="heun", **FAST)))
     # Heun calls the U-Net twice per step but the last; one Progress per call.
     total = 2 * STEPS - 1
     assert [e.step for e in events] == list(range(1, total + 1))
@@ -111,7 +111,7 @@ def test_generator_yields_each_step_and_the_result_last(pipe):
 
 
 def test_cancel_by_closing_the_generator(pipe):
-    stream = pipe.generate("a fox", seed=0, **{**FAST, "num_inference_steps": 4})
+    stream = pipe.generate(pipe.request("a fox", seed=0, **{**FAST, "num_inference_steps": 4}))
     first = next(stream)
     assert isinstance(first, Progress) and first.step == 1 and first.result is None
     stream.close()

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     bar = None
     result = None
     try:
-        for progress in pipe.generate(
+        request = pipe.request(
             config.prompt,
             negative_prompt=config.negative_prompt,
             num_inference_steps=config.steps,
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
             image=image,
             strength=config.strength,
             mask_image=mask,
-        ):
+        )
+        for progress in pipe.generate(request):
             if bar is None and config.progress:
                 bar = tqdm(
                     total=progress.total_steps, desc="denoising", unit="step", file=sys.stderr
