@@ -6,6 +6,10 @@ renames it into place only when every component is exported, verified and the ma
 written, so an interrupted build never leaves a folder that looks complete. With
 ``force``, components whose source hash (weights + config + export options + library
 versions) matches the previous build's are copied from it instead of exported again.
+
+One build per output at a time: the build holds an OS lock beside the output
+(``output_lock``) and fails at once if another build holds it. Holding it, it first removes
+the partial folders that killed builds of the same output left (``staging``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import gc
 import json
 import os
-import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from sdrt.export.components import (
     load_export_wrapper,
     unet_upsampling_factor,
 )
+from sdrt.export.output_lock import lock_output
 from sdrt.export.source import (
     COPIED_FOLDERS,
     MODEL_FOLDERS,
@@ -34,6 +39,7 @@ from sdrt.export.source import (
     SourceModel,
     resolve_source,
 )
+from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
 
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.integrity import record_verified
@@ -81,6 +87,10 @@ class BuildConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
+        if self.output.name in ("", ".."):
+            raise InputError(
+                f"output must name the folder to write (e.g. out/sd15), got {str(self.output)!r}"
+            )
         for name in ("precision", "vae_precision"):
             value = getattr(self, name)
             if value is not None and value not in PRECISIONS:
@@ -119,70 +129,125 @@ class BuildResult:
     components: tuple[ComponentResult, ...]
     seconds: float
     size_bytes: int
+    # partial folders that stopped builds of this output had left, removed before building
+    stale_removed: tuple[StaleBuild, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeldOutput:
+    """What ``hold_output`` yields: this process holds ``output``'s build lock (``locked``),
+    or no lock can be had on this platform (``locked`` False)."""
+
+    output: Path
+    locked: bool
+
+
+@contextmanager
+def hold_output(output: str | os.PathLike) -> Iterator[HeldOutput]:
+    """Hold ``output``'s build lock for the ``with`` block, making its parent folders first
+    (like ``mkdir -p``: ``-o out/sd15`` just works); ``OutputBusyError`` at once if another
+    process holds it. For a build and the steps after it (``sdrt build --target``)."""
+    output = Path(output)
+    _make_parent(output)
+    with lock_output(output) as locked:
+        yield HeldOutput(output, locked)
 
 
 def build(config: BuildConfig, progress: ProgressCallback | None = None) -> BuildResult:
+    """Build ``config.output`` holding its lock throughout (``OutputBusyError`` at once if
+    another build of it is running)."""
+    with hold_output(config.output) as held:
+        return build_held(config, held, progress)
+
+
+def build_held(
+    config: BuildConfig, held: HeldOutput, progress: ProgressCallback | None = None
+) -> BuildResult:
+    """``build`` inside ``hold_output(config.output)``: first remove what killed builds of
+    the output left (only ever while its lock is held), then build it."""
+    if held.output != config.output:
+        raise InputError(
+            f"build_held: expected the lock of output {str(config.output)!r}, "
+            f"got the lock of {str(held.output)!r}"
+        )
     started = time.perf_counter()
     report = progress or (lambda component, stage: None)
     output = config.output
+    stale = tuple(remove_stale(output)) if held.locked else ()
     previous = _check_output(output, force=config.force)
     source = resolve_source(config.source, config.revision)
-    staging = output.parent / f".{output.name}.partial-{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)  # parents too, like `mkdir -p`: `-o out/sd15` just works
+    staging = create_staging(output)
     try:
-        report("source", "hashing")
-        hasher = FolderHasher(source.folder)
-        _copy_pipeline_files(source, staging)
-        results = []
-        precisions = _precisions(config, source)
-        cases = _verification_cases(config, source)
-        for name in component_names(source):
-            t0 = time.perf_counter()
-            export_options = {
-                "component": name,
-                "precision": precisions[name],
-                "opset": config.opset,
-                "family": source.family,
-                "exporter": EXPORTER_VERSION,
-                **_library_versions(exporting=True),
-            }
-            source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
-            reused = _reuse(previous, output, staging, name, source_sha256)
-            if reused is not None:
-                report(name, "reused")
-                results.append(ComponentResult(name, "reused", time.perf_counter() - t0, reused))
-                continue
-            component = _export_component(
-                source,
-                name,
-                staging,
-                precision=precisions[name],
-                opset=config.opset,
-                cases=cases,
-                source_sha256=source_sha256,
-                report=report,
-            )
-            results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
-        manifest = _manifest(config, source, hasher, results, cases, precisions)
-        report("manifest", "writing")
-        write_manifest(staging, manifest)
-        record_verified(staging, manifest)  # just hashed: the first load need not hash again
-        _move_into_place(staging, output)
+        manifest, results = _build_into(staging.folder, config, source, previous, report)
+        commit(staging)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
-    return BuildResult(output, manifest, tuple(results), time.perf_counter() - started, size)
+    return BuildResult(output, manifest, tuple(results), time.perf_counter() - started, size, stale)
+
+
+def _build_into(
+    folder: Path,
+    config: BuildConfig,
+    source: SourceModel,
+    previous: Manifest | None,
+    report: ProgressCallback,
+) -> tuple[Manifest, list[ComponentResult]]:
+    output = config.output
+    report("source", "hashing")
+    hasher = FolderHasher(source.folder)
+    _copy_pipeline_files(source, folder)
+    results = []
+    precisions = _precisions(config, source)
+    cases = _verification_cases(config, source)
+    for name in component_names(source):
+        t0 = time.perf_counter()
+        export_options = {
+            "component": name,
+            "precision": precisions[name],
+            "opset": config.opset,
+            "family": source.family,
+            "exporter": EXPORTER_VERSION,
+            **_library_versions(exporting=True),
+        }
+        source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
+        reused = _reuse(previous, output, folder, name, source_sha256)
+        if reused is not None:
+            report(name, "reused")
+            results.append(ComponentResult(name, "reused", time.perf_counter() - t0, reused))
+            continue
+        component = _export_component(
+            source,
+            name,
+            folder,
+            precision=precisions[name],
+            opset=config.opset,
+            cases=cases,
+            source_sha256=source_sha256,
+            report=report,
+        )
+        results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    manifest = _manifest(config, source, hasher, results, cases, precisions)
+    report("manifest", "writing")
+    write_manifest(folder, manifest)
+    record_verified(folder, manifest)  # just hashed: the first load need not hash again
+    return manifest, results
 
 
 # ---------------------------------------------------------------------------- output folder
 
 
+def _make_parent(output: Path) -> None:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"the parent of output {str(output)!r} is a file, not a folder") from None
+
+
 def _check_output(output: Path, *, force: bool) -> Manifest | None:
     """Refuse to replace what should not be replaced; return the previous manifest to reuse."""
     if not output.exists():
-        if output.parent.exists() and not output.parent.is_dir():
-            raise InputError(f"the parent of output {str(output)!r} is a file, not a folder")
         return None
     if not output.is_dir():
         raise InputError(f"output {str(output)!r} exists and is not a folder")
@@ -199,16 +264,6 @@ def _check_output(output: Path, *, force: bool) -> Manifest | None:
         return read_manifest(output)
     except ModelFolderError:
         return None  # unreadable: rebuild everything
-
-
-def _move_into_place(staging: Path, output: Path) -> None:
-    if output.exists():
-        old = output.parent / f".{output.name}.old-{secrets.token_hex(4)}"
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, output)
 
 
 def _copy_pipeline_files(source: SourceModel, staging: Path) -> None:

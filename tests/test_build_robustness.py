@@ -71,6 +71,15 @@ def test_bad_options(tmp_path, capsys, tiny_source, args, message):
     assert_one_line_error(code, err, message)
 
 
+@pytest.mark.parametrize("output", [".", ".."])
+def test_output_must_name_a_folder(tmp_path, capsys, monkeypatch, tiny_source, output):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(capsys, tiny_source, "-o", output)
+    assert_one_line_error(
+        code, err, f"output must name the folder to write (e.g. out/sd15), got {output!r}"
+    )
+
+
 def test_existing_output_needs_force(tmp_path, capsys, tiny_source, tiny_built):
     out = tmp_path / "out"
     shutil.copytree(tiny_built, out)

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdrt.export.build import BuildConfig, HeldOutput
 
 HELP = "Export a diffusers Stable Diffusion pipeline (folder or Hub id) to a verified ONNX model folder."
 
@@ -43,7 +51,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdrt.export.build import BuildConfig, build
+    try:
+        with _sigterm_raises():
+            return _run(args)
+    except _Terminated:
+        print("sdrt build: terminated by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that the build cleans up as it unwinds.
+    A BaseException, like KeyboardInterrupt: no ``except Exception`` swallows it."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn the first SIGTERM into ``_Terminated``; a second one ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sdrt.export.build import BuildConfig, hold_output
 
     config = BuildConfig(
         source=args.source,
@@ -63,11 +103,27 @@ def run(args: argparse.Namespace) -> int:
         from sdrt.commands.engines import check_can_build
 
         environment = check_can_build()
+    with hold_output(config.output) as held:  # for the build and the target's steps after it
+        return _build(args, config, held, environment)
+
+
+def _build(args: argparse.Namespace, config: BuildConfig, held: HeldOutput, environment) -> int:
+    from sdrt.export.build import build_held
+
     progress = _Progress()
     try:
-        result = build(config, progress=progress)
+        result = build_held(config, held, progress=progress)
     finally:
         progress.close()
+    for stale in result.stale_removed:
+        left_by = f" (pid {stale.pid})" if stale.pid is not None else ""
+        restored = (
+            f"; put back {result.output}, which it was replacing" if stale.restored_output else ""
+        )
+        print(
+            f"removed {stale.path}, {stale.size_bytes / 2**20:.1f} MiB left by a stopped "
+            f"build{left_by}{restored}"
+        )
     for item in result.components:
         comp = item.component
         counts = " -> ".join(f"{v} {k}" for k, v in comp.node_counts.items())
@@ -105,16 +161,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """One tqdm line on stderr: which component and what step is running."""
+    """One tqdm line on stderr: which component and what step is running. Made on the first
+    report, so that a build refused at once (a busy output) prints its one error line only."""
 
     def __init__(self):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=None, file=sys.stderr, bar_format="{desc} [{elapsed}]", leave=False)
+        self.bar = None
 
     def __call__(self, component: str, stage: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=None, file=sys.stderr, bar_format="{desc} [{elapsed}]", leave=False
+            )
         self.bar.set_description_str(f"{component}: {stage}")
         self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
