@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -328,6 +329,37 @@ def detect_environment() -> BuildEnvironment:
     if machine.cuda_devices == 0:
         raise BackendUnavailableError("TensorRT engines need a CUDA device (cupy sees none)")
     return build_environment(machine)
+
+
+def check_can_build():
+    """The build environment, or BackendUnavailableError saying what this machine lacks."""
+    environment = detect_environment()
+    try:
+        import polygraphy  # noqa: F401  (the builder's loaders)
+    except ImportError:
+        raise BackendUnavailableError(
+            "building TensorRT engines needs polygraphy (pip install polygraphy)"
+        ) from None
+    return environment
+
+
+def build_and_report(folder, options, environment) -> int:
+    """Build (or reuse) the engines, printing what is done: `sdrt engines build` and
+    `sdrt build --target tensorrt`."""
+    print(
+        f"building for TensorRT {environment.library_version} on {environment.device_name} "
+        f"(compute capability {environment.compute_capability})",
+        file=sys.stderr,
+    )
+    report = build_engines(
+        folder,
+        options,
+        environment=environment,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    built = sum(p.action == "build" for p in report.plans)
+    print(f"{built} engine(s) built, {len(report.plans) - built} reused, in {folder}")
+    return 0
 
 
 class TensorRTBuilder:

@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
-        from sdrt.commands.engines import check_can_build
+        from sdrt.engines.tensorrt import check_can_build
 
         environment = check_can_build()
     with hold_output(config.output) as held:  # for the build and the target's steps after it
@@ -150,9 +150,8 @@ def _build(args: argparse.Namespace, config: BuildConfig, held: HeldOutput, envi
             f"{result.output / 'engines' / 'ort-cpu'} in {time.perf_counter() - started:.1f} s"
         )
     if environment is not None:
-        from sdrt.commands.engines import build_and_report
         from sdrt.engines.profiles import shape_range_from_options
-        from sdrt.engines.tensorrt import TensorRTBuildOptions
+        from sdrt.engines.tensorrt import TensorRTBuildOptions, build_and_report
         from sdrt.manifest import read_manifest
 
         shapes = shape_range_from_options(read_manifest(result.output))

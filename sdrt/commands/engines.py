@@ -7,7 +7,6 @@ one line saying what is missing (exit 2). Listing needs only the runtime.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from sdrt.errors import BackendUnavailableError, InputError
@@ -89,41 +88,8 @@ def options_from_args(args: argparse.Namespace, manifest):
     )
 
 
-def check_can_build():
-    """The build environment, or BackendUnavailableError saying what this machine lacks."""
-    from sdrt.engines.tensorrt import detect_environment
-
-    environment = detect_environment()
-    try:
-        import polygraphy  # noqa: F401  (the builder's loaders)
-    except ImportError:
-        raise BackendUnavailableError(
-            "building TensorRT engines needs polygraphy (pip install polygraphy)"
-        ) from None
-    return environment
-
-
-def build_and_report(folder, options, environment) -> int:
-    """Build (or reuse) the engines and print what was done; shared with `sdrt build --target`."""
-    from sdrt.engines.tensorrt import build_engines
-
-    print(
-        f"building for TensorRT {environment.library_version} on {environment.device_name} "
-        f"(compute capability {environment.compute_capability})",
-        file=sys.stderr,
-    )
-    report = build_engines(
-        folder,
-        options,
-        environment=environment,
-        progress=lambda message: print(message, file=sys.stderr),
-    )
-    built = sum(p.action == "build" for p in report.plans)
-    print(f"{built} engine(s) built, {len(report.plans) - built} reused, in {folder}")
-    return 0
-
-
 def _build(args: argparse.Namespace) -> int:
+    from sdrt.engines.tensorrt import build_and_report, check_can_build
     from sdrt.manifest import read_manifest
 
     manifest = read_manifest(args.folder)
