@@ -334,20 +334,6 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             f"{where}: format_version {version} is not supported (expected {FORMAT_VERSION}); rebuild the folder with this sdrt"
         )
     s = r.sub("source")
-    b = r.sub("build")
-    comps = r.sub("components")
-    unknown = sorted(set(comps.data) - set(COMPONENT_NAMES))
-    if unknown:
-        raise ModelFolderError(
-            f"{comps.where}: unknown components {unknown}; expected names from {', '.join(COMPONENT_NAMES)}"
-        )
-    components = {
-        name: _component(name, _Reader(value, f"{comps.where}.{name}"))
-        for name, value in comps.data.items()
-    }
-    for required in ("text_encoder", "unet", "vae_decoder"):
-        if required not in components:
-            raise ModelFolderError(f"{comps.where}: the required component {required!r} is missing")
     tokenizers = r.get("tokenizers", list)
     if not tokenizers or not all(isinstance(t, str) for t in tokenizers):
         raise ModelFolderError(
@@ -368,19 +354,8 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         unet_in_channels=r.get("unet_in_channels", int),
         sample_size=r.get("sample_size", int),
         vae_scale_factor=r.get("vae_scale_factor", int),
-        build=BuildOptions(
-            min_size=b.get("min_size", int),
-            max_size=b.get("max_size", int),
-            opt_size=b.get("opt_size", int),
-            min_batch=b.get("min_batch", int),
-            max_batch=b.get("max_batch", int),
-            opt_batch=b.get("opt_batch", int),
-            precision=b.choice("precision", PRECISIONS),
-            vae_precision=b.choice("vae_precision", PRECISIONS),
-            opset=b.get("opset", int),
-            size_multiple=b.get("size_multiple", int, optional=True, default=8),
-        ),
-        components=components,
+        build=_build_options(r.sub("build")),
+        components=_components(r.sub("components")),
         tokenizers=tuple(tokenizers),
         versions=dict(r.get("versions", Mapping)),
         family_options=dict(r.get("family_options", Mapping, optional=True, default={})),
@@ -389,6 +364,37 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             for i, e in enumerate(r.get("engines", list, optional=True, default=[]))
         ),
     )
+
+
+def _build_options(b: _Reader) -> BuildOptions:
+    return BuildOptions(
+        min_size=b.get("min_size", int),
+        max_size=b.get("max_size", int),
+        opt_size=b.get("opt_size", int),
+        min_batch=b.get("min_batch", int),
+        max_batch=b.get("max_batch", int),
+        opt_batch=b.get("opt_batch", int),
+        precision=b.choice("precision", PRECISIONS),
+        vae_precision=b.choice("vae_precision", PRECISIONS),
+        opset=b.get("opset", int),
+        size_multiple=b.get("size_multiple", int, optional=True, default=8),
+    )
+
+
+def _components(comps: _Reader) -> dict[str, Component]:
+    unknown = sorted(set(comps.data) - set(COMPONENT_NAMES))
+    if unknown:
+        raise ModelFolderError(
+            f"{comps.where}: unknown components {unknown}; expected names from {', '.join(COMPONENT_NAMES)}"
+        )
+    components = {
+        name: _component(name, _Reader(value, f"{comps.where}.{name}"))
+        for name, value in comps.data.items()
+    }
+    for required in ("text_encoder", "unet", "vae_decoder"):
+        if required not in components:
+            raise ModelFolderError(f"{comps.where}: the required component {required!r} is missing")
+    return components
 
 
 # ---------------------------------------------------------------------------- files
