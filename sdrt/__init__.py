@@ -1,6 +1,13 @@
 """sdrt: an optimized Stable Diffusion inference runtime.
 
-The public API (see DESIGN.md) is ``sdrt.Pipeline``, ``sdrt.load`` and ``sdrt.__version__``.
+The public API is ``sdrt.Pipeline``, ``sdrt.load`` (``Pipeline.load``) and
+``sdrt.__version__``: ``sdrt.load(folder, backend="auto")`` opens a folder made by
+``sdrt build``, and calling the pipeline takes diffusers' argument names and meanings
+(``prompt``, ``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``height``,
+``width``, ``seed`` or ``latents``, ``scheduler``, ``image``/``strength``, ``mask_image``,
+``output_type``) and returns a result whose ``images`` are PIL images or an array.
+``sdrt.Pipeline.__call__`` says what each argument means; the README's "Generate" section
+shows a whole call. Errors a caller can act on are ``sdrt.errors.SdrtError`` subclasses.
 Importing sdrt never imports torch, diffusers or transformers.
 """
 

@@ -11,6 +11,10 @@ guard against someone who forges timestamps, who could as well edit sdrt.json.
 
 Modes: ``"changed"`` (the default) hashes only files whose identity is not on record,
 ``"always"`` hashes every file, ``"never"`` only checks that the files exist.
+
+``check_model_files`` (loads, engine builds) raises, naming every bad file; ``check_files``
+returns one ``FileCheck`` per file (``sdrt info --verify`` reports them all), with the size
+the file had when it last matched, so that a truncated file is named as such.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,35 +89,104 @@ def record_verified(folder: str | os.PathLike, manifest: Manifest) -> None:
     _write_record(folder, files)
 
 
+@dataclass(frozen=True)
+class FileCheck:
+    """One component file against its sha256 in sdrt.json."""
+
+    path: str  # relative to the model folder
+    expected_sha256: str  # "" where an older manifest has none
+    size: int | None  # bytes now; None when the file is missing
+    sha256: str | None = None  # what it hashes to now; None when it was not hashed
+    verified_size: int | None = None  # its size when it last hashed as expected, if on record
+
+    @property
+    def ok(self) -> bool:
+        """False when the file is missing or hashed to something other than expected."""
+        if self.size is None:
+            return False
+        return self.sha256 is None or self.sha256 == self.expected_sha256
+
+    @property
+    def status(self) -> str:
+        if self.size is None:
+            return "MISSING"
+        if not self.expected_sha256:
+            return "no sha256 in " + MANIFEST_NAME
+        if self.sha256 is None:
+            return "not hashed"
+        if self.sha256 == self.expected_sha256:
+            return "ok"
+        if self.verified_size is not None and self.size < self.verified_size:
+            return "MISMATCH (truncated)"
+        return "MISMATCH"
+
+    def problem(self) -> str:
+        """What is wrong, in one line: the file, expected vs actual sha256 and size."""
+        if self.size is None:
+            return f"{self.path} is missing"
+        text = (
+            f"{self.path}: expected sha256 {self.expected_sha256}, got {self.sha256}; "
+            f"{self.size} bytes"
+        )
+        if self.verified_size is not None and self.verified_size != self.size:
+            text += f" where it had {self.verified_size} when it last matched"
+            if self.size < self.verified_size:
+                text += " (truncated)"
+        return text
+
+
+def check_files(
+    folder: str | os.PathLike, manifest: Manifest, mode: str | bool = "always"
+) -> list[FileCheck]:
+    """Each component file's check, in manifest order; raises nothing for a bad file.
+
+    ``"always"`` hashes every file, ``"changed"`` trusts those whose identity is on record,
+    ``"never"`` hashes none (sizes and recorded sizes only). When every file is present and
+    every hashed one matched, the record is updated so that later loads trust them.
+    """
+    mode = verify_mode(mode)
+    folder = Path(folder)
+    record = _read_record(folder)
+    checks, verified = [], {}
+    for rel, expected in component_files(manifest).items():
+        on_record = record.get(rel)
+        if not isinstance(on_record, dict):
+            on_record = {}
+        verified_size = on_record.get("size") if on_record.get("sha256") == expected else None
+        if not isinstance(verified_size, int):
+            verified_size = None
+        if not (folder / rel).is_file():
+            checks.append(FileCheck(rel, expected, None, verified_size=verified_size))
+            continue
+        identity = _identity((folder / rel).stat())
+        entry = {"sha256": expected, **identity}
+        digest = None
+        if expected and mode != "never" and not (mode == "changed" and on_record == entry):
+            digest = sha256_file(folder / rel)
+        check = FileCheck(rel, expected, identity["size"], digest, verified_size)
+        checks.append(check)
+        if expected and mode != "never" and check.ok:
+            verified[rel] = entry
+    if mode != "never" and all(c.ok for c in checks) and verified != record:
+        _write_record(folder, verified)
+    return checks
+
+
 def check_model_files(
     folder: str | os.PathLike, manifest: Manifest, mode: str | bool = "changed"
 ) -> None:
     """Raise ModelFolderError if a component file is missing or does not match its sha256."""
     mode = verify_mode(mode)
     folder = Path(folder)
-    expected_files = component_files(manifest)
-    missing = [rel for rel in expected_files if not (folder / rel).is_file()]
-    if missing:
+    missing = [rel for rel in component_files(manifest) if not (folder / rel).is_file()]
+    if missing:  # before hashing gigabytes
         raise ModelFolderError(
             f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}"
         )
-    if mode == "never":
-        return
-    record = _read_record(folder) if mode == "changed" else {}
-    verified, changed = {}, []
-    for rel, expected in expected_files.items():
-        if not expected:
-            continue  # an older manifest without this hash: nothing to compare with
-        identity = _identity((folder / rel).stat())
-        entry = {"sha256": expected, **identity}
-        if record.get(rel) != entry and sha256_file(folder / rel) != expected:
-            changed.append(rel)
-        else:
-            verified[rel] = entry
+    changed = [c for c in check_files(folder, manifest, mode) if not c.ok]
     if changed:
         raise ModelFolderError(
-            f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: {', '.join(changed)} "
-            "(rebuild, or restore the original files)"
+            f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: "
+            + "; ".join(c.problem() for c in changed)
+            + " (rebuild, or restore the original files)"
         )
-    if verified != record:
-        _write_record(folder, verified)

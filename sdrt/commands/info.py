@@ -1,8 +1,15 @@
-"""``sdrt info FOLDER``: what a model folder holds, as readable tables (no torch needed)."""
+"""``sdrt info FOLDER``: what a model folder holds, as readable tables (no torch needed).
+
+The "build check" column is the export's verification, measured once at build time and read
+from sdrt.json; it says nothing about the files as they are now. ``--verify`` hashes every
+file named in sdrt.json and compares it with its recorded sha256 (exit 2 on a mismatch).
+Without it, only the files' presence and sizes are looked at.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "Show a model folder's manifest: components, files, sizes, precisions, I/O, verification, engines."
@@ -12,17 +19,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "folder", metavar="FOLDER", type=Path, help="a model folder made by sdrt build"
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every file and compare it with its sha256 in sdrt.json (exit 2 on a mismatch)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from sdrt.manifest import read_manifest
+    from sdrt.errors import ModelFolderError
+    from sdrt.integrity import check_files
+    from sdrt.manifest import MANIFEST_NAME, read_manifest
 
     manifest = read_manifest(args.folder)
-    print(format_info(args.folder, manifest))
+    if args.verify:
+        print(f"hashing the files named in {MANIFEST_NAME} ...", file=sys.stderr, flush=True)
+    checks = check_files(args.folder, manifest, "always" if args.verify else "never")
+    bad = [c for c in checks if not c.ok] if args.verify else []
+    try:
+        print(format_info(args.folder, manifest, checks, verified=args.verify))
+        sys.stdout.flush()  # the tables before the error line
+    except BrokenPipeError:
+        if not bad:
+            raise
+        # `sdrt info --verify X | head`: the reader went away, the mismatch is still said
+    if bad:
+        raise ModelFolderError(
+            f"{args.folder}: {len(bad)} of {len(checks)} files do not match their sha256 in "
+            f"{MANIFEST_NAME}: "
+            + "; ".join(c.problem() for c in bad)
+            + " (rebuild, or restore the original files)"
+        )
     return 0
 
 
-def format_info(folder: Path, manifest) -> str:
+def format_info(folder: Path, manifest, checks=(), *, verified: bool = False) -> str:
+    """The tables; ``checks`` are sdrt.integrity.check_files results, hashed if ``verified``."""
     b = manifest.build
     lines = [
         f"model folder   {folder}",
@@ -46,7 +78,16 @@ def format_info(folder: Path, manifest) -> str:
         "",
     ]
     rows = [
-        ("component", "files", "size", "precision", "nodes", "max abs err", "max rel err", "check")
+        (
+            "component",
+            "files",
+            "size",
+            "precision",
+            "nodes",
+            "max abs err",
+            "max rel err",
+            "build check",
+        )
     ]
     for comp in manifest.components.values():
         files = [comp.file] + ([comp.external_data] if comp.external_data else [])
@@ -66,6 +107,10 @@ def format_info(folder: Path, manifest) -> str:
             )
         )
     lines += _table(rows)
+    lines.append(
+        "build check    the export's errors (ONNX Runtime vs PyTorch) measured at build time"
+    )
+    lines += _file_lines(checks, verified)
     lines.append("")
     io_rows = [("component", "", "name", "dtype", "shape")]
     for comp in manifest.components.values():
@@ -84,6 +129,38 @@ def format_info(folder: Path, manifest) -> str:
             engine_rows.append((e.target, e.component, e.path, e.cache_key[:16], device))
         lines += _table(engine_rows)
     return "\n".join(lines)
+
+
+def _file_lines(checks, verified: bool) -> list[str]:
+    if not verified:
+        lines = ["file check     not done: sha256 not compared (--verify hashes every file)"]
+        for c in checks:
+            if c.size is None:
+                lines.append(f"warning        {c.path} is MISSING")
+            elif c.verified_size is not None and c.size != c.verified_size:
+                lines.append(
+                    f"warning        {c.path} is {c.size} bytes; it had {c.verified_size} when "
+                    "it last matched its sha256"
+                )
+        return lines
+    bad = sum(not c.ok for c in checks)
+    summary = (
+        f"all {len(checks)} files match their sha256"
+        if not bad
+        else f"{bad} of {len(checks)} files do NOT match their sha256"
+    )
+    rows = [("file", "size", "sha256 (sdrt.json)", "sha256 (now)", "file check")]
+    for c in checks:
+        rows.append(
+            (
+                c.path,
+                _size(c.size) if c.size is not None else "-",
+                c.expected_sha256[:16] or "-",
+                (c.sha256 or "-")[:16],
+                c.status,
+            )
+        )
+    return [f"file check     {summary}", "", *_table(rows)]
 
 
 def _size(n: int) -> str:

@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
             f"pass --random-weights OUT_DIR to make {args.arch} with random weights"
         )
 
+    # Without the export extra, fail here, before seconds of tokenizer learning; sdrt.cli
+    # turns the ModuleNotFoundError into "needs the 'export' extra".
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401
+
     from sdrt.export.random_model import init_random_model
 
     def progress(message: str) -> None:
