@@ -1,19 +1,25 @@
-"""Engine parity: run an engine and its reference on the same inputs and measure the errors.
+"""Parity: the error measure and the fp16 thresholds every build step holds itself to.
 
-Every engine proves itself when built: for each verification shape (the profile's opt and
-min shapes), seeded random inputs go through the reference (ONNX Runtime on the CPU, the
-graph as exported) and the engine, and the largest absolute and relative error over all
-outputs is recorded. Relative error is taken against the reference's scale (max |ref|),
-not per element, so outputs that cross zero do not report huge ratios. A case passes when
-either bound holds; the result is the manifest's ``Verification``.
+Both build steps use what is here: the export compares ONNX Runtime with eager PyTorch
+(export/verify.py), an engine build compares the engine with ONNX Runtime fp32. Per output,
+the absolute error is max |candidate - reference| and the relative error is that divided by
+max |reference| (the output's scale, not per element, so outputs that cross zero do not
+report huge ratios and one threshold fits outputs of any magnitude); the largest of each
+over all outputs is recorded. A case passes when either bound holds (the absolute floor only
+matters for outputs that are nearly zero); NaN or inf anywhere fails. The result is the
+manifest's ``Verification``.
 
-Both sides are plain callables ``feeds -> {name: array}``, so this runs (and is tested) on
-the CPU with two ONNX Runtime sessions; on a GPU the candidate is the TensorRT session.
+Engines prove themselves for each verification shape (the profile's opt and min shapes):
+seeded random inputs go through the reference (ONNX Runtime on the CPU, the graph as
+exported) and the engine. Both sides are plain callables ``feeds -> {name: array}``, so this
+runs (and is tested) on the CPU with two ONNX Runtime sessions; on a GPU the candidate is the
+TensorRT session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +37,13 @@ class Thresholds:
     abs: float
     rel: float
 
+    def admits(self, max_abs: float, max_rel: float) -> bool:
+        """Whether errors of this size pass: either bound holding is enough."""
+        return max_abs <= self.abs or max_rel <= self.rel
 
-# fp16 engines against the fp32 graph: the bounds the fp16 export is held to against
-# eager PyTorch (export/verify.py), same metric; fp16 carries ~3 decimal digits.
+
+# fp16 graphs (fp32 islands, fp32 I/O) carry ~3 decimal digits through deep networks: the
+# bound for fp16 exports against eager PyTorch and for fp16 engines against the fp32 graph.
 FP16 = Thresholds(abs=1e-3, rel=3e-2)
 # TensorRT's fp32 engines use TF32 tensor cores by default (10-bit mantissa products).
 FP32 = Thresholds(abs=1e-2, rel=5e-3)
@@ -61,29 +71,52 @@ def sample_inputs(
     return feeds
 
 
+def output_errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """(max abs error, max abs error / max |expected|) of two arrays of one shape; inf when
+    anything is not finite."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if not (np.isfinite(actual).all() and np.isfinite(expected).all()):
+        return math.inf, math.inf
+    max_abs = float(np.max(np.abs(actual - expected), initial=0.0))
+    scale = float(np.max(np.abs(expected), initial=0.0))
+    return max_abs, (max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf))
+
+
 def measure(
-    reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    *,
+    candidate_name: str = "the engine",
 ) -> tuple[float, float]:
-    """(max abs error, max error / max |reference|) over every output the reference has."""
+    """The largest ``output_errors`` over every output the reference has."""
     missing = sorted(set(reference) - set(candidate))
     if missing:
-        raise VerificationError(f"the engine did not return the outputs {missing}")
+        raise VerificationError(f"{candidate_name} did not return the outputs {missing}")
     max_abs, max_rel = 0.0, 0.0
     for name, ref in reference.items():
-        ref = np.asarray(ref, dtype=np.float64)
-        got = np.asarray(candidate[name], dtype=np.float64)
-        if got.shape != ref.shape:
+        got = np.asarray(candidate[name])
+        if got.shape != np.shape(ref):
             raise VerificationError(
-                f"output {name!r}: the engine returned shape {list(got.shape)}, "
-                f"the reference {list(ref.shape)}"
+                f"output {name!r}: {candidate_name} returned shape {list(got.shape)}, "
+                f"the reference {list(np.shape(ref))}"
             )
-        if not np.all(np.isfinite(got)):
-            return float("inf"), float("inf")
-        err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        max_abs = max(max_abs, err)
-        max_rel = max(max_rel, err / scale if scale > 0 else (0.0 if err == 0 else float("inf")))
+        err, rel = output_errors(got, ref)
+        max_abs, max_rel = max(max_abs, err), max(max_rel, rel)
     return max_abs, max_rel
+
+
+def summarize(
+    reference: str, thresholds: Thresholds, cases: Sequence[VerificationCase]
+) -> Verification:
+    """The manifest's record of the cases measured; passed when every case is admitted."""
+    return Verification(
+        reference=reference,
+        threshold_abs=thresholds.abs,
+        threshold_rel=thresholds.rel,
+        cases=tuple(cases),
+        passed=all(thresholds.admits(c.max_abs_error, c.max_rel_error) for c in cases),
+    )
 
 
 def verify(
@@ -107,16 +140,7 @@ def verify(
                 max_rel_error=max_rel,
             )
         )
-    passed = all(
-        c.max_abs_error <= thresholds.abs or c.max_rel_error <= thresholds.rel for c in results
-    )
-    return Verification(
-        reference=REFERENCE,
-        threshold_abs=thresholds.abs,
-        threshold_rel=thresholds.rel,
-        cases=tuple(results),
-        passed=passed,
-    )
+    return summarize(REFERENCE, thresholds, results)
 
 
 def verification_cases(

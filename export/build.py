@@ -386,7 +386,8 @@ def _export_component(
     report: ProgressCallback,
 ) -> Component:
     import torch
-    from sdrt.export.onnx import ONNX_FILE, cleanup_graph, convert_to_fp16, export_graph, save_graph
+    from sdrt.engines.fp16_graph import convert_to_fp16
+    from sdrt.export.onnx import ONNX_FILE, cleanup_graph, export_graph, save_graph
     from sdrt.export.verify import (
         THRESHOLDS,
         check_passed,

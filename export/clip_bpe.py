@@ -5,7 +5,8 @@ It follows CLIP's conventions exactly, so that transformers' ``CLIPTokenizer`` a
 load it from ``vocab.json`` + ``merges.txt`` as they load the Hub's SD tokenizers:
 
 - text is NFC-normalised, whitespace collapsed and lower-cased, then split with CLIP's regex
-  and mapped to byte-level unicode characters (GPT-2's ``bytes_to_unicode``);
+  and mapped to byte-level unicode characters (GPT-2's ``bytes_to_unicode``), by the runtime's
+  own normaliser and pre-tokenizer (sdrt/tokenizer.py);
 - the last symbol of each word carries the ``</w>`` end-of-word suffix;
 - the vocabulary lists the 256 byte characters, the same with ``</w>``, one token per merge,
   then ``<|startoftext|>`` and ``<|endoftext|>`` last, so that ``<|endoftext|>`` has the highest
@@ -22,7 +23,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from tokenizers import Regex, normalizers, pre_tokenizers
+from sdrt.tokenizer import clip_normalizer, clip_pre_tokenizer
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -31,9 +32,6 @@ MODEL_MAX_LENGTH = 77
 # A merge must be seen at least this often in the corpus to be learned.
 MIN_PAIR_COUNT = 2
 DEFAULT_MAX_MERGES = 4000
-
-# CLIP's pre-tokenizer split, as in openai/CLIP and transformers' CLIPTokenizer.
-CLIP_SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -60,15 +58,8 @@ def builtin_corpus() -> str:
 
 def _words(text: str) -> collections.Counter[tuple[str, ...]]:
     """Word frequencies, each word as byte-level symbols with ``</w>`` on the last one."""
-    normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
+    normalizer = clip_normalizer()
+    pre_tokenizer = clip_pre_tokenizer()
     counts: collections.Counter[tuple[str, ...]] = collections.Counter()
     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
         counts[(*word[:-1], word[-1] + END_OF_WORD)] += 1

@@ -1,4 +1,7 @@
-"""torch -> ONNX: trace, clean up, convert to fp16, save (one external data file over 2 GB).
+"""torch -> ONNX: trace, clean up, save (one external data file over 2 GB).
+
+fp16 graphs are converted between cleanup and save by engines/fp16_graph.py, the one fp16
+conversion (TensorRT builds from fp32 folders use it too).
 
 The legacy TorchScript exporter (``dynamo=False``) is used: it handles the diffusers and
 transformers models as they are and names dynamic axes as asked. Node counts are taken
@@ -22,9 +25,6 @@ EXTERNAL_DATA_FILE = "model.onnx_data"
 EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 2**26
 # Constants folded into the graph larger than this stay computed at run time.
 FOLD_SIZE_THRESHOLD_BYTES = 16 * 2**20
-# Ops kept in fp32 in fp16 graphs: normalisations reduce over many values (means and
-# variances overflow or lose precision in fp16). GroupNorm exports as InstanceNormalization.
-FP32_ISLAND_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
 
 
 @dataclass(frozen=True)
@@ -127,20 +127,6 @@ def _quiet_onnxruntime():
         yield
     finally:
         ort.set_default_logger_severity(2)
-
-
-def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and activations, fp32 islands for FP32_ISLAND_OPS, fp32 inputs and
-    outputs (the casts at the boundary cost little and keep the I/O contract one dtype)."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    return convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        # cleanup_graph annotated shapes where it could; re-inference fails over 2 GB.
-        disable_shape_infer=True,
-        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_ISLAND_OPS),
-    )
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:

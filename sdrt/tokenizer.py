@@ -26,8 +26,8 @@ from sdrt.errors import InputError, ModelFolderError
 DEFAULT_MAX_LENGTH = 77
 # Configs without a real limit store a huge sentinel (transformers' VERY_LARGE_INTEGER).
 _NO_LIMIT = 1_000_000
-# CLIP's pre-tokenization split (the same pattern transformers' CLIPTokenizer uses).
-_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# CLIP's pre-tokenizer split, as in openai/CLIP and transformers' CLIPTokenizer.
+CLIP_SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -89,6 +89,23 @@ def _read_settings(folder: Path) -> tuple[SpecialTokens, int]:
     return SpecialTokens(**found), max_length
 
 
+def clip_normalizer() -> normalizers.Normalizer:
+    """CLIP's text clean-up: NFC, whitespace runs collapsed to one space, lower case."""
+    return normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+
+
+def clip_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """CLIP's words: split with CLIP_SPLIT_PATTERN, then GPT-2's byte-level characters."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+
+
 def _bpe_from_vocab_and_merges(folder: Path, special: SpecialTokens) -> Tokenizer:
     """Rebuild CLIP's tokenizer pipeline around the Hub's vocab.json + merges.txt."""
     vocab = _read_json(folder / "vocab.json")
@@ -115,15 +132,8 @@ def _bpe_from_vocab_and_merges(folder: Path, special: SpecialTokens) -> Tokenize
             unk_token=special.unk,
         )
     )
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
+    tokenizer.normalizer = clip_normalizer()
+    tokenizer.pre_tokenizer = clip_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     # As transformers registers them: special tokens written in a prompt map to their ids.
     # One missing from the vocabulary would get an id the text encoder has no embedding

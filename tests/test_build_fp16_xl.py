@@ -5,9 +5,10 @@ from __future__ import annotations
 import onnx
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
+from sdrt.engines.compare import FP16
+from sdrt.engines.fp16_graph import FP32_ISLAND_OPS
 from sdrt.export.build import BuildConfig, build
-from sdrt.export.onnx import FP32_ISLAND_OPS
-from sdrt.export.verify import FP16_THRESHOLDS, FP32_THRESHOLDS
+from sdrt.export.verify import FP32_THRESHOLDS
 
 from sdrt.integrity import check_model_files
 from sdrt.manifest import manifest_from_dict, manifest_to_dict, read_manifest
@@ -35,7 +36,7 @@ def test_fp16_build_verifies_within_fp16_thresholds(tiny_fp16):
     for comp in manifest.components.values():
         assert comp.precision == "fp16"
         assert comp.verification.passed
-        assert comp.verification.threshold_rel == FP16_THRESHOLDS.rel
+        assert comp.verification.threshold_rel == FP16.rel
         assert comp.node_counts["fp16"] >= comp.node_counts["cleaned"]
         assert {s.dtype for s in comp.inputs + comp.outputs} <= {"float32", "int64"}
 

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
+from sdrt.engines.compare import Thresholds
 from sdrt.export import build as build_module
 from sdrt.export.build import BuildConfig, build
 from sdrt.export.source import FolderHasher
-from sdrt.export.verify import Thresholds
 
 from sdrt import cli
 from sdrt.manifest import MANIFEST_NAME, read_manifest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -10,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sdrt.engines.compare import (
     FP16,
     measure,
+    output_errors,
     sample_inputs,
     verification_cases,
     verify,
@@ -96,6 +99,18 @@ def test_relative_error_is_against_the_reference_scale():
     max_abs, max_rel = measure(ref, got)
     assert max_abs == pytest.approx(0.5)
     assert max_rel == pytest.approx(0.5 / 100.0)  # not 0.001 / 0.001
+
+
+def test_output_errors_are_relative_to_the_reference_scale_and_inf_when_not_finite():
+    expected = np.array([[0.0, 10.0], [-20.0, 5.0]], np.float32)
+    actual = expected + np.array([[0.0, 0.5], [0.0, -1.0]], np.float32)
+    assert output_errors(actual, expected) == (1.0, 1.0 / 20.0)
+    assert output_errors(expected, expected) == (0.0, 0.0)
+    with_nan = actual.copy()
+    with_nan[0, 0] = np.nan
+    assert output_errors(with_nan, expected) == (math.inf, math.inf)
+    # Either side: a reference that is not finite cannot vouch for the candidate.
+    assert measure({"y": with_nan}, {"y": expected}) == (math.inf, math.inf)
 
 
 def test_shape_or_output_mismatch_is_an_error():

@@ -1,14 +1,10 @@
-"""Unit tests of the export helpers that need no export: sources, shapes, error measures."""
+"""Unit tests of the export helpers that need no export: sources and shapes."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 from sdrt.export.build import BuildConfig, _verification_cases
 from sdrt.export.source import inspect_folder, looks_like_hub_id
-from sdrt.export.verify import output_errors
 
 
 @pytest.mark.parametrize(
@@ -25,16 +21,6 @@ from sdrt.export.verify import output_errors
 )
 def test_hub_id_or_path(text, expected):
     assert looks_like_hub_id(text) is expected
-
-
-def test_errors_are_relative_to_the_reference_scale():
-    expected = np.array([[0.0, 10.0], [-20.0, 5.0]], np.float32)
-    actual = expected + np.array([[0.0, 0.5], [0.0, -1.0]], np.float32)
-    assert output_errors(actual, expected) == (1.0, 1.0 / 20.0)
-    assert output_errors(expected, expected) == (0.0, 0.0)
-    with_nan = actual.copy()
-    with_nan[0, 0] = np.nan
-    assert output_errors(with_nan, expected) == (math.inf, math.inf)
 
 
 @pytest.mark.parametrize(("min_size", "max_size"), [(256, 1024), (512, 768), (320, 320)])

@@ -127,9 +127,11 @@ def test_transformers_tokenizer_reads_the_folder(models, tokenizer_class):
 
 def test_plain_tokenizers_bpe_from_the_files_agrees_with_transformers(models):
     """The runtime reads vocab.json + merges.txt with `tokenizers` alone; same ids expected."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer
     from tokenizers import models as bpe_models
     from transformers import CLIPTokenizer
+
+    from sdrt.tokenizer import clip_normalizer, clip_pre_tokenizer
 
     folder = models["tiny"] / "tokenizer"
     bpe = bpe_models.BPE.from_file(
@@ -140,15 +142,8 @@ def test_plain_tokenizers_bpe_from_the_files_agrees_with_transformers(models):
         continuing_subword_prefix="",
     )
     plain = Tokenizer(bpe)
-    plain.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    plain.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(clip_bpe.CLIP_SPLIT_PATTERN), "removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
+    plain.normalizer = clip_normalizer()
+    plain.pre_tokenizer = clip_pre_tokenizer()
     reference = CLIPTokenizer.from_pretrained(folder)
     for prompt in (PROMPT_A, PROMPT_B, "Héllo  wörld 123, it's a zebra!"):
         expected = reference(prompt, add_special_tokens=False).input_ids
