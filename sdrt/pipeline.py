@@ -171,16 +171,13 @@ class Pipeline:
         callback=None,
         stage_callback: StageCallback | None = None,
     ) -> PipelineOutput:
-        """Generate images; ``callback(progress)`` is called after every U-Net call and
-        ``stage_callback(timing)`` after every stage (sdrt/stages.py).
+        """Generate images, with diffusers' StableDiffusion(XL)Pipeline, Img2Img (``image``,
+        ``strength``) and Inpaint (``mask_image``, white = repaint) arguments.
 
-        The arguments mean what they mean in diffusers' StableDiffusion(XL)Pipeline,
-        ...Img2ImgPipeline (``image``, ``strength``) and ...InpaintPipeline (``mask_image``,
-        white = repaint). ``latents`` is the initial noise: scaled by the scheduler's
-        init_noise_sigma for txt2img (and inpainting at strength 1), added to the image's
-        latents at the first planned timestep for img2img and inpainting otherwise.
-        ``scheduler`` is a diffusers class name or alias (default: the folder's own).
-        The result's ``timings`` say how long each stage took.
+        ``latents`` is the initial noise (scaled by init_noise_sigma for txt2img, added to
+        the image's latents for img2img); ``scheduler`` a diffusers class name or alias.
+        ``callback(progress)`` runs after every U-Net call, ``stage_callback(timing)`` after
+        every stage (sdrt/stages.py); the result's ``timings`` hold them all.
         """
         request = make_request(
             self.manifest,

@@ -55,58 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def format_info(folder: Path, manifest, checks=(), *, verified: bool = False) -> str:
     """The tables; ``checks`` are sdrt.integrity.check_files results, hashed if ``verified``."""
-    b = manifest.build
-    lines = [
-        f"model folder   {folder}",
-        f"source         {manifest.source.path_or_id}"
-        + (f" @ {manifest.source.revision}" if manifest.source.revision else "")
-        + f"  (content sha256 {manifest.source.content_sha256[:12]})",
-        f"family         {manifest.family}, prediction {manifest.prediction_type}, "
-        f"native size {manifest.default_image_size} px",
-        f"latents        {manifest.latent_channels} channels, VAE scale {manifest.vae_scale_factor}, "
-        f"scaling factor {manifest.vae_scaling_factor:g}"
-        + (
-            f", shift {manifest.vae_shift_factor:g}"
-            if manifest.vae_shift_factor is not None
-            else ""
-        )
-        + f", U-Net in channels {manifest.unet_in_channels}",
-        f"build          sizes {b.min_size}..{b.max_size} px (opt {b.opt_size}, multiple of "
-        f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
-        f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
-        f"tokenizers     {', '.join(manifest.tokenizers)}",
-        "",
-    ]
-    rows = [
-        (
-            "component",
-            "files",
-            "size",
-            "precision",
-            "nodes",
-            "max abs err",
-            "max rel err",
-            "build check",
-        )
-    ]
-    for comp in manifest.components.values():
-        files = [comp.file] + ([comp.external_data] if comp.external_data else [])
-        size = sum((folder / f).stat().st_size for f in files if (folder / f).is_file())
-        missing = [f for f in files if not (folder / f).is_file()]
-        check = comp.verification
-        rows.append(
-            (
-                comp.name,
-                " + ".join(files) + (" (MISSING)" if missing else ""),
-                _size(size),
-                comp.precision,
-                " -> ".join(str(v) for v in comp.node_counts.values()) or "-",
-                f"{check.max_abs_error:.3g}" if check else "-",
-                f"{check.max_rel_error:.3g}" if check else "-",
-                ("passed" if check.passed else "FAILED") if check else "not verified",
-            )
-        )
-    lines += _table(rows)
+    lines = _summary_lines(folder, manifest)
+    lines += _table(_component_rows(folder, manifest))
     lines.append(
         "build check    the export's errors (ONNX Runtime vs PyTorch) measured at build time"
     )
@@ -129,6 +79,52 @@ def format_info(folder: Path, manifest, checks=(), *, verified: bool = False) ->
             engine_rows.append((e.target, e.component, e.path, e.cache_key[:16], device))
         lines += _table(engine_rows)
     return "\n".join(lines)
+
+
+def _summary_lines(folder: Path, manifest) -> list[str]:
+    b = manifest.build
+    shift = (
+        f", shift {manifest.vae_shift_factor:g}" if manifest.vae_shift_factor is not None else ""
+    )
+    revision = f" @ {manifest.source.revision}" if manifest.source.revision else ""
+    return [
+        f"model folder   {folder}",
+        f"source         {manifest.source.path_or_id}{revision}"
+        f"  (content sha256 {manifest.source.content_sha256[:12]})",
+        f"family         {manifest.family}, prediction {manifest.prediction_type}, "
+        f"native size {manifest.default_image_size} px",
+        f"latents        {manifest.latent_channels} channels, VAE scale {manifest.vae_scale_factor}, "
+        f"scaling factor {manifest.vae_scaling_factor:g}{shift}"
+        f", U-Net in channels {manifest.unet_in_channels}",
+        f"build          sizes {b.min_size}..{b.max_size} px (opt {b.opt_size}, multiple of "
+        f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
+        f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
+        f"tokenizers     {', '.join(manifest.tokenizers)}",
+        "",
+    ]
+
+
+def _component_rows(folder: Path, manifest) -> list[tuple[str, ...]]:
+    header = ("component", "files", "size", "precision", "nodes")
+    rows = [(*header, "max abs err", "max rel err", "build check")]
+    for comp in manifest.components.values():
+        files = [comp.file] + ([comp.external_data] if comp.external_data else [])
+        size = sum((folder / f).stat().st_size for f in files if (folder / f).is_file())
+        missing = [f for f in files if not (folder / f).is_file()]
+        check = comp.verification
+        rows.append(
+            (
+                comp.name,
+                " + ".join(files) + (" (MISSING)" if missing else ""),
+                _size(size),
+                comp.precision,
+                " -> ".join(str(v) for v in comp.node_counts.values()) or "-",
+                f"{check.max_abs_error:.3g}" if check else "-",
+                f"{check.max_rel_error:.3g}" if check else "-",
+                ("passed" if check.passed else "FAILED") if check else "not verified",
+            )
+        )
+    return rows
 
 
 def _file_lines(checks, verified: bool) -> list[str]:
