@@ -6,16 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    clip_predicted_original,
-    full_plan,
-    spaced_timesteps,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan, spaced_timesteps
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
+from sdrt.schedulers.base import StepResult, VPSigmaScheduler
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import (
     Plan,
-    StepResult,
-    VPSigmaScheduler,
     final_sigma,
     full_plan,
     karras_sigmas,

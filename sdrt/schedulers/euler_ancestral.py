@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdrt.schedulers.base import (
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-)
+from sdrt.schedulers.base import NoHistory, SigmaScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,13 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-    clip_predicted_original,
-)
+from sdrt.schedulers.base import SigmaScheduler, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan
 
 
 @dataclass(frozen=True, kw_only=True)

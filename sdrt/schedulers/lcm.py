@@ -12,15 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    clip_predicted_original,
-    full_plan,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan
 
 SIGMA_DATA = 0.5  # of the consistency-model boundary condition
 

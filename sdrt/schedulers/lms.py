@@ -13,12 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-)
+from sdrt.schedulers.base import SigmaScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan
 
 LMS_ORDER = 4  # diffusers' default `order` argument of step()
 # Gauss-Legendre nodes and weights on [-1, 1], as Python floats: the integrals are a few

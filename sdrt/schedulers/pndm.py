@@ -19,13 +19,9 @@ from typing import Any
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    full_plan,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan
 
 PRK_CALLS = 12  # 3 Runge-Kutta steps x 4 U-Net calls
 PNDM_ORDER = 4
