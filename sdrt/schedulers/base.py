@@ -82,7 +82,8 @@ class Scheduler:
     Subclasses set ``name`` (the diffusers class name), ``Config``, ``State`` (the
     multistep history ``step`` passes on; NoHistory for single-step samplers), ``order``
     (U-Net calls per step, as diffusers' ``scheduler.order``), ``needs_noise``, and
-    implement ``full_schedule``, ``step`` and, where they differ from the defaults, the rest.
+    implement ``full_schedule``, ``_update`` (the algorithm's step, on the arguments
+    ``step`` has checked) and, where they differ from the defaults, the rest.
     """
 
     name: ClassVar[str]
@@ -181,11 +182,25 @@ class Scheduler:
         self.schedule_index(plan, i)
         return x
 
+    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+        """One step from plan.timesteps[i]: the checks, then the algorithm's ``_update``.
+
+        ``state`` is initial_state(plan) or the previous step's; ``noise`` (standard
+        normal, drawn by the caller, the shape of ``sample``) where ``noise_needed`` says.
+        """
+        index = self.schedule_index(plan, i)
+        self.check_step_inputs(state, model_output, sample, noise, self.noise_needed(plan, index))
+        return self._update(plan, state, model_output, index, sample, noise)
+
+    def noise_needed(self, plan: Plan, index: int) -> bool:
+        """Whether the step at this schedule index adds the caller's noise."""
+        return self.needs_noise
+
     def check_step_inputs(self, state, model_output, sample, noise, noise_needed: bool):
-        if not isinstance(state, self.state_class()):
+        if not isinstance(state, self.State):
             raise InputError(
                 f"{self.name}.step expects the state from initial_state() or the previous step "
-                f"({self.state_class().__name__}); got {type(state).__name__}"
+                f"({self.State.__name__}); got {type(state).__name__}"
             )
         check_same_shape("model_output", model_output, sample)
         if noise_needed:
@@ -196,10 +211,8 @@ class Scheduler:
                 )
             check_same_shape("noise", noise, sample)
 
-    def state_class(self) -> type:
-        return self.State
-
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
+        """The algorithm's step at ``index`` in the full schedule, on checked arguments."""
         raise NotImplementedError
 
     def add_noise(self, plan: Plan, original, noise, i: int):

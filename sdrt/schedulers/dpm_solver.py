@@ -126,9 +126,7 @@ class DPMSolverMultistepScheduler(VPSigmaScheduler):
         lambdas = np.log(alpha_t) - np.log(sigma_t)
         return int(np.searchsorted(np.flip(lambdas), self.config.lambda_min_clipped))
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         cfg = self.config
         n = len(plan.schedule_timesteps)
         short = cfg.lower_order_final and n < 15

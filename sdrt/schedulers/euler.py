@@ -41,9 +41,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         sigma = float(plan.sigmas[index])
         sigma_next = float(plan.sigmas[index + 1])
         pred_original = self.predicted_original(model_output, sample, sigma)

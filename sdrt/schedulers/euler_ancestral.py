@@ -26,9 +26,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         timesteps, sigmas = self.sigma_schedule(num_inference_steps, use_karras=False)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=True)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         sigma_from = float(plan.sigmas[index])
         sigma_to = float(plan.sigmas[index + 1])
         pred_original = self.predicted_original(model_output, sample, sigma_from)

@@ -59,9 +59,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         timesteps = np.concatenate([timesteps[:1], np.repeat(timesteps[1:], 2)]).astype(np.float32)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         if state.in_first_order:
             sigma, sigma_next = float(plan.sigmas[index]), float(plan.sigmas[index + 1])
             sigma_input = sigma

@@ -72,9 +72,7 @@ class PNDMScheduler(AlphaBarScheduler):
         timesteps = timesteps.astype(np.int64)
         return full_plan(timesteps, n)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         # As diffusers, the phase follows the call counter, not the schedule position.
         if not self.config.skip_prk_steps and state.counter < PRK_CALLS:
             return self.runge_kutta_step(plan, state, model_output, index, sample)

@@ -115,9 +115,7 @@ class UniPCMultistepScheduler(VPSigmaScheduler):
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
         return full_plan(timesteps, len(timesteps), sigmas=sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         cfg = self.config
         sigma = float(plan.sigmas[index])
         if cfg.predict_x0:
