@@ -26,13 +26,7 @@ from sdrt.schedulers.config import NoiseScheduleConfig, config_fields, make_conf
 from sdrt.schedulers.schedule import (
     Plan,
     alphas_cumprod_for,
-    final_sigma,
     full_plan,
-    interpolated_sigmas,
-    karras_sigmas,
-    sigma_to_t,
-    spaced_timesteps,
-    train_sigmas,
 )
 
 
@@ -258,26 +252,6 @@ class AlphaBarScheduler(Scheduler):
 
 class SigmaScheduler(Scheduler):
     """Samplers that work in sigma = sqrt((1 - alpha_bar) / alpha_bar) (k-diffusion style)."""
-
-    def sigma_schedule(self, num_inference_steps: int, use_karras: bool):
-        """Timesteps (float32) and sigmas (float32, final level appended) of the k-samplers.
-
-        Shared by Euler, Euler ancestral, Heun and LMS, which build them the same way.
-        """
-        cfg = self.config
-        timesteps = spaced_timesteps(cfg, num_inference_steps).astype(np.float32)
-        sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps)
-        if use_karras:
-            sigma_min = getattr(cfg, "sigma_min", None)
-            sigma_max = getattr(cfg, "sigma_max", None)
-            sigma_min = sigma_min if sigma_min is not None else float(sigmas[-1])
-            sigma_max = sigma_max if sigma_max is not None else float(sigmas[0])
-            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-            log_sigmas = np.log(train_sigmas(self.alphas_cumprod))
-            timesteps = sigma_to_t(sigmas, log_sigmas).astype(np.float32)
-        sigma_last = final_sigma(getattr(cfg, "final_sigmas_type", "zero"), self.alphas_cumprod)
-        sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
-        return timesteps, sigmas
 
     def sigma_plan(self, num_inference_steps: int, timesteps, sigmas: np.ndarray) -> Plan:
         """The whole schedule's plan, with diffusers' init_noise_sigma for these sigmas."""

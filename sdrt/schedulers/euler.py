@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sdrt.schedulers.base import NoHistory, SigmaScheduler, StepResult
 from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,7 +38,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
     Config = EulerConfig
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
     def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sdrt.schedulers.base import NoHistory, SigmaScheduler, StepResult
 from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,7 +23,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     needs_noise = True
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, use_karras=False)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
     def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:

@@ -15,7 +15,7 @@ import numpy as np
 
 from sdrt.schedulers.base import SigmaScheduler, StepResult, clip_predicted_original
 from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +53,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
     order = 2
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         # [s0, s1, s1, s2, s2, ..., 0] and [t0, t1, t1, t2, t2, ...]: one entry per U-Net call.
         sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:-1], 2), sigmas[-1:]])
         timesteps = np.concatenate([timesteps[:1], np.repeat(timesteps[1:], 2)]).astype(np.float32)

@@ -152,6 +152,47 @@ def final_sigma(final_sigmas_type: str, alphas_cumprod: np.ndarray) -> float:
     return 0.0
 
 
+def karras_schedule(
+    alphas_cumprod: np.ndarray,
+    num_inference_steps: int,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Karras sigmas (float64) from sigma_max down to sigma_min, by default the training
+    range, and the fractional training timestep of each (float64)."""
+    sigmas = train_sigmas(alphas_cumprod)
+    sigma_min = float(sigmas[0]) if sigma_min is None else sigma_min
+    sigma_max = float(sigmas[-1]) if sigma_max is None else sigma_max
+    karras = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+    return karras, sigma_to_t(karras, np.log(sigmas))
+
+
+def sigma_schedule(
+    config: NoiseScheduleConfig, alphas_cumprod: np.ndarray, num_inference_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Timesteps (float32) and sigmas (float32, final level appended) of the k-samplers.
+
+    Shared by Euler, Euler ancestral, Heun and LMS, which build them the same way; the
+    config keys that only some of them have (use_karras_sigmas, sigma_min, sigma_max,
+    final_sigmas_type) take diffusers' defaults where absent.
+    """
+    timesteps = spaced_timesteps(config, num_inference_steps).astype(np.float32)
+    sigmas = interpolated_sigmas(alphas_cumprod, timesteps)
+    if getattr(config, "use_karras_sigmas", False):
+        # Karras between the planned sigmas, not the training range, as diffusers does.
+        sigma_min = getattr(config, "sigma_min", None)
+        sigma_max = getattr(config, "sigma_max", None)
+        sigma_min = sigma_min if sigma_min is not None else float(sigmas[-1])
+        sigma_max = sigma_max if sigma_max is not None else float(sigmas[0])
+        sigmas, timesteps = karras_schedule(
+            alphas_cumprod, num_inference_steps, sigma_min, sigma_max
+        )
+        timesteps = timesteps.astype(np.float32)
+    sigma_last = final_sigma(getattr(config, "final_sigmas_type", "zero"), alphas_cumprod)
+    sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
+    return timesteps, sigmas
+
+
 # --- the plan of one call -----------------------------------------------------------------
 
 
