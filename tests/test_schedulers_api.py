@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_schedulers_oracle import MODEL_CONFIGS, SD15_CONFIG, diffusers_module
+from scheduler_oracle import MODEL_CONFIGS, SD15_CONFIG, diffusers_module
 
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.schedulers import (

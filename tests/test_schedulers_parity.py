@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_schedulers_oracle import (
+from scheduler_oracle import (
     MODEL_CONFIGS,
     img2img_start,
     make_diffusers_scheduler,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_schedulers_oracle import MODEL_CONFIGS, fake_unet
+from scheduler_oracle import MODEL_CONFIGS, fake_unet
 
 from sdrt.schedulers import SCHEDULERS, create_scheduler
 

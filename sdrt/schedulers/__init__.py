@@ -28,12 +28,11 @@ limit (UniPC bh1 with a final sigma of 0: the last step returns the x0 estimate)
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
-from sdrt.errors import InputError, ModelFolderError
-from sdrt.schedulers.base import NoHistory, Plan, Scheduler, StepResult
+from sdrt.errors import InputError
+from sdrt.schedulers.base import NoHistory, Scheduler, StepResult
+from sdrt.schedulers.config import load_scheduler_config
 from sdrt.schedulers.ddim import DDIMScheduler
 from sdrt.schedulers.ddpm import DDPMScheduler
 from sdrt.schedulers.dpm_solver import DPMSolverMultistepScheduler
@@ -43,6 +42,7 @@ from sdrt.schedulers.heun import HeunDiscreteScheduler
 from sdrt.schedulers.lcm import LCMScheduler
 from sdrt.schedulers.lms import LMSDiscreteScheduler
 from sdrt.schedulers.pndm import PNDMScheduler
+from sdrt.schedulers.schedule import Plan
 from sdrt.schedulers.unipc import UniPCMultistepScheduler
 
 # alias -> diffusers class name
@@ -124,22 +124,3 @@ def create_scheduler(name: str, config: dict[str, Any] | None = None, **override
     else:
         raise InputError(f"unknown scheduler {name!r}; expected one of {_valid_names()}")
     return SCHEDULER_CLASSES[class_name].from_config(config, **overrides)
-
-
-def load_scheduler_config(model_folder: str | os.PathLike) -> dict[str, Any]:
-    """The dict in <model_folder>/scheduler/scheduler_config.json."""
-    path = os.path.join(os.fspath(model_folder), "scheduler", "scheduler_config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError as exc:
-        raise ModelFolderError(
-            f"no scheduler config in {os.fspath(model_folder)!r}: expected {path}"
-        ) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"cannot read scheduler config {path}: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ModelFolderError(
-            f"scheduler config {path} must hold a JSON object; got {type(config).__name__}"
-        )
-    return config

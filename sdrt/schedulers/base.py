@@ -1,9 +1,10 @@
-"""What every scheduler shares: config, noise schedule, plan, state, step result, checks.
+"""The scheduler base classes: the checks of plan and step, and what the algorithms share.
 
-A scheduler is an immutable object made from a config. ``plan(steps, strength)`` makes
-the per-call schedule once (host numpy); ``step`` is a pure function of the plan, the
-multistep history passed in (``state``) and the arrays, and returns the new history.
-Nothing is counted inside the object, so one scheduler serves many threads and calls.
+A scheduler is an immutable object made from a config (``config.py``). ``plan(steps,
+strength)`` makes the per-call schedule once (host numpy, ``schedule.py``); ``step`` is a
+pure function of the plan, the multistep history passed in (``state``) and the arrays,
+and returns the new history. Nothing is counted inside the object, so one scheduler
+serves many threads and calls.
 
 Array code uses the namespace of its array arguments (``x.__array_namespace__()``), so
 numpy on the CPU and cupy on a GPU run the same lines. Scalar coefficients are Python
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import reprlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,290 +22,12 @@ import numpy as np
 
 from sdrt.arrays import namespace_of
 from sdrt.errors import InputError
-
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-
-
-def check_choice(key: str, value: Any, choices: tuple, scheduler: str) -> None:
-    if value not in choices:
-        valid = ", ".join(repr(c) for c in choices)
-        raise InputError(f"{scheduler}: {key}={value!r} is not supported; expected one of {valid}")
-
-
-def _has_kind(value: Any, kind: str) -> bool:
-    """Whether a config value fits one alternative of its field's annotation."""
-    if kind == "None":
-        return value is None
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind.startswith("tuple[") and kind.endswith(", ...]"):  # e.g. tuple[float, ...]
-        item_kind = kind[len("tuple[") : -len(", ...]")]
-        return isinstance(value, tuple) and all(_has_kind(item, item_kind) for item in value)
-    raise TypeError(f"config annotation {kind!r} has no check")
-
-
-def _describe_kind(kind: str) -> str:
-    if kind.startswith("tuple["):  # what JSON spells as a list
-        return f"a list of {kind[len('tuple[') : -len(', ...]')]}"
-    return kind
-
-
-@dataclass(frozen=True, kw_only=True)
-class NoiseScheduleConfig:
-    """The keys of diffusers' scheduler_config.json that define the training noise schedule.
-
-    Defaults are those of diffusers' DDIMScheduler; each scheduler's config subclass
-    restates the defaults its diffusers class has, so ``from_config`` semantics hold:
-    a key present in the file wins, an absent key takes the class's default.
-    """
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
-    prediction_type: str = "epsilon"
-    timestep_spacing: str = "leading"
-    steps_offset: int = 0
-    # Subclasses whose diffusers class has `rescale_betas_zero_snr` declare that field;
-    # the sigma-based ones also floor the terminal alpha_bar, as their diffusers class does.
-    TERMINAL_ALPHA_FLOOR: ClassVar[bool] = False
-
-    # Each subclass narrows these to what its algorithm implements.
-    PREDICTION_TYPES: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
-
-    def validate(self, scheduler: str) -> None:
-        """Raise InputError for a value of the wrong type or that this scheduler does not
-        implement."""
-        self.check_types(scheduler)
-        if self.trained_betas is None:
-            check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES, scheduler)
-        elif len(self.trained_betas) != self.num_train_timesteps:
-            raise InputError(
-                f"{scheduler}: trained_betas has {len(self.trained_betas)} entries; expected "
-                f"num_train_timesteps={self.num_train_timesteps}"
-            )
-        check_choice("prediction_type", self.prediction_type, self.PREDICTION_TYPES, scheduler)
-        check_choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS, scheduler)
-        if self.num_train_timesteps < 2:
-            raise InputError(
-                f"{scheduler}: num_train_timesteps must be >= 2; got {self.num_train_timesteps}"
-            )
-        for key, choices in self.unsupported_values().items():
-            check_choice(key, getattr(self, key), choices, scheduler)
-
-    def check_types(self, scheduler: str) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            kinds = [kind.strip() for kind in str(field.type).split("|")]
-            if not any(_has_kind(value, kind) for kind in kinds):
-                expected = " or ".join(_describe_kind(kind) for kind in kinds)
-                raise InputError(
-                    f"{scheduler}: config key {field.name} must be {expected}; "
-                    f"got {reprlib.repr(value)} ({type(value).__name__})"
-                )
-
-    def unsupported_values(self) -> dict[str, tuple]:
-        """Keys whose diffusers options this runtime does not implement -> values it does."""
-        return {}
-
-    @classmethod
-    def normalized(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """Values as diffusers' __init__ rewrites them (e.g. another solver's solver_type)."""
-        return values
-
-
-def config_fields(config_class: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(config_class))
-
-
-def make_config(config_class: type, values: dict[str, Any], scheduler: str):
-    """Build a frozen config from file values (unknown keys ignored, as diffusers does)."""
-    known = set(config_fields(config_class))
-    kwargs = {k: v for k, v in config_class.normalized(dict(values)).items() if k in known}
-    if isinstance(kwargs.get("trained_betas"), (list, tuple)):  # JSON has lists, not tuples
-        kwargs["trained_betas"] = tuple(kwargs["trained_betas"])
-    try:
-        config = config_class(**kwargs)
-    except TypeError as exc:  # a wrong-typed value that the dataclass cannot take
-        raise InputError(f"{scheduler}: invalid scheduler config: {exc}") from exc
-    config.validate(scheduler)
-    return config
-
-
-# --- the training noise schedule ---------------------------------------------------------
-
-
-def betas_for_alpha_bar(num_diffusion_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
-    """Betas of the cosine schedule ("squaredcos_cap_v2"), as diffusers computes them."""
-
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    betas = [
-        min(
-            1
-            - alpha_bar((i + 1) / num_diffusion_timesteps) / alpha_bar(i / num_diffusion_timesteps),
-            max_beta,
-        )
-        for i in range(num_diffusion_timesteps)
-    ]
-    return np.asarray(betas, dtype=np.float32)
-
-
-def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
-    """Rescale betas to zero terminal SNR (arXiv 2305.08891, algorithm 1), in float32."""
-    alphas_cumprod = np.cumprod((1.0 - betas).astype(np.float64)).astype(np.float32)
-    sqrt_bar = np.sqrt(alphas_cumprod)
-    first, last = sqrt_bar[0].copy(), sqrt_bar[-1].copy()
-    sqrt_bar = (sqrt_bar - last) * (first / (first - last))
-    bar = sqrt_bar**2
-    alphas = np.concatenate([bar[:1], bar[1:] / bar[:-1]])
-    return (1 - alphas).astype(np.float32)
-
-
-def alphas_cumprod_for(config: NoiseScheduleConfig) -> np.ndarray:
-    """Cumulative product of (1 - beta) in float32, read-only.
-
-    diffusers builds betas in float32 and torch's CPU cumprod accumulates in double
-    before rounding each entry to float32; the same is done here.
-    """
-    n = config.num_train_timesteps
-    if config.trained_betas is not None:
-        betas = np.asarray(config.trained_betas, dtype=np.float32)
-    elif config.beta_schedule == "linear":
-        betas = np.linspace(config.beta_start, config.beta_end, n).astype(np.float32)
-    elif config.beta_schedule == "scaled_linear":
-        betas = np.linspace(config.beta_start**0.5, config.beta_end**0.5, n).astype(np.float32) ** 2
-    else:  # squaredcos_cap_v2 (validated before)
-        betas = betas_for_alpha_bar(n)
-    rescale = getattr(config, "rescale_betas_zero_snr", False)
-    if rescale:
-        betas = rescale_zero_terminal_snr(betas)
-    alphas_cumprod = np.cumprod((np.float32(1.0) - betas).astype(np.float64)).astype(np.float32)
-    if rescale and config.TERMINAL_ALPHA_FLOOR:
-        alphas_cumprod[-1] = 2**-24  # keeps the terminal sigma finite
-    alphas_cumprod.setflags(write=False)
-    return alphas_cumprod
-
-
-def spaced_timesteps(config: NoiseScheduleConfig, num_inference_steps: int) -> np.ndarray:
-    """Descending timesteps by ``timestep_spacing`` (float64; linspace is not rounded).
-
-    The common recipe of DDIM, DDPM, Euler, Euler ancestral, Heun and LMS; callers round
-    or cast as their diffusers class does.
-    """
-    n_train = config.num_train_timesteps
-    if config.timestep_spacing == "linspace":
-        return np.linspace(0, n_train - 1, num_inference_steps)[::-1].copy()
-    if config.timestep_spacing == "leading":
-        step_ratio = n_train // num_inference_steps
-        timesteps = (
-            (np.arange(0, num_inference_steps) * step_ratio).round()[::-1].astype(np.float64)
-        )
-        return timesteps + config.steps_offset
-    step_ratio = n_train / num_inference_steps  # trailing
-    return np.round(np.arange(n_train, 0, -step_ratio)) - 1
-
-
-def karras_sigmas(sigma_min: float, sigma_max: float, num_inference_steps: int) -> np.ndarray:
-    """Karras et al. (2022) noise levels, rho = 7, from sigma_max down to sigma_min."""
-    rho = 7.0
-    ramp = np.linspace(0, 1, num_inference_steps)
-    min_inv_rho = sigma_min ** (1 / rho)
-    max_inv_rho = sigma_max ** (1 / rho)
-    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-
-
-def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional training timestep of each sigma, by interpolation in log sigma."""
-    log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]
-    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high_idx = low_idx + 1
-    low = log_sigmas[low_idx]
-    high = log_sigmas[high_idx]
-    w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    t = (1 - w) * low_idx + w * high_idx
-    return t.reshape(sigma.shape)
-
-
-def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
-    """sigma(t) = sqrt((1 - alpha_bar) / alpha_bar) for every training timestep, float32."""
-    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-
-
-def interpolated_sigmas(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
-    """Training sigmas linearly interpolated at (possibly fractional) timesteps, float64."""
-    sigmas = train_sigmas(alphas_cumprod)
-    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
-
-
-def final_sigma(final_sigmas_type: str, alphas_cumprod: np.ndarray) -> float:
-    """The noise level after the last step: 0 ("zero"), or the lowest training sigma
-    ("sigma_min")."""
-    if final_sigmas_type == "sigma_min":
-        return float(train_sigmas(alphas_cumprod[:1])[0])
-    return 0.0
-
-
-# --- what a call carries -----------------------------------------------------------------
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array = np.array(array, copy=True)
-    array.setflags(write=False)
-    return array
-
-
-@dataclass(frozen=True, eq=False)
-class Plan:
-    """The schedule of one call, made by ``Scheduler.plan``; host numpy, read-only.
-
-    ``timesteps`` has one entry per U-Net call, already sliced for img2img strength;
-    ``begin_index`` is where it starts in the full schedule (``schedule_timesteps``).
-    ``sigmas`` is the full schedule's noise levels, one more than its timesteps (the
-    final level), for the samplers that keep them as diffusers' do; None for those
-    that index alpha_bar by timestep. Holding arrays, plans compare by identity.
-    """
-
-    timesteps: np.ndarray
-    init_noise_sigma: float
-    num_inference_steps: int
-    begin_index: int
-    schedule_timesteps: np.ndarray
-    sigmas: np.ndarray | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "timesteps", _read_only(self.timesteps))
-        object.__setattr__(self, "schedule_timesteps", _read_only(self.schedule_timesteps))
-        if self.sigmas is not None:
-            object.__setattr__(self, "sigmas", _read_only(self.sigmas))
-
-
-def full_plan(
-    timesteps: np.ndarray,
-    num_inference_steps: int,
-    *,
-    init_noise_sigma: float = 1.0,
-    sigmas: np.ndarray | None = None,
-) -> Plan:
-    """The plan of a whole schedule (strength 1): every timestep, from begin_index 0."""
-    return Plan(
-        timesteps=timesteps,
-        init_noise_sigma=init_noise_sigma,
-        num_inference_steps=num_inference_steps,
-        begin_index=0,
-        schedule_timesteps=timesteps,
-        sigmas=sigmas,
-    )
+from sdrt.schedulers.config import NoiseScheduleConfig, config_fields, make_config
+from sdrt.schedulers.schedule import (
+    Plan,
+    alphas_cumprod_for,
+    full_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -354,7 +76,8 @@ class Scheduler:
     Subclasses set ``name`` (the diffusers class name), ``Config``, ``State`` (the
     multistep history ``step`` passes on; NoHistory for single-step samplers), ``order``
     (U-Net calls per step, as diffusers' ``scheduler.order``), ``needs_noise``, and
-    implement ``full_schedule``, ``step`` and, where they differ from the defaults, the rest.
+    implement ``full_schedule``, ``_update`` (the algorithm's step, on the arguments
+    ``step`` has checked) and, where they differ from the defaults, the rest.
     """
 
     name: ClassVar[str]
@@ -453,11 +176,25 @@ class Scheduler:
         self.schedule_index(plan, i)
         return x
 
+    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+        """One step from plan.timesteps[i]: the checks, then the algorithm's ``_update``.
+
+        ``state`` is initial_state(plan) or the previous step's; ``noise`` (standard
+        normal, drawn by the caller, the shape of ``sample``) where ``noise_needed`` says.
+        """
+        index = self.schedule_index(plan, i)
+        self.check_step_inputs(state, model_output, sample, noise, self.noise_needed(plan, index))
+        return self._update(plan, state, model_output, index, sample, noise)
+
+    def noise_needed(self, plan: Plan, index: int) -> bool:
+        """Whether the step at this schedule index adds the caller's noise."""
+        return self.needs_noise
+
     def check_step_inputs(self, state, model_output, sample, noise, noise_needed: bool):
-        if not isinstance(state, self.state_class()):
+        if not isinstance(state, self.State):
             raise InputError(
                 f"{self.name}.step expects the state from initial_state() or the previous step "
-                f"({self.state_class().__name__}); got {type(state).__name__}"
+                f"({self.State.__name__}); got {type(state).__name__}"
             )
         check_same_shape("model_output", model_output, sample)
         if noise_needed:
@@ -468,10 +205,8 @@ class Scheduler:
                 )
             check_same_shape("noise", noise, sample)
 
-    def state_class(self) -> type:
-        return self.State
-
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
+        """The algorithm's step at ``index`` in the full schedule, on checked arguments."""
         raise NotImplementedError
 
     def add_noise(self, plan: Plan, original, noise, i: int):
@@ -518,26 +253,6 @@ class AlphaBarScheduler(Scheduler):
 class SigmaScheduler(Scheduler):
     """Samplers that work in sigma = sqrt((1 - alpha_bar) / alpha_bar) (k-diffusion style)."""
 
-    def sigma_schedule(self, num_inference_steps: int, use_karras: bool):
-        """Timesteps (float32) and sigmas (float32, final level appended) of the k-samplers.
-
-        Shared by Euler, Euler ancestral, Heun and LMS, which build them the same way.
-        """
-        cfg = self.config
-        timesteps = spaced_timesteps(cfg, num_inference_steps).astype(np.float32)
-        sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps)
-        if use_karras:
-            sigma_min = getattr(cfg, "sigma_min", None)
-            sigma_max = getattr(cfg, "sigma_max", None)
-            sigma_min = sigma_min if sigma_min is not None else float(sigmas[-1])
-            sigma_max = sigma_max if sigma_max is not None else float(sigmas[0])
-            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-            log_sigmas = np.log(train_sigmas(self.alphas_cumprod))
-            timesteps = sigma_to_t(sigmas, log_sigmas).astype(np.float32)
-        sigma_last = final_sigma(getattr(cfg, "final_sigmas_type", "zero"), self.alphas_cumprod)
-        sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
-        return timesteps, sigmas
-
     def sigma_plan(self, num_inference_steps: int, timesteps, sigmas: np.ndarray) -> Plan:
         """The whole schedule's plan, with diffusers' init_noise_sigma for these sigmas."""
         return full_plan(
@@ -571,26 +286,6 @@ class SigmaScheduler(Scheduler):
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return max_sigma
         return (max_sigma**2 + 1) ** 0.5
-
-
-def multistep_timesteps(
-    config: NoiseScheduleConfig, num_inference_steps: int, last_timestep: int
-) -> np.ndarray:
-    """Descending int64 timesteps of the multistep solvers (DPM-Solver, UniPC).
-
-    Unlike ``spaced_timesteps`` they space num_inference_steps + 1 points and drop the
-    last, so the final step lands beyond timestep 0.
-    """
-    n = num_inference_steps
-    if config.timestep_spacing == "linspace":
-        timesteps = np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1]
-    elif config.timestep_spacing == "leading":
-        step_ratio = last_timestep // (n + 1)
-        timesteps = (np.arange(0, n + 1) * step_ratio).round()[::-1][:-1] + config.steps_offset
-    else:  # trailing
-        step_ratio = config.num_train_timesteps / n
-        timesteps = np.arange(last_timestep, 0, -step_ratio).round() - 1
-    return timesteps.copy().astype(np.int64)
 
 
 class VPSigmaScheduler(Scheduler):

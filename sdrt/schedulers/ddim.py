@@ -6,16 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    clip_predicted_original,
-    full_plan,
-    spaced_timesteps,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan, spaced_timesteps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,9 +32,7 @@ class DDIMScheduler(AlphaBarScheduler):
         timesteps = spaced_timesteps(self.config, num_inference_steps).round().astype(np.int64)
         return full_plan(timesteps, num_inference_steps)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         cfg = self.config
         timestep = int(plan.schedule_timesteps[index])
         # diffusers steps back by the spacing ratio, not to the next planned timestep.

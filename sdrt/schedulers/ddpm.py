@@ -9,16 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    clip_predicted_original,
-    full_plan,
-    spaced_timesteps,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan, spaced_timesteps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,10 +56,11 @@ class DDPMScheduler(AlphaBarScheduler):
         variance = max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, 1e-20)
         return variance**0.5  # fixed_small and fixed_small_log agree up to rounding
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
+    def noise_needed(self, plan: Plan, index: int) -> bool:
+        return int(plan.schedule_timesteps[index]) > 0  # the step from timestep 0 adds none
+
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         timestep = int(plan.schedule_timesteps[index])
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=timestep > 0)
         cfg = self.config
         last = index == len(plan.schedule_timesteps) - 1
         prev_timestep = -1 if last else int(plan.schedule_timesteps[index + 1])

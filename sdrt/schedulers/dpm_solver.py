@@ -16,17 +16,15 @@ from typing import Any
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
+from sdrt.schedulers.base import StepResult, VPSigmaScheduler
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import (
     Plan,
-    StepResult,
-    VPSigmaScheduler,
     final_sigma,
     full_plan,
-    karras_sigmas,
+    interpolated_sigmas,
+    karras_schedule,
     multistep_timesteps,
-    sigma_to_t,
-    train_sigmas,
 )
 
 
@@ -103,19 +101,15 @@ class DPMSolverMultistepScheduler(VPSigmaScheduler):
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         cfg = self.config
-        sigmas = train_sigmas(self.alphas_cumprod)
         last_timestep = cfg.num_train_timesteps - self.clipped_steps()
         timesteps = multistep_timesteps(cfg, num_inference_steps, last_timestep)
         if cfg.use_karras_sigmas:
-            log_sigmas = np.log(sigmas)
-            descending = np.flip(sigmas)
-            sigmas = karras_sigmas(float(descending[-1]), float(descending[0]), num_inference_steps)
-            timesteps = sigma_to_t(sigmas, log_sigmas)
+            sigmas, timesteps = karras_schedule(self.alphas_cumprod, num_inference_steps)
             if cfg.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
             timesteps = timesteps.astype(np.int64)
         else:
-            sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+            sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps)
         sigma_last = final_sigma(cfg.final_sigmas_type, self.alphas_cumprod)
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
         return full_plan(timesteps, len(timesteps), sigmas=sigmas)
@@ -127,9 +121,7 @@ class DPMSolverMultistepScheduler(VPSigmaScheduler):
         lambdas = np.log(alpha_t) - np.log(sigma_t)
         return int(np.searchsorted(np.flip(lambdas), self.config.lambda_min_clipped))
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         cfg = self.config
         n = len(plan.schedule_timesteps)
         short = cfg.lower_order_final and n < 15

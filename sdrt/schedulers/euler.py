@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdrt.schedulers.base import (
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-)
+from sdrt.schedulers.base import NoHistory, SigmaScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,12 +38,10 @@ class EulerDiscreteScheduler(SigmaScheduler):
     Config = EulerConfig
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         sigma = float(plan.sigmas[index])
         sigma_next = float(plan.sigmas[index + 1])
         pred_original = self.predicted_original(model_output, sample, sigma)

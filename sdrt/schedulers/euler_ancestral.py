@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdrt.schedulers.base import (
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-)
+from sdrt.schedulers.base import NoHistory, SigmaScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,12 +23,10 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     needs_noise = True
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, use_karras=False)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=True)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         sigma_from = float(plan.sigmas[index])
         sigma_to = float(plan.sigmas[index + 1])
         pred_original = self.predicted_original(model_output, sample, sigma_from)

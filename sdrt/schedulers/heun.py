@@ -13,13 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-    clip_predicted_original,
-)
+from sdrt.schedulers.base import SigmaScheduler, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,15 +53,13 @@ class HeunDiscreteScheduler(SigmaScheduler):
     order = 2
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         # [s0, s1, s1, s2, s2, ..., 0] and [t0, t1, t1, t2, t2, ...]: one entry per U-Net call.
         sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:-1], 2), sigmas[-1:]])
         timesteps = np.concatenate([timesteps[:1], np.repeat(timesteps[1:], 2)]).astype(np.float32)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         if state.in_first_order:
             sigma, sigma_next = float(plan.sigmas[index]), float(plan.sigmas[index + 1])
             sigma_input = sigma

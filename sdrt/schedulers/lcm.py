@@ -12,15 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoHistory,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    clip_predicted_original,
-    full_plan,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan
 
 SIGMA_DATA = 0.5  # of the consistency-model boundary condition
 
@@ -74,10 +68,11 @@ class LCMScheduler(AlphaBarScheduler):
         c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
         return c_skip, c_out
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
+    def noise_needed(self, plan: Plan, index: int) -> bool:
+        return index != plan.num_inference_steps - 1  # the last step returns the estimate
+
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         last = index == plan.num_inference_steps - 1
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=not last)
         cfg = self.config
         timestep = int(plan.schedule_timesteps[index])
         if index + 1 < len(plan.schedule_timesteps):

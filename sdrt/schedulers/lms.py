@@ -13,12 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
-    Plan,
-    SigmaScheduler,
-    StepResult,
-)
+from sdrt.schedulers.base import SigmaScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, sigma_schedule
 
 LMS_ORDER = 4  # diffusers' default `order` argument of step()
 # Gauss-Legendre nodes and weights on [-1, 1], as Python floats: the integrals are a few
@@ -65,12 +62,10 @@ class LMSDiscreteScheduler(SigmaScheduler):
     State = LMSState
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
-        timesteps, sigmas = self.sigma_schedule(num_inference_steps, self.config.use_karras_sigmas)
+        timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)
         return self.sigma_plan(num_inference_steps, timesteps, sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         sigma = float(plan.sigmas[index])
         pred_original = self.predicted_original(model_output, sample, sigma)
         derivative = (sample - pred_original) / sigma

@@ -19,13 +19,9 @@ from typing import Any
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    AlphaBarScheduler,
-    NoiseScheduleConfig,
-    Plan,
-    StepResult,
-    full_plan,
-)
+from sdrt.schedulers.base import AlphaBarScheduler, StepResult
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import Plan, full_plan
 
 PRK_CALLS = 12  # 3 Runge-Kutta steps x 4 U-Net calls
 PNDM_ORDER = 4
@@ -76,9 +72,7 @@ class PNDMScheduler(AlphaBarScheduler):
         timesteps = timesteps.astype(np.int64)
         return full_plan(timesteps, n)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         # As diffusers, the phase follows the call counter, not the schedule position.
         if not self.config.skip_prk_steps and state.counter < PRK_CALLS:
             return self.runge_kutta_step(plan, state, model_output, index, sample)

@@ -15,17 +15,15 @@ from typing import Any
 import numpy as np
 
 from sdrt.errors import InputError
-from sdrt.schedulers.base import (
-    NoiseScheduleConfig,
+from sdrt.schedulers.base import StepResult, VPSigmaScheduler
+from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.schedule import (
     Plan,
-    StepResult,
-    VPSigmaScheduler,
     final_sigma,
     full_plan,
-    karras_sigmas,
+    interpolated_sigmas,
+    karras_schedule,
     multistep_timesteps,
-    sigma_to_t,
-    train_sigmas,
 )
 
 
@@ -100,25 +98,20 @@ class UniPCMultistepScheduler(VPSigmaScheduler):
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         cfg = self.config
-        sigmas = train_sigmas(self.alphas_cumprod)
         timesteps = multistep_timesteps(cfg, num_inference_steps, cfg.num_train_timesteps)
         if cfg.use_karras_sigmas:
-            log_sigmas = np.log(sigmas)
-            descending = np.flip(sigmas)
-            sigma_min = cfg.sigma_min if cfg.sigma_min is not None else float(descending[-1])
-            sigma_max = cfg.sigma_max if cfg.sigma_max is not None else float(descending[0])
-            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-            timesteps = sigma_to_t(sigmas, log_sigmas).round().astype(np.int64)
+            sigmas, timesteps = karras_schedule(
+                self.alphas_cumprod, num_inference_steps, cfg.sigma_min, cfg.sigma_max
+            )
+            timesteps = timesteps.round().astype(np.int64)
             sigma_last = float(sigmas[-1]) if cfg.final_sigmas_type == "sigma_min" else 0.0
         else:
-            sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+            sigmas = interpolated_sigmas(self.alphas_cumprod, timesteps)
             sigma_last = final_sigma(cfg.final_sigmas_type, self.alphas_cumprod)
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
         return full_plan(timesteps, len(timesteps), sigmas=sigmas)
 
-    def step(self, plan: Plan, state, model_output, i: int, sample, noise=None) -> StepResult:
-        index = self.schedule_index(plan, i)
-        self.check_step_inputs(state, model_output, sample, noise, noise_needed=False)
+    def _update(self, plan: Plan, state, model_output, index: int, sample, noise) -> StepResult:
         cfg = self.config
         sigma = float(plan.sigmas[index])
         if cfg.predict_x0:
