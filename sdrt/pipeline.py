@@ -176,6 +176,9 @@ class Pipeline:
         init_noise_sigma for txt2img (and inpainting at strength 1), added to the image's
         latents at the first planned timestep for img2img and inpainting otherwise.
         ``scheduler`` is a diffusers class name or alias (default: the folder's own).
+        ``height`` / ``width`` None: the folder's size, or with ``image`` the image's size
+        rounded down to the size multiple and scaled (aspect kept) into the built range
+        (sdrt.request.fit_size); given, the image is resized to them, as in diffusers.
         """
         result = None
         for progress in self.generate(
@@ -244,13 +247,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------ loop
 
     def _plan(self, request: Request):
-        name = request.scheduler or self.default_scheduler
-        if name is None:
-            raise ModelFolderError(
-                f"{self.folder}: scheduler/scheduler_config.json names no _class_name; "
-                "pass scheduler="
-            )
-        sched = create_scheduler(name, self.scheduler_config)
+        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder)
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
     def _run(self, request: Request, sched, plan) -> Iterator[Progress]:
@@ -458,6 +455,16 @@ class _Inpainting:
         if i < len(plan.timesteps) - 1:
             known = sched.add_noise(plan, known, self.noise, i + 1)
         return (1 - self.mask) * known + self.mask * x
+
+
+def make_scheduler(name: str | None, scheduler_config: dict[str, Any], folder: Path):
+    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own."""
+    name = name or scheduler_config.get("_class_name")
+    if name is None:
+        raise ModelFolderError(
+            f"{folder}: scheduler/scheduler_config.json names no _class_name; pass scheduler="
+        )
+    return create_scheduler(name, scheduler_config)
 
 
 def _time_ids(height: int, width: int, rows: int, xp):
