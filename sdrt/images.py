@@ -123,12 +123,22 @@ def outpaint_canvas(
     overlap: int = 8,
     multiple: int = 8,
 ) -> tuple[Image.Image, Image.Image]:
-    """Extend ``image`` by the given margins for outpainting; returns (canvas, mask).
+    """Extend ``image`` by margins in pixels for outpainting; returns (canvas, mask).
+
+    Outpainting is inpainting on a larger canvas: pass the two on as ``image=`` and
+    ``mask_image=`` (``sdrt generate --image IN --outpaint LEFT,TOP,RIGHT,BOTTOM`` does)::
+
+        canvas, mask = outpaint_canvas(Image.open("fox.png"), right=128)
+        out = pipe("a fox in a wide snowy field", image=canvas, mask_image=mask, strength=1.0)
 
     The new area is filled by repeating the edge pixels (it gives the U-Net the colours
-    to continue); the mask is white over the new area and ``overlap`` pixels into the
-    original, so the seam is repainted too. The canvas grows on the right and bottom to
-    a multiple of ``multiple`` (the model's size multiple).
+    to continue); the mask is white (repaint) over the new area and ``overlap`` pixels
+    into the original on each extended side, so the seam is repainted too, and black
+    elsewhere. The canvas grows on the right and bottom to a multiple of ``multiple``
+    (the folder's size multiple, ``manifest.build.size_multiple``). A 9-channel
+    inpainting U-Net continues the picture best; a text-to-image U-Net repaints the new
+    area at the given strength and keeps the rest. Margins are integers >= 0; InputError
+    for anything else.
     """
     if not isinstance(image, Image.Image):
         raise InputError(f"image: expected a PIL image, got {type(image).__name__}")

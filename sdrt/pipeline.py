@@ -176,8 +176,10 @@ class Pipeline:
 
         ``latents`` is the initial noise (scaled by init_noise_sigma for txt2img, added to
         the image's latents for img2img); ``scheduler`` a diffusers class name or alias.
-        ``callback(progress)`` runs after every U-Net call, ``stage_callback(timing)`` after
-        every stage (sdrt/stages.py); the result's ``timings`` hold them all.
+        ``height``/``width`` None: the folder's size, or the image's fitted into the built
+        range (sdrt.request.fit_size). ``callback(progress)`` runs after every U-Net call,
+        ``stage_callback(timing)`` after every stage (sdrt/stages.py); the result's
+        ``timings`` hold them all.
         """
         request = make_request(
             self.manifest,
@@ -227,13 +229,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------ loop
 
     def _plan(self, request: Request):
-        name = request.scheduler or self.default_scheduler
-        if name is None:
-            raise ModelFolderError(
-                f"{self.folder}: scheduler/scheduler_config.json names no _class_name; "
-                "pass scheduler="
-            )
-        sched = create_scheduler(name, self.scheduler_config)
+        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder)
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
     def _run(self, request: Request, sched, plan, stages: StageRecorder) -> Iterator[Progress]:
@@ -485,6 +481,16 @@ CALL_DEFAULTS = {
 def _generator(seed) -> np.random.Generator:
     """The call's random numbers: the Generator given, or one made from the seed."""
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def make_scheduler(name: str | None, scheduler_config: dict[str, Any], folder: Path):
+    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own."""
+    name = name or scheduler_config.get("_class_name")
+    if name is None:
+        raise ModelFolderError(
+            f"{folder}: scheduler/scheduler_config.json names no _class_name; pass scheduler="
+        )
+    return create_scheduler(name, scheduler_config)
 
 
 def _time_ids(height: int, width: int, rows: int, xp):

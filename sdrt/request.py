@@ -85,13 +85,41 @@ def _check_size(name: str, value: Any, manifest: Manifest) -> int:
 
 
 def _default_size(manifest: Manifest, image: Any) -> tuple[int, int]:
-    """(height, width): the image's own, rounded down to the size multiple; else the size
-    the folder was optimised for (the model's native size, clamped into the built range)."""
+    """(height, width) when none is given: the size the folder was optimised for (txt2img),
+    or the image's own size as diffusers' VaeImageProcessor takes it (rounded down to the
+    size multiple), scaled with its aspect ratio kept into the folder's built range."""
     if image is None:
         return manifest.build.opt_size, manifest.build.opt_size
     width, height = image_size(image, "image")
-    multiple = manifest.build.size_multiple
-    return height // multiple * multiple, width // multiple * multiple
+    width, height = fit_size(width, height, manifest)
+    return height, width
+
+
+def fit_size(width: int, height: int, manifest: Manifest) -> tuple[int, int]:
+    """(width, height) of an image scaled, aspect ratio kept, so that both sides lie in the
+    folder's built range, then rounded down to its size multiple; an image already in range
+    is only rounded. InputError where the aspect ratio cannot fit the range."""
+    build = manifest.build
+    multiple = build.size_multiple
+    low = -(-build.min_size // multiple) * multiple  # the smallest allowed multiple
+    high = build.max_size // multiple * multiple  # the largest
+    scale = 1.0
+    if max(width, height) > high:
+        scale = high / max(width, height)
+    if min(width, height) * scale < low:
+        scale = low / min(width, height)
+    if max(width, height) * scale > high + 1e-9:
+        raise InputError(
+            f"image: expected an aspect ratio that fits the sizes this model folder was built "
+            f"for ({build.min_size} to {build.max_size} pixels a side), got a {width}x{height} "
+            "image; pass height= and width= (sdrt generate: --size) to resize it"
+        )
+
+    def side(value: int) -> int:
+        scaled = int(round(value * scale, 6)) // multiple * multiple
+        return min(max(scaled, low), high)
+
+    return side(width), side(height)
 
 
 def make_request(
@@ -127,6 +155,10 @@ def make_request(
     per_prompt = _integer(num_images_per_prompt, "num_images_per_prompt", 1)
     steps = _integer(num_inference_steps, "num_inference_steps", 1)
     guidance = _real(guidance_scale, "guidance_scale")
+    if guidance < 0.0:
+        raise InputError(
+            f"guidance_scale: expected a number >= 0 (<= 1 turns guidance off), got {guidance:g}"
+        )
     if output_type not in OUTPUT_TYPES:
         raise InputError(
             f"output_type: expected one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}"
@@ -142,6 +174,12 @@ def make_request(
         strength = _real(strength, "strength")
         if not 0.0 < strength <= 1.0:
             raise InputError(f"strength: expected a number in (0, 1], got {strength}")
+        if int(steps * strength) < 1:  # diffusers' get_timesteps: int(steps * strength) steps
+            raise InputError(
+                f"strength: strength={strength:g} with num_inference_steps={steps} leaves no "
+                f"denoising step (int({steps} * {strength:g}) = 0); expected "
+                "num_inference_steps * strength >= 1"
+            )
         image_size(image, "image")
     else:
         strength = 1.0
@@ -158,9 +196,12 @@ def make_request(
             "channels): pass image= and mask_image="
         )
 
-    default_height, default_width = _default_size(manifest, image)
-    height = _check_size("height", default_height if height is None else height, manifest)
-    width = _check_size("width", default_width if width is None else width, manifest)
+    if height is None or width is None:
+        default_height, default_width = _default_size(manifest, image)
+        height = default_height if height is None else height
+        width = default_width if width is None else width
+    height = _check_size("height", height, manifest)
+    width = _check_size("width", width, manifest)
 
     if seed is not None and not isinstance(seed, np.random.Generator):
         seed = _integer(seed, "seed", 0)

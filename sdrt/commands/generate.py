@@ -1,93 +1,279 @@
-"""``sdrt generate FOLDER "prompt" -o out.png``: txt2img, img2img (--image) and inpainting (--mask).
+"""``sdrt generate FOLDER "prompt" ... -o out.png``: txt2img, img2img (--image), inpainting
+(--mask) and outpainting (--outpaint).
 
-Needs only the runtime (numpy, onnxruntime, tokenizers, pillow, tqdm). Images are written
-atomically (the -o folder is created if needed); a batch of N writes out-0.png ...
-out-(N-1).png beside the -o name.
+Needs only the runtime (numpy, onnxruntime, tokenizers, pillow, tqdm). Every input is
+checked before the model loads: the -o place must be writable, the request valid for the
+folder (sizes, strength, guidance, scheduler). Images are written atomically, as PNG,
+JPEG or WebP by the -o suffix, with the generation settings in A1111's "parameters"
+convention (sdrt.infotext). Several images are numbered: see ``numbered_paths``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdrt.errors import InputError
-from sdrt.files import atomic_write
+from sdrt.image_files import DEFAULT_QUALITY, FORMATS, check_writable, image_format, numbered_paths
+from sdrt.sizes import parse_size
 
-HELP = "Generate images from a model folder: txt2img, img2img (--image), inpainting (--mask)."
+HELP = (
+    "Generate images from a model folder: txt2img, img2img (--image), inpainting (--mask), "
+    "outpainting (--outpaint)."
+)
+IMG2IMG_STRENGTH = 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
+INPAINT_STRENGTH = 1.0  # diffusers' StableDiffusionInpaintPipeline default
+RANDOM_SEED = -1
+OUTPAINT_OVERLAP = 8
+
+
+@dataclass(frozen=True)
+class Margins:
+    left: int
+    top: int
+    right: int
+    bottom: int
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
     folder: Path
-    prompt: str
+    prompts: tuple[str, ...]
     output: Path
     negative_prompt: str | None
     image: Path | None
     mask: Path | None
-    strength: float
-    scheduler: str | None
-    seed: int
+    outpaint: Margins | None
+    strength: float | None  # None: 0.8 for img2img, 1.0 for inpainting and outpainting
+    scheduler: str | None  # None: the folder's
+    seed: int | None  # None: pick one at random
     steps: int
     guidance: float
     width: int | None
     height: int | None
     batch: int
+    quality: int
     backend: str
     progress: bool
 
 
+def _epilog() -> str:
+    from sdrt.schedulers import SCHEDULER_CLASSES, SCHEDULERS
+
+    return (
+        f"schedulers (--scheduler): aliases {', '.join(SCHEDULERS)}; or class names "
+        f"{', '.join(SCHEDULER_CLASSES)}. Default: the folder's own "
+        "(scheduler/scheduler_config.json). "
+        "Output names: one image is written to -o as given; several (prompts x --batch) to "
+        "-o's name with a zero-padded index, out-00.png, out-01.png, ..., numbered prompt by "
+        "prompt (index = prompt number * batch + image number). "
+        f"Output formats by suffix: {', '.join(FORMATS)}; each carries its settings "
+        "(PNG text chunk 'parameters', EXIF UserComment for JPEG and WebP)."
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _epilog()
     parser.add_argument("folder", help="model folder written by `sdrt build`")
-    parser.add_argument("prompt", help="what to draw")
-    parser.add_argument("-o", "--output", default="out.png", help="PNG to write (default out.png)")
-    parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    parser.add_argument("--image", default=None, help="start from this image (img2img)")
-    parser.add_argument("--mask", default=None, help="repaint the white area of --image")
-    parser.add_argument("--strength", type=float, default=0.8, help="img2img strength in (0, 1]")
-    parser.add_argument("--scheduler", default=None, help="scheduler class name or alias")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5)")
-    parser.add_argument("--size", default=None, help="WxH in pixels (default: the model's)")
-    parser.add_argument("--batch", type=int, default=1, help="images to generate (default 1)")
-    parser.add_argument("--backend", default="auto", help="auto, ort-cpu, ort-cuda or tensorrt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "prompt",
+        nargs="*",
+        help="what to draw; several prompts make several images (default: none, then "
+        "--prompt-file is needed)",
+    )
+    parser.add_argument(
+        "--prompt-file",
+        default=None,
+        metavar="FILE",
+        help="read prompts from FILE, one per line; blank lines and lines starting with # are "
+        "skipped; they come after any PROMPT given (default: none)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default="out.png",
+        help=f"image to write; its suffix picks the format: {', '.join(FORMATS)} "
+        "(default: out.png)",
+    )
+    parser.add_argument(
+        "--negative-prompt",
+        metavar="TEXT",
+        default=None,
+        help="what to steer away from, for every prompt (default: none)",
+    )
+    parser.add_argument(
+        "--image",
+        metavar="FILE",
+        default=None,
+        help="start from this image (img2img) (default: none, txt2img)",
+    )
+    parser.add_argument(
+        "--mask",
+        metavar="FILE",
+        default=None,
+        help="repaint the white area of --image (default: none)",
+    )
+    parser.add_argument(
+        "--outpaint",
+        default=None,
+        metavar="LEFT,TOP,RIGHT,BOTTOM",
+        help="extend --image by these margins in pixels and paint the new area (e.g. 0,0,128,0 "
+        "widens to the right; default: none)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        default=None,
+        help="how much of --image to repaint, in (0, 1]; needs --image "
+        f"(default: {IMG2IMG_STRENGTH} for img2img, {INPAINT_STRENGTH} with --mask or "
+        "--outpaint, as diffusers' pipelines)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="NAME",
+        default=None,
+        help="scheduler class name or alias, listed below (default: the folder's own)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="random seed; -1 picks one at random and prints it to stderr (default: 0)",
+    )
+    parser.add_argument(
+        "--steps", type=int, metavar="N", default=20, help="denoising steps (default: 20)"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        metavar="SCALE",
+        default=7.5,
+        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: 7.5)",
+    )
+    parser.add_argument(
+        "--size",
+        default=None,
+        metavar="N|WxH",
+        help="image size in pixels, N (square) or WxH such as 512x768 (default: the model's "
+        "size; with --image, the image's size rounded down to the folder's size multiple and "
+        "scaled into its built range)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        default=1,
+        help="images per prompt, made in one call (num_images_per_prompt) (default: 1)",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        metavar="Q",
+        default=None,
+        help=f"JPEG / WebP quality, 1..100 (default: {DEFAULT_QUALITY}; not for .png)",
+    )
+    parser.add_argument(
+        "--backend",
+        metavar="NAME",
+        default="auto",
+        help="auto, ort-cpu, ort-cuda or tensorrt (default: auto)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)"
+    )
 
 
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    """'768x512' -> (width, height)."""
-    if text is None:
-        return None, None
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise InputError(f"--size: expected WIDTHxHEIGHT such as 512x768, got {text!r}")
-    return int(parts[0]), int(parts[1])
+def parse_margins(text: str) -> Margins:
+    """``"0,0,128,0"`` -> Margins(left=0, top=0, right=128, bottom=0)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise InputError(
+            "--outpaint: expected LEFT,TOP,RIGHT,BOTTOM as four integers >= 0 in pixels "
+            f"(e.g. 0,0,128,0), got {text!r}"
+        )
+    margins = Margins(*(int(p) for p in parts))
+    if not any((margins.left, margins.top, margins.right, margins.bottom)):
+        raise InputError(f"--outpaint: expected at least one margin above 0, got {text!r}")
+    return margins
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """Prompts, one a line; blank lines and ``#`` comment lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"--prompt-file: no such file {str(path)!r}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"--prompt-file: expected UTF-8 text in {str(path)!r} ({e})") from None
+    except OSError as e:
+        raise InputError(f"--prompt-file: cannot read {str(path)!r} ({e.strerror or e})") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise InputError(
+            f"--prompt-file: expected at least one prompt line in {str(path)!r}, got none"
+        )
+    return prompts
 
 
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    width, height = parse_size(args.size)
     output = Path(args.output)
-    if output.suffix.lower() != ".png":
-        raise InputError(f"-o: expected a .png file name, got {str(output)!r}")
-    if output.exists() and not output.is_file():
-        raise InputError(f"-o: {str(output)!r} exists and is not a file")
+    image_format(output)
+    check_writable(output)
+
+    prompts = list(args.prompt)
+    if args.prompt_file is not None:
+        prompts += read_prompt_file(Path(args.prompt_file))
+    if not prompts:
+        raise InputError("expected a PROMPT or --prompt-file, got neither")
+
+    size = None if args.size is None else parse_size(args.size)
+    if args.image is None:
+        for option, value in (("--strength", args.strength), ("--outpaint", args.outpaint)):
+            if value is not None:
+                raise InputError(
+                    f"{option}: applies to a start image; pass --image too, or drop {option}"
+                )
+    if args.outpaint is not None and args.mask is not None:
+        raise InputError("--outpaint: makes its own mask; expected no --mask with it")
+    outpaint = None if args.outpaint is None else parse_margins(args.outpaint)
+
+    if args.seed < RANDOM_SEED:
+        raise InputError(
+            f"--seed: expected an integer >= 0, or -1 for a random seed, got {args.seed}"
+        )
+    quality = DEFAULT_QUALITY
+    if args.quality is not None:
+        if image_format(output) == "PNG":
+            raise InputError("--quality: applies to .jpg, .jpeg and .webp output, not .png")
+        if not 1 <= args.quality <= 100:
+            raise InputError(f"--quality: expected an integer in 1..100, got {args.quality}")
+        quality = args.quality
+
     return GenerateConfig(
         folder=Path(args.folder),
-        prompt=args.prompt,
+        prompts=tuple(prompts),
         output=output,
         negative_prompt=args.negative_prompt,
         image=Path(args.image) if args.image else None,
         mask=Path(args.mask) if args.mask else None,
+        outpaint=outpaint,
         strength=args.strength,
         scheduler=args.scheduler,
-        seed=args.seed,
+        seed=None if args.seed == RANDOM_SEED else args.seed,
         steps=args.steps,
         guidance=args.guidance,
-        width=width,
-        height=height,
+        width=None if size is None else size.width,
+        height=None if size is None else size.height,
         batch=args.batch,
+        quality=quality,
         backend=args.backend,
         progress=not args.no_progress,
     )
@@ -106,60 +292,155 @@ def read_image(path: Path | None, option: str):
         raise InputError(f"{option}: no such file {str(path)!r}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{option}: cannot read {str(path)!r} as an image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{option}: {str(path)!r} is too large to read ({e})") from None
 
 
-def save_png_atomically(image, path: Path) -> None:
-    """Write through a temporary file beside ``path``: readers never see half a PNG."""
-    atomic_write(path, lambda f: image.save(f, format="PNG"), binary=True)
+@dataclass(frozen=True)
+class Prepared:
+    """What a run needs once every input has been checked, before the model loads."""
 
-
-def output_paths(output: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+    manifest: object
+    scheduler: object
+    requests: tuple  # one sdrt.request.Request per prompt
+    paths: tuple[Path, ...]
+    seed: int
+    image: object  # the start image (outpainting: the canvas), or None
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    image = read_image(config.image, "--image")
-    mask = read_image(config.mask, "--mask")
-
-    from tqdm import tqdm
-
+    prepared = prepare(config)
     from sdrt.pipeline import Pipeline
 
     pipe = Pipeline.load(config.folder, backend=config.backend)
-    bar = None
-    result = None
-    try:
-        request = pipe.request(
-            config.prompt,
+    config.output.parent.mkdir(parents=True, exist_ok=True)
+    for p, request in enumerate(prepared.requests):
+        pictures = _generate(pipe, request, config, p)
+        for b, picture in enumerate(pictures):
+            parameters = _parameters(config, prepared, request, config.prompts[p], b)
+            path = prepared.paths[p * config.batch + b]
+            _save(picture, path, parameters, config.quality)
+            print(path, flush=True)
+    return 0
+
+
+def prepare(config: GenerateConfig) -> Prepared:
+    """Check everything before the model loads: the folder, the requests, the scheduler,
+    the output paths."""
+    from sdrt.images import outpaint_canvas
+    from sdrt.manifest import read_manifest
+    from sdrt.pipeline import make_scheduler
+    from sdrt.request import make_request
+    from sdrt.schedulers import load_scheduler_config
+
+    image = read_image(config.image, "--image")
+    mask = read_image(config.mask, "--mask")
+    manifest = read_manifest(config.folder)
+    scheduler_config = load_scheduler_config(config.folder)
+    if config.outpaint is not None:
+        image, mask = outpaint_canvas(
+            image,
+            **dataclasses.asdict(config.outpaint),
+            overlap=OUTPAINT_OVERLAP,
+            multiple=manifest.build.size_multiple,
+        )
+    strength = config.strength
+    if strength is None:
+        strength = IMG2IMG_STRENGTH if mask is None else INPAINT_STRENGTH
+    seed = secrets.randbelow(2**32) if config.seed is None else config.seed
+    requests = tuple(
+        make_request(
+            manifest,
+            prompt=prompt,
             negative_prompt=config.negative_prompt,
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             height=config.height,
             width=config.width,
             num_images_per_prompt=config.batch,
-            seed=config.seed,
+            seed=seed,
+            latents=None,
             scheduler=config.scheduler,
             image=image,
-            strength=config.strength,
+            strength=strength,
             mask_image=mask,
+            output_type="pil",
         )
+        for prompt in config.prompts
+    )
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler.plan(requests[0].num_inference_steps, strength=requests[0].strength)
+    paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
+    for path in paths:
+        check_writable(path)
+    if config.seed is None:
+        print(f"seed: {seed}", file=sys.stderr)
+    _note_resize(config, image, requests[0], manifest.build.size_multiple)
+    return Prepared(manifest, scheduler, requests, paths, seed, image)
+
+
+def _parameters(config: GenerateConfig, prepared: Prepared, request, prompt: str, b: int) -> str:
+    """The image's settings in A1111's "parameters" text."""
+    from sdrt import __version__
+    from sdrt.infotext import GenerationParameters, sampler_name
+
+    unet = prepared.manifest.components.get("unet")
+    return GenerationParameters(
+        prompt=prompt,
+        negative_prompt=config.negative_prompt or "",
+        steps=request.num_inference_steps,
+        sampler=sampler_name(prepared.scheduler),
+        cfg_scale=request.guidance_scale,
+        seed=prepared.seed,
+        width=request.width,
+        height=request.height,
+        model_hash=None if unet is None else unet.sha256[:10],
+        model=config.folder.resolve().name,
+        denoising_strength=None if prepared.image is None else request.strength,
+        batch_size=config.batch,
+        batch_pos=b,
+        version=f"sdrt {__version__}",
+    ).text()
+
+
+def _note_resize(config: GenerateConfig, image, request, multiple: int) -> None:
+    """Say so on stderr when --image was scaled to fit the folder (no --size given)."""
+    if image is None or config.width is not None or config.height is not None:
+        return
+    width, height = image.size
+    if (request.width, request.height) != (
+        width // multiple * multiple,
+        height // multiple * multiple,
+    ):
+        print(
+            f"--image: {width}x{height} scaled to {request.width}x{request.height}, the "
+            "model folder's built range (pass --size to choose)",
+            file=sys.stderr,
+        )
+
+
+def _generate(pipe, request, config: GenerateConfig, index: int):
+    from tqdm import tqdm
+
+    bar = None
+    result = None
+    many = len(config.prompts) > 1
+    try:
         for progress in pipe.generate(request):
             if bar is None and config.progress:
-                bar = tqdm(
-                    total=progress.total_steps, desc="denoising", unit="step", file=sys.stderr
-                )
+                desc = f"prompt {index + 1}/{len(config.prompts)}" if many else "denoising"
+                bar = tqdm(total=progress.total_steps, desc=desc, unit="step", file=sys.stderr)
             if bar is not None:
                 bar.update(progress.step - bar.n)
             result = progress.result
     finally:
         if bar is not None:
             bar.close()
-    config.output.parent.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(config.output, len(result.images))
-    for picture, path in zip(result.images, paths, strict=True):
-        save_png_atomically(picture, path)
-    print("\n".join(str(p) for p in paths))
-    return 0
+    return result.images
+
+
+def _save(picture, path: Path, parameters: str, quality: int) -> None:
+    from sdrt.image_files import save_image
+
+    save_image(picture, path, parameters=parameters, quality=quality)
