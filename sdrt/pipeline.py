@@ -171,16 +171,11 @@ class Pipeline:
         callback=None,
         stage_callback: StageCallback | None = None,
     ) -> PipelineOutput:
-        """Generate images, with diffusers' StableDiffusion(XL)Pipeline, Img2Img (``image``,
-        ``strength``) and Inpaint (``mask_image``, white = repaint) arguments.
-
-        ``latents`` is the initial noise (scaled by init_noise_sigma for txt2img, added to
-        the image's latents for img2img); ``scheduler`` a diffusers class name or alias.
-        ``height``/``width`` None: the folder's size, or the image's fitted into the built
-        range (sdrt.request.fit_size). ``callback(progress)`` runs after every U-Net call,
-        ``stage_callback(timing)`` after every stage (sdrt/stages.py); the result's
-        ``timings`` hold them all.
-        """
+        """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
+        arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
+        None: the folder's size, or the image's fitted into the built range (request.fit_size).
+        ``callback(progress)`` runs after every U-Net call, ``stage_callback(timing)`` after
+        every stage (sdrt/stages.py); the result's ``timings`` hold them all."""
         request = make_request(
             self.manifest,
             prompt=prompt,

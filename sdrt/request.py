@@ -140,25 +140,39 @@ def make_request(
     mask_image: Any,
     output_type: Any,
 ) -> Request:
+    """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
     prompts = _prompt_list(prompt, "prompt")
-    if negative_prompt is None:
-        negatives = [""] * len(prompts)
-    else:
-        negatives = _prompt_list(negative_prompt, "negative_prompt")
-        if len(negatives) == 1:
-            negatives *= len(prompts)
-        elif len(negatives) != len(prompts):
-            raise InputError(
-                f"negative_prompt: expected one prompt or {len(prompts)} (one per prompt), "
-                f"got {len(negatives)}"
-            )
+    negatives = _negative_prompts(negative_prompt, len(prompts))
     per_prompt = _integer(num_images_per_prompt, "num_images_per_prompt", 1)
     steps = _integer(num_inference_steps, "num_inference_steps", 1)
-    guidance = _real(guidance_scale, "guidance_scale")
-    if guidance < 0.0:
-        raise InputError(
-            f"guidance_scale: expected a number >= 0 (<= 1 turns guidance off), got {guidance:g}"
-        )
+    guidance = _guidance(guidance_scale)
+    _check_names(output_type, scheduler)
+    strength = _check_images(manifest, image, mask_image, strength, steps)
+    height, width = _image_size(manifest, image, height, width)
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        seed = _integer(seed, "seed", 0)
+    if latents is not None:
+        batch = len(prompts) * per_prompt
+        latents = _check_latents(latents, manifest, batch, height, width)
+    return Request(
+        prompts=tuple(p for p in prompts for _ in range(per_prompt)),
+        negative_prompts=tuple(n for n in negatives for _ in range(per_prompt)),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        scheduler=scheduler,
+        strength=strength,
+        output_type=output_type,
+        image=image,
+        mask_image=mask_image,
+        latents=latents,
+        seed=seed,
+        negative_prompt=negative_prompt,
+    )
+
+
+def _check_names(output_type: Any, scheduler: Any) -> None:
     if output_type not in OUTPUT_TYPES:
         raise InputError(
             f"output_type: expected one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}"
@@ -168,6 +182,42 @@ def make_request(
             f"scheduler: expected a scheduler name (string), got {type(scheduler).__name__}"
         )
 
+
+def _image_size(manifest: Manifest, image: Any, height: Any, width: Any) -> tuple[int, int]:
+    """(height, width) as given, or the default for the folder (and image), checked."""
+    if height is None or width is None:
+        default_height, default_width = _default_size(manifest, image)
+        height = default_height if height is None else height
+        width = default_width if width is None else width
+    return _check_size("height", height, manifest), _check_size("width", width, manifest)
+
+
+def _negative_prompts(negative_prompt: Any, count: int) -> list[str]:
+    """One negative prompt per prompt ("" where none was given)."""
+    if negative_prompt is None:
+        return [""] * count
+    negatives = _prompt_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        return negatives * count
+    if len(negatives) != count:
+        raise InputError(
+            f"negative_prompt: expected one prompt or {count} (one per prompt), "
+            f"got {len(negatives)}"
+        )
+    return negatives
+
+
+def _guidance(guidance_scale: Any) -> float:
+    guidance = _real(guidance_scale, "guidance_scale")
+    if guidance < 0.0:
+        raise InputError(
+            f"guidance_scale: expected a number >= 0 (<= 1 turns guidance off), got {guidance:g}"
+        )
+    return guidance
+
+
+def _check_images(manifest: Manifest, image: Any, mask_image: Any, strength: Any, steps: int):
+    """The img2img / inpainting inputs; returns the strength (1.0 for txt2img)."""
     if mask_image is not None and image is None:
         raise InputError("mask_image: inpainting needs the image to repaint; pass image= too")
     if image is not None:
@@ -195,36 +245,7 @@ def make_request(
             f"this model folder holds an inpainting U-Net ({manifest.unet_in_channels} input "
             "channels): pass image= and mask_image="
         )
-
-    if height is None or width is None:
-        default_height, default_width = _default_size(manifest, image)
-        height = default_height if height is None else height
-        width = default_width if width is None else width
-    height = _check_size("height", height, manifest)
-    width = _check_size("width", width, manifest)
-
-    if seed is not None and not isinstance(seed, np.random.Generator):
-        seed = _integer(seed, "seed", 0)
-    batch = len(prompts) * per_prompt
-    if latents is not None:
-        latents = _check_latents(latents, manifest, batch, height, width)
-
-    return Request(
-        prompts=tuple(p for p in prompts for _ in range(per_prompt)),
-        negative_prompts=tuple(n for n in negatives for _ in range(per_prompt)),
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=height,
-        width=width,
-        scheduler=scheduler,
-        strength=strength,
-        output_type=output_type,
-        image=image,
-        mask_image=mask_image,
-        latents=latents,
-        seed=seed,
-        negative_prompt=negative_prompt,
-    )
+    return strength
 
 
 def _check_latents(latents: Any, manifest: Manifest, batch: int, height: int, width: int):

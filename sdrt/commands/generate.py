@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdrt.backends.registry import BACKENDS
 from sdrt.errors import InputError
 from sdrt.image_files import DEFAULT_QUALITY, FORMATS, check_writable, image_format, numbered_paths
 from sdrt.sizes import parse_size
@@ -106,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="what to steer away from, for every prompt (default: none)",
     )
+    _add_image_arguments(parser)
+    _add_sampling_arguments(parser)
+    _add_output_arguments(parser)
+
+
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image",
         metavar="FILE",
@@ -134,6 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: {IMG2IMG_STRENGTH} for img2img, {INPAINT_STRENGTH} with --mask or "
         "--outpaint, as diffusers' pipelines)",
     )
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler",
         metavar="NAME",
@@ -172,6 +182,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="images per prompt, made in one call (num_images_per_prompt) (default: 1)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quality",
         type=int,
@@ -183,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         metavar="NAME",
         default="auto",
-        help="auto, ort-cpu, ort-cuda or tensorrt (default: auto)",
+        help=f"{', '.join(BACKENDS)} (default: auto)",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)"
@@ -235,28 +248,13 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         raise InputError("expected a PROMPT or --prompt-file, got neither")
 
     size = None if args.size is None else parse_size(args.size)
-    if args.image is None:
-        for option, value in (("--strength", args.strength), ("--outpaint", args.outpaint)):
-            if value is not None:
-                raise InputError(
-                    f"{option}: applies to a start image; pass --image too, or drop {option}"
-                )
-    if args.outpaint is not None and args.mask is not None:
-        raise InputError("--outpaint: makes its own mask; expected no --mask with it")
+    _check_image_options(args)
     outpaint = None if args.outpaint is None else parse_margins(args.outpaint)
-
     if args.seed < RANDOM_SEED:
         raise InputError(
             f"--seed: expected an integer >= 0, or -1 for a random seed, got {args.seed}"
         )
-    quality = DEFAULT_QUALITY
-    if args.quality is not None:
-        if image_format(output) == "PNG":
-            raise InputError("--quality: applies to .jpg, .jpeg and .webp output, not .png")
-        if not 1 <= args.quality <= 100:
-            raise InputError(f"--quality: expected an integer in 1..100, got {args.quality}")
-        quality = args.quality
-
+    quality = _quality(args.quality, output)
     return GenerateConfig(
         folder=Path(args.folder),
         prompts=tuple(prompts),
@@ -277,6 +275,27 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         backend=args.backend,
         progress=not args.no_progress,
     )
+
+
+def _check_image_options(args: argparse.Namespace) -> None:
+    if args.image is None:
+        for option, value in (("--strength", args.strength), ("--outpaint", args.outpaint)):
+            if value is not None:
+                raise InputError(
+                    f"{option}: applies to a start image; pass --image too, or drop {option}"
+                )
+    if args.outpaint is not None and args.mask is not None:
+        raise InputError("--outpaint: makes its own mask; expected no --mask with it")
+
+
+def _quality(quality: int | None, output: Path) -> int:
+    if quality is None:
+        return DEFAULT_QUALITY
+    if image_format(output) == "PNG":
+        raise InputError("--quality: applies to .jpg, .jpeg and .webp output, not .png")
+    if not 1 <= quality <= 100:
+        raise InputError(f"--quality: expected an integer in 1..100, got {quality}")
+    return quality
 
 
 def read_image(path: Path | None, option: str):
@@ -328,26 +347,14 @@ def run(args: argparse.Namespace) -> int:
 def prepare(config: GenerateConfig) -> Prepared:
     """Check everything before the model loads: the folder, the requests, the scheduler,
     the output paths."""
-    from sdrt.images import outpaint_canvas
     from sdrt.manifest import read_manifest
     from sdrt.pipeline import make_scheduler
     from sdrt.request import make_request
     from sdrt.schedulers import load_scheduler_config
 
-    image = read_image(config.image, "--image")
-    mask = read_image(config.mask, "--mask")
     manifest = read_manifest(config.folder)
     scheduler_config = load_scheduler_config(config.folder)
-    if config.outpaint is not None:
-        image, mask = outpaint_canvas(
-            image,
-            **dataclasses.asdict(config.outpaint),
-            overlap=OUTPAINT_OVERLAP,
-            multiple=manifest.build.size_multiple,
-        )
-    strength = config.strength
-    if strength is None:
-        strength = IMG2IMG_STRENGTH if mask is None else INPAINT_STRENGTH
+    image, mask, strength = _start_image(config, manifest)
     seed = secrets.randbelow(2**32) if config.seed is None else config.seed
     requests = tuple(
         make_request(
@@ -378,6 +385,26 @@ def prepare(config: GenerateConfig) -> Prepared:
         print(f"seed: {seed}", file=sys.stderr)
     _note_resize(config, image, requests[0], manifest.build.size_multiple)
     return Prepared(manifest, scheduler, requests, paths, seed, image)
+
+
+def _start_image(config: GenerateConfig, manifest):
+    """(image, mask, strength): the start image and mask read (outpainting: the canvas and
+    its mask made), and the strength, defaulting as diffusers' pipelines do."""
+    from sdrt.images import outpaint_canvas
+
+    image = read_image(config.image, "--image")
+    mask = read_image(config.mask, "--mask")
+    if config.outpaint is not None:
+        image, mask = outpaint_canvas(
+            image,
+            **dataclasses.asdict(config.outpaint),
+            overlap=OUTPAINT_OVERLAP,
+            multiple=manifest.build.size_multiple,
+        )
+    strength = config.strength
+    if strength is None:
+        strength = IMG2IMG_STRENGTH if mask is None else INPAINT_STRENGTH
+    return image, mask, strength
 
 
 def _parameters(config: GenerateConfig, prepared: Prepared, request, prompt: str, b: int) -> str:
