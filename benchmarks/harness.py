@@ -120,6 +120,13 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
+def load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
+
+
 def harness_versions() -> dict[str, str]:
     names = ("sdrt", "numpy", "onnxruntime", "torch", "diffusers", "transformers", "matplotlib")
     return {name: version_of(name) for name in names}
@@ -165,6 +172,7 @@ class Benchmark:
         self.peak_samples: list[dict[str, Any]] = []
         # each measured round as it ran: size, run index, contenders in order, peak sampled
         self.rounds: list[dict[str, Any]] = []
+        self.load_average_at_start: list[float] | None = None
 
     # -------------------------------------------------------------------------- running
 
@@ -252,6 +260,7 @@ class Benchmark:
     def run(self) -> dict[str, Any]:
         config = self.config
         started = datetime.datetime.now(datetime.timezone.utc)
+        self.load_average_at_start = load_average()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         models = prepare_models(config, self.progress.status)
         requests = {
@@ -524,7 +533,11 @@ class Benchmark:
                 "one each measured round",
                 "rounds": self.rounds,
             },
-            "machine": machine_info(config.threads),
+            "machine": {
+                **machine_info(config.threads),
+                # other work on the machine: runnable processes, averaged over 1, 5, 15 min
+                "load_average": {"start": self.load_average_at_start, "end": load_average()},
+            },
             "versions": harness_versions(),
             "model": {
                 "source": models.source_label,

@@ -229,12 +229,12 @@ def _distributions(report: dict, size: str) -> list[str]:
 
 def load_label(contender: dict) -> str:
     """How a contender's own start loaded, from the settings it reported."""
-    graphs = ((contender.get("cold_start") or {}).get("load_settings") or {}).get(
-        "saved_optimised_graphs"
-    )
-    if graphs is None:
-        return "optimises at load" if contender["name"] == PEER else "—"
-    return "saved graphs " + graphs
+    settings = (contender.get("cold_start") or {}).get("load_settings") or {}
+    if "saved_optimised_graphs" in settings:
+        return "saved graphs " + settings["saved_optimised_graphs"]
+    if "graph_optimization" in settings:
+        return "graphs optimised: " + settings["graph_optimization"]
+    return "—"
 
 
 def _cold_start(report: dict) -> list[str]:
@@ -558,6 +558,27 @@ def _workload(report: dict) -> list[str]:
     return lines
 
 
+def _machine_load(report: dict) -> list[str]:
+    """The machine's load average around the run: other work there makes timings noisy."""
+    machine = report["machine"]
+    load = machine.get("load_average") or {}
+    start, end = load.get("start"), load.get("end")
+    if not start or not end:
+        return []
+    cpus = machine["logical_cpus"]
+    line = (
+        f"Load average (1 min) of the machine: {start[0]:.1f} at the start, {end[0]:.1f} at "
+        f"the end, on {cpus} logical CPUs."
+    )
+    if max(start[0], end[0]) > cpus:
+        line += (
+            " **Other work was running beside the benchmark**: timings are noisy, and a "
+            "contender whose threads wait on each other (torch's) can suffer more than the "
+            "others; compare within this report only."
+        )
+    return [line, ""]
+
+
 def render_markdown(report: dict) -> str:
     settings, machine = report["settings"], report["machine"]
     lines = [
@@ -573,6 +594,8 @@ def render_markdown(report: dict) -> str:
         f"Command: `{report['command']}`",
         "",
     ]
+    lines += _machine_load(report)
+    lines += _machine_load(report)
     if not asked_enough_runs(report):
         minimum = verdict_minimum(report)
         lines += [

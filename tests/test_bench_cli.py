@@ -58,6 +58,7 @@ def test_report_json_is_valid(bench_report):
     jsonschema.validate(report, REPORT_SCHEMA)
     assert report["settings"]["steps"] == 2 and report["settings"]["sizes"] == ["64x64"]
     assert report["machine"]["threads"] == 2
+    assert len(report["machine"]["load_average"]["start"]) == 3
 
 
 def test_torch_and_sdrt_ran_the_same_work(bench_report):
