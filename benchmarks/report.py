@@ -595,7 +595,6 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     lines += _machine_load(report)
-    lines += _machine_load(report)
     if not asked_enough_runs(report):
         minimum = verdict_minimum(report)
         lines += [
