@@ -1,13 +1,20 @@
 """The benchmark: every contender on the same work, interleaved, each in its own process.
 
-For each contender a worker process is started, loads the model and makes its first image
-at once (process start -> first image is its cold start); the next contender starts only
-then, so cold starts never overlap. Then, per image size, the remaining warm-up runs (not
-counted) and the measured runs interleaved A B A B, so that drift on a noisy machine hits
-every contender alike. Every contender gets the same prompts, size, steps, guidance,
-scheduler and initial latents (drawn once here with numpy). A contender that fails is
-recorded with its error and the others go on. After the runs, in their own processes: the
-U-Net's FLOPs per call, the machine's peak matmul rate and the scheduler micro-benchmark.
+First, for each sdrt contender that can load without saved optimised graphs, a load-only
+process does so alone on the machine: its load -> ready is like for like with Optimum's,
+which optimises the graphs on every load (sdrt's own start maps the graphs that an
+untimed ``sdrt build --target ort-cpu`` saved). Then for each contender a worker process is
+started, loads the model and makes its first image at once (process start -> first image
+is its cold start); the next contender starts only then, so cold starts never overlap.
+Then, per image size, the remaining warm-up runs (not counted) and the measured runs in
+rounds, one run of each contender a round, in an order shuffled with the seed and rotated
+by one each round (recorded in the report), so that drift on a noisy machine and the
+position in a round hit every contender alike. Every contender gets the same prompts (one
+of its own per image of the batch), size, steps, guidance, scheduler and initial latents
+(drawn once here with numpy). A contender that fails is recorded with its error and the
+others go on. The peak matmul rate is sampled between rounds (``--peak-samples``); after
+the runs, in their own processes: the U-Net's FLOPs per call, a last peak sample and the
+scheduler micro-benchmark.
 """
 
 from __future__ import annotations
@@ -23,7 +30,16 @@ from typing import Any, Protocol
 
 import numpy as np
 from sdrt.benchmarks import contenders
-from sdrt.benchmarks.config import BenchConfig, Size, reproduce_command
+from sdrt.benchmarks.config import (
+    MIN_RUNS_FOR_VERDICT,
+    MIN_WARMUP_FOR_VERDICT,
+    BenchConfig,
+    Size,
+    peak_sample_rounds,
+    reproduce_command,
+    round_orders,
+)
+from sdrt.benchmarks.contenders import ContenderSpec
 from sdrt.benchmarks.contenders.protocol import version_of
 from sdrt.benchmarks.jobs import JobFailed, run_jobs
 from sdrt.benchmarks.models import BenchModels, prepare_models
@@ -34,7 +50,7 @@ from sdrt.benchmarks.worker_process import Ready, WorkerFailed, WorkerProcess
 
 from sdrt.errors import BackendUnavailableError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: load without saved graphs, round order, varied prompts
 # Stages timed inside every contender; "other" is end-to-end minus their sum.
 MODEL_STAGES = ("text_encoder", "unet", "vae_decode")
 
@@ -55,7 +71,10 @@ class ContenderState:
     status: str = "ok"  # ok | failed | unavailable
     error: str | None = None
     failed_stage: str | None = None
+    spec: ContenderSpec | None = None
     worker: WorkerProcess | None = None
+    # the load-only process without saved optimised graphs (sdrt's ORT contenders)
+    unsaved_load: dict[str, Any] | None = None
     ready: Ready | None = None
     cold_start_s: float | None = None
     peak_rss_bytes: int | None = None
@@ -101,6 +120,13 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
+def load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
+
+
 def harness_versions() -> dict[str, str]:
     names = ("sdrt", "numpy", "onnxruntime", "torch", "diffusers", "transformers", "matplotlib")
     return {name: version_of(name) for name in names}
@@ -125,7 +151,7 @@ def make_latents(config: BenchConfig, models: BenchModels, size: Size, work_dir:
 def workload(config: BenchConfig, size: Size, latents_path: Path) -> dict[str, Any]:
     return {
         "prompts": list(config.prompts),
-        "negative_prompt": config.negative_prompt,
+        "negative_prompts": list(config.negative_prompts),
         "height": size.height,
         "width": size.width,
         "steps": config.steps,
@@ -144,6 +170,9 @@ class Benchmark:
         self.states = [ContenderState(name) for name in config.backends]
         # peak matmul rates measured between the measured rounds (see _sample_peak)
         self.peak_samples: list[dict[str, Any]] = []
+        # each measured round as it ran: size, run index, contenders in order, peak sampled
+        self.rounds: list[dict[str, Any]] = []
+        self.load_average_at_start: list[float] | None = None
 
     # -------------------------------------------------------------------------- running
 
@@ -168,16 +197,56 @@ class Benchmark:
         kind = "run" if measured else "warm-up"
         self.progress.advance(f"{state.name} {size.label} {kind}")
 
-    def _start(self, state: ContenderState, models: BenchModels, first: dict, size: Size) -> None:
+    def _resolve(self, state: ContenderState) -> None:
         try:
-            spec = contenders.resolve(state.name, self.config.optimum_venv)
+            state.spec = contenders.resolve(state.name, self.config.optimum_venv)
         except BackendUnavailableError as unavailable:
             state.status, state.failed_stage, state.error = "unavailable", "start", str(unavailable)
+
+    def _model_dir(self, spec: ContenderSpec, models: BenchModels) -> Path:
+        return models.source_dir if spec.model == "source" else models.built_dir
+
+    def _load_without_saved_graphs(self, state: ContenderState, models: BenchModels) -> None:
+        """Load -> ready of ``state``'s runtime when it optimises every graph at load, as
+        Optimum does: a process that loads, reports and quits, with nothing else running."""
+        spec = state.spec
+        if spec is None or spec.no_saved_graphs_args is None:
             return
-        model_dir = models.source_dir if spec.model == "source" else models.built_dir
+        probe = ContenderSpec(
+            spec.name, spec.command, (*spec.extra_args, *spec.no_saved_graphs_args), spec.model
+        )
+        self.progress.status(f"{state.name}: load without saved graphs")
+        log = self.out / "logs" / f"{state.name}-no-saved-graphs.log"
+        worker = WorkerProcess(probe, self._model_dir(spec, models), self.config.threads, log)
+        try:
+            ready = worker.wait_ready()
+            worker.quit()
+        except WorkerFailed as failure:
+            worker.close()
+            state.unsaved_load = {
+                "status": "failed",
+                "error": failure.error,
+                "log": str(log.relative_to(self.out)),
+            }
+            return
+        state.unsaved_load = {
+            "status": "ok",
+            "import_s": ready.import_s,
+            "load_to_ready_s": ready.load_s,
+            "process_start_to_ready_s": ready.ready_at - ready.spawned_at,
+            "settings": ready.load_settings,
+            "log": str(log.relative_to(self.out)),
+        }
+
+    def _start(self, state: ContenderState, models: BenchModels, first: dict, size: Size) -> None:
+        if state.spec is None:
+            return
         self.progress.status(f"starting {state.name}")
         state.worker = WorkerProcess(
-            spec, model_dir, self.config.threads, self.out / "logs" / f"{state.name}.log"
+            state.spec,
+            self._model_dir(state.spec, models),
+            self.config.threads,
+            self.out / "logs" / f"{state.name}.log",
         )
         try:
             state.ready = state.worker.wait_ready()
@@ -191,6 +260,7 @@ class Benchmark:
     def run(self) -> dict[str, Any]:
         config = self.config
         started = datetime.datetime.now(datetime.timezone.utc)
+        self.load_average_at_start = load_average()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         models = prepare_models(config, self.progress.status)
         requests = {
@@ -205,7 +275,8 @@ class Benchmark:
             for state in self.states:
                 if state.worker is not None:  # only after an interruption
                     state.worker.close()
-        self.progress.status("U-Net FLOPs, peak matmul rate, scheduler micro-benchmark")
+        peak = ", peak matmul rate" if config.peak_sample_count else ""
+        self.progress.status(f"U-Net FLOPs{peak}, scheduler micro-benchmark")
         roofline, schedulers = self._side_measurements(models)
         finished = datetime.datetime.now(datetime.timezone.utc)
         return self._report(models, roofline, schedulers, started, finished)
@@ -214,17 +285,32 @@ class Benchmark:
         config = self.config
         first_size = config.sizes[0]
         for state in self.states:
+            self._resolve(state)
+        for state in self.states:  # alone on the machine, before any contender starts
+            self._load_without_saved_graphs(state, models)
+        for state in self.states:
             self._start(state, models, requests[first_size.label], first_size)
+        orders = round_orders(config.backends, config.measured_rounds, config.seed)
+        sampled_after = peak_sample_rounds(config.measured_rounds, config.peak_sample_count)
+        by_name = {state.name: state for state in self.states}
         for size in config.sizes:
             request = requests[size.label]
             for state in self.states:
                 while state.active and state.warmups_done.get(size.label, 0) < config.warmup:
                     self._run_once(state, size, request, measured=False)
             for run_index in range(config.runs):
-                for state in self.states:
+                round_index = len(self.rounds)
+                ran = []
+                for name in orders[round_index]:
+                    state = by_name[name]
                     if state.active and len(state.runs.get(size.label, [])) <= run_index:
                         self._run_once(state, size, request, measured=True)
-                self._sample_peak()
+                    if state.status == "ok" and len(state.runs.get(size.label, [])) > run_index:
+                        ran.append(name)  # this round's run (with --warmup 0, maybe the cold one)
+                sampled = round_index in sampled_after and self._sample_peak()
+                self.rounds.append(
+                    {"size": size.label, "run": run_index, "order": ran, "peak_sampled": sampled}
+                )
         for state in self.states:
             if state.active:
                 try:
@@ -255,18 +341,21 @@ class Benchmark:
     def _peak_spec(self) -> dict[str, int]:
         return {"n": self.config.matmul_size, "threads": self.config.threads}
 
-    def _sample_peak(self) -> None:
-        """The peak matmul rate once per measured round, so that it is measured over the same
-        minutes as the U-Net steps it divides: this machine's speed drifts by a third."""
+    def _sample_peak(self) -> bool:
+        """The peak matmul rate between measured rounds, so that it is measured over the same
+        minutes as the U-Net steps it divides: this machine's speed drifts by a third.
+        Returns whether a sample was taken."""
         if not any(state.active for state in self.states):
-            return
+            return False
         self.progress.status("peak matmul rate")
         try:
             answer = run_jobs({"peak": self._peak_spec()}, self.config.threads)
         except JobFailed:
-            return  # the measurement after the runs reports the failure
+            return False  # the measurement after the runs reports the failure
         if answer["peak"]["status"] == "ok":
             self.peak_samples.append(answer["peak"])
+            return True
+        return False
 
     def _side_measurements(self, models: BenchModels) -> tuple[dict, dict]:
         """The roofline's FLOPs and peak, and the scheduler micro-benchmark, in one process."""
@@ -293,26 +382,36 @@ class Benchmark:
                 ],
                 "cache_dir": str(config.cache_dir),
             },
-            "peak": self._peak_spec(),
             "schedulers": schedulers,
         }
+        measure_peak = config.peak_sample_count > 0
+        if measure_peak:
+            spec["peak"] = self._peak_spec()
         try:
             answer = run_jobs(spec, config.threads)
         except JobFailed as failure:
             failed = {"status": "failed", "error": str(failure)}
-            answer = {"flops": failed, "peak": failed, "schedulers": failed}
+            answer = {name: failed for name in spec}
         roofline: dict[str, Any] = {
             "status": "ok",
             "unet_batch": self._unet_batch(),
             "flops_per_unet_call": answer["flops"].get("by_size", {}),
+            "peak_samples_asked": config.peak_samples,
         }
         if answer["flops"]["status"] == "ok":
             roofline["flop_count_method"] = answer["flops"]["method"]
-        if answer["peak"]["status"] == "ok":
-            roofline["peak"] = median_peak([*self.peak_samples, answer["peak"]])
-        errors = [answer[k]["error"] for k in ("flops", "peak") if answer[k]["status"] != "ok"]
+        measured = [k for k in ("flops", "peak") if k in answer]
+        errors = [answer[k]["error"] for k in measured if answer[k]["status"] != "ok"]
         if errors:
             roofline.update(status="failed", error="; ".join(errors))
+        elif not measure_peak:
+            roofline.update(
+                status="skipped",
+                reason="--peak-samples 0: the peak matmul rate was not measured, so the "
+                "report gives no U-Net share of the peak",
+            )
+        else:
+            roofline["peak"] = median_peak([*self.peak_samples, answer["peak"]])
         bench = answer["schedulers"]
         scheduler_bench = {
             "status": bench["status"],
@@ -399,8 +498,11 @@ class Benchmark:
                 "import_s": state.ready.import_s,
                 "load_to_ready_s": state.ready.load_s,
                 "process_start_to_first_image_s": state.cold_start_s,
+                "load_settings": state.ready.load_settings,
             }
             record["installed"] = state.ready.installed
+        if state.unsaved_load is not None:
+            record["load_without_saved_graphs"] = state.unsaved_load
         record["peak_rss_bytes"] = state.peak_rss_bytes
         record["settings"] = state.settings
         record["log"] = str((self.out / "logs" / f"{state.name}.log").relative_to(self.out))
@@ -418,13 +520,24 @@ class Benchmark:
         settings["sizes"] = [size.label for size in config.sizes]
         settings["backends"] = list(config.backends)
         settings["prompts"] = list(config.prompts)
+        settings["negative_prompts"] = list(config.negative_prompts)
         return {
             "schema_version": SCHEMA_VERSION,
             "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
             "command": reproduce_command(config),
             "settings": settings,
-            "machine": machine_info(config.threads),
+            "verdict_minimum": {"runs": MIN_RUNS_FOR_VERDICT, "warmup": MIN_WARMUP_FOR_VERDICT},
+            "round_order": {
+                "method": f"contenders shuffled with seed {config.seed}, the order rotated by "
+                "one each measured round",
+                "rounds": self.rounds,
+            },
+            "machine": {
+                **machine_info(config.threads),
+                # other work on the machine: runnable processes, averaged over 1, 5, 15 min
+                "load_average": {"start": self.load_average_at_start, "end": load_average()},
+            },
             "versions": harness_versions(),
             "model": {
                 "source": models.source_label,

@@ -84,12 +84,35 @@ _CONTENDER = {
         "versions": {"type": "object", "additionalProperties": {"type": "string"}},
         "cold_start": {
             "type": "object",
-            "required": ["import_s", "load_to_ready_s", "process_start_to_first_image_s"],
+            "required": [
+                "import_s",
+                "load_to_ready_s",
+                "process_start_to_first_image_s",
+                "load_settings",
+            ],
             "properties": {
                 "import_s": {"type": "number"},
                 "load_to_ready_s": {"type": "number"},
                 "process_start_to_first_image_s": _NUMBER_OR_NULL,
+                "load_settings": {"type": "object"},
             },
+        },
+        # sdrt's ORT contenders: a load-only process that optimises every graph at load
+        "load_without_saved_graphs": {
+            "type": "object",
+            "required": ["status", "log"],
+            "properties": {
+                "status": {"enum": ["ok", "failed"]},
+                "import_s": {"type": "number"},
+                "load_to_ready_s": {"type": "number"},
+                "process_start_to_ready_s": {"type": "number"},
+                "settings": {"type": "object"},
+                "error": {"type": "string"},
+                "log": {"type": "string"},
+            },
+            "if": {"properties": {"status": {"const": "ok"}}},
+            "then": {"required": ["import_s", "load_to_ready_s", "settings"]},
+            "else": {"required": ["error"]},
         },
         "installed": {
             "type": "object",
@@ -122,6 +145,8 @@ REPORT_SCHEMA: dict[str, Any] = {
         "finished",
         "command",
         "settings",
+        "verdict_minimum",
+        "round_order",
         "machine",
         "versions",
         "model",
@@ -131,7 +156,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "charts",
     ],
     "properties": {
-        "schema_version": {"const": 1},
+        "schema_version": {"const": 2},
         "started": {"type": "string"},
         "finished": {"type": "string"},
         "command": {"type": "string"},
@@ -151,7 +176,33 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "seed",
                 "prompts",
                 "negative_prompt",
+                "negative_prompts",
             ],
+        },
+        "verdict_minimum": {
+            "type": "object",
+            "required": ["runs", "warmup"],
+            "properties": {"runs": {"type": "integer"}, "warmup": {"type": "integer"}},
+        },
+        "round_order": {
+            "type": "object",
+            "required": ["method", "rounds"],
+            "properties": {
+                "method": {"type": "string"},
+                "rounds": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["size", "run", "order", "peak_sampled"],
+                        "properties": {
+                            "size": {"type": "string"},
+                            "run": {"type": "integer", "minimum": 0},
+                            "order": {"type": "array", "items": {"type": "string"}},
+                            "peak_sampled": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
         },
         "machine": {
             "type": "object",
@@ -163,7 +214,8 @@ REPORT_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["status", "unet_batch", "flops_per_unet_call"],
             "properties": {
-                "status": {"enum": ["ok", "failed"]},
+                "status": {"enum": ["ok", "failed", "skipped"]},
+                "reason": {"type": "string"},
                 "flops_per_unet_call": {
                     "type": "object",
                     "additionalProperties": {"type": "integer"},
@@ -173,6 +225,16 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "required": ["peak_flops_per_s", "matmul_size", "threads"],
                 },
             },
+            "allOf": [
+                {  # measured: the peak; skipped (--peak-samples 0): why
+                    "if": {"properties": {"status": {"const": "ok"}}},
+                    "then": {"required": ["peak"]},
+                },
+                {
+                    "if": {"properties": {"status": {"const": "skipped"}}},
+                    "then": {"required": ["reason"], "not": {"required": ["peak"]}},
+                },
+            ],
         },
         "contenders": {"type": "array", "minItems": 1, "items": _CONTENDER},
         "scheduler_bench": {

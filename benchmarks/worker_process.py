@@ -44,10 +44,12 @@ class Ready:
     """What a worker reports once its model is loaded."""
 
     spawned_at: float  # wall clock just before the process was started
+    ready_at: float  # wall clock when the worker was ready (its own clock, as first images)
     import_s: float
     load_s: float
     versions: dict[str, str]
     installed: dict[str, Any]
+    load_settings: dict[str, Any]  # how it loaded (saved graphs used or not, ...)
 
 
 class WorkerProcess:
@@ -89,10 +91,12 @@ class WorkerProcess:
         message = self._receive("load")
         return Ready(
             spawned_at=self.spawned_at,
+            ready_at=message["wall_time"],
             import_s=message["import_s"],
             load_s=message["load_s"],
             versions=message["versions"],
             installed=message["installed"],
+            load_settings=message.get("load_settings", {}),
         )
 
     def run(self, workload: dict[str, Any], save_image: Path | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """A contender for the harness's own tests: no model, records each request in a log file.
 
-Run as a script: ``python bench_fake_contender.py MODEL_DIR THREADS NAME LOG [FAIL_AT]``;
-with FAIL_AT it raises on that request (counted from 1), as a broken runtime would.
+Run as a script: ``python bench_fake_contender.py MODEL_DIR THREADS NAME LOG [FAIL_AT]
+[--no-saved-graphs]``; with FAIL_AT it raises on that request (counted from 1), as a broken
+runtime would; with the flag it logs its load as one without saved graphs.
 """
 
 from __future__ import annotations
@@ -17,15 +18,21 @@ class FakeContender:
     runtime_distributions = ("numpy",)
     runtime_source_dirs: tuple[str, ...] = ()
 
-    def __init__(self, name: str, log: str, fail_at: int | None):
+    def __init__(self, name: str, log: str, fail_at: int | None, saved_graphs: bool):
         self.name, self.log, self.fail_at = name, log, fail_at
+        self.saved_graphs = saved_graphs
         self.requests = 0
 
     def import_runtime(self) -> None:
         pass
 
     def load(self, model_dir: str, threads: int) -> None:
-        pass
+        if not self.saved_graphs:
+            with open(self.log, "a") as log:
+                log.write(f"{self.name} load without saved graphs\n")
+
+    def load_settings(self) -> dict[str, Any]:
+        return {"saved_graphs": self.saved_graphs}
 
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
         self.requests += 1
@@ -46,6 +53,8 @@ class FakeContender:
 
 
 if __name__ == "__main__":
-    name, log, *fail_at = sys.argv[3:]
-    contender = FakeContender(name, log, int(fail_at[0]) if fail_at else None)
+    words = sys.argv[3:]
+    saved_graphs = "--no-saved-graphs" not in words
+    name, log, *fail_at = [word for word in words if word != "--no-saved-graphs"]
+    contender = FakeContender(name, log, int(fail_at[0]) if fail_at else None, saved_graphs)
     sys.exit(serve(contender, sys.argv[1:3]))

@@ -6,10 +6,19 @@ import math
 
 import numpy as np
 import pytest
-from sdrt.benchmarks.config import BenchConfig, Size, parse_sizes, reproduce_command
+from sdrt.benchmarks.config import (
+    DEFAULT_PROMPT,
+    MIN_RUNS_FOR_VERDICT,
+    MIN_WARMUP_FOR_VERDICT,
+    BenchConfig,
+    Size,
+    parse_sizes,
+    reproduce_command,
+    too_few_runs_warning,
+)
 from sdrt.benchmarks.contenders.protocol import installed_size, peak_rss_bytes
 from sdrt.benchmarks.parity import compare_images
-from sdrt.benchmarks.report import render_markdown, speedup_bound
+from sdrt.benchmarks.report import NO_VERDICT, NOT_LIKE_FOR_LIKE, render_markdown, speedup_bound
 from sdrt.benchmarks.report_schema import REPORT_SCHEMA
 from sdrt.benchmarks.stats import percentile, summarize
 
@@ -118,7 +127,7 @@ def test_unknown_backend_is_a_one_line_error(tmp_path, capsys):
 def test_markdown_of_a_report_whose_contenders_all_failed():
     jsonschema = pytest.importorskip("jsonschema")
     report = {
-        "schema_version": 1,
+        "schema_version": 2,
         "started": "2026-01-01T00:00:00+00:00",
         "finished": "2026-01-01T00:00:01+00:00",
         "command": "sdrt bench x -o r",
@@ -126,7 +135,10 @@ def test_markdown_of_a_report_whose_contenders_all_failed():
             "backends": ["torch", "ort-cpu"], "sizes": ["64x64"], "steps": 2, "batch": 1,
             "guidance": 7.5, "scheduler": "EulerDiscreteScheduler", "runs": 1, "warmup": 1,
             "threads": 2, "precision": "fp32", "seed": 0, "prompts": ["p"], "negative_prompt": "",
+            "negative_prompts": [""],
         },
+        "verdict_minimum": {"runs": 3, "warmup": 1},
+        "round_order": {"method": "shuffled", "rounds": []},
         "machine": {"cpu_model": "cpu", "logical_cpus": 2, "threads": 2, "memory_bytes": 1},
         "versions": {"sdrt": "0"},
         "model": {"source": "x", "source_dir": "x", "built_dir": "y"},
@@ -187,3 +199,196 @@ def test_median_peak_keeps_every_sample():
     assert peak["numpy_flops_per_s"] == 100e9
     assert peak["samples_flops_per_s"] == [150e9, 120e9, 170e9]
     assert peak["method"].startswith("median of 3 samples")
+
+
+# ------------------------------------------------------------------ fairness of the workload
+
+
+def test_each_image_of_a_batch_gets_its_own_prompt(tmp_path):
+    one = BenchConfig(source=None, random_arch="tiny", output_dir=tmp_path, cache_dir=tmp_path)
+    assert one.prompts == (DEFAULT_PROMPT,)
+    three = BenchConfig(
+        source=None, random_arch="tiny", output_dir=tmp_path, cache_dir=tmp_path, batch=3
+    )
+    assert len(set(three.prompts)) == 3 and len(set(three.negative_prompts)) == 3
+    assert three.prompts[1] == f"{DEFAULT_PROMPT}, variant 2"
+    # what every contender's pipeline is called with: one prompt and negative per image
+    from sdrt.benchmarks.contenders.protocol import Workload
+    from sdrt.benchmarks.harness import workload
+
+    call = Workload.from_dict(workload(three, three.sizes[0], "x.npy")).call_arguments()
+    assert call["prompt"] == list(three.prompts)
+    assert call["negative_prompt"] == list(three.negative_prompts)
+
+
+def test_batch_means_images_per_call_and_size_takes_n_or_wxh(capsys):
+    args = _args("--arch", "tiny", "--random-weights", "--batch", "2", "--size", "96x64", "-o", "r")
+    config = _config(args)
+    assert config.batch == 2 and len(config.prompts) == 2
+    assert config.sizes == (Size(height=64, width=96),)  # W x H, as `sdrt generate --size`
+    with pytest.raises(SystemExit):
+        _args("--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--batch BATCH images per call" in help_text
+    assert "--size N|WxH image size, N (square) or WxH" in help_text
+
+
+def test_too_few_runs_warns_and_names_the_minimum(tmp_path):
+    def config(runs, warmup):
+        return BenchConfig(
+            source=None, random_arch="tiny", output_dir=tmp_path, cache_dir=tmp_path,
+            runs=runs, warmup=warmup,
+        )  # fmt: skip
+
+    assert too_few_runs_warning(config(MIN_RUNS_FOR_VERDICT, MIN_WARMUP_FOR_VERDICT)) is None
+    for runs, warmup in ((1, 0), (MIN_RUNS_FOR_VERDICT - 1, 1), (5, 0)):
+        warning = too_few_runs_warning(config(runs, warmup))
+        assert "too few runs for a verdict" in warning
+        assert f"--runs {runs} --warmup {warmup}" in warning
+
+
+def test_peak_samples_must_not_be_negative_and_round_trip(tmp_path):
+    with pytest.raises(InputError, match="--peak-samples"):
+        _config(_args("--arch", "tiny", "--random-weights", "--peak-samples", "-1", "-o", "r"))
+    config = _config(
+        _args("--arch", "tiny", "--random-weights", "--peak-samples", "0", "--cache-dir",
+              str(tmp_path), "-o", "r")
+    )  # fmt: skip
+    assert config.peak_samples == 0 and config.peak_sample_count == 0
+    argv = __import__("shlex").split(reproduce_command(config))
+    assert _config(build_parser().parse_args(argv[1:])) == config
+
+
+# ------------------------------------------------------------------ verdicts in report.md
+
+
+def _result(end_to_end, runs, fraction=0.8):
+    stats = {"median": end_to_end, "p90": end_to_end, "min": end_to_end, "max": end_to_end,
+             "count": runs}  # fmt: skip
+    stages = {k: dict(stats) for k in ("text_encoder_s", "unet_s", "vae_decode_s", "other_s")}
+    stages["other_s"] = {**stats, "median": end_to_end * 0.001}
+    return {
+        "size": "64x64", "height": 64, "width": 64, "runs": runs, "unet_calls_per_run": 2,
+        "stages": {**stages, "end_to_end_s": stats, "unet_step_s": stats},
+        "images_per_s": 1 / end_to_end, "other_fraction": 0.001, "raw": {},
+        "roofline": {"achieved_flops_per_s": 1.0, "fraction_of_peak": fraction},
+        "parity": {"reference": "torch", "psnr_db": 60.0, "max_abs_diff": 1e-3,
+                   "identical": False},
+    }  # fmt: skip
+
+
+def _contender_with(name, end_to_end, load_s, runs, **extra):
+    return {
+        "name": name, "status": "ok", "settings": {}, "peak_rss_bytes": 1, "log": "l",
+        "cold_start": {"import_s": 0.1, "load_to_ready_s": load_s,
+                       "process_start_to_first_image_s": load_s + 1, "load_settings": {}},
+        "results": [_result(end_to_end, runs)], **extra,
+    }  # fmt: skip
+
+
+def _verdict_report(runs, warmup, unsaved_load_s=2.0, roofline=None):
+    settings = {
+        "backends": ["torch", "ort-cpu", "optimum"], "sizes": ["64x64"], "steps": 2,
+        "batch": 2, "guidance": 7.5, "scheduler": "EulerDiscreteScheduler", "runs": runs,
+        "warmup": warmup, "threads": 2, "precision": "fp32", "seed": 0,
+        "prompts": ["p, variant 1", "p, variant 2"], "negative_prompt": "n",
+        "negative_prompts": ["n, variant 1", "n, variant 2"],
+    }  # fmt: skip
+    unsaved = {"status": "ok", "import_s": 0.1, "load_to_ready_s": unsaved_load_s,
+               "settings": {"cache_optimized_model": False}, "log": "l2"}  # fmt: skip
+    ours = _contender_with("ort-cpu", 10.0, 1.0, runs, load_without_saved_graphs=unsaved)
+    ours["cold_start"]["load_settings"] = {"saved_optimised_graphs": "used: mapped"}
+    return {
+        "schema_version": 2, "started": "s", "finished": "f", "command": "sdrt bench x -o r",
+        "settings": settings, "verdict_minimum": {"runs": 3, "warmup": 1},
+        "round_order": {"method": "shuffled with seed 0, rotated", "rounds": [
+            {"size": "64x64", "run": i, "order": ["torch", "ort-cpu", "optimum"],
+             "peak_sampled": True} for i in range(runs)]},
+        "machine": {"cpu_model": "cpu", "logical_cpus": 2, "threads": 2, "memory_bytes": 1},
+        "versions": {"sdrt": "0"},
+        "model": {"source": "x", "source_dir": "x", "built_dir": "y"},
+        "roofline": roofline or {"status": "ok", "unet_batch": 4,
+                                 "flops_per_unet_call": {"64x64": 10**9},
+                                 "peak": {"peak_flops_per_s": 1e9, "matmul_size": 512,
+                                          "threads": 2, "numpy_flops_per_s": 1e9,
+                                          "torch_flops_per_s": 1e9, "method": "m"}},
+        "contenders": [
+            _contender_with("torch", 30.0, 4.0, runs), ours,
+            _contender_with("optimum", 11.0, 10.0, runs),
+        ],
+        "scheduler_bench": {"status": "ok", "rows": []},
+        "charts": [],
+    }  # fmt: skip
+
+
+def _verdicts(text):
+    """{target's first four words: verdict} of report.md's targets table."""
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ort-cpu | 64")]
+    return {" ".join(row[2].split()[:4]): row[4].rstrip(" |") for row in rows}
+
+
+def test_one_run_gives_figures_but_no_verdict():
+    jsonschema = pytest.importorskip("jsonschema")
+    report = _verdict_report(runs=1, warmup=0)
+    jsonschema.validate(report, REPORT_SCHEMA)
+    text = render_markdown(report)
+    assert "**Too few runs for a verdict**" in text
+    verdicts = _verdicts(text)
+    assert set(verdicts.values()) == {NO_VERDICT, NOT_LIKE_FOR_LIKE}
+    assert "| ort-cpu | 64x64 | end to end ≥ 2.3x faster than torch (ratio) | 3 |" in text
+
+
+def test_enough_runs_give_verdicts_and_the_load_target_is_like_for_like():
+    report = _verdict_report(runs=3, warmup=1, unsaved_load_s=2.0)
+    text = render_markdown(report)
+    assert "Too few runs" not in text
+    verdicts = _verdicts(text)
+    assert verdicts["end to end ≥"] == "met"  # 30 s / 10 s
+    assert verdicts["end to end no"] == "met"  # 10 s against 11 s
+    # like for like: 2.0 s without saved graphs against Optimum's 10 s: 0.2 <= 0.25
+    assert verdicts["load → ready ≤"] == "met"
+    assert verdicts["load → ready from"] == NOT_LIKE_FOR_LIKE  # 1 s / 10 s, informative
+    slower = render_markdown(_verdict_report(runs=3, warmup=1, unsaved_load_s=5.0))
+    assert _verdicts(slower)["load → ready ≤"] == "NOT met"  # 0.5, though 0.1 warm
+    # both of sdrt's loads are in the cold-start table, labelled
+    assert "saved graphs used: mapped" in text
+    assert "no saved graphs: every graph optimised at load" in text
+    assert "| 64x64 | 2 | torch → ort-cpu → optimum | yes |" in text
+    assert "| 1 | p, variant 2 | n, variant 2 |" in text
+
+
+def test_a_run_that_fell_short_of_its_runs_gives_no_verdict():
+    report = _verdict_report(runs=3, warmup=1)
+    report["contenders"][2]["results"][0]["runs"] = 2  # Optimum failed in round 3
+    verdicts = _verdicts(render_markdown(report))
+    assert verdicts["end to end no"] == NO_VERDICT
+    assert verdicts["end to end ≥"] == NO_VERDICT  # the run as a whole is judged
+
+
+def test_skipped_peak_leaves_out_the_share_of_peak_and_says_why():
+    jsonschema = pytest.importorskip("jsonschema")
+    reason = "--peak-samples 0: the peak matmul rate was not measured"
+    roofline = {"status": "skipped", "reason": reason, "unet_batch": 4,
+                "flops_per_unet_call": {"64x64": 2 * 10**9}}  # fmt: skip
+    report = _verdict_report(runs=3, warmup=1, roofline=roofline)
+    for contender in report["contenders"]:
+        del contender["results"][0]["roofline"]
+    jsonschema.validate(report, REPORT_SCHEMA)
+    text = render_markdown(report)
+    assert "of peak)" not in text and "(peak not measured)" in text
+    assert f"Not measured: {reason}" in text and "64x64 2.00" in text
+    assert _verdicts(text)["U-Net step ≥ 75%"] == "not measured"
+    no_reason = {k: v for k, v in roofline.items() if k != "reason"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**report, "roofline": no_reason}, REPORT_SCHEMA)
+
+
+def test_a_busy_machine_is_said_to_be_busy():
+    report = _verdict_report(runs=3, warmup=1)
+    assert "Load average" not in render_markdown(report)  # older reports: no figure
+    report["machine"]["load_average"] = {"start": [1.5, 1.0, 0.5], "end": [0.9, 1.0, 0.8]}
+    quiet = render_markdown(report)
+    assert quiet.count("Load average (1 min) of the machine: 1.5 at the start, 0.9 at the end") == 1
+    assert "Other work" not in quiet
+    report["machine"]["load_average"]["start"] = [11.0, 9.0, 6.0]
+    assert "**Other work was running beside the benchmark**" in render_markdown(report)

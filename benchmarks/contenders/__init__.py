@@ -22,6 +22,9 @@ class ContenderSpec:
     command: tuple[str, ...]  # interpreter and module; the worker's arguments follow
     extra_args: tuple[str, ...]
     model: str  # "source" (diffusers folder) or "built" (sdrt / Optimum ONNX folder)
+    # Extra arguments that make the worker load without saved optimised graphs (optimising
+    # every graph at load, as Optimum does); None: the contender has no such load.
+    no_saved_graphs_args: tuple[str, ...] | None = None
 
 
 def known_contenders() -> tuple[str, ...]:
@@ -44,8 +47,14 @@ def resolve(name: str, optimum_venv: Path | None) -> ContenderSpec:
         python = optimum_env.find_python(optimum_venv)
         return ContenderSpec(name, (str(python), "-m", f"{PACKAGE}.optimum_ort"), (), "built")
     if name in BACKENDS:
+        from sdrt.benchmarks.contenders.sdrt_runtime import NO_SAVED_GRAPHS, SAVES_GRAPHS
+
         return ContenderSpec(
-            name, (sys.executable, "-m", f"{PACKAGE}.sdrt_runtime"), (name,), "built"
+            name,
+            (sys.executable, "-m", f"{PACKAGE}.sdrt_runtime"),
+            (name,),
+            "built",
+            no_saved_graphs_args=(NO_SAVED_GRAPHS,) if name in SAVES_GRAPHS else None,
         )
     raise InputError(
         f"--backends: unknown contender {name!r}; expected some of {', '.join(known_contenders())}"

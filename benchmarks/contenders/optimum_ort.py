@@ -60,6 +60,14 @@ class OptimumORT:
                 # An instance attribute: only this pipeline's part is wrapped.
                 part.forward = timed_on_current_clock(self, stage, part.forward)
 
+    def load_settings(self) -> dict[str, Any]:
+        level = self.pipe.unet.session.get_session_options().graph_optimization_level
+        name = str(level).rpartition(".")[2]  # GraphOptimizationLevel.ORT_ENABLE_ALL
+        return {
+            "graph_optimization": f"{name} in memory at every load (no saved graphs)",
+            "provider": "CPUExecutionProvider",
+        }
+
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
         use_scheduler(self.pipe, workload.scheduler)
         self.clock = clock

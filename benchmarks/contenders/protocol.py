@@ -36,8 +36,8 @@ from typing import Any, Protocol
 class Workload:
     """One image request, identical for every contender (sent by the harness as a dict)."""
 
-    prompts: tuple[str, ...]
-    negative_prompt: str
+    prompts: tuple[str, ...]  # one per image of the call
+    negative_prompts: tuple[str, ...]  # one per prompt
     height: int
     width: int
     steps: int
@@ -47,15 +47,20 @@ class Workload:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Workload:
-        return cls(**{**data, "prompts": tuple(data["prompts"])})
+        return cls(
+            **{
+                **data,
+                "prompts": tuple(data["prompts"]),
+                "negative_prompts": tuple(data["negative_prompts"]),
+            }
+        )
 
     def call_arguments(self) -> dict[str, Any]:
         """The keyword arguments every contender's diffusers-style pipeline call takes alike
         (the latents, seed, scheduler and output type are each contender's own)."""
-        prompts = list(self.prompts)
         return {
-            "prompt": prompts,
-            "negative_prompt": [self.negative_prompt] * len(prompts),
+            "prompt": list(self.prompts),
+            "negative_prompt": list(self.negative_prompts),
             "num_inference_steps": self.steps,
             "guidance_scale": self.guidance,
             "height": self.height,
@@ -104,6 +109,9 @@ class Contender(Protocol):
 
     def load(self, model_dir: str, threads: int) -> None:
         """Load the model until the first image is possible (timed as load -> ready)."""
+
+    def load_settings(self) -> dict[str, Any]:
+        """How the load ran (whether saved optimised graphs were used, ...)."""
 
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
         """Make the image(s) as float32 NHWC in [0, 1], recording stages on ``clock``."""
@@ -241,8 +249,10 @@ def serve(contender: Contender, argv: list[str]) -> int:
     send(
         {
             "event": "ready",
+            "wall_time": time.time(),
             "import_s": import_s,
             "load_s": load_s,
+            "load_settings": contender.load_settings(),
             "versions": contender.versions(),
             "installed": installed_size(
                 contender.runtime_distributions, contender.runtime_source_dirs

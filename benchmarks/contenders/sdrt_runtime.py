@@ -3,7 +3,10 @@
 Stages are timed by the pipeline's public stage hook (``stage_callback``, sdrt/stages.py),
 named as the other contenders name them. The prompt-embedding cache is turned off so that every run encodes its prompts,
 as the other contenders do: the same work for everyone.
-Run as ``python -m sdrt.benchmarks.contenders.sdrt_runtime MODEL_DIR THREADS BACKEND``.
+Run as ``python -m sdrt.benchmarks.contenders.sdrt_runtime MODEL_DIR THREADS BACKEND
+[--no-saved-graphs]``; with the flag, the ONNX Runtime backends load without the optimised
+graphs saved under ``engines/<target>/`` and optimise every graph in memory at load, as
+Optimum does (``OrtOptions(cache_optimized_model=False)``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ TIMED_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 # (sdrt.integrity; the report says whether a record of earlier hashes was there).
 VERIFY_FILES = "changed"
 SDRT_SOURCE_DIR = str(Path(__file__).resolve().parents[2] / "sdrt")
+NO_SAVED_GRAPHS = "--no-saved-graphs"
+# Backends whose loads map optimised graphs saved in the folder (OrtOptions).
+SAVES_GRAPHS = ("ort-cpu", "ort-cuda")
 
 
 class SdrtRuntime:
@@ -34,8 +40,9 @@ class SdrtRuntime:
     runtime_distributions = ("sdrt",)  # its run-time requirements, not the extras
     runtime_source_dirs = (SDRT_SOURCE_DIR,)
 
-    def __init__(self, backend: str):
+    def __init__(self, backend: str, saved_graphs: bool = True):
         self.backend = backend
+        self.saved_graphs = saved_graphs
         self.pipe: Any = None
         self.clock = StageClock()
         self.threads = 0
@@ -52,7 +59,7 @@ class SdrtRuntime:
         from sdrt.manifest import read_manifest
 
         self.threads = threads
-        options = OrtOptions(intra_op_threads=threads)
+        options = OrtOptions(intra_op_threads=threads, cache_optimized_model=self.saved_graphs)
         # sdrt saves an optimised copy of each graph on first load; say whether this load had it.
         manifest = read_manifest(model_dir)
         self.optimized_model_cached = all(
@@ -68,6 +75,21 @@ class SdrtRuntime:
             ort_options=options,
             verify_files=VERIFY_FILES,
         )
+
+    def load_settings(self) -> dict[str, Any]:
+        if not self.saved_graphs:
+            graphs = "not used: every graph optimised in memory at load"
+        elif self.optimized_model_cached:
+            graphs = "used: mapped the optimised graphs saved in the folder"
+        else:
+            graphs = "made: this load optimised the graphs and saved them"
+        return {
+            "backend": self.backend,
+            "saved_optimised_graphs": graphs,
+            "cache_optimized_model": self.saved_graphs,
+            "verify_files": VERIFY_FILES,
+            "file_hashes_recorded_before_load": self.hashes_recorded,
+        }
 
     def generate(self, workload: Workload, latents: Any, clock: StageClock) -> Any:
         self.clock = clock
@@ -92,6 +114,7 @@ class SdrtRuntime:
             "backend": self.backend,
             "threads": self.threads,
             "prompt_cache": 0,
+            "saved_graphs": self.saved_graphs,
             "optimized_model_cached_before_load": self.optimized_model_cached,
             "unet_precision": self.pipe.manifest.components["unet"].precision,
             "verify_files": VERIFY_FILES,
@@ -103,4 +126,8 @@ class SdrtRuntime:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(SdrtRuntime(backend=sys.argv[3]), sys.argv[1:3]))
+    flags = sys.argv[4:]
+    if flags not in ([], [NO_SAVED_GRAPHS]):
+        sys.exit(f"expected MODEL_DIR THREADS BACKEND [{NO_SAVED_GRAPHS}], got {sys.argv[1:]}")
+    runtime = SdrtRuntime(backend=sys.argv[3], saved_graphs=not flags)
+    sys.exit(serve(runtime, sys.argv[1:3]))

@@ -49,6 +49,9 @@ class TorchDiffusers:
         self._time_module(self.pipe.unet, "unet")
         self.pipe.vae.decode = timed_on_current_clock(self, "vae_decode", self.pipe.vae.decode)
 
+    def load_settings(self) -> dict[str, Any]:
+        return {"dtype": "float32", "weights": "diffusers folder (safetensors)"}
+
     def _time_module(self, module: Any, stage: str) -> None:
         """Forward hooks on this module instance: start before, record after."""
         starts: list[float] = []

@@ -29,18 +29,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         action="append",
         metavar="N|WxH",
-        help="image size; repeat or comma-separate for several (default: 256)",
+        help="image size, N (square) or WxH in pixels as `sdrt generate --size`; repeat or "
+        "comma-separate for several (default: 256)",
     )
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=1, help="prompts per request")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="images per call, as `sdrt generate --batch`; above 1 each image gets its own "
+        "prompt (the prompt + ', variant i'), the same for every contender (default 1)",
+    )
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument(
         "--scheduler",
         help="diffusers scheduler class or sdrt alias, the same for every contender "
         "(default: EulerDiscreteScheduler, which draws no noise, so images can match)",
     )
-    parser.add_argument("--runs", type=int, default=5, help="measured runs per contender")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted runs per contender")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="measured runs per contender and size; fewer than 3 gives no verdicts",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="uncounted runs per contender and size; 0 gives no verdicts",
+    )
     parser.add_argument("--threads", type=int, help="threads per contender (default: all CPUs)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and weights")
@@ -59,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=4096,
         help="n of the n x n fp32 matmuls that measure the peak rate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--peak-samples",
+        type=int,
+        metavar="N",
+        help="measure the peak matmul rate N times, spread over the measured rounds, the last "
+        "after them; 0 skips it and the report's share-of-peak figures (default: after "
+        "every round and once after)",
     )
     parser.add_argument(
         "--optimum-venv", type=Path, help="Optimum's virtualenv (default: .bench-venvs/optimum)"
@@ -102,6 +127,7 @@ def _config(args: argparse.Namespace):
         "negative_prompt": args.negative_prompt,
         "optimum_venv": args.optimum_venv,
         "built_dir": args.built,
+        "peak_samples": args.peak_samples,
     }
     return bench_config.BenchConfig(
         source=args.source,
@@ -158,6 +184,7 @@ class RichProgress:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from sdrt.benchmarks.contenders import known_contenders, optimum_env
     from sdrt.errors import InputError
@@ -173,10 +200,14 @@ def run(args: argparse.Namespace) -> int:
             f"--backends: unknown {', '.join(unknown)}; expected some of "
             f"{', '.join(known_contenders())}"
         )
+    from sdrt.benchmarks.config import too_few_runs_warning
     from sdrt.benchmarks.harness import run_benchmark
     from sdrt.benchmarks.report import write_report
 
     console = Console(stderr=True, log_path=False)
+    warning = too_few_runs_warning(config)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     with RichProgress(console) as progress:
         report = run_benchmark(config, progress)
     paths = write_report(report, config.output_dir)
