@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="uncounted runs per contender and size; 0 gives no verdicts",
     )
+    _add_run_arguments(parser)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="threads per contender (default: all CPUs)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and weights")
@@ -95,8 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace):
-    from sdrt.benchmarks import config as bench_config
+def _check_sources(args: argparse.Namespace) -> None:
     from sdrt.errors import InputError
 
     if args.output is None:
@@ -109,6 +112,13 @@ def _config(args: argparse.Namespace):
         raise InputError(
             "expected SOURCE (a diffusers folder or Hub id) or --arch --random-weights"
         )
+
+
+def _config(args: argparse.Namespace):
+    from sdrt.benchmarks import config as bench_config
+    from sdrt.errors import InputError
+
+    _check_sources(args)
     scheduler = args.scheduler
     if scheduler is not None:
         from sdrt.schedulers import SCHEDULERS
