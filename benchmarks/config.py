@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdrt.errors import InputError
+from sdrt.sizes import parse_size
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, 4k"
 DEFAULT_NEGATIVE_PROMPT = "blurry, low quality"
@@ -37,14 +38,8 @@ def parse_sizes(values: list[str]) -> tuple[Size, ...]:
             item = item.strip().lower()
             if not item:
                 continue
-            width_text, cross, height_text = item.partition("x")
-            try:
-                width = int(width_text)
-                height = int(height_text) if cross else width
-            except ValueError:
-                raise InputError(
-                    f"--size: expected N or WxH (e.g. 256 or 512x768), got {item!r}"
-                ) from None
+            parsed = parse_size(item)
+            width, height = parsed.width, parsed.height
             if width <= 0 or height <= 0 or width % 8 or height % 8:
                 raise InputError(f"--size: expected positive multiples of 8, got {item!r}")
             size = Size(height=height, width=width)

@@ -52,11 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_static(text: str) -> tuple[int, int]:
-    """'768x512' -> (width, height)."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    """'768x512' -> (width, height): both sides, since a static engine fixes each."""
+    from sdrt.sizes import parse_size
+
+    if "x" not in text.lower():
         raise InputError(f"--static: expected WIDTHxHEIGHT such as 512x512, got {text!r}")
-    return int(parts[0]), int(parts[1])
+    size = parse_size(text, "--static")
+    return size.width, size.height
 
 
 def options_from_args(args: argparse.Namespace, manifest):
