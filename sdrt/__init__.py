@@ -7,7 +7,8 @@ The public API is ``sdrt.Pipeline``, ``sdrt.load`` (``Pipeline.load``) and
 ``width``, ``seed`` or ``latents``, ``scheduler``, ``image``/``strength``, ``mask_image``,
 ``output_type``) and returns a result whose ``images`` are PIL images or an array.
 ``sdrt.Pipeline.__call__`` says what each argument means; the README's "Generate" section
-shows a whole call. Errors a caller can act on are ``sdrt.errors.SdrtError`` subclasses.
+shows a whole call. ``Pipeline.interpolate`` (README, "Interpolate") makes the frames of a
+walk between prompts and seeds. Errors a caller can act on are ``sdrt.errors.SdrtError`` subclasses.
 Importing sdrt never imports torch, diffusers or transformers.
 """
 

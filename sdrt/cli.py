@@ -34,6 +34,7 @@ COMMANDS = {
     "build": "build",
     "info": "info",
     "generate": "generate",
+    "interpolate": "interpolate",
     "engines": "engines",
     "bench": "bench",
 }
@@ -59,6 +60,7 @@ EXTRA_MODULES = {
     "matplotlib": ("bench",),
     "psutil": ("bench",),
     "rich": ("bench",),
+    "imageio_ffmpeg": ("video",),
 }
 # Where a module is in several extras, the one a command needs (others: the first listed).
 COMMAND_EXTRAS = {"engines": "gpu"}

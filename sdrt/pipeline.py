@@ -13,7 +13,9 @@ folders), so the same weights, initial noise, scheduler and settings give the sa
 
 Random numbers come from one numpy Generator per call (``seed``), drawn in this order:
 the initial noise (unless ``latents`` is given), then, for schedulers that need it, one
-array of the latents' shape per U-Net call.
+array of the latents' shape per U-Net call (sdrt/noise.py; ``generate(request, noise=)``
+takes another source). Walks between keyframes (``interpolate``, ``walk``,
+``generate_walk``) live in sdrt/interpolation.py and run through ``generate``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,18 @@ from sdrt.backends import Selection, Session, select_backend
 from sdrt.errors import InputError, ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
 from sdrt.integrity import check_model_files
+from sdrt.interpolation import (
+    DEFAULT_FRAMES,
+    FrameProgress,
+    InterpolationOutput,
+    Walk,
+    make_walk,
+    run_walk,
+)
 from sdrt.manifest import Manifest, TensorSpec, read_manifest
+from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
-from sdrt.request import Request, make_request
+from sdrt.request import Request, make_request, prompt_list
 from sdrt.schedulers import create_scheduler, load_scheduler_config
 from sdrt.stages import StageCallback, StageRecorder, StageTiming
 from sdrt.tokenizer import ClipTokenizer
@@ -154,7 +165,7 @@ class Pipeline:
 
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 7.5,
@@ -170,29 +181,22 @@ class Pipeline:
         output_type: str = "pil",
         callback=None,
         stage_callback: StageCallback | None = None,
+        prompt_embeds: Any = None,
+        negative_prompt_embeds: Any = None,
+        pooled_prompt_embeds: Any = None,
+        negative_pooled_prompt_embeds: Any = None,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
         None: the folder's size, or the image's fitted into the built range (request.fit_size).
         ``callback(progress)`` runs after every U-Net call, ``stage_callback(timing)`` after
-        every stage (sdrt/stages.py); the result's ``timings`` hold them all."""
-        request = make_request(
-            self.manifest,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            num_images_per_prompt=num_images_per_prompt,
-            seed=seed,
-            latents=latents,
-            scheduler=scheduler,
-            image=image,
-            strength=strength,
-            mask_image=mask_image,
-            output_type=output_type,
-        )
+        every stage (sdrt/stages.py); the result's ``timings`` hold them all.
+        ``prompt_embeds`` (images, tokens, width) and the others stand in for the encoded
+        prompts, as in diffusers (``embed_prompts`` gives them); arrays in the namespace of
+        the backend's outputs (numpy; cupy on a GPU backend)."""
+        # Every argument but the two callbacks, by name, as make_request takes them.
+        arguments = {k: v for k, v in locals().items() if k in CALL_DEFAULTS or k == "prompt"}
+        request = make_request(self.manifest, **arguments)
         result = None
         for progress in self.generate(request, stage_callback=stage_callback):
             if callback is not None:
@@ -200,7 +204,7 @@ class Pipeline:
             result = progress.result
         return result
 
-    def request(self, prompt: str | list[str], **arguments: Any) -> Request:
+    def request(self, prompt: str | list[str] | None = None, **arguments: Any) -> Request:
         """A checked Request from ``__call__``'s arguments; those not given take its defaults."""
         unknown = sorted(set(arguments) - set(CALL_DEFAULTS))
         if unknown:
@@ -210,16 +214,78 @@ class Pipeline:
         return make_request(self.manifest, prompt=prompt, **{**CALL_DEFAULTS, **arguments})
 
     def generate(
-        self, request: Request, *, stage_callback: StageCallback | None = None
+        self,
+        request: Request,
+        *,
+        stage_callback: StageCallback | None = None,
+        noise: NoiseSource | None = None,
     ) -> Iterator[Progress]:
         """Yield a Progress per U-Net call; the last one carries the result.
 
         ``request`` comes from ``Pipeline.request`` (or ``sdrt.request.make_request``).
+        ``noise`` draws the call's noise in place of the request's seed (sdrt/noise.py).
         Stop iterating (or ``close()`` the generator) to cancel between steps.
         """
         # Checked before the first step, so a bad scheduler or strength fails at the call.
         sched, plan = self._plan(request)
-        return self._run(request, sched, plan, StageRecorder(stage_callback))
+        noise = SeedNoise(request.seed) if noise is None else noise
+        return self._run(request, sched, plan, noise, StageRecorder(stage_callback))
+
+    # ------------------------------------------------------------------------------ walks
+
+    def interpolate(
+        self,
+        prompts: str | list[str],
+        seeds: int | list[int] | None = None,
+        latents: np.ndarray | None = None,
+        num_frames: int = DEFAULT_FRAMES,
+        negative_prompt: str | None = None,
+        method: str = "slerp",
+        num_inference_steps: int = 20,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        scheduler: str | None = None,
+        image: Any = None,
+        strength: float = 0.8,
+        mask_image: Any = None,
+        output_type: str = "pil",
+        batch_size: int | None = None,
+        callback=None,
+        stage_callback: StageCallback | None = None,
+    ) -> InterpolationOutput:
+        """The frames of a walk between keyframes, one per prompt and/or seed (or given
+        ``latents``, one row each), ``num_frames`` in all, keyframes included; ``method``
+        interpolates the prompts' embeddings ("slerp" or "lerp"), the noise is slerped.
+        The other settings are ``__call__``'s; frames run ``batch_size`` per call (default:
+        the folder's max batch). sdrt/interpolation.py says more. ``callback(progress)``
+        runs after each frame (a FrameProgress)."""
+        arguments = {k: v for k, v in locals().items() if k not in WALK_NOT_ARGUMENTS}
+        walk = self.walk(**arguments)
+        result = None
+        for progress in self.generate_walk(walk, stage_callback=stage_callback):
+            if callback is not None:
+                callback(progress)
+            result = progress.result
+        return result
+
+    def walk(self, prompts: str | list[str], **arguments: Any) -> Walk:
+        """A checked Walk from ``interpolate``'s arguments (scheduler and settings too)."""
+        walk = make_walk(self.manifest, prompts, **arguments)
+        self._plan(walk.request)
+        return walk
+
+    def generate_walk(
+        self, walk: Walk, *, stage_callback: StageCallback | None = None
+    ) -> Iterator[FrameProgress]:
+        """Yield a FrameProgress per frame, in order; the last one carries the result."""
+        return run_walk(self, walk, stage_callback)
+
+    def embed_prompts(self, prompts: str | list[str]) -> PromptEmbeddings:
+        """The U-Net's text conditioning for ``prompts`` (one row each), as ``__call__``
+        computes it: ``prompt_embeds`` and, for SDXL, ``pooled_prompt_embeds``."""
+        embeddings, pooled = self._encode_prompts(tuple(prompt_list(prompts, "prompts")), None)
+        return PromptEmbeddings(embeddings, pooled)
 
     # ------------------------------------------------------------------------------ loop
 
@@ -227,18 +293,19 @@ class Pipeline:
         sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder)
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
-    def _run(self, request: Request, sched, plan, stages: StageRecorder) -> Iterator[Progress]:
+    def _run(
+        self, request: Request, sched, plan, source: NoiseSource, stages: StageRecorder
+    ) -> Iterator[Progress]:
         """The loop, step by step: condition, initial latents, denoise, decode."""
-        rng = _generator(request.seed)
         conditioning = self._condition(request, stages)
         xp = namespace_of(conditioning.embeddings)
-        noise = self._initial_noise(request, rng, xp)
+        noise = self._initial_noise(request, source, xp)
         x, inpaint = self._initial_latents(request, sched, plan, noise, xp, stages)
         state = sched.initial_state(plan)
         total = len(plan.timesteps)
         for i in range(total):
             x, state = self._denoise_step(
-                request, sched, plan, state, x, i, conditioning, inpaint, rng, stages
+                request, sched, plan, state, x, i, conditioning, inpaint, source, stages
             )
             if i < total - 1:
                 yield Progress(i + 1, total, float(plan.timesteps[i]))
@@ -248,8 +315,8 @@ class Pipeline:
         result = PipelineOutput(output, tuple(stages.timings))
         yield Progress(total, total, float(plan.timesteps[-1]), result)
 
-    def _initial_noise(self, request: Request, rng: np.random.Generator, xp):
-        """The call's initial noise: ``latents`` as given, else drawn from the call's seed."""
+    def _initial_noise(self, request: Request, source: NoiseSource, xp):
+        """The call's initial noise: ``latents`` as given, else drawn (from the call's seed)."""
         if request.latents is not None:
             return xp.asarray(request.latents, dtype=xp.float32)
         factor = self.manifest.vae_scale_factor
@@ -259,7 +326,7 @@ class Pipeline:
             request.height // factor,
             request.width // factor,
         )
-        return xp.asarray(rng.standard_normal(shape, dtype=np.float32))
+        return xp.asarray(source.initial(shape))
 
     def _initial_latents(self, request: Request, sched, plan, noise, xp, stages: StageRecorder):
         """(latents to start from, inpainting state or None).
@@ -283,7 +350,7 @@ class Pipeline:
         return x, inpaint
 
     def _denoise_step(
-        self, request, sched, plan, state, x, i: int, conditioning, inpaint, rng, stages
+        self, request, sched, plan, state, x, i: int, conditioning, inpaint, source, stages
     ):
         """One U-Net call (both guidance halves as one batch) and one scheduler step."""
         xp = namespace_of(x)
@@ -299,7 +366,7 @@ class Pipeline:
             noise_pred = uncond + request.guidance_scale * (text - uncond)
         step_noise = None
         if sched.needs_noise:
-            step_noise = xp.asarray(rng.standard_normal(x.shape, dtype=np.float32))
+            step_noise = xp.asarray(source.step(x.shape))
         with stages.stage("scheduler_step", step=i):
             result = sched.step(plan, state, noise_pred, i, x, noise=step_noise)
         x = result.prev_sample
@@ -311,20 +378,14 @@ class Pipeline:
 
     def _condition(self, request: Request, stages: StageRecorder) -> _Conditioning:
         """The U-Net's text conditioning: uncond rows first under CFG."""
-        embeddings, pooled = self._encode_prompts(request.prompts, stages)
+        embeddings, pooled = self._prompt_side(request, stages)
         xp = namespace_of(embeddings)
         if request.do_classifier_free_guidance:
-            zero_negative = request.negative_prompt is None and self.manifest.family_options.get(
-                "force_zeros_for_empty_prompt", False
-            )
-            if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
-                uncond = xp.zeros_like(embeddings)
-                uncond_pooled = None if pooled is None else xp.zeros_like(pooled)
-            else:
-                uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages)
-            embeddings = xp.concatenate([uncond, embeddings], axis=0)
+            uncond, uncond_pooled = self._negative_side(request, embeddings, pooled, stages)
+            xp = namespace_of(uncond)  # the session's, where the negative was encoded
+            embeddings = xp.concatenate([uncond, xp.asarray(embeddings)], axis=0)
             if pooled is not None:
-                pooled = xp.concatenate([uncond_pooled, pooled], axis=0)
+                pooled = xp.concatenate([uncond_pooled, xp.asarray(pooled)], axis=0)
         if not self.is_xl:
             return _Conditioning(embeddings, {})
         return _Conditioning(
@@ -334,6 +395,35 @@ class Pipeline:
                 "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
             },
         )
+
+    def _prompt_side(self, request: Request, stages: StageRecorder):
+        """(embeddings, pooled or None) of the prompts: given, or encoded."""
+        if request.prompt_embeds is None:
+            return self._encode_prompts(request.prompts, stages)
+        return _as_float32(request.prompt_embeds), _as_float32(request.pooled_prompt_embeds)
+
+    def _negative_side(self, request: Request, embeddings, pooled, stages: StageRecorder):
+        """(embeddings, pooled or None) of the negative prompts: given, zeros (SDXL without
+        a negative prompt), or encoded; InputError where they cannot join the prompts'."""
+        xp = namespace_of(embeddings)
+        if request.negative_prompt_embeds is not None:
+            return (
+                _as_float32(request.negative_prompt_embeds),
+                _as_float32(request.negative_pooled_prompt_embeds),
+            )
+        zero_negative = request.negative_prompt is None and self.manifest.family_options.get(
+            "force_zeros_for_empty_prompt", False
+        )
+        if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
+            return xp.zeros_like(embeddings), None if pooled is None else xp.zeros_like(pooled)
+        uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages)
+        if uncond.shape != embeddings.shape:  # given prompt_embeds of another token count
+            raise InputError(
+                f"prompt_embeds: expected the shape of the encoded negative prompts, "
+                f"{tuple(uncond.shape)}, to join them; got {tuple(embeddings.shape)} "
+                "(pass negative_prompt_embeds= of prompt_embeds' shape)"
+            )
+        return uncond, uncond_pooled
 
     def _prepare_inpainting(
         self, request, pixels, image_latents, noise, xp, stages: StageRecorder
@@ -358,7 +448,7 @@ class Pipeline:
             condition = xp.concatenate([condition, condition], axis=0)
         return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
 
-    def _encode_prompts(self, prompts: tuple[str, ...], stages: StageRecorder):
+    def _encode_prompts(self, prompts: tuple[str, ...], stages: StageRecorder | None):
         """(hidden states, pooled or None): the encoders' states joined on the last axis."""
         hidden, pooled = [], None
         for encoder in self.prompt_encoders:
@@ -465,17 +555,31 @@ class _Inpainting:
         return (1 - self.mask) * known + self.mask * x
 
 
-# __call__'s arguments and their defaults: what Pipeline.request fills in.
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    """Encoded prompts, one row each, as ``__call__``'s ``prompt_embeds`` takes them."""
+
+    prompt_embeds: Any  # (prompts, tokens, width) float32
+    pooled_prompt_embeds: Any = None  # SDXL: (prompts, pooled width); else None
+
+
+# __call__'s arguments but the prompt and the callbacks, with their defaults: what
+# Pipeline.request fills in.
 CALL_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(Pipeline.__call__).parameters.items()
-    if parameter.default is not parameter.empty and name not in ("callback", "stage_callback")
+    if parameter.default is not parameter.empty
+    and name not in ("prompt", "callback", "stage_callback")
 }
 
 
-def _generator(seed) -> np.random.Generator:
-    """The call's random numbers: the Generator given, or one made from the seed."""
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+# interpolate()'s parameters that are not make_walk's.
+WALK_NOT_ARGUMENTS = ("self", "callback", "stage_callback")
+
+
+def _as_float32(value):
+    """A given array as float32 in its own namespace (None stays None)."""
+    return None if value is None else namespace_of(value).asarray(value, dtype="float32")
 
 
 def make_scheduler(name: str | None, scheduler_config: dict[str, Any], folder: Path):

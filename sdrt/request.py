@@ -2,6 +2,11 @@
 
 ``make_request`` turns the keyword arguments of ``Pipeline.__call__`` into a Request, or
 raises InputError saying what was expected and what came, before any graph runs.
+
+Prompts come as text (``prompt``, ``negative_prompt``) or as the text encoders' outputs
+(``prompt_embeds``, ``negative_prompt_embeds``, and for SDXL ``pooled_prompt_embeds``,
+``negative_pooled_prompt_embeds``), with diffusers' names, meanings and rules: a prompt or
+its embeddings, not both; SDXL embeddings come with their pooled ones.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sdrt.arrays import namespace_of
 from sdrt.errors import InputError
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
@@ -23,7 +29,8 @@ OUTPUT_TYPES = ("pil", "np")
 @dataclass(frozen=True)
 class Request:
     prompts: tuple[str, ...]  # one per image: each prompt repeated num_images_per_prompt times
-    negative_prompts: tuple[str, ...]  # aligned with prompts ("" where none was given)
+    # (empty where prompt_embeds are given)
+    negative_prompts: tuple[str, ...]  # one per image ("" where none was given)
     num_inference_steps: int
     guidance_scale: float
     height: int
@@ -36,17 +43,23 @@ class Request:
     latents: np.ndarray | None = None
     seed: int | np.random.Generator | None = None
     negative_prompt: Any = None  # as given: SDXL zeroes the unconditional input when None
+    # Given text-encoder outputs, one row per image (repeated num_images_per_prompt times
+    # like prompts), or None: the prompts are encoded.
+    prompt_embeds: Any = None  # (images, tokens, width)
+    negative_prompt_embeds: Any = None  # the shape of prompt_embeds
+    pooled_prompt_embeds: Any = None  # SDXL: (images, pooled width)
+    negative_pooled_prompt_embeds: Any = None
 
     @property
     def batch_size(self) -> int:
-        return len(self.prompts)
+        return len(self.negative_prompts)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
         return self.guidance_scale > 1.0
 
 
-def _prompt_list(value: Any, name: str) -> list[str]:
+def prompt_list(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) for p in value):
@@ -139,26 +152,27 @@ def make_request(
     strength: Any,
     mask_image: Any,
     output_type: Any,
+    prompt_embeds: Any = None,
+    negative_prompt_embeds: Any = None,
+    pooled_prompt_embeds: Any = None,
+    negative_pooled_prompt_embeds: Any = None,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
-    prompts = _prompt_list(prompt, "prompt")
-    negatives = _negative_prompts(negative_prompt, len(prompts))
+    given = Embeddings(
+        prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+    )
+    prompts, negatives = _prompt_lists(manifest, prompt, negative_prompt, given)
     per_prompt = _integer(num_images_per_prompt, "num_images_per_prompt", 1)
     steps = _integer(num_inference_steps, "num_inference_steps", 1)
-    guidance = _guidance(guidance_scale)
     _check_names(output_type, scheduler)
     strength = _check_images(manifest, image, mask_image, strength, steps)
     height, width = _image_size(manifest, image, height, width)
-    if seed is not None and not isinstance(seed, np.random.Generator):
-        seed = _integer(seed, "seed", 0)
-    if latents is not None:
-        batch = len(prompts) * per_prompt
-        latents = _check_latents(latents, manifest, batch, height, width)
+    seed, latents = _noise(manifest, seed, latents, len(negatives) * per_prompt, height, width)
     return Request(
         prompts=tuple(p for p in prompts for _ in range(per_prompt)),
         negative_prompts=tuple(n for n in negatives for _ in range(per_prompt)),
         num_inference_steps=steps,
-        guidance_scale=guidance,
+        guidance_scale=_guidance(guidance_scale),
         height=height,
         width=width,
         scheduler=scheduler,
@@ -169,7 +183,158 @@ def make_request(
         latents=latents,
         seed=seed,
         negative_prompt=negative_prompt,
+        **given.repeated(per_prompt).as_request_fields(),
     )
+
+
+# ------------------------------------------------------------------- given embeddings
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Text-encoder outputs given in place of prompts (diffusers' argument names)."""
+
+    prompt: Any = None  # prompt_embeds
+    negative: Any = None  # negative_prompt_embeds
+    pooled: Any = None  # pooled_prompt_embeds
+    negative_pooled: Any = None  # negative_pooled_prompt_embeds
+
+    def repeated(self, times: int) -> Embeddings:
+        """Each row ``times`` times in a row, as prompts are for num_images_per_prompt."""
+
+        def repeat(value):
+            if value is None or times == 1:
+                return value
+            return namespace_of(value).repeat(value, times, axis=0)
+
+        return Embeddings(
+            repeat(self.prompt),
+            repeat(self.negative),
+            repeat(self.pooled),
+            repeat(self.negative_pooled),
+        )
+
+    def as_request_fields(self) -> dict[str, Any]:
+        return {
+            "prompt_embeds": self.prompt,
+            "negative_prompt_embeds": self.negative,
+            "pooled_prompt_embeds": self.pooled,
+            "negative_pooled_prompt_embeds": self.negative_pooled,
+        }
+
+
+def _prompt_lists(manifest: Manifest, prompt: Any, negative_prompt: Any, given: Embeddings):
+    """(prompts, negative prompts): the prompts empty where prompt_embeds stand in for
+    them, one negative prompt per prompt ("" where none was given); given embeddings
+    checked against the folder and each other."""
+    prompts = _prompts(prompt, given)
+    count = check_embeddings(manifest, given, len(prompts), negative_prompt)
+    return prompts, _negative_prompts(negative_prompt, count)
+
+
+def _noise(manifest: Manifest, seed, latents, images: int, height: int, width: int):
+    """(seed, latents), checked: the call's noise."""
+    if seed is not None and not isinstance(seed, np.random.Generator):
+        seed = _integer(seed, "seed", 0)
+    if latents is not None:
+        latents = _check_latents(latents, manifest, images, height, width)
+    return seed, latents
+
+
+def _prompts(prompt: Any, given: Embeddings) -> list[str]:
+    """The prompts as a list; empty where prompt_embeds stand in for them."""
+    if given.prompt is not None:
+        if prompt is not None:
+            raise InputError(
+                "prompt: expected a prompt or prompt_embeds=, not both (as in diffusers); got both"
+            )
+        return []
+    if prompt is None:
+        raise InputError(
+            "prompt: expected a string, a non-empty list of strings, or prompt_embeds=; got neither"
+        )
+    return prompt_list(prompt, "prompt")
+
+
+def check_embeddings(manifest: Manifest, given: Embeddings, prompts: int, negative: Any) -> int:
+    """The number of prompts (rows of prompt_embeds, or ``prompts``); InputError where a
+    given array does not fit the folder's U-Net or the other arrays."""
+    hidden_width = _unet_input_width(manifest, "encoder_hidden_states")
+    rows: Any = prompts
+    tokens: Any = "tokens"
+    if given.prompt is not None:
+        expected = ("prompts", "tokens", hidden_width or "width")
+        _check_embedding_array(given.prompt, "prompt_embeds", expected)
+        rows, tokens = given.prompt.shape[:2]
+    if given.negative is not None:
+        if negative is not None:
+            raise InputError(
+                "negative_prompt: expected a negative prompt or negative_prompt_embeds=, "
+                "not both (as in diffusers); got both"
+            )
+        expected = (rows, tokens, hidden_width or "width")
+        _check_embedding_array(given.negative, "negative_prompt_embeds", expected)
+    _check_pooled(manifest, given, rows)
+    return int(rows)
+
+
+def _check_pooled(manifest: Manifest, given: Embeddings, rows: int) -> None:
+    """SDXL: pooled embeddings with every given prompt_embeds, and only with them."""
+    pairs = (
+        ("pooled_prompt_embeds", given.pooled, "prompt_embeds", given.prompt),
+        (
+            "negative_pooled_prompt_embeds",
+            given.negative_pooled,
+            "negative_prompt_embeds",
+            given.negative,
+        ),
+    )
+    for name, pooled, partner_name, partner in pairs:
+        if manifest.family != "sdxl":
+            if pooled is not None:
+                raise InputError(
+                    f"{name}: expected None: this {manifest.family} model folder's U-Net takes "
+                    f"no pooled embeddings; got {type(pooled).__name__}"
+                )
+            continue
+        if partner is not None and pooled is None:
+            raise InputError(
+                f"{name}: expected the pooled embeddings that go with {partner_name}= (an "
+                "SDXL U-Net needs both, as in diffusers); got None"
+            )
+        if pooled is not None and partner is None:
+            raise InputError(
+                f"{name}: expected {partner_name}= with it (without it the prompt is "
+                f"encoded, pooled embeddings too); got {name} alone"
+            )
+        if pooled is not None:
+            width = _unet_input_width(manifest, "text_embeds") or "width"
+            _check_embedding_array(pooled, name, (rows, width))
+
+
+def _check_embedding_array(value: Any, name: str, expected: tuple[int | str, ...]) -> None:
+    """``value`` is a float array of ``expected``'s shape (strings: any size >= 1)."""
+    shape = tuple(getattr(value, "shape", ()))
+    fits = len(shape) == len(expected) and all(
+        s >= 1 if isinstance(e, str) else s == e for s, e in zip(shape, expected, strict=False)
+    )
+    if not hasattr(value, "dtype") or not fits:
+        spelled = "(" + ", ".join(str(e) for e in expected) + ")"
+        raise InputError(
+            f"{name}: expected an array of shape {spelled}, got {type(value).__name__} "
+            f"of shape {shape}"
+        )
+    if not np.issubdtype(np.dtype(str(value.dtype)), np.floating):
+        raise InputError(f"{name}: expected a float array, got dtype {value.dtype}")
+
+
+def _unet_input_width(manifest: Manifest, name: str) -> int | None:
+    """The last dimension of the U-Net's input ``name`` where the folder fixes it."""
+    unet = manifest.components.get("unet")
+    specs = [] if unet is None else [s for s in unet.inputs if s.name == name]
+    if not specs or not specs[0].shape or not isinstance(specs[0].shape[-1], int):
+        return None
+    return specs[0].shape[-1]
 
 
 def _check_names(output_type: Any, scheduler: Any) -> None:
@@ -196,7 +361,7 @@ def _negative_prompts(negative_prompt: Any, count: int) -> list[str]:
     """One negative prompt per prompt ("" where none was given)."""
     if negative_prompt is None:
         return [""] * count
-    negatives = _prompt_list(negative_prompt, "negative_prompt")
+    negatives = prompt_list(negative_prompt, "negative_prompt")
     if len(negatives) == 1:
         return negatives * count
     if len(negatives) != count:

@@ -110,3 +110,59 @@ def test_xl_img2img_and_inpainting_match_diffusers(tiny_xl, monkeypatch, mode):
     theirs = pipe(PROMPTS[0], **settings).images
     ours = sd(PROMPTS[0], latents=noise, **settings).images
     assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
+
+
+# ------------------------------------------------------------- given embeddings, walks
+
+
+def test_xl_prompt_embeds_mean_what_they_mean_in_diffusers(tiny_xl):
+    """Embeddings (and pooled ones) from embed_prompts give the prompt's image, and the same
+    embeddings given to diffusers under the same names give diffusers' same image."""
+    sd, reference = tiny_xl
+    latents = np.random.default_rng(1).standard_normal((2, 4, 8, 8), dtype=np.float32)
+    settings = dict(
+        num_inference_steps=3, guidance_scale=7.5, height=64, width=64, output_type="np"
+    )  # diffusers' SDXL default guidance is 5.0: given, not defaulted
+    embeddings = sd.embed_prompts(PROMPTS)
+    assert embeddings.pooled_prompt_embeds.shape[0] == 2
+    given = dict(
+        prompt_embeds=embeddings.prompt_embeds,
+        pooled_prompt_embeds=embeddings.pooled_prompt_embeds,
+    )
+    ours = sd(latents=latents, **given, **settings).images
+    np.testing.assert_array_equal(ours, sd(PROMPTS, latents=latents, **settings).images)
+    theirs = reference(
+        latents=torch.from_numpy(latents),
+        **{k: torch.from_numpy(v) for k, v in given.items()},
+        **settings,
+    ).images
+    assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
+
+
+def test_xl_prompt_embeds_need_their_pooled_embeddings(tiny_xl):
+    from sdrt.errors import InputError
+
+    sd, _ = tiny_xl
+    embeddings = sd.embed_prompts(PROMPTS[0])
+    with pytest.raises(
+        InputError,
+        match=r"pooled_prompt_embeds: expected the pooled embeddings that go with "
+        r"prompt_embeds= \(an SDXL U-Net needs both, as in diffusers\); got None",
+    ):
+        sd(prompt_embeds=embeddings.prompt_embeds, num_inference_steps=1)
+    with pytest.raises(InputError, match=r"pooled_prompt_embeds: expected an array of shape"):
+        sd(
+            prompt_embeds=embeddings.prompt_embeds,
+            pooled_prompt_embeds=embeddings.prompt_embeds,
+            num_inference_steps=1,
+        )
+
+
+def test_xl_walk_keyframes_are_plain_calls(tiny_xl):
+    """Hidden states and pooled embeddings both interpolated; keyframes bit for bit."""
+    sd, _ = tiny_xl
+    settings = dict(num_inference_steps=2, height=64, width=64, output_type="np")
+    out = sd.interpolate(PROMPTS, seeds=[3, 4], num_frames=3, batch_size=3, **settings)
+    np.testing.assert_array_equal(out.images[0], sd(PROMPTS[0], seed=3, **settings).images[0])
+    np.testing.assert_array_equal(out.images[2], sd(PROMPTS[1], seed=4, **settings).images[0])
+    assert np.abs(out.images[1] - out.images[0]).mean() > 0.01
