@@ -36,6 +36,8 @@ COMMANDS = {
     "generate": "generate",
     "engines": "engines",
     "bench": "bench",
+    "serve": "serve",
+    "loadtest": "loadtest",
 }
 
 EXIT_INTERNAL = 1
@@ -59,6 +61,11 @@ EXTRA_MODULES = {
     "matplotlib": ("bench",),
     "psutil": ("bench",),
     "rich": ("bench",),
+    "fastapi": ("serve",),
+    "uvicorn": ("serve",),
+    "prometheus_client": ("serve",),
+    "python_multipart": ("serve",),
+    "ray": ("ray",),
 }
 # Where a module is in several extras, the one a command needs (others: the first listed).
 COMMAND_EXTRAS = {"engines": "gpu"}

@@ -46,7 +46,8 @@ WRAPPER = textwrap.dedent(
 )
 
 EXPORT = "torch,diffusers,transformers,accelerate,safetensors,onnx,onnx_graphsurgeon,polygraphy"
-RUNTIME_ONLY = f"{EXPORT},matplotlib,psutil,rich,tensorrt,cupy"
+SERVE = "fastapi,uvicorn,prometheus_client,python_multipart,ray"
+RUNTIME_ONLY = f"{EXPORT},matplotlib,psutil,rich,tensorrt,cupy,{SERVE}"
 
 
 def run_sdrt(args, *, blocked="", stdout=subprocess.PIPE, env=None, cwd=None):
@@ -72,6 +73,7 @@ def run_sdrt(args, *, blocked="", stdout=subprocess.PIPE, env=None, cwd=None):
         (["build", "{tmp}/model", "-o", "{tmp}/out"], "export", "torch"),
         (["init-model", "tiny", "--random-weights", "{tmp}/tiny"], "export", "(torch|diffusers)"),
         (["bench", "--arch", "tiny", "--random-weights", "-o", "{tmp}/report"], "bench", "rich"),
+        (["serve", "{tmp}/model"], "serve", "fastapi"),
     ],
 )
 def test_a_missing_extra_is_one_line_naming_the_extra(tmp_path, args, extra, module):
