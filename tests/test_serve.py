@@ -56,9 +56,9 @@ def server(tiny_built, pipe):
 
 @pytest.fixture(scope="module")
 def strict(tiny_built, pipe):
-    """An API key, a 0.5 s timeout and small limits."""
+    """An API key, a 1 s timeout and small limits."""
     limits = Limits(max_n=2, max_steps=200, max_body_bytes=4096, max_upload_bytes=20_000)
-    config = ServeConfig(folder=tiny_built, api_key=KEY, timeout=0.5, limits=limits)
+    config = ServeConfig(folder=tiny_built, api_key=KEY, timeout=1.0, limits=limits)
     with ThreadServer(ServiceState(config, loader=lambda c: pipe)) as s:
         yield s.wait_ready()
 
@@ -277,7 +277,7 @@ def test_a_timeout_is_504_and_the_work_stops_between_steps(strict):
     body = {"prompt": "slow", "size": "256x256", "num_inference_steps": 150}  # ~6 s of work
     reply = generate(strict.port, body, auth)
     assert time.monotonic() - start < 3
-    assert "timeout of 0.5 s" in _error(reply, 504, code="timeout")
+    assert "timeout of 1 s" in _error(reply, 504, code="timeout")
     assert metric(strict.port, "sdrt_cancellations_total", 'reason="timeout"') == before + 1
     wait_for(lambda: metric(strict.port, "sdrt_in_flight") == 0, timeout=2)
 

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default: 7.5)")
     parser.add_argument("--scheduler", default="euler", help="scheduler (default: euler)")
+    _add_client_arguments(parser)
+
+
+def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=None, metavar="KEY", help="bearer token (default: none)"
     )

@@ -11,7 +11,11 @@ Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client, python-multipart
 - ``state.py``      load, warm-up, readiness and draining of one replica
 - ``metrics.py``    the Prometheus metrics
 - ``encode.py``     images -> base64 PNGs with their A1111 parameters
-- ``app.py``        the FastAPI app: routes, auth, body limits, streaming
+- ``uploads.py``    uploaded images and masks, held to the limits
+- ``auth.py``       the bearer token, compared in constant time
+- ``middleware.py`` body limits (413), request metrics, the replica header (pure ASGI)
+- ``respond.py``    admit, wait, answer: JSON or server-sent events; 429, 504, disconnects
+- ``app.py``        the FastAPI app: routes and error handlers
 - ``server.py``     uvicorn with a SIGTERM drain
 - ``ray_app.py``    the same app as a Ray Serve deployment (``--replicas``)
 """
