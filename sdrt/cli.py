@@ -37,6 +37,8 @@ COMMANDS = {
     "interpolate": "interpolate",
     "engines": "engines",
     "bench": "bench",
+    "serve": "serve",
+    "loadtest": "loadtest",
 }
 
 EXIT_INTERNAL = 1
@@ -61,6 +63,11 @@ EXTRA_MODULES = {
     "psutil": ("bench",),
     "rich": ("bench",),
     "imageio_ffmpeg": ("video",),
+    "fastapi": ("serve",),
+    "uvicorn": ("serve",),
+    "prometheus_client": ("serve",),
+    "python_multipart": ("serve",),
+    "ray": ("ray",),
 }
 # Where a module is in several extras, the one a command needs (others: the first listed).
 COMMAND_EXTRAS = {"engines": "gpu"}

@@ -46,7 +46,8 @@ WRAPPER = textwrap.dedent(
 )
 
 EXPORT = "torch,diffusers,transformers,accelerate,safetensors,onnx,onnx_graphsurgeon,polygraphy"
-RUNTIME_ONLY = f"{EXPORT},matplotlib,psutil,rich,tensorrt,cupy,imageio_ffmpeg"
+SERVE = "fastapi,uvicorn,prometheus_client,python_multipart,ray"
+RUNTIME_ONLY = f"{EXPORT},matplotlib,psutil,rich,tensorrt,cupy,imageio_ffmpeg,{SERVE}"
 
 
 def run_sdrt(args, *, blocked="", stdout=subprocess.PIPE, env=None, cwd=None):
@@ -77,6 +78,7 @@ def run_sdrt(args, *, blocked="", stdout=subprocess.PIPE, env=None, cwd=None):
             "video",
             "imageio_ffmpeg",
         ),
+        (["serve", "{tmp}/model"], "serve", "fastapi"),
     ],
 )
 def test_a_missing_extra_is_one_line_naming_the_extra(tmp_path, args, extra, module):

@@ -1,0 +1,96 @@
+"""Admission: a bounded queue in front of a small pool of worker threads.
+
+A job is anything with ``run()`` (called on a worker) and ``cancelled`` (a
+threading.Event; a job cancelled while it waits is dropped without running). ``submit``
+never blocks: when ``max_queue`` jobs already wait it raises QueueFull with how many
+seconds to wait before trying again, estimated from the recent jobs' durations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+
+log = logging.getLogger("sdrt.service")
+
+
+class QueueFull(Exception):
+    def __init__(self, depth: int, retry_after: int):
+        super().__init__(f"{depth} requests are waiting, the most this server queues")
+        self.depth = depth
+        self.retry_after = retry_after
+
+
+class Admission:
+    def __init__(self, workers: int, max_queue: int):
+        self.workers = workers
+        self.max_queue = max_queue
+        self._waiting: deque = deque()
+        self._running = 0
+        self._cond = threading.Condition()
+        self._durations: deque[float] = deque(maxlen=32)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for a worker."""
+        return len(self._waiting)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running on a worker."""
+        return self._running
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"sdrt-worker-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, job) -> None:
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(len(self._waiting), self._retry_after())
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing waits or runs; False if ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._waiting or self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _retry_after(self) -> int:
+        """Seconds until a queue place is likely free (the next job a worker starts frees
+        one): a recent job's mean duration shared by the workers, at least 1."""
+        mean = sum(self._durations) / len(self._durations) if self._durations else 1.0
+        return max(1, math.ceil(mean / self.workers))
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                job = self._waiting.popleft()
+                if job.cancelled.is_set():
+                    self._cond.notify_all()
+                    continue
+                self._running += 1
+            start = time.monotonic()
+            try:
+                job.run()
+            except Exception:  # a job reports its own errors; this is a bug in one
+                log.exception("a job failed outside its own error handling")
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._durations.append(time.monotonic() - start)
+                    self._cond.notify_all()

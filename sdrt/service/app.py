@@ -1,0 +1,182 @@
+"""The FastAPI app: routes, auth, limits and errors; the work is in respond.py.
+
+    POST /v1/images/generations   JSON (OpenAI Images API + diffusers' names)
+    POST /v1/images/edits         multipart: image (+ mask), prompt, ...: img2img, inpainting
+    GET  /healthz                 200 while the process is up
+    GET  /readyz                  200 when loaded, warmed up and accepting; else 503
+    GET  /metrics                 Prometheus text
+
+Every error is OpenAI's JSON error object (errors.py) with its status; nothing a client
+sends gives a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sdrt.service.auth import check_bearer
+from sdrt.service.errors import ApiError, bad_request
+from sdrt.service.metrics import CONTENT_TYPE
+from sdrt.service.middleware import (
+    BodyLimit,
+    BodyTooLarge,
+    ReplicaHeader,
+    RequestMetrics,
+    body_error,
+)
+from sdrt.service.params import (
+    EDIT_FIELDS,
+    GENERATION_FIELDS,
+    check_fields,
+    form_value,
+    make_generation,
+)
+from sdrt.service.respond import respond
+from sdrt.service.state import LOADING, READY, ServiceState
+from sdrt.service.uploads import as_image, as_mask, read_upload
+
+REPLICA_HEADER = "x-sdrt-replica"
+MAX_FORM_FIELDS = 20
+
+
+def create_app(state: ServiceState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app):
+        if state.phase == LOADING and state.pipe is None:
+            state.start_loading()
+        yield
+
+    app = FastAPI(title="sdrt", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.sdrt = state
+    _add_error_handlers(app, state)
+    _add_routes(app, state)
+    app.add_middleware(
+        BodyLimit,
+        limit=lambda path: _body_limit(state, path),
+        rejected=state.metrics.rejections.labels("too_large").inc,
+    )
+    app.add_middleware(ReplicaHeader, name=REPLICA_HEADER, value=lambda: state.replica)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    return app
+
+
+def _body_limit(state: ServiceState, path: str) -> int:
+    limits = state.limits
+    if path == "/v1/images/edits":  # image and mask, plus the text fields
+        return 2 * limits.max_upload_bytes + limits.max_body_bytes
+    return limits.max_body_bytes
+
+
+def _add_routes(app: FastAPI, state: ServiceState) -> None:
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "phase": state.phase}
+
+    @app.get("/readyz")
+    async def readyz():
+        if state.phase != READY:
+            state.check_accepting()
+        return {
+            "status": "ready",
+            "replica": state.replica,
+            "load_seconds": state.load_seconds,
+            "warmup_seconds": state.warmup_seconds,
+        }
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/images/generations")
+    async def generations(request: Request):
+        deadline = _admit(state, request)
+        body = check_fields(await _read_json(request), GENERATION_FIELDS)
+        generation = make_generation(state.pipe, body, state.limits)
+        return await respond(state, request, generation, deadline)
+
+    @app.post("/v1/images/edits")
+    async def edits(request: Request):
+        deadline = _admit(state, request)
+        body, image, mask = await _read_edit(request, state)
+        generation = make_generation(state.pipe, body, state.limits, image=image, mask=mask)
+        return await respond(state, request, generation, deadline)
+
+
+def _admit(state: ServiceState, request: Request) -> float | None:
+    """Auth, then whether this replica accepts work; the request's deadline (loop time)."""
+    try:
+        check_bearer(request.headers.get("authorization"), state.config.api_key)
+    except ApiError:
+        state.metrics.rejections.labels("unauthorized").inc()
+        raise
+    state.check_accepting()
+    if state.config.timeout is None:
+        return None
+    return asyncio.get_running_loop().time() + state.config.timeout
+
+
+async def _read_json(request: Request):
+    content_type = request.headers.get("content-type", "")
+    if content_type and not content_type.startswith("application/json"):
+        raise bad_request(
+            f"body: expected Content-Type application/json, got {content_type!r}", param="body"
+        )
+    data = await request.body()
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(
+            f"body: expected a JSON object, could not parse it ({e})", "body"
+        ) from None
+
+
+async def _read_edit(request: Request, state: ServiceState):
+    """(fields, image, mask) of a multipart edit request."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise bad_request(
+            f"body: expected Content-Type multipart/form-data, got {content_type!r}", "body"
+        )
+    limits = state.limits
+    form = await request.form(
+        max_files=2, max_fields=MAX_FORM_FIELDS, max_part_size=4 * limits.max_prompt_chars + 64
+    )
+    fields = {k: form_value(k, v) for k, v in form.items() if isinstance(v, str)}
+    body = check_fields({**fields, **{k: None for k in form if k not in fields}}, EDIT_FIELDS)
+    body = {k: v for k, v in body.items() if k not in ("image", "mask")}
+    image = await read_upload(form, "image", limits, required=True)
+    mask = await read_upload(form, "mask", limits, required=False)
+    return body, as_image(image), None if mask is None else as_mask(mask)
+
+
+def _add_error_handlers(app: FastAPI, state: ServiceState) -> None:
+    def answer(error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, error: ApiError):
+        if error.status == 413:
+            state.metrics.rejections.labels("too_large").inc()
+        return answer(error)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request, error: BodyTooLarge):
+        state.metrics.rejections.labels("too_large").inc()
+        return answer(body_error(error.limit))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error: StarletteHTTPException):
+        message = error.detail if error.status_code != 400 else f"body: {error.detail}"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid")
+        return answer(ApiError(error.status_code, str(message), code))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, error: Exception):
+        message = f"internal error: {type(error).__name__}: {error}"
+        return answer(ApiError(500, message, "internal_error"))

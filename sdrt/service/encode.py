@@ -1,0 +1,51 @@
+"""Images out: base64 PNGs carrying their settings (A1111 "parameters", as `sdrt generate`
+writes them), from the pipeline's float images, rounded as ``Pipeline.__call__`` rounds."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import PngImagePlugin
+
+from sdrt.images import to_pil
+from sdrt.infotext import GenerationParameters, sampler_name
+from sdrt.pipeline import make_scheduler
+
+
+def encode_images(pipe, generation, images) -> list[str]:
+    """One base64 PNG per image of a batch (float32 NHWC in [0, 1])."""
+    request = generation.request
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler_config, pipe.folder)
+    unet = pipe.manifest.components.get("unet")
+    pictures = to_pil(images)
+    encoded = []
+    for index, picture in enumerate(pictures):
+        parameters = GenerationParameters(
+            prompt=generation.prompt,
+            negative_prompt=generation.negative_prompt or "",
+            steps=request.num_inference_steps,
+            sampler=sampler_name(scheduler),
+            cfg_scale=request.guidance_scale,
+            seed=generation.seed,
+            width=request.width,
+            height=request.height,
+            model_hash=None if unet is None else unet.sha256[:10],
+            model=pipe.folder.resolve().name,
+            denoising_strength=request.strength if generation.edit else None,
+            batch_size=len(pictures),
+            batch_pos=index,
+            version=f"sdrt {_version()}",
+        )
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters.text())
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", pnginfo=info)
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return encoded
+
+
+def _version() -> str:
+    from sdrt import __version__
+
+    return __version__

@@ -1,0 +1,120 @@
+"""One replica's life: loading (and warming up), ready, draining; and what it holds.
+
+``/readyz`` is 200 only when ``phase == "ready"``: the Pipeline is loaded and one tiny
+generation has run (``warm_up``), so the first request does not pay for paging in the
+mapped weights or ONNX Runtime's first-run allocations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from sdrt.service.admission import Admission
+from sdrt.service.config import ServeConfig
+from sdrt.service.errors import ApiError
+from sdrt.service.metrics import Metrics
+
+log = logging.getLogger("sdrt.service")
+
+LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
+WARMUP_PROMPT = "warm-up"
+WARMUP_STEPS = 1
+
+
+def default_loader(config: ServeConfig):
+    from sdrt.pipeline import Pipeline
+
+    return Pipeline.load(config.folder, backend=config.backend)
+
+
+class ServiceState:
+    def __init__(
+        self,
+        config: ServeConfig,
+        loader: Callable[[ServeConfig], object] = default_loader,
+        replica: str | None = None,
+    ):
+        self.config = config
+        self.limits = config.limits
+        self.metrics = Metrics()
+        self.admission = Admission(config.workers, config.max_queue)
+        self.metrics.bind(self.admission)
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
+        self.phase = LOADING
+        self.failure: str | None = None
+        self.pipe = None
+        self.load_seconds: float | None = None
+        self.warmup_seconds: float | None = None
+        self.on_failure: Callable[[str], None] | None = None  # the server exits on it
+        self._loader = loader
+
+    def start_loading(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name="sdrt-load", daemon=True)
+        thread.start()
+        return thread
+
+    def load(self) -> None:
+        """Load the Pipeline, warm it up, start the workers; then ready."""
+        try:
+            start = time.perf_counter()
+            pipe = self._loader(self.config)
+            self.load_seconds = time.perf_counter() - start
+            self.metrics.load_seconds.set(self.load_seconds)
+            if self.config.warmup:
+                self.warmup_seconds = warm_up(pipe)
+                self.metrics.warmup_seconds.set(self.warmup_seconds)
+        except Exception as e:  # the folder, the backend: the process cannot serve
+            self.phase, self.failure = FAILED, f"{type(e).__name__}: {e}"
+            log.error("loading %s failed: %s", self.config.folder, self.failure)
+            if self.on_failure is not None:
+                self.on_failure(self.failure)
+            return
+        self.pipe = pipe
+        self.admission.start()
+        if self.phase == LOADING:
+            self.phase = READY
+            self.metrics.ready.set(1)
+        log.info("ready: load %.2f s, warm-up %s", self.load_seconds, _seconds(self.warmup_seconds))
+
+    def drain(self) -> None:
+        """Stop accepting: /readyz and new generations answer 503 from now on."""
+        self.phase = DRAINING
+        self.metrics.ready.set(0)
+
+    def check_accepting(self) -> None:
+        if self.phase == READY:
+            return
+        reason = {LOADING: "loading", DRAINING: "draining"}.get(self.phase, "failed")
+        self.metrics.rejections.labels(reason).inc()
+        message = {
+            LOADING: "the model is loading; try again shortly",
+            DRAINING: "this server is shutting down; try another replica",
+        }.get(self.phase, f"the model failed to load: {self.failure}")
+        headers = {"Retry-After": "5"} if self.phase == LOADING else {}
+        raise ApiError(503, message, reason, headers=headers)
+
+
+def warm_up(pipe) -> float:
+    """One generation at the folder's smallest size and one step: every weight of the text
+    encoder(s), U-Net and VAE decoder is read once. Returns its seconds."""
+    build = pipe.manifest.build
+    size = -(-build.min_size // build.size_multiple) * build.size_multiple
+    start = time.perf_counter()
+    pipe(
+        WARMUP_PROMPT,
+        num_inference_steps=WARMUP_STEPS,
+        height=size,
+        width=size,
+        seed=0,
+        output_type="np",
+    )
+    return time.perf_counter() - start
+
+
+def _seconds(value: float | None) -> str:
+    return "off" if value is None else f"{value:.2f} s"
