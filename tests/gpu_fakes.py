@@ -111,16 +111,16 @@ class Gpu:
         if written is None:
             return
         writer, clock = written
-        if writer is not stream and stream.known.get(writer.name, 0) < clock:
+        if writer is not stream and stream._known.get(writer._name, 0) < clock:
             raise RaceError(
-                f"{what} on stream {stream.name} reads {root._label}, written on "
-                f"{writer.name} at {clock}, without waiting for it (it waited up to "
-                f"{stream.known.get(writer.name, 0)})"
+                f"{what} on stream {stream._name} reads {root._label}, written on "
+                f"{writer._name} at {clock}, without waiting for it (it waited up to "
+                f"{stream._known.get(writer._name, 0)})"
             )
 
     def write(self, array, stream: FakeStream, what: str) -> None:
-        stream.tick(what)
-        _root(array)._written = (stream, stream.clock)
+        stream._tick(what)
+        _root(array)._written = (stream, stream._clock)
 
 
 def _address(array: np.ndarray) -> int:
@@ -135,6 +135,13 @@ def _root(array):
 
 
 # ---------------------------------------------------------------------------- fake cupy
+
+
+class _Memory:
+    """cupy.cuda.UnownedMemory: device memory someone else owns (``owner`` keeps it)."""
+
+    def __init__(self, ptr, size, owner, device_id=-1):
+        self.ptr, self.size, self._owner = ptr, size, owner
 
 
 class _Pointer:
@@ -158,12 +165,12 @@ class FakeArray(np.ndarray):
 
     @property
     def data(self):
-        return _Pointer(types.SimpleNamespace(ptr=_address(self), owner=self))
+        return _Pointer(_Memory(_address(self), self.nbytes, self))
 
     def get(self):
         stream = GPU.stream()
         GPU.read(self, stream, "get")
-        GPU.log.append((stream.name, "to_host", _root(self)._label))
+        GPU.log.append((stream._name, "to_host", _root(self)._label))
         return np.array(self.view(np.ndarray), copy=True)
 
     def copy(self, order="C"):
@@ -219,9 +226,9 @@ class FakeEvent:
     """cupy.cuda.Event as ``Stream.record()`` returns it: what its stream had done then."""
 
     def __init__(self, stream: FakeStream):
-        self.name = GPU.new_event_name()
-        self.stream = stream
-        self.known = dict(stream.known)
+        self._name = GPU.new_event_name()
+        self._stream = stream
+        self._known = dict(stream._known)
 
     def synchronize(self):
         pass
@@ -243,18 +250,18 @@ class FakeStream:
     """cupy.cuda.Stream with a clock; see the module docstring."""
 
     def __init__(self, null=False, non_blocking=False, ptds=False, priority=None, *, name=None):
-        self.name = name or GPU.new_stream_name()
+        self._name = name or GPU.new_stream_name()
         self.ptr = 0 if name == "caller" else 0x5000 + len(GPU.streams) + 1
-        self.clock = 0
-        self.known = {self.name: 0}
+        self._clock = 0
+        self._known = {self._name: 0}
         self._capture: list | None = None
         if name != "caller":
             GPU.streams[self.ptr] = self
 
-    def tick(self, what: str) -> None:
-        self.clock += 1
-        self.known[self.name] = self.clock
-        GPU.log.append((self.name, what))
+    def _tick(self, what: str) -> None:
+        self._clock += 1
+        self._known[self._name] = self._clock
+        GPU.log.append((self._name, what))
 
     def __enter__(self):
         GPU.current.append(self)
@@ -265,16 +272,16 @@ class FakeStream:
 
     def record(self, event=None):
         event = FakeEvent(self)
-        GPU.log.append((self.name, "record", event.name))
+        GPU.log.append((self._name, "record", event._name))
         return event
 
     def wait_event(self, event):
-        for name, clock in event.known.items():
-            self.known[name] = max(self.known.get(name, 0), clock)
-        GPU.log.append((self.name, "wait", event.name))
+        for name, clock in event._known.items():
+            self._known[name] = max(self._known.get(name, 0), clock)
+        GPU.log.append((self._name, "wait", event._name))
 
     def synchronize(self):
-        GPU.log.append((self.name, "synchronize"))
+        GPU.log.append((self._name, "synchronize"))
 
     def begin_capture(self, mode=None):
         self._capture = []
@@ -283,7 +290,7 @@ class FakeStream:
         work, self._capture = self._capture, None
         return FakeGraph(work)
 
-    def enqueue(self, kernel: Callable[[FakeStream], None]) -> None:
+    def _enqueue(self, kernel: Callable[[FakeStream], None]) -> None:
         if self._capture is not None:
             self._capture.append(kernel)
         else:
@@ -300,7 +307,7 @@ def stream_at(pointer: int) -> FakeStream:
 class FakeDevice:
     def __init__(self, device=None):
         self.id = int(device or 0)
-        self.compute_capability = FakeRuntime.compute_capability
+        self.compute_capability = FakeRuntime._compute_capability
 
     def __enter__(self):
         return self
@@ -312,17 +319,17 @@ class FakeDevice:
 class FakeRuntime:
     """cupy.cuda.runtime: the device count and properties the machine probe asks for."""
 
-    devices = 1
-    compute_capability = "90"
-    name = b"NVIDIA H200"
+    _devices = 1
+    _compute_capability = "90"
+    _name = b"NVIDIA H200"
 
     @classmethod
     def getDeviceCount(cls):  # noqa: N802 (cupy's name)
-        return cls.devices
+        return cls._devices
 
     @classmethod
     def getDeviceProperties(cls, device):  # noqa: N802
-        return {"name": cls.name}
+        return {"name": cls._name}
 
 
 def _asarray(a, dtype=None):
@@ -359,7 +366,7 @@ def _isfinite(x):
 
 def _alloc(size):
     block = GPU.allocate((max(int(size), 1),), np.uint8, label="alloc")
-    return _Pointer(types.SimpleNamespace(ptr=_address(block), owner=block))
+    return _Pointer(_Memory(_address(block), block.nbytes, block))
 
 
 def fake_cupy() -> types.ModuleType:
@@ -379,9 +386,7 @@ def fake_cupy() -> types.ModuleType:
     cuda.runtime = FakeRuntime
     cuda.get_current_stream = GPU.stream
     cuda.alloc = _alloc
-    cuda.UnownedMemory = lambda ptr, size, owner: types.SimpleNamespace(
-        ptr=ptr, size=size, owner=owner
-    )
+    cuda.UnownedMemory = _Memory
     cuda.MemoryPointer = _Pointer
     cp.cuda = cuda
     return cp
@@ -429,8 +434,8 @@ class FakeEngine:
         self._tensors = tensors
         self._compute = compute
         self._memory = memory
-        self.plan = plan
-        self.contexts = []
+        self._plan = plan
+        self._contexts = []
         self.num_io_tensors = len(tensors)
 
     @property
@@ -453,7 +458,7 @@ class FakeEngine:
     def create_execution_context(self, strategy=None):
         assert strategy == ExecutionContextAllocationStrategy.USER_MANAGED
         context = FakeContext(self)
-        self.contexts.append(context)
+        self._contexts.append(context)
         return context
 
 
@@ -462,42 +467,42 @@ class FakeContext:
 
     def __init__(self, engine: FakeEngine):
         self._engine = engine
-        self.memory = None
-        self.shapes = {}
-        self.addresses = {}
-        self.executions = 0
-        self.shape_calls = 0
+        self._memory = None
+        self._shapes = {}
+        self._addresses = {}
+        self._executions = 0
+        self._shape_calls = 0
 
     def set_device_memory(self, memory, size):
         assert size >= self._engine._memory
-        self.memory = memory
+        self._memory = memory
 
     def set_input_shape(self, name, shape):
-        self.shape_calls += 1
-        self.shapes[name] = tuple(shape)
+        self._shape_calls += 1
+        self._shapes[name] = tuple(shape)
         return True
 
     def get_tensor_shape(self, name):
         mode, _, shape = self._engine._tensors[name]
-        return self.shapes[name] if mode == "input" else shape(self.shapes)
+        return self._shapes[name] if mode == "input" else shape(self._shapes)
 
     def set_tensor_address(self, name, memory):
-        self.addresses[name] = memory
+        self._addresses[name] = memory
         return True
 
     def _tensor(self, name, shapes):
         mode, dtype, shape = self._engine._tensors[name]
         shape = shapes[name] if mode == "input" else shape(shapes)
-        return GPU.at(self.addresses[name], shape, dtype)
+        return GPU.at(self._addresses[name], shape, dtype)
 
     def execute_async_v3(self, stream_handle):
-        shapes = dict(self.shapes)  # a captured graph replays the kernels of these shapes
+        shapes = dict(self._shapes)  # a captured graph replays the kernels of these shapes
         inputs = [n for n, (mode, _, _) in self._engine._tensors.items() if mode == "input"]
         outputs = [n for n in self._engine._tensors if n not in inputs]
 
         def kernel(stream):
-            assert self.memory is not None, "ran without activation memory"
-            self.executions += 1
+            assert self._memory is not None, "ran without activation memory"
+            self._executions += 1
             values = {}
             for n in inputs:
                 view = self._tensor(n, shapes)
@@ -510,27 +515,27 @@ class FakeContext:
                 view.view(np.ndarray)[...] = results[n]
                 GPU.write(view, stream, "execute_async_v3")
 
-        stream_at(stream_handle).enqueue(kernel)
+        stream_at(stream_handle)._enqueue(kernel)
         return True
 
 
 class FakeTrtRuntime:
     """tensorrt.Runtime: deserializes the plans registered in ``PLANS`` (None for others)."""
 
-    plans: dict[bytes, Callable[[], FakeEngine]] = {}
-    deserialized: list[bytes] = []
+    _plans: dict[bytes, Callable[[], FakeEngine]] = {}
+    _deserialized: list[bytes] = []
 
     def __init__(self, logger):
         self.logger = logger
 
     def deserialize_cuda_engine(self, serialized_engine):
         serialized_engine = bytes(serialized_engine)
-        FakeTrtRuntime.deserialized.append(serialized_engine)
-        make = FakeTrtRuntime.plans.get(serialized_engine)
+        FakeTrtRuntime._deserialized.append(serialized_engine)
+        make = FakeTrtRuntime._plans.get(serialized_engine)
         if make is None:
             return None
         engine = make()
-        engine.plan = serialized_engine
+        engine._plan = serialized_engine
         return engine
 
 
@@ -612,10 +617,10 @@ def plan_bytes(component: str, precision: str) -> bytes:
 
 class FakeProfile:
     def __init__(self):
-        self.shapes = {}
+        self._shapes = {}
 
     def add(self, name, min, opt, max):  # noqa: A002 (Polygraphy's names)
-        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        self._shapes[name] = (tuple(min), tuple(opt), tuple(max))
         return self
 
 
@@ -681,10 +686,12 @@ class FakeOrtValue:
     def __init__(self, array):
         self._array = array
 
-    @classmethod
-    def ortvalue_from_shape_and_type(cls, shape, element_type, device_type, device_id):
+    @staticmethod
+    def ortvalue_from_shape_and_type(
+        shape, element_type, device_type="cpu", device_id=0, vendor_id=-1, memory_info=None
+    ):
         assert device_type == "cuda" and isinstance(element_type, type)
-        return cls(GPU.allocate(tuple(shape), element_type, label="OrtValue"))
+        return FakeOrtValue(GPU.allocate(tuple(shape), element_type, label="OrtValue"))
 
     def data_ptr(self):
         return _address(self._array)
@@ -699,7 +706,7 @@ class FakeOrtValue:
 class FakeIOBinding:
     def __init__(self):
         self._inputs, self._outputs = {}, {}
-        self.uploads = 0
+        self._uploads = 0
 
     def bind_input(self, name, device_type, device_id, element_type, shape, buffer_ptr):
         assert device_type == "cuda" and isinstance(element_type, type)
@@ -707,10 +714,12 @@ class FakeIOBinding:
 
     def bind_cpu_input(self, name, arr_on_cpu):
         assert type(arr_on_cpu) is np.ndarray
-        self.uploads += 1
+        self._uploads += 1
         self._inputs[name] = ("host", arr_on_cpu)
 
-    def bind_output(self, name, device_type="cpu", device_id=0, element_type=None, shape=None):
+    def bind_output(
+        self, name, device_type="cpu", device_id=0, element_type=None, shape=None, buffer_ptr=None
+    ):
         assert device_type == "cuda"
         self._outputs[name] = None  # ONNX Runtime allocates at run time
 
@@ -727,13 +736,13 @@ class FakeIOBinding:
 class FakeInferenceSession:
     """out_sample = 2 * sample + timestep, queued on the provider's user_compute_stream."""
 
-    made: list[FakeInferenceSession] = []
+    _made: list[FakeInferenceSession] = []
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, provider_options=None):
         assert isinstance(sess_options, real_ort.SessionOptions)  # the real, strict class
-        self.providers = providers
-        self.runs = []
-        FakeInferenceSession.made.append(self)
+        self._providers_given = providers
+        self._runs = []
+        FakeInferenceSession._made.append(self)
 
     def get_outputs(self):
         return [types.SimpleNamespace(name="out_sample")]
@@ -742,7 +751,7 @@ class FakeInferenceSession:
         return FakeIOBinding()
 
     def _stream(self):
-        name, options = self.providers[0]
+        name, options = self._providers_given[0]
         assert name == "CUDAExecutionProvider"
         return stream_at(int(options["user_compute_stream"]))
 
@@ -760,7 +769,7 @@ class FakeInferenceSession:
         if run_options is not None:
             assert isinstance(run_options, real_ort.RunOptions)
             graph_id = run_options.get_run_config_entry("gpu_graph_id")
-        self.runs.append(graph_id)
+        self._runs.append(graph_id)
         stream = self._stream()
         sample = self._input(iobinding, "sample", stream)
         timestep = self._input(iobinding, "timestep", stream)

@@ -41,7 +41,7 @@ def component(monkeypatch, tmp_path, preloads):
 
     monkeypatch.setattr(ort_cuda, "_preloaded", False)
     GPU.reset()
-    FakeInferenceSession.made.clear()
+    FakeInferenceSession._made.clear()
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "model.onnx").write_bytes(b"graph")
     return Component(
@@ -70,9 +70,11 @@ def on_device(f):
 
 
 def session_stream():
-    (made,) = FakeInferenceSession.made
+    (made,) = FakeInferenceSession._made
     return next(
-        s for s in GPU.streams.values() if str(s.ptr) == made.providers[0][1]["user_compute_stream"]
+        s
+        for s in GPU.streams.values()
+        if str(s.ptr) == made._providers_given[0][1]["user_compute_stream"]
     )
 
 
@@ -80,8 +82,8 @@ def test_device_inputs_are_bound_and_outputs_stay_on_the_device(component, tmp_p
     from sdrt.backends.ort_cuda import OrtCudaSession
 
     session = OrtCudaSession(tmp_path, component)
-    (made,) = FakeInferenceSession.made
-    name, options = made.providers[0]
+    (made,) = FakeInferenceSession._made
+    name, options = made._providers_given[0]
     assert name == "CUDAExecutionProvider"
     assert options["enable_cuda_graph"] == "0"
     assert options["use_tf32"] == "0"  # fp32 graphs compute in fp32 unless asked
@@ -91,7 +93,7 @@ def test_device_inputs_are_bound_and_outputs_stay_on_the_device(component, tmp_p
     f = feeds(2, 8, seed=0, timestep=3.0)
     out = session.run(on_device(f))["out_sample"]
     assert type(out) is FakeArray and out.shape == (2, 4, 8, 8)
-    assert isinstance(out._owner.owner, FakeOrtValue)  # the array keeps ONNX Runtime's value alive
+    assert isinstance(out._owner._owner, FakeOrtValue)  # the array keeps ONNX Runtime's value alive
     np.testing.assert_array_equal(out.get(), 2 * f["sample"] + 3.0)
     # numpy inputs are uploaded by ONNX Runtime (bind_cpu_input).
     out = session.run(feeds(1, 4, seed=1, timestep=1.0))["out_sample"]
@@ -102,7 +104,7 @@ def test_the_run_is_ordered_between_the_callers_stream_events(component, tmp_pat
     from sdrt.backends.ort_cuda import OrtCudaSession
 
     session = OrtCudaSession(tmp_path, component)
-    ours = session_stream().name
+    ours = session_stream()._name
     device = on_device(feeds(2, 8, seed=0, timestep=3.0))
     GPU.log.clear()
     out = session.run(device)["out_sample"]
@@ -144,9 +146,9 @@ def test_cuda_graph_mode_uses_fixed_values_and_one_graph_id_per_shape(component,
     from sdrt.backends.ort_cuda import OrtCudaOptions, OrtCudaSession
 
     session = OrtCudaSession(tmp_path, component, OrtCudaOptions(cuda_graph=True))
-    (made,) = FakeInferenceSession.made
-    assert made.providers[0][1]["enable_cuda_graph"] == "1"
-    ours = session_stream().name
+    (made,) = FakeInferenceSession._made
+    assert made._providers_given[0][1]["enable_cuda_graph"] == "1"
+    ours = session_stream()._name
     results = []
     for batch, seed in ((2, 0), (2, 1), (1, 2), (2, 3)):
         f = feeds(batch, 8, seed=seed, timestep=float(seed))
@@ -164,5 +166,5 @@ def test_cuda_graph_mode_uses_fixed_values_and_one_graph_id_per_shape(component,
         results.append(out)
     # Outputs are copies: the fixed output value was overwritten by later runs.
     np.testing.assert_array_equal(results[0].get(), 2 * feeds(2, 8, seed=0, timestep=0.0)["sample"])
-    assert made.runs == ["1", "1", "2", "1"]
+    assert made._runs == ["1", "1", "2", "1"]
     assert len(session._graphs) == 2

@@ -58,10 +58,10 @@ def fakes(monkeypatch):
     import sdrt.backends.tensorrt as backend
 
     monkeypatch.setattr(backend, "_runtime", None)
-    monkeypatch.setattr(FakeRuntime, "devices", 1)
+    monkeypatch.setattr(FakeRuntime, "_devices", 1)
     GPU.reset()
-    FakeTrtRuntime.plans.clear()
-    FakeTrtRuntime.deserialized.clear()
+    FakeTrtRuntime._plans.clear()
+    FakeTrtRuntime._deserialized.clear()
 
 
 # ---------------------------------------------------------------------------- detect_environment
@@ -79,7 +79,7 @@ def test_detect_environment_says_what_is_missing(fakes, monkeypatch):
     with pytest.raises(BackendUnavailableError, match="need tensorrt and cupy"):
         detect_environment()
     install(monkeypatch, tensorrt=fake_tensorrt(), cupy=fake_cupy())
-    monkeypatch.setattr(FakeRuntime, "devices", 0)
+    monkeypatch.setattr(FakeRuntime, "_devices", 0)
     with pytest.raises(BackendUnavailableError, match="need a CUDA device \\(cupy sees none\\)"):
         detect_environment()
 
@@ -164,7 +164,7 @@ def built_folder(tmp_path, env=ENV):
         precision = record.options["precision"]
         dtype = np.float16 if precision == "fp16" else np.float32
         component = manifest.components[record.component]
-        FakeTrtRuntime.plans[plan_bytes(record.component, precision)] = (
+        FakeTrtRuntime._plans[plan_bytes(record.component, precision)] = (
             lambda c=component, r=record, d=dtype: engine_for(c, r, d)
         )
     return folder, manifest
@@ -177,7 +177,7 @@ def test_open_sessions_loads_verified_fp16_engines_into_one_block(fakes, tmp_pat
     sessions = BACKEND.open_sessions(
         folder, manifest, ("text_encoder", "unet", "vae_decoder"), MACHINE
     )
-    assert FakeTrtRuntime.deserialized == [
+    assert FakeTrtRuntime._deserialized == [
         plan_bytes(n, "fp16") for n in ("text_encoder", "unet", "vae_decoder")
     ]
     unet = sessions["unet"]
@@ -197,7 +197,7 @@ def test_the_vae_decoder_falls_back_to_its_fp32_engine_on_fp16_overflow(fakes, t
 
     folder, manifest = built_folder(tmp_path)
     vae = BACKEND.open_sessions(folder, manifest, ("vae_decoder",), MACHINE)["vae_decoder"]
-    assert FakeTrtRuntime.deserialized == [plan_bytes("vae_decoder", "fp16")]  # fp32 not yet
+    assert FakeTrtRuntime._deserialized == [plan_bytes("vae_decoder", "fp16")]  # fp32 not yet
     small = np.full((1, 4, 8, 8), 0.5, np.float32)
     np.testing.assert_array_equal(vae.run({"latent_sample": small})["sample"].get(), 1.0)
     big = np.full((1, 4, 8, 8), 40000.0, np.float32)  # 80000 overflows fp16
@@ -205,7 +205,7 @@ def test_the_vae_decoder_falls_back_to_its_fp32_engine_on_fp16_overflow(fakes, t
         out = vae.run({"latent_sample": big})["sample"].get()
     assert "fp16 overflow" in caplog.text
     assert np.isfinite(out).all() and np.all(out == 80000.0)
-    assert FakeTrtRuntime.deserialized[-1] == plan_bytes("vae_decoder", "fp32")
+    assert FakeTrtRuntime._deserialized[-1] == plan_bytes("vae_decoder", "fp32")
     fallback = vae._fallback
     assert fallback._memory is vae._primary._memory  # the fallback shares the block too
 
@@ -218,7 +218,7 @@ def test_fp32_fallback_is_none_without_a_usable_fp32_engine(fakes, tmp_path, cap
     here = build_environment(MACHINE)
     make = _fp32_fallback(folder, manifest, "vae_decoder", here, memory)
     session = make()
-    assert session._memory is memory and FakeTrtRuntime.deserialized == [
+    assert session._memory is memory and FakeTrtRuntime._deserialized == [
         plan_bytes("vae_decoder", "fp32")
     ]
     assert _fp32_fallback(folder, manifest, "unet", here, memory) is None  # no fp32 record
@@ -235,7 +235,7 @@ def test_open_sessions_refuses_stale_engines(fakes, tmp_path):
     hopper = Machine("10.3.0", "14.2.0", 1, (), "9.0")
     with pytest.raises(BackendUnavailableError, match="rebuild with `sdrt engines build FOLDER`"):
         BACKEND.open_sessions(folder, manifest, ("unet",), hopper)
-    assert FakeTrtRuntime.deserialized == []  # a stale plan is never loaded
+    assert FakeTrtRuntime._deserialized == []  # a stale plan is never loaded
 
 
 def test_load_refuses_a_plan_tensorrt_cannot_deserialize(fakes, tmp_path):
@@ -250,10 +250,10 @@ def test_load_refuses_a_plan_tensorrt_cannot_deserialize(fakes, tmp_path):
     outputs = (TensorSpec("out_sample", "float32", ("steps", 4, "h", "w")),)
     with pytest.raises(BackendUnavailableError, match="could not deserialize .*unet.plan"):
         TensorRTSession.load("unet", plan, inputs, outputs)
-    FakeTrtRuntime.plans[b"good"] = unet_like_engine
+    FakeTrtRuntime._plans[b"good"] = unet_like_engine
     plan.write_bytes(b"good")
     session = TensorRTSession.load("unet", plan, inputs, outputs, cuda_graph=True)
-    assert session.cuda_graph and session._engine.plan == b"good"
+    assert session.cuda_graph and session._engine._plan == b"good"
     assert trt_runtime() is trt_runtime()  # one runtime per process
     assert trt_runtime().logger.min_severity == "Severity.WARNING"
 
@@ -312,7 +312,7 @@ def test_tensorrt_10_builds_fp16_from_the_fp32_graph_with_tf32_off(fakes, polygr
     assert config["refittable"] is False and config["builder_optimization_level"] == 3
     assert config["load_timing_cache"] == str(req.timing_cache)
     (profile,) = config["profiles"]
-    assert profile.shapes == {"latent_sample": ((1, 4, 8, 8), (1, 4, 16, 16), (2, 4, 32, 32))}
+    assert profile._shapes == {"latent_sample": ((1, 4, 8, 8), (1, 4, 16, 16), (2, 4, 32, 32))}
     ((path, network),) = polygraphy.networks
     assert path == str(req.onnx_path) and network["strongly_typed"] is None  # weakly typed
     (build,) = polygraphy.builds
@@ -393,12 +393,12 @@ def test_the_verifier_compares_the_engine_with_onnxruntime(fakes, tmp_path):
     }
     plan = tmp_path / "unet.plan"
     plan.write_bytes(b"right")
-    FakeTrtRuntime.plans[b"right"] = unet_like_engine
+    FakeTrtRuntime._plans[b"right"] = unet_like_engine
     result = TensorRTVerifier().verify(tmp_path, component, plan, profile, FP32)
     assert result.passed and result.max_abs_error < 1e-4
     assert [c.input_shapes["sample"] for c in result.cases] == [(2, 4, 8, 8), (1, 4, 4, 4)]
     # An engine a little off (fp16 rounding of a large timestep) is caught at the fp32 gate
     # and passes the fp16 one.
-    FakeTrtRuntime.plans[b"right"] = lambda: unet_like_engine(dtype=np.float16)
+    FakeTrtRuntime._plans[b"right"] = lambda: unet_like_engine(dtype=np.float16)
     assert not TensorRTVerifier().verify(tmp_path, component, plan, profile, FP32).passed
     assert TensorRTVerifier().verify(tmp_path, component, plan, profile, FP16).passed

@@ -39,8 +39,8 @@ def fakes(monkeypatch):
 
     monkeypatch.setattr(backend, "_runtime", None)
     GPU.reset()
-    FakeTrtRuntime.plans.clear()
-    FakeTrtRuntime.deserialized.clear()
+    FakeTrtRuntime._plans.clear()
+    FakeTrtRuntime._deserialized.clear()
 
 
 INPUTS = (
@@ -69,22 +69,22 @@ def expected(f):
 def test_runs_at_several_shapes_with_buffers_bound_once(fakes):
     engine = FakeEngine()
     s = session(engine)
-    context = engine.contexts[0]
-    addresses = dict(context.addresses)
+    context = engine._contexts[0]
+    addresses = dict(context._addresses)
     for batch, side in ((2, 8), (4, 16), (1, 4), (2, 8)):
         f = feeds(batch, side, seed=batch)
         out = s.run(f)["out_sample"]
         assert type(out) is FakeArray and out.shape == (batch, 4, side, side)
         np.testing.assert_array_equal(out.get(), expected(f))
-    assert context.addresses == addresses  # never rebound: fixed buffers
-    assert context.executions == 4
+    assert context._addresses == addresses  # never rebound: fixed buffers
+    assert context._executions == 4
 
 
 def test_the_work_is_ordered_between_the_callers_events(fakes):
     import cupy as cp
 
     s = session(FakeEngine())
-    ours = s._memory.stream.name
+    ours = s._memory.stream._name
     f = feeds(2, 8, seed=5)
     device = {k: cp.asarray(v) for k, v in f.items()}  # written on the caller's stream
     GPU.log.clear()
@@ -125,13 +125,13 @@ def test_outputs_are_copies_not_the_reused_buffers(fakes):
 def test_shapes_are_set_only_when_they_change(fakes):
     engine = FakeEngine()
     s = session(engine)
-    context = engine.contexts[0]
-    calls = context.shape_calls  # the max-shape query at load
+    context = engine._contexts[0]
+    calls = context._shape_calls  # the max-shape query at load
     s.run(feeds(2, 8))
     s.run(feeds(2, 8, seed=3))
-    assert context.shape_calls == calls + 2  # two inputs, once
+    assert context._shape_calls == calls + 2  # two inputs, once
     s.run(feeds(1, 8))
-    assert context.shape_calls == calls + 4
+    assert context._shape_calls == calls + 4
 
 
 def test_shape_outside_the_profile_and_bad_feeds_are_input_errors(fakes):
@@ -163,7 +163,7 @@ def test_engines_share_one_activation_block_that_grows(fakes):
     b = session(large, memory=memory)
     assert memory.size == 5000 and memory.generation == 2
     # Both contexts point at the one (grown) block.
-    assert small.contexts[0].memory == large.contexts[0].memory
+    assert small._contexts[0]._memory == large._contexts[0]._memory
     session(FakeEngine(memory=10), memory=memory)
     assert memory.size == 5000 and memory.generation == 2
     for s in (a, b):
@@ -174,7 +174,7 @@ def test_engines_share_one_activation_block_that_grows(fakes):
 def test_cuda_graph_is_captured_once_per_shape_and_replayed(fakes):
     engine = FakeEngine()
     s = session(engine, cuda_graph=True)
-    context = engine.contexts[0]
+    context = engine._contexts[0]
     for seed in range(3):
         f = feeds(2, 8, seed=seed, timestep=float(seed))
         np.testing.assert_array_equal(s.run(f)["out_sample"].get(), expected(f))
@@ -187,7 +187,7 @@ def test_cuda_graph_is_captured_once_per_shape_and_replayed(fakes):
     f = feeds(2, 8, seed=10, timestep=7.0)
     np.testing.assert_array_equal(s.run(f)["out_sample"].get(), expected(f))
     assert len(s._graphs) == 2
-    assert context.executions == 2 + 5  # a plain run per capture + every replay
+    assert context._executions == 2 + 5  # a plain run per capture + every replay
 
 
 def test_a_grown_block_invalidates_captured_graphs(fakes):

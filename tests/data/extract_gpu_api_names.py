@@ -62,8 +62,14 @@ def pybind_members(source: str) -> dict[str, list[str]]:
     members = {}
     for i, match in enumerate(starts):
         end = starts[i + 1].start() if i + 1 < len(starts) else len(source)
-        block = source[match.end() : end]
-        block = block[: block.find(";\n")] if ";\n" in block else block
+        block = []
+        # The chain ends at the next statement as indented as its start (lambdas inside it
+        # are indented deeper, and their semicolons do not end it).
+        for line in source[match.end() : end].splitlines()[1:]:
+            if line.strip() and len(line) - len(line.lstrip()) <= 4:
+                break
+            block.append(line)
+        block = "\n".join(block)
         names = re.findall(
             r'\.(?:def|def_property|def_property_readonly|def_readwrite|def_readonly|def_static|value)\(\s*"(\w+)"',
             block,
