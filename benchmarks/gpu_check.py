@@ -577,10 +577,14 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _project_root() -> Path | None:
+    """The checkout whose tests/ hold the GPU tests: beside an editable install, or the
+    current folder (a device command runs in the repository root with sdrt from a wheel)."""
     import sdrt
 
-    root = Path(sdrt.__file__).resolve().parents[1]
-    return root if (root / "tests").is_dir() else None
+    for root in (Path(sdrt.__file__).resolve().parents[1], Path.cwd()):
+        if (root / GPU_TEST_FILES[0]).is_file():
+            return root
+    return None
 
 
 def run_check(
