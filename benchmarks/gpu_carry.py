@@ -5,7 +5,7 @@ the GPU machine before anything is installed there). Not yet run on a GPU machin
 
 On a machine with network (ours), into a folder git ignores (``carry/``):
 
-    python benchmarks/gpu_carry.py pack carry            # ~62 MiB + ~10 MiB, two transfers
+    python benchmarks/gpu_carry.py pack carry            # 57.7 MiB + 6.4 MiB, two transfers
 
 which downloads ``onnxruntime-gpu==1.31.1`` (CUDA 13, cp312, manylinux_2_28), zeroes every
 non-sm_90 GPU image in its CUDA provider library (``strip_fatbin``: an H100/H200 cannot run
@@ -40,6 +40,13 @@ from pathlib import Path
 ORT_GPU = "onnxruntime-gpu==1.31.1"
 PROVIDER = "onnxruntime/capi/libonnxruntime_providers_cuda.so"
 SMALL_WHEELS = ("diffusers", "onnx-graphsurgeon", "importlib_metadata")
+# Left out of the carried tree, to fit one transfer: the C API library (the Python binding
+# links ONNX Runtime in itself: readelf shows no libonnxruntime among its NEEDED) and
+# TensorRT's execution provider (it needs libnvinfer, which the GPU machine cannot have).
+OMIT = (
+    "onnxruntime/capi/libonnxruntime.so.",
+    "onnxruntime/capi/libonnxruntime_providers_tensorrt.so",
+)
 TRANSFER_LIMIT = 64 * 2**20  # what one device command may carry, working tree included
 FATBIN_MAGIC = 0xBA55ED50
 
@@ -117,7 +124,8 @@ def pack_ort(out: Path, wheel: Path | None = None) -> Path:
             (wheel,) = scratch.glob("onnxruntime_gpu-*.whl")
         tree = scratch / "tree"
         with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(tree)
+            kept = [n for n in archive.namelist() if not n.startswith(OMIT)]
+            archive.extractall(tree, members=kept)
         provider = tree / PROVIDER
         zeroed = strip_fatbin(provider, provider)
         print(f"zeroed {zeroed / 2**20:.1f} MiB of non-sm_90 GPU code in {PROVIDER}")

@@ -65,6 +65,8 @@ def test_pack_and_unpack_the_onnxruntime_tree(provider, tmp_path):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.write(library, PROVIDER)
         archive.writestr("onnxruntime/__init__.py", "__version__ = '1.31.1'\n")
+        archive.writestr("onnxruntime/capi/libonnxruntime.so.1.31.1", b"C API")
+        archive.writestr("onnxruntime/capi/libonnxruntime_providers_tensorrt.so", b"TRT EP")
     carry = tmp_path / "carry"
     tarball = pack_ort(carry, wheel)
     assert tarball == carry / "ort" / "ort-gpu.tar.xz"
@@ -75,6 +77,9 @@ def test_pack_and_unpack_the_onnxruntime_tree(provider, tmp_path):
     unpacked = (home / "ort" / PROVIDER).read_bytes()
     assert payloads[90] in unpacked and payloads[80] not in unpacked
     assert (home / "ort" / "onnxruntime" / "__init__.py").is_file()
+    assert sorted(p.name for p in (home / "ort" / "onnxruntime" / "capi").iterdir()) == [
+        "libonnxruntime_providers_cuda.so"
+    ]  # the C API library and TensorRT's provider are left out
 
 
 def test_the_command_line(provider, tmp_path, capsys):
