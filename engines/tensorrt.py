@@ -385,6 +385,9 @@ class TensorRTBuilder:
             profile.add(name, min=levels["min"], opt=levels["opt"], max=levels["max"])
         config = CreateConfig(
             fp16=request.fp16 if weakly_typed else None,
+            # Polygraphy clears TensorRT's TF32 flag unless asked (CreateConfig's default);
+            # said here because the fp32 engines' verification gate (compare.FP32) rests on it.
+            tf32=False,
             refittable=request.refit,
             profiles=[profile],
             builder_optimization_level=request.optimization_level,

@@ -21,10 +21,12 @@ def namespace_of(array) -> ModuleType:
 
 
 def to_host(array) -> np.ndarray:
-    """A numpy copy of a device array; numpy arrays are returned as they are."""
+    """A numpy copy of a cupy array; numpy arrays are returned as they are."""
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
     if isinstance(array, np.ndarray):
         return array
-    return array.get()
+    raise TypeError(f"to_host: expected a numpy or cupy array, got {type(array).__name__}")
 
 
 def import_cupy() -> ModuleType:

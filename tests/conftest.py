@@ -1,35 +1,57 @@
 """Test tiers: unit (no model), export/runtime on the tiny random model, slow, gpu.
 
-``slow`` tests (full-size architectures) run only when selected with ``-m slow``;
-``gpu`` tests run only where CUDA is present and skip cleanly elsewhere.
+``slow`` tests (full-size architectures) run only when selected with ``-m slow``.
+``gpu`` tests skip cleanly where CUDA is absent, unless the gpu tier is asked for
+(``-m gpu``, or any marker expression naming gpu other than ``not gpu``): then a machine
+whose cupy or CUDA cannot be reached fails each of them with the probe's error, so that a
+broken install on a GPU machine shows up red instead of as a row of skips.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 
 
 @functools.cache
-def cuda_available() -> bool:
+def cuda_problem() -> str | None:
+    """None when cupy sees a CUDA device, else what is wrong."""
     try:
         import cupy
+    except ImportError as e:
+        return f"cupy is not installed ({e})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError, a missing driver library, a broken wheel...
+        return f"cupy cannot reach CUDA: {type(e).__name__}: {e}"
+    return None if count > 0 else "cupy sees no CUDA device"
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no cupy, no driver, no device: all mean "no GPU here"
-        return False
+
+def cuda_available() -> bool:
+    return cuda_problem() is None
+
+
+def gpu_tier_asked(markexpr: str) -> bool:
+    """Whether ``-m`` names the gpu marker other than to exclude it."""
+    return re.search(r"(?<!not )\bgpu\b", " ".join(markexpr.split())) is not None
 
 
 def pytest_collection_modifyitems(config, items):
     markexpr = config.getoption("markexpr") or ""
     skip_slow = pytest.mark.skip(reason="slow: run with -m slow")
-    skip_gpu = pytest.mark.skip(reason="gpu: no CUDA device on this machine")
     for item in items:
         if "slow" in item.keywords and "slow" not in markexpr:
             item.add_marker(skip_slow)
-        if "gpu" in item.keywords and not cuda_available():
-            item.add_marker(skip_gpu)
+        if "gpu" in item.keywords and not gpu_tier_asked(markexpr) and not cuda_available():
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {cuda_problem()}"))
+
+
+def pytest_runtest_setup(item):
+    if "gpu" in item.keywords and not cuda_available():
+        # Reached only when the gpu tier was asked for (otherwise the test is skipped).
+        pytest.fail(f"the gpu tier was asked for, but {cuda_problem()}", pytrace=False)
 
 
 # ---------------------------------------------------------------------------- tiny model
@@ -57,5 +79,20 @@ def tiny_built(tiny_source, tmp_path_factory):
         output=tmp_path_factory.mktemp("tiny-built") / "tiny",
         min_size=TINY_MIN_SIZE,
         max_size=TINY_MAX_SIZE,
+    )
+    return build(config).output
+
+
+@pytest.fixture(scope="session")
+def tiny_built_fp16(tiny_source, tmp_path_factory):
+    """`tiny_source` built to an fp16 sdrt model folder (made once per test session)."""
+    from sdrt.export.build import BuildConfig, build
+
+    config = BuildConfig(
+        source=str(tiny_source),
+        output=tmp_path_factory.mktemp("tiny-built-fp16") / "tiny",
+        min_size=TINY_MIN_SIZE,
+        max_size=TINY_MAX_SIZE,
+        precision="fp16",
     )
     return build(config).output

@@ -134,7 +134,8 @@ def test_the_extra_a_command_needs_is_named_where_a_module_is_in_several():
 IMPORT_NAMES = {
     "pillow": "PIL",
     "onnx-graphsurgeon": "onnx_graphsurgeon",
-    "cupy-cuda12x": "cupy",
+    "cupy-cuda13x": "cupy",
+    "tensorrt-cu13": "tensorrt",
     "onnxruntime-gpu": "onnxruntime",
 }
 

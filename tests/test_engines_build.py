@@ -51,7 +51,7 @@ class FakeVerifier:
     def verify(self, folder, component, plan_path, profile, thresholds):
         assert plan_path.is_file()  # verification runs on the finished plan
         self.calls.append(component.name)
-        error = self.errors.get(component.name, 1e-3)
+        error = self.errors.get(component.name, 1e-6)
         case = VerificationCase(
             {n: tuple(levels["opt"]) for n, levels in profile.items()}, error, error
         )

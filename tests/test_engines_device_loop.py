@@ -17,10 +17,12 @@ import types
 
 import numpy as np
 import pytest
+from gpu_names import NAMES
 
 import sdrt
 import sdrt.pipeline
 
+CUPY_NAMES = frozenset(NAMES["cupy"]["cupy"])
 _in_device_namespace = contextvars.ContextVar("in_device_namespace", default=False)
 
 
@@ -69,11 +71,15 @@ def _to_device(value):
 
 
 class StandInCupy(types.ModuleType):
-    """numpy's functions, returning device arrays."""
+    """numpy's functions, returning device arrays; only the names cupy has (per
+    tests/data/gpu_api_names.json, from cupy 14.2's sources)."""
 
     ndarray = DeviceArray
+    __version__ = "14.2.0 (numpy stand-in)"
 
     def __getattr__(self, name):
+        if name not in CUPY_NAMES or not hasattr(np, name):
+            raise AttributeError(f"cupy has no {name!r} (or numpy, which stands in for it)")
         attr = getattr(np, name)
         if not callable(attr) or isinstance(attr, type):
             return attr
@@ -116,12 +122,6 @@ def stand_in_device(monkeypatch) -> list:
         return {n: DeviceSession(s, feeds_log) for n, s in create(*args, **kwargs).items()}
 
     monkeypatch.setattr(Selection, "open_sessions", create_on_device)
-    real_to_host = sdrt.pipeline.to_host
-    monkeypatch.setattr(
-        sdrt.pipeline,
-        "to_host",
-        lambda a: a.get() if isinstance(a, DeviceArray) else real_to_host(a),
-    )
     DeviceArray.host_copies = 0
     return feeds_log
 

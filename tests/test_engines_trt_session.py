@@ -1,214 +1,46 @@
-"""The TensorRT session's own logic on the CPU, with numpy fakes of tensorrt and cupy.
+"""The TensorRT session's own logic on the CPU, with strict fakes of tensorrt and cupy.
 
 What TensorRT does on the GPU is not tested here (the gpu tests do that); what the session
 does around it is: buffers allocated once at the profile's largest shapes and bound once,
 inputs copied in (a one-value timestep widened to the batch), shapes set only when they
 change, outputs copied out, profile limits checked, one activation block shared and grown
-for every engine, and CUDA graphs captured once per shape and replayed.
-
-The fakes follow the documented APIs: an engine's I/O tensors by name, contexts without
-their own memory (``ExecutionContextAllocationStrategy.USER_MANAGED`` + ``set_device_memory``),
-``execute_async_v3`` reading and writing the bound addresses; cupy's ``Stream`` (capture
-records the work instead of running it; the graph replays it) and ``alloc``.
+for every engine, CUDA graphs captured once per shape and replayed, and the order of the
+work on its stream between the caller's events (tests/gpu_fakes.py: a read on one stream
+of what another wrote without an event between them is a RaceError).
 """
 
 from __future__ import annotations
 
-import math
-import sys
-import types
-
 import numpy as np
 import pytest
+from gpu_fakes import (
+    GPU,
+    FakeArray,
+    FakeTrtRuntime,
+    events,
+    fake_cupy,
+    fake_tensorrt,
+    install,
+    unet_like_engine,
+)
 
 from sdrt.errors import InputError
 from sdrt.manifest import TensorSpec
 
-# ---------------------------------------------------------------------------- fake cupy
 
-MEMORY: dict[int, np.ndarray] = {}  # device address -> the buffer there
-
-
-class FakeArray(np.ndarray):
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
-
-    def get(self):
-        return np.array(self.view(np.ndarray), copy=True)
-
-
-FakeArray.__module__ = "cupy._core.core"
-
-
-class FakeStream:
-    current = None
-
-    def __init__(self, non_blocking=False):
-        self.ptr = id(self)
-        self.captured = None  # a list while capturing
-
-    def __enter__(self):
-        self._previous, FakeStream.current = FakeStream.current, self
-        return self
-
-    def __exit__(self, *exc):
-        FakeStream.current = self._previous
-
-    def synchronize(self):
-        pass
-
-    def record(self):
-        return object()
-
-    def wait_event(self, event):
-        pass
-
-    def begin_capture(self):
-        self.captured = []
-
-    def end_capture(self):
-        work, self.captured = self.captured, None
-        return types.SimpleNamespace(launch=lambda stream: [w() for w in work])
-
-
-def fake_cupy():
-    cp = types.ModuleType("cupy")
-    cp.ndarray = FakeArray
-    default = FakeStream()
-
-    def empty(n, dtype):
-        array = np.zeros(n, dtype=dtype).view(FakeArray)
-        MEMORY[array.data.ptr] = array
-        return array
-
-    def alloc(n):
-        block = np.zeros(n, np.uint8)
-        return types.SimpleNamespace(ptr=block.__array_interface__["data"][0], block=block)
-
-    cp.empty = empty
-    cp.asarray = lambda a: np.asarray(a).view(FakeArray)
-    cp.cuda = types.SimpleNamespace(
-        Stream=FakeStream,
-        alloc=alloc,
-        get_current_stream=lambda: FakeStream.current or default,
-    )
-    return cp
-
-
-# ---------------------------------------------------------------------------- fake tensorrt
-
-
-class FakeEngine:
-    """out_sample = 2 * sample + timestep (per batch item); needs ``memory`` bytes."""
-
-    def __init__(self, memory=1024, max_batch=4, max_side=16):
-        self.memory = memory
-        self.tensors = {
-            "sample": (
-                "input",
-                np.float32,
-                ((1, 4, 4, 4), (2, 4, 8, 8), (max_batch, 4, max_side, max_side)),
-            ),
-            "timestep": ("input", np.float32, ((1,), (2,), (max_batch,))),
-            "out_sample": ("output", np.float32, None),
-        }
-        self.num_io_tensors = len(self.tensors)
-        self.contexts = []
-
-    @property
-    def device_memory_size_v2(self):
-        return self.memory
-
-    def get_tensor_name(self, i):
-        return list(self.tensors)[i]
-
-    def get_tensor_mode(self, name):
-        return self.tensors[name][0]
-
-    def get_tensor_dtype(self, name):
-        return self.tensors[name][1]
-
-    def get_tensor_profile_shape(self, name, profile):
-        assert profile == 0
-        return self.tensors[name][2]
-
-    def create_execution_context(self, strategy):
-        assert strategy == "user-managed"
-        context = FakeContext(self)
-        self.contexts.append(context)
-        return context
-
-
-class FakeContext:
-    def __init__(self, engine):
-        self.engine = engine
-        self.memory = None
-        self.shapes = {}
-        self.addresses = {}
-        self.executions = 0
-        self.shape_calls = 0
-
-    def set_device_memory(self, pointer, size):
-        assert size >= self.engine.memory
-        self.memory = pointer
-
-    def set_input_shape(self, name, shape):
-        self.shape_calls += 1
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def get_tensor_shape(self, name):
-        return self.shapes["sample"] if name == "out_sample" else self.shapes[name]
-
-    def set_tensor_address(self, name, pointer):
-        self.addresses[name] = pointer
-
-    def _tensor(self, name):
-        shape = self.get_tensor_shape(name)
-        return MEMORY[self.addresses[name]][: math.prod(shape)].reshape(shape)
-
-    def _execute(self):
-        assert self.memory is not None, "ran without activation memory"
-        self.executions += 1
-        sample, timestep = self._tensor("sample"), self._tensor("timestep")
-        out = self._tensor("out_sample")
-        out[...] = 2 * sample + timestep[:, None, None, None]
-
-    def execute_async_v3(self, stream_handle):
-        stream = FakeStream.current
-        assert stream is not None and stream.ptr == stream_handle
-        if stream.captured is not None:
-            shapes = dict(self.shapes)  # a graph replays the kernels of its shapes
-
-            def replay():
-                saved, self.shapes = self.shapes, shapes
-                try:
-                    self._execute()
-                finally:
-                    self.shapes = saved
-
-            stream.captured.append(replay)
-        else:
-            self._execute()
-        return True
-
-
-def fake_tensorrt():
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(USER_MANAGED="user-managed")
-    trt.nptype = lambda dtype: dtype
-    return trt
+def FakeEngine(memory=1024, max_batch=4, max_side=16):  # noqa: N802 (reads as the engine)
+    return unet_like_engine(max_batch=max_batch, max_side=max_side, memory=memory)
 
 
 @pytest.fixture
 def fakes(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt())
-    MEMORY.clear()
-    FakeStream.current = None
+    install(monkeypatch, cupy=fake_cupy(), tensorrt=fake_tensorrt())
+    import sdrt.backends.tensorrt as backend
+
+    monkeypatch.setattr(backend, "_runtime", None)
+    GPU.reset()
+    FakeTrtRuntime._plans.clear()
+    FakeTrtRuntime._deserialized.clear()
 
 
 INPUTS = (
@@ -237,15 +69,49 @@ def expected(f):
 def test_runs_at_several_shapes_with_buffers_bound_once(fakes):
     engine = FakeEngine()
     s = session(engine)
-    context = engine.contexts[0]
-    addresses = dict(context.addresses)
+    context = engine._contexts[0]
+    addresses = dict(context._addresses)
     for batch, side in ((2, 8), (4, 16), (1, 4), (2, 8)):
         f = feeds(batch, side, seed=batch)
         out = s.run(f)["out_sample"]
         assert type(out) is FakeArray and out.shape == (batch, 4, side, side)
         np.testing.assert_array_equal(out.get(), expected(f))
-    assert context.addresses == addresses  # never rebound: fixed buffers
-    assert context.executions == 4
+    assert context._addresses == addresses  # never rebound: fixed buffers
+    assert context._executions == 4
+
+
+def test_the_work_is_ordered_between_the_callers_events(fakes):
+    import cupy as cp
+
+    s = session(FakeEngine())
+    ours = s._memory.stream._name
+    f = feeds(2, 8, seed=5)
+    device = {k: cp.asarray(v) for k, v in f.items()}  # written on the caller's stream
+    GPU.log.clear()
+    out = s.run(device)["out_sample"]
+    assert events() == [
+        ("caller", "record", "e1"),
+        (ours, "wait", "e1"),
+        (ours, "record", "e2"),
+        ("caller", "wait", "e2"),
+    ]
+    work = [entry[1] for entry in GPU.log if entry[0] == ours and len(entry) == 2]
+    assert work == ["copy", "copy", "execute_async_v3", "copy"]  # in, in, run, out
+    between = GPU.log[GPU.log.index((ours, "wait", "e1")) : GPU.log.index((ours, "record", "e2"))]
+    assert (ours, "execute_async_v3") in between
+    # The caller reads the result on its own stream: ordered after the run by e2.
+    np.testing.assert_array_equal(out.get(), expected(f))
+
+
+def test_cuda_graph_replays_are_ordered_like_plain_runs(fakes):
+    import cupy as cp
+
+    s = session(FakeEngine(), cuda_graph=True)
+    for seed in range(3):
+        f = feeds(2, 8, seed=seed)
+        out = s.run({k: cp.asarray(v) for k, v in f.items()})["out_sample"]
+        np.testing.assert_array_equal(out.get(), expected(f))
+    assert [e[1] for e in events()][-4:] == ["record", "wait", "record", "wait"]
 
 
 def test_outputs_are_copies_not_the_reused_buffers(fakes):
@@ -259,13 +125,13 @@ def test_outputs_are_copies_not_the_reused_buffers(fakes):
 def test_shapes_are_set_only_when_they_change(fakes):
     engine = FakeEngine()
     s = session(engine)
-    context = engine.contexts[0]
-    calls = context.shape_calls  # the max-shape query at load
+    context = engine._contexts[0]
+    calls = context._shape_calls  # the max-shape query at load
     s.run(feeds(2, 8))
     s.run(feeds(2, 8, seed=3))
-    assert context.shape_calls == calls + 2  # two inputs, once
+    assert context._shape_calls == calls + 2  # two inputs, once
     s.run(feeds(1, 8))
-    assert context.shape_calls == calls + 4
+    assert context._shape_calls == calls + 4
 
 
 def test_shape_outside_the_profile_and_bad_feeds_are_input_errors(fakes):
@@ -297,7 +163,7 @@ def test_engines_share_one_activation_block_that_grows(fakes):
     b = session(large, memory=memory)
     assert memory.size == 5000 and memory.generation == 2
     # Both contexts point at the one (grown) block.
-    assert small.contexts[0].memory == large.contexts[0].memory
+    assert small._contexts[0]._memory == large._contexts[0]._memory
     session(FakeEngine(memory=10), memory=memory)
     assert memory.size == 5000 and memory.generation == 2
     for s in (a, b):
@@ -308,7 +174,7 @@ def test_engines_share_one_activation_block_that_grows(fakes):
 def test_cuda_graph_is_captured_once_per_shape_and_replayed(fakes):
     engine = FakeEngine()
     s = session(engine, cuda_graph=True)
-    context = engine.contexts[0]
+    context = engine._contexts[0]
     for seed in range(3):
         f = feeds(2, 8, seed=seed, timestep=float(seed))
         np.testing.assert_array_equal(s.run(f)["out_sample"].get(), expected(f))
@@ -321,7 +187,7 @@ def test_cuda_graph_is_captured_once_per_shape_and_replayed(fakes):
     f = feeds(2, 8, seed=10, timestep=7.0)
     np.testing.assert_array_equal(s.run(f)["out_sample"].get(), expected(f))
     assert len(s._graphs) == 2
-    assert context.executions == 2 + 5  # a plain run per capture + every replay
+    assert context._executions == 2 + 5  # a plain run per capture + every replay
 
 
 def test_a_grown_block_invalidates_captured_graphs(fakes):

@@ -12,7 +12,13 @@ import shutil
 
 import numpy as np
 import pytest
-from sdrt.engines.compare import FP16, measure, sample_inputs
+from sdrt.engines.compare import (
+    FP16,
+    FP16_IMAGE_MAX_ABS,
+    FP16_IMAGE_MEAN_ABS,
+    measure,
+    sample_inputs,
+)
 from sdrt.engines.profiles import ShapeRange
 
 from sdrt.manifest import read_manifest
@@ -20,6 +26,8 @@ from sdrt.manifest import read_manifest
 pytestmark = pytest.mark.gpu
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+# A CUDA graph replays the very kernels of the plain run (same plan, shapes and inputs).
+CUDA_GRAPH_REPLAY_ATOL = 0.0
 
 
 def _copy(tiny_built, tmp_path_factory, name):
@@ -143,7 +151,7 @@ def test_cuda_graph_replays_match_plain_runs(static_folder):
         device = {k: cp.asarray(v) for k, v in feeds.items()}
         expected = plain.run(device)["out_sample"].get()
         got = graphed.run(device)["out_sample"].get()
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=CUDA_GRAPH_REPLAY_ATOL)
     assert len(graphed._graphs) == 1
 
 
@@ -167,8 +175,9 @@ def test_pipeline_on_tensorrt_is_close_to_the_cpu_images(trt_folder):
     images = pipe(**settings).images
     assert isinstance(images, np.ndarray)
     diff = np.abs(images - expected)
-    # fp16 engines against the fp32 CPU path, over a few denoising steps.
-    assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.2
+    # fp16 engines against the fp32 CPU path, over a few denoising steps (engines/compare.py
+    # says what the gates rest on).
+    assert float(diff.mean()) <= FP16_IMAGE_MEAN_ABS and float(diff.max()) <= FP16_IMAGE_MAX_ABS
     auto = sdrt.Pipeline.load(trt_folder, backend="auto")
     assert isinstance(auto._session("unet"), type(pipe._session("unet")))
 
@@ -197,4 +206,4 @@ def test_ort_cuda_session_binds_device_arrays(tiny_built):
                 out = session.run({k: cp.asarray(v) for k, v in feeds.items()})
                 assert all(isinstance(v, cp.ndarray) for v in out.values())
                 max_abs, _ = measure(expected, {k: v.get() for k, v in out.items()})
-                assert max_abs < 1e-3  # fp32 graph on CUDA (TF32 off by default in ORT)
+                assert max_abs < 1e-4  # fp32 graph on CUDA, TF32 off (OrtCudaOptions.use_tf32)
