@@ -74,6 +74,45 @@ class GenerationParameters:
     batch_pos: int = 0
     version: str | None = None
 
+    @classmethod
+    def of_request(
+        cls,
+        request,
+        *,
+        pipeline_folder,
+        manifest,
+        scheduler,
+        prompt: str,
+        negative_prompt: str | None,
+        seed: int,
+        from_image: bool,
+        batch_size: int,
+        batch_pos: int,
+    ) -> GenerationParameters:
+        """The settings of one image of a checked Request, as `sdrt generate` and `sdrt
+        serve` record them: the model is named by its folder and its U-Net's hash."""
+        from pathlib import Path
+
+        from sdrt import __version__
+
+        unet = manifest.components.get("unet")
+        return cls(
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=request.num_inference_steps,
+            sampler=sampler_name(scheduler),
+            cfg_scale=request.guidance_scale,
+            seed=seed,
+            width=request.width,
+            height=request.height,
+            model_hash=None if unet is None else unet.sha256[:10],
+            model=Path(pipeline_folder).resolve().name,
+            denoising_strength=request.strength if from_image else None,
+            batch_size=batch_size,
+            batch_pos=batch_pos,
+            version=f"sdrt {__version__}",
+        )
+
     def text(self) -> str:
         fields = {
             "Steps": self.steps,

@@ -409,25 +409,19 @@ def _start_image(config: GenerateConfig, manifest):
 
 def _parameters(config: GenerateConfig, prepared: Prepared, request, prompt: str, b: int) -> str:
     """The image's settings in A1111's "parameters" text."""
-    from sdrt import __version__
-    from sdrt.infotext import GenerationParameters, sampler_name
+    from sdrt.infotext import GenerationParameters
 
-    unet = prepared.manifest.components.get("unet")
-    return GenerationParameters(
+    return GenerationParameters.of_request(
+        request,
+        pipeline_folder=config.folder,
+        manifest=prepared.manifest,
+        scheduler=prepared.scheduler,
         prompt=prompt,
-        negative_prompt=config.negative_prompt or "",
-        steps=request.num_inference_steps,
-        sampler=sampler_name(prepared.scheduler),
-        cfg_scale=request.guidance_scale,
+        negative_prompt=config.negative_prompt,
         seed=prepared.seed,
-        width=request.width,
-        height=request.height,
-        model_hash=None if unet is None else unet.sha256[:10],
-        model=config.folder.resolve().name,
-        denoising_strength=None if prepared.image is None else request.strength,
+        from_image=prepared.image is not None,
         batch_size=config.batch,
         batch_pos=b,
-        version=f"sdrt {__version__}",
     ).text()
 
 

@@ -9,7 +9,7 @@ import io
 from PIL import PngImagePlugin
 
 from sdrt.images import to_pil
-from sdrt.infotext import GenerationParameters, sampler_name
+from sdrt.infotext import GenerationParameters
 from sdrt.pipeline import make_scheduler
 
 
@@ -17,25 +17,20 @@ def encode_images(pipe, generation, images) -> list[str]:
     """One base64 PNG per image of a batch (float32 NHWC in [0, 1])."""
     request = generation.request
     scheduler = make_scheduler(request.scheduler, pipe.scheduler_config, pipe.folder)
-    unet = pipe.manifest.components.get("unet")
     pictures = to_pil(images)
     encoded = []
     for index, picture in enumerate(pictures):
-        parameters = GenerationParameters(
+        parameters = GenerationParameters.of_request(
+            request,
+            pipeline_folder=pipe.folder,
+            manifest=pipe.manifest,
+            scheduler=scheduler,
             prompt=generation.prompt,
-            negative_prompt=generation.negative_prompt or "",
-            steps=request.num_inference_steps,
-            sampler=sampler_name(scheduler),
-            cfg_scale=request.guidance_scale,
+            negative_prompt=generation.negative_prompt,
             seed=generation.seed,
-            width=request.width,
-            height=request.height,
-            model_hash=None if unet is None else unet.sha256[:10],
-            model=pipe.folder.resolve().name,
-            denoising_strength=request.strength if generation.edit else None,
+            from_image=generation.edit,
             batch_size=len(pictures),
             batch_pos=index,
-            version=f"sdrt {_version()}",
         )
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", parameters.text())
@@ -43,9 +38,3 @@ def encode_images(pipe, generation, images) -> list[str]:
         picture.save(buffer, format="PNG", pnginfo=info)
         encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     return encoded
-
-
-def _version() -> str:
-    from sdrt import __version__
-
-    return __version__
