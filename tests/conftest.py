@@ -69,30 +69,26 @@ def tiny_source(tmp_path_factory):
     return init_random_model("tiny", tmp_path_factory.mktemp("tiny-source") / "tiny", seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_built(tiny_source, tmp_path_factory):
-    """`tiny_source` built to an fp32 sdrt model folder (made once per test session)."""
+def _build_tiny(tiny_source, tmp_path_factory, folder: str, **options):
     from sdrt.export.build import BuildConfig, build
 
     config = BuildConfig(
         source=str(tiny_source),
-        output=tmp_path_factory.mktemp("tiny-built") / "tiny",
+        output=tmp_path_factory.mktemp(folder) / "tiny",
         min_size=TINY_MIN_SIZE,
         max_size=TINY_MAX_SIZE,
+        **options,
     )
     return build(config).output
+
+
+@pytest.fixture(scope="session")
+def tiny_built(tiny_source, tmp_path_factory):
+    """`tiny_source` built to an fp32 sdrt model folder (made once per test session)."""
+    return _build_tiny(tiny_source, tmp_path_factory, "tiny-built")
 
 
 @pytest.fixture(scope="session")
 def tiny_built_fp16(tiny_source, tmp_path_factory):
     """`tiny_source` built to an fp16 sdrt model folder (made once per test session)."""
-    from sdrt.export.build import BuildConfig, build
-
-    config = BuildConfig(
-        source=str(tiny_source),
-        output=tmp_path_factory.mktemp("tiny-built-fp16") / "tiny",
-        min_size=TINY_MIN_SIZE,
-        max_size=TINY_MAX_SIZE,
-        precision="fp16",
-    )
-    return build(config).output
+    return _build_tiny(tiny_source, tmp_path_factory, "tiny-built-fp16", precision="fp16")
