@@ -16,17 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import InputError, ModelFolderError
+from sdrt.families import SUPPORTED_PIPELINES, detect_family
 from sdrt.manifest import sha256_file
 
-# model_index.json classes we export; anything else is a different model family.
-SUPPORTED_PIPELINES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionInpaintPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-}
 TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
 # Folders a build reads (hashed as the source's content) and folders it copies as they are.
 MODEL_FOLDERS = ("text_encoder", "text_encoder_2", "unet", "vae")
@@ -176,25 +168,6 @@ def inspect_folder(folder: Path, path_or_id: str, revision: str | None = None) -
         configs=configs,
         text_encoder_classes=text_encoder_classes,
     )
-
-
-def detect_family(configs: Mapping[str, Mapping[str, Any]], *, is_xl: bool, where: str) -> str:
-    """sdxl from the U-Net's text_time embedding; sd2 (OpenCLIP, gelu) vs sd1 (CLIP, quick_gelu)."""
-    unet = configs["unet"]
-    embed = unet.get("addition_embed_type")
-    if is_xl:
-        if embed != "text_time":
-            raise InputError(
-                f"{where!r}: an SDXL pipeline whose U-Net has addition_embed_type {embed!r}, "
-                "not 'text_time', is not supported"
-            )
-        return "sdxl"
-    if embed is not None:
-        raise InputError(
-            f"{where!r}: a U-Net with addition_embed_type {embed!r} is not a supported SD 1.x/2.x U-Net"
-        )
-    hidden_act = configs["text_encoder"].get("hidden_act", "quick_gelu")
-    return "sd2" if hidden_act == "gelu" else "sd1"
 
 
 def _hub_snapshot_revision(folder: Path) -> str | None:

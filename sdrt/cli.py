@@ -32,6 +32,7 @@ from sdrt.errors import SdrtError
 COMMANDS = {
     "init-model": "init_model",
     "build": "build",
+    "adopt": "adopt",
     "info": "info",
     "generate": "generate",
     "interpolate": "interpolate",

@@ -130,6 +130,29 @@ class Engine:
 
 
 @dataclass(frozen=True)
+class ForwardCheck:
+    """One forward pass an adopted component passed: what it was fed, what it gave."""
+
+    component: str
+    input_shapes: Mapping[str, tuple[int, ...]]
+    output_shapes: Mapping[str, tuple[int, ...]]
+    max_abs_output: float  # over the outputs the runtime reads; all of them were finite
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """A folder whose graphs another exporter made (``sdrt adopt``): checked to load and run
+    as the runtime feeds them, not verified against PyTorch (no weights to compare with)."""
+
+    layout: str  # "optimum", or "optimum-legacy" (older exporters' I/O names and dtypes)
+    exporter: str  # the graphs' producer, e.g. "pytorch 2.13.0"
+    checked: tuple[str, ...]  # what was checked, in words
+    forward_checks: tuple[ForwardCheck, ...]
+    notes: tuple[str, ...] = ()  # what differs from a folder sdrt builds
+    derived: Mapping[str, str] = field(default_factory=dict)  # setting -> where it came from
+
+
+@dataclass(frozen=True)
 class Manifest:
     source: Source
     family: str
@@ -149,6 +172,7 @@ class Manifest:
     family_options: Mapping[str, Any] = field(default_factory=dict)
     engines: tuple[Engine, ...] = ()
     format_version: int = FORMAT_VERSION
+    adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
 
     @property
     def default_image_size(self) -> int:
@@ -363,7 +387,43 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             _engine(i, _Reader(e, f"{where}.engines[{i}]"))
             for i, e in enumerate(r.get("engines", list, optional=True, default=[]))
         ),
+        adoption=_adoption(r.sub("adoption", optional=True)),
     )
+
+
+def _adoption(r: _Reader | None) -> Adoption | None:
+    if r is None:
+        return None
+    checks = []
+    for i, value in enumerate(r.get("forward_checks", list)):
+        c = _Reader(value, f"{r.where}.forward_checks[{i}]")
+        shapes = {}
+        for key in ("input_shapes", "output_shapes"):
+            sub = c.sub(key)
+            shapes[key] = {
+                k: _shape(v, f"{sub.where}.{k}", symbolic=False) for k, v in sub.data.items()
+            }
+        checks.append(
+            ForwardCheck(
+                component=c.choice("component", COMPONENT_NAMES),
+                max_abs_output=c.get("max_abs_output", float),
+                **shapes,
+            )
+        )
+    return Adoption(
+        layout=r.get("layout", str),
+        exporter=r.get("exporter", str),
+        checked=tuple(_strings(r.get("checked", list), f"{r.where}.checked")),
+        forward_checks=tuple(checks),
+        notes=tuple(_strings(r.get("notes", list, optional=True, default=[]), f"{r.where}.notes")),
+        derived=dict(r.get("derived", Mapping, optional=True, default={})),
+    )
+
+
+def _strings(values: list, where: str) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise ModelFolderError(f"{where}: expected a list of strings, got {values!r}")
+    return values
 
 
 def _build_options(b: _Reader) -> BuildOptions:
@@ -427,8 +487,11 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a folder")
     path = folder / MANIFEST_NAME
     if not path.is_file():
+        hint = "build one with `sdrt build`"
+        if (folder / "unet" / "model.onnx").is_file():  # exported elsewhere (e.g. by Optimum)
+            hint = f"adopt its ONNX graphs with `sdrt adopt {folder} -o OUT` (or --in-place)"
         raise ModelFolderError(
-            f"{str(folder)!r} is not an sdrt model folder: it has no {MANIFEST_NAME} (build one with `sdrt build`)"
+            f"{str(folder)!r} is not an sdrt model folder: it has no {MANIFEST_NAME} ({hint})"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

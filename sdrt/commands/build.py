@@ -85,6 +85,8 @@ def _sigterm_raises() -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     from sdrt.export.build import BuildConfig, hold_output
 
+    if _is_onnx_folder(args.source):  # exported elsewhere (Optimum): adopt, don't export
+        return _adopt(args)
     config = BuildConfig(
         source=args.source,
         output=args.output,
@@ -156,6 +158,33 @@ def _build(args: argparse.Namespace, config: BuildConfig, held: HeldOutput, envi
 
         shapes = shape_range_from_options(read_manifest(result.output))
         return build_and_report(result.output, TensorRTBuildOptions(shapes=shapes), environment)
+    return 0
+
+
+def _is_onnx_folder(source: str) -> bool:
+    from sdrt.adopt import is_onnx_folder
+
+    return is_onnx_folder(source)
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    """`sdrt build ONNX_FOLDER -o OUT` is `sdrt adopt ONNX_FOLDER -o OUT`, under the build lock."""
+    from sdrt.adopt import AdoptOptions, adopt
+    from sdrt.commands.adopt import print_summary
+    from sdrt.errors import InputError
+    from sdrt.export.build import hold_output
+
+    export_only = {"precision": "fp32", "vae_precision": None, "opset": 17, "revision": None}
+    given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
+    if given or args.target != "onnx":
+        raise InputError(
+            f"{args.source} is an ONNX folder, adopted as it is: {', '.join(given or ['--target'])} "
+            "only apply to exporting a diffusers folder"
+        )
+    options = AdoptOptions(args.min_size, args.max_size, args.max_batch)
+    with hold_output(args.output):
+        result = adopt(args.source, args.output, options=options, force=args.force)
+    print_summary(result)
     return 0
 
 

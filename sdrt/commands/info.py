@@ -100,8 +100,22 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
         f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
         f"tokenizers     {', '.join(manifest.tokenizers)}",
+        *_adoption_lines(manifest.adoption),
         "",
     ]
+
+
+def _adoption_lines(adoption) -> list[str]:
+    """An adopted folder (sdrt adopt): who exported it, what was checked instead of a build's
+    verification against PyTorch."""
+    if adoption is None:
+        return []
+    passes = ", ".join(c.component for c in adoption.forward_checks)
+    lines = [
+        f"adopted        {adoption.layout} export ({adoption.exporter}); checked: graphs load, "
+        f"I/O, one finite forward pass each ({passes}); not verified against PyTorch"
+    ]
+    return lines + [f"note           {note}" for note in adoption.notes]
 
 
 def _component_rows(folder: Path, manifest) -> list[tuple[str, ...]]:

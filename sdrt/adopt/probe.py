@@ -1,0 +1,141 @@
+"""One small forward pass per component of an adopted folder, fed as a generation feeds it.
+
+The folder is loaded as ``Pipeline.load`` loads any folder (ort-cpu, nothing cached), and
+each graph is run through the pipeline's own steps (prompt encoding, the U-Net call, VAE
+decode and encode), so that what passes here is what a generation will send: names, dtypes,
+shapes, the timestep's form. Outputs must be finite and of the shapes the loop expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdrt.backends.ort_cpu_options import OrtOptions
+from sdrt.errors import ModelFolderError, SdrtError
+from sdrt.manifest import ForwardCheck, Manifest
+from sdrt.stages import StageRecorder
+
+PROBE_SEED = 0
+PROBE_BATCH = 1  # images; the U-Net sees twice that (classifier-free guidance)
+PROBE_GUIDANCE = 7.5
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    checks: tuple[ForwardCheck, ...]
+    notes: tuple[str, ...]
+    size: int  # the image side the passes ran at
+
+
+def probe_size(manifest: Manifest) -> int:
+    """The smallest image side the folder serves: cheap, and on the U-Net's size grid."""
+    b = manifest.build
+    return -(-b.min_size // b.size_multiple) * b.size_multiple
+
+
+def run_forward_checks(folder: Path, manifest: Manifest) -> ProbeResult:
+    """Load ``folder`` (whose sdrt.json is ``manifest``) and run each component once."""
+    from sdrt.pipeline import Pipeline
+
+    # Nothing cached: the folder may be a temporary view of the user's files.
+    pipe = Pipeline.load(
+        folder,
+        backend="ort-cpu",
+        verify_files="never",
+        backend_options=OrtOptions(cache_optimized_model=False),
+    )
+    size = probe_size(manifest)
+    rng = np.random.default_rng(PROBE_SEED)
+    request = pipe.request(
+        "", num_inference_steps=1, guidance_scale=PROBE_GUIDANCE, height=size, width=size,
+        seed=PROBE_SEED, output_type="np",
+    )  # fmt: skip
+    latent = size // manifest.vae_scale_factor
+    checks = [*_text_encoders(pipe)]
+    with _named("unet"):
+        conditioning = pipe._condition(request, StageRecorder())
+        _, plan = pipe._plan(request)
+        rows = 2 * PROBE_BATCH
+        sample = rng.standard_normal((rows, manifest.unet_in_channels, latent, latent))
+        out = pipe._unet(sample.astype(np.float32), plan.timesteps[0], conditioning)
+        inputs = {"sample": sample.shape, "encoder_hidden_states": conditioning.embeddings.shape}
+        inputs |= {k: v.shape for k, v in conditioning.added.items()}
+        expected = (rows, manifest.latent_channels, latent, latent)
+        checks.append(_check("unet", inputs, {"out_sample": out}, expected))
+    with _named("vae_decoder"):
+        latents = rng.standard_normal((PROBE_BATCH, manifest.latent_channels, latent, latent))
+        images = pipe._decode(latents.astype(np.float32))  # NaN/Inf raise NumericsError
+        expected = (PROBE_BATCH, size, size, 3)
+        checks.append(
+            _check("vae_decoder", {"latent_sample": latents.shape}, {"image": images}, expected)
+        )
+    notes = []
+    if "vae_encoder" in manifest.components:
+        with _named("vae_encoder"):
+            pixels = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+            first, second = pipe._encode_image(pixels), pipe._encode_image(pixels)
+            expected = (1, manifest.latent_channels, latent, latent)
+            checks.append(
+                _check("vae_encoder", {"sample": pixels.shape}, {"latents": first}, expected)
+            )
+            if not np.array_equal(first, second):
+                notes.append(
+                    "the vae_encoder gives a random sample of the latent distribution (older "
+                    "exporters): img2img and inpainting with this folder are not reproducible"
+                )
+    return ProbeResult(tuple(checks), tuple(notes), size)
+
+
+def _text_encoders(pipe) -> list[ForwardCheck]:
+    checks = []
+    for encoder in pipe.prompt_encoders:
+        name = encoder.session.name
+        with _named(name):
+            hidden, pooled = encoder.encode_with_pooled([""])
+            outputs = {encoder.hidden_output: hidden}
+            if pooled is not None:
+                outputs[encoder.pooled_output] = pooled
+            ids = (1, encoder.tokenizer.max_length)
+            checks.append(_check(name, {"input_ids": ids}, outputs, hidden.shape))
+    return checks
+
+
+def _check(name: str, inputs: dict, outputs: dict, first_shape: tuple) -> ForwardCheck:
+    """Finite outputs, the first of the expected shape."""
+    for output, value in outputs.items():
+        if not np.isfinite(value).all():
+            raise ModelFolderError(
+                f"{name}: the forward pass gave NaN or Inf in {output} (inputs {inputs})"
+            )
+    first = next(iter(outputs.values()))
+    if tuple(first.shape) != tuple(first_shape):
+        raise ModelFolderError(
+            f"{name}: the forward pass gave {next(iter(outputs))} of shape "
+            f"{tuple(first.shape)}; expected {tuple(first_shape)}"
+        )
+    return ForwardCheck(
+        component=name,
+        input_shapes={k: tuple(int(d) for d in v) for k, v in inputs.items()},
+        output_shapes={k: tuple(int(d) for d in v.shape) for k, v in outputs.items()},
+        max_abs_output=max(float(np.abs(v).max()) for v in outputs.values()),
+    )
+
+
+class _named:
+    """Re-raise a component's failure as a ModelFolderError that names it."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or not isinstance(error, SdrtError):
+            return False
+        if isinstance(error, ModelFolderError) and str(error).startswith(f"{self.name}:"):
+            return False
+        raise ModelFolderError(f"{self.name}: the forward pass failed: {error}") from None

@@ -1,0 +1,41 @@
+"""Which Stable Diffusion family a pipeline is, from its component configs (no weights).
+
+Shared by ``sdrt build`` (diffusers folders) and ``sdrt adopt`` (ONNX folders, whose
+component configs Optimum copies from the diffusers source).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sdrt.errors import InputError
+
+# model_index.json classes we export; anything else is a different model family.
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+}
+
+
+def detect_family(configs: Mapping[str, Mapping[str, Any]], *, is_xl: bool, where: str) -> str:
+    """sdxl from the U-Net's text_time embedding; sd2 (OpenCLIP, gelu) vs sd1 (CLIP, quick_gelu)."""
+    unet = configs["unet"]
+    embed = unet.get("addition_embed_type")
+    if is_xl:
+        if embed != "text_time":
+            raise InputError(
+                f"{where!r}: an SDXL pipeline whose U-Net has addition_embed_type {embed!r}, "
+                "not 'text_time', is not supported"
+            )
+        return "sdxl"
+    if embed is not None:
+        raise InputError(
+            f"{where!r}: a U-Net with addition_embed_type {embed!r} is not a supported SD 1.x/2.x U-Net"
+        )
+    hidden_act = configs["text_encoder"].get("hidden_act", "quick_gelu")
+    return "sd2" if hidden_act == "gelu" else "sd1"
