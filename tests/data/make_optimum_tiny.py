@@ -42,7 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "source"
         shutil.copytree(args.source, source)
-        _prefix_text_encoder_keys(source / "text_encoder")
+        for text_encoder in sorted(source.glob("text_encoder*")):
+            _prefix_text_encoder_keys(text_encoder)
         main_export(
             model_name_or_path=str(source),
             output=args.output,
@@ -54,17 +55,22 @@ def main() -> None:
 
 
 def _prefix_text_encoder_keys(folder: Path, prefix: str = "text_model.") -> None:
-    """Rewrite transformers 5.x's CLIP keys in the 4.x layout; fail if 4.x still misses any."""
+    """Rewrite transformers 5.x's CLIP keys in the 4.x layout where 4.x misses weights;
+    fail if it still misses any."""
+    import transformers
     from safetensors.torch import load_file, save_file
-    from transformers import CLIPTextModel
 
-    weights = folder / "model.safetensors"
-    tensors = load_file(weights)
-    fixed = {k if k.startswith(prefix) else prefix + k: v for k, v in tensors.items()}
-    save_file(fixed, weights, metadata={"format": "pt"})
-    _, info = CLIPTextModel.from_pretrained(folder, output_loading_info=True)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    model_class = getattr(transformers, config["architectures"][0])
+    _, info = model_class.from_pretrained(folder, output_loading_info=True)
+    if info["missing_keys"]:
+        weights = folder / "model.safetensors"
+        tensors = load_file(weights)
+        fixed = {k if k.startswith(prefix) else prefix + k: v for k, v in tensors.items()}
+        save_file(fixed, weights, metadata={"format": "pt"})
+        _, info = model_class.from_pretrained(folder, output_loading_info=True)
     if info["missing_keys"] or info["unexpected_keys"]:
-        raise SystemExit(f"text encoder weights still do not load: {info}")
+        raise SystemExit(f"{folder.name} weights do not load in transformers 4.x: {info}")
 
 
 def _readme(source: Path) -> str:
