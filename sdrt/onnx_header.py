@@ -1,8 +1,10 @@
-"""An ONNX file's header (IR version, producer, opsets) without the onnx package.
+"""An ONNX file's header (IR version, producer, opsets, weight dtypes) without the onnx
+package.
 
-The runtime does not depend on ``onnx``, and ONNX Runtime does not expose a model's opset.
-A ModelProto is a protobuf message whose small top-level fields sit around the graph; this
-reads them and seeks past the graph, so that a 2 GB graph costs a few reads.
+The runtime does not depend on ``onnx``, and ONNX Runtime exposes neither a model's opset
+nor its weights' dtypes. A ModelProto is a protobuf message whose small top-level fields
+sit around the graph; this reads them, and in the graph only each initializer's data_type,
+seeking past nodes and weight bytes, so that a 2 GB graph costs a few thousand small reads.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from sdrt.errors import ModelFolderError
 
 # ModelProto field numbers (onnx/onnx.proto3)
 _IR_VERSION, _PRODUCER_NAME, _PRODUCER_VERSION, _OPSET_IMPORT = 1, 2, 3, 8
+_GRAPH = 7
 # OperatorSetIdProto
 _OPSET_DOMAIN, _OPSET_VERSION = 1, 2
+_GRAPH_INITIALIZER = 5  # GraphProto
+_TENSOR_DATA_TYPE = 2  # TensorProto
+FLOAT, FLOAT16 = 1, 10  # TensorProto.DataType
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 DEFAULT_DOMAIN = ""  # "ai.onnx", the standard operators
 
@@ -27,6 +33,13 @@ class OnnxHeader:
     producer_name: str
     producer_version: str
     opsets: dict[str, int] = field(default_factory=dict)  # domain -> version
+    initializer_types: dict[int, int] = field(default_factory=dict)  # data_type -> count
+
+    @property
+    def weights_precision(self) -> str:
+        """ "fp16" where most floating-point weights are float16 (fp32 islands aside)."""
+        counts = self.initializer_types
+        return "fp16" if counts.get(FLOAT16, 0) > counts.get(FLOAT, 0) else "fp32"
 
     @property
     def opset(self) -> int:
@@ -49,7 +62,7 @@ def read_onnx_header(path: str | os.PathLike) -> OnnxHeader:
 
 
 def _read_model(f: BinaryIO, size: int) -> OnnxHeader:
-    ir_version, name, version, opsets = 0, "", "", {}
+    ir_version, name, version, opsets, types = 0, "", "", {}, {}
     while f.tell() < size:
         number, wire = _key(f)
         if wire == _VARINT:
@@ -69,15 +82,59 @@ def _read_model(f: BinaryIO, size: int) -> OnnxHeader:
                 else:
                     domain, opset = _opset(data)
                     opsets[domain] = opset
+            elif number == _GRAPH:
+                _scan_graph(f, f.tell() + length, types)
             else:
-                f.seek(length, os.SEEK_CUR)  # the graph, docs, metadata
-        elif wire in (_FIXED64, _FIXED32):
-            f.seek(8 if wire == _FIXED64 else 4, os.SEEK_CUR)
+                f.seek(length, os.SEEK_CUR)  # docs, metadata, functions
         else:
-            raise ValueError(f"unexpected protobuf wire type {wire} (field {number})")
+            _skip(f, wire, number)
     if ir_version == 0:
         raise ValueError("no ir_version field: not an ONNX ModelProto")
-    return OnnxHeader(ir_version, name, version, opsets)
+    return OnnxHeader(ir_version, name, version, opsets, types)
+
+
+def _scan_graph(f: BinaryIO, end: int, types: dict[int, int]) -> None:
+    """Count the initializers' data types; seek past everything else."""
+    while f.tell() < end:
+        number, wire = _key(f)
+        if wire != _LENGTH:
+            _skip(f, wire, number)
+            continue
+        length = _varint(f)
+        stop = f.tell() + length
+        if stop > end:
+            raise ValueError(f"graph field {number} runs past the graph")
+        if number == _GRAPH_INITIALIZER:
+            data_type = _tensor_data_type(f, stop)
+            types[data_type] = types.get(data_type, 0) + 1
+        f.seek(stop)
+    f.seek(end)
+
+
+def _tensor_data_type(f: BinaryIO, end: int) -> int:
+    """A TensorProto's data_type (it comes after dims, before the data)."""
+    while f.tell() < end:
+        number, wire = _key(f)
+        if wire == _VARINT:
+            value = _varint(f)
+            if number == _TENSOR_DATA_TYPE:
+                return value
+        elif wire == _LENGTH:
+            f.seek(_varint(f), os.SEEK_CUR)
+        else:
+            _skip(f, wire, number)
+    return 0
+
+
+def _skip(f: BinaryIO, wire: int, number: int) -> None:
+    if wire == _VARINT:
+        _varint(f)
+    elif wire in (_FIXED64, _FIXED32):
+        f.seek(8 if wire == _FIXED64 else 4, os.SEEK_CUR)
+    elif wire == _LENGTH:
+        f.seek(_varint(f), os.SEEK_CUR)
+    else:
+        raise ValueError(f"unexpected protobuf wire type {wire} (field {number})")
 
 
 def _opset(data: bytes) -> tuple[str, int]:

@@ -160,12 +160,11 @@ def _manifest(
     components = {}
     for name, graph in graphs.items():
         files = graph.files
-        precision = settings.vae_precision if name.startswith("vae") else settings.precision
         components[name] = Component(
             name=name,
             file=files.file,
             sha256=sha256_file(folder / files.file),
-            precision=precision,
+            precision=graph.header.weights_precision,
             opset=graph.header.opset,
             inputs=graph.inputs,
             outputs=graph.outputs,

@@ -119,8 +119,8 @@ def describe(onnx: OnnxFolder, graphs: Mapping[str, GraphInfo]) -> Settings:
         sample_size=int(sample_size),
         vae_scale_factor=vae_scale,
         size_multiple=vae_scale * 2**downsamples,
-        precision=_precision(graphs["unet"].input("sample").dtype),
-        vae_precision=_precision(graphs["vae_decoder"].inputs[0].dtype),
+        precision=graphs["unet"].header.weights_precision,
+        vae_precision=graphs["vae_decoder"].header.weights_precision,
         opset=graphs["unet"].header.opset,
         family_options=_family_options(onnx, graphs, family),
         layout=_layout(onnx, graphs),
@@ -312,7 +312,3 @@ def _expect_dim(spec, axis: int, expected: int, graph: str, what: str) -> None:
         raise ModelFolderError(
             f"{graph}: {spec.name} has {dim} at axis {axis}; expected {expected} ({what})"
         )
-
-
-def _precision(dtype: str) -> str:
-    return "fp16" if dtype == "float16" else "fp32"
