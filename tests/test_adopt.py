@@ -159,6 +159,8 @@ assert not heavy, heavy
 
 
 def test_onnx_header_matches_onnx(tmp_path):
+    from collections import Counter
+
     import onnx
 
     from sdrt.onnx_header import read_onnx_header
@@ -169,6 +171,9 @@ def test_onnx_header_matches_onnx(tmp_path):
         assert header.ir_version == model.ir_version
         assert header.producer == f"{model.producer_name} {model.producer_version}"
         assert header.opsets == {o.domain: o.version for o in model.opset_import}
+        assert header.initializer_types == dict(
+            Counter(t.data_type for t in model.graph.initializer)
+        )
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(ModelFolderError, match="not a readable ONNX model"):

@@ -118,3 +118,9 @@ def test_bad_range_is_an_input_error(tmp_path, capsys):
     folder = copy_export(tmp_path)
     err = _refused(["adopt", str(folder), "-o", str(tmp_path / "o"), "--min-size", "60"], capsys)
     assert "min_size must be a positive multiple of 8 pixels, got 60" in err
+
+
+def test_a_diffusers_folder_is_sent_to_sdrt_build(tiny_source, capsys):
+    err = _refused(["adopt", str(tiny_source), "--in-place"], capsys)
+    assert "missing text_encoder/model.onnx" in err and "export it with `sdrt build`" in err
+    assert not (tiny_source / "sdrt.json").exists()

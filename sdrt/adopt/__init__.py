@@ -92,7 +92,12 @@ def adopt(
         with tempfile.TemporaryDirectory(prefix="sdrt-adopt-") as view:
             link_tree(source, Path(view), exclude=SDRT_FILES, symbolic=True)
             manifest = _checked(Path(view), manifest, report)
-        write_manifest(source, manifest)
+        try:
+            write_manifest(source, manifest)
+        except OSError as e:
+            raise InputError(
+                f"cannot write {MANIFEST_NAME} into {source} ({e}); adopt it with -o OUT"
+            ) from None
         record_verified(source, manifest)
         return AdoptResult(source, manifest, time.perf_counter() - started, linked=False)
     staging = staging_beside(target)

@@ -77,9 +77,11 @@ def inspect_onnx_folder(path: str | Path) -> OnnxFolder:
     if not scheduler.is_file():
         missing.append("scheduler/scheduler_config.json")
     if missing:
+        diffusers = (folder / "vae" / CONFIG_FILE).is_file()  # weights, not graphs
         raise ModelFolderError(
             f"{str(folder)!r} is not a complete ONNX {pipeline_class} folder: "
             f"missing {', '.join(missing)}"
+            + (" (it is a diffusers folder: export it with `sdrt build`)" if diffusers else "")
         )
     graphs = {
         name: _graph_files(folder, name)
