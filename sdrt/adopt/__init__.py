@@ -162,22 +162,6 @@ def _manifest(
     onnx: OnnxFolder, graphs: dict[str, GraphInfo], settings: Settings, options: AdoptOptions
 ) -> Manifest:
     folder = onnx.folder
-    components = {}
-    for name, graph in graphs.items():
-        files = graph.files
-        components[name] = Component(
-            name=name,
-            file=files.file,
-            sha256=sha256_file(folder / files.file),
-            precision=graph.header.weights_precision,
-            opset=graph.header.opset,
-            inputs=graph.inputs,
-            outputs=graph.outputs,
-            external_data=files.external_data,
-            external_data_sha256=(
-                sha256_file(folder / files.external_data) if files.external_data else None
-            ),
-        )
     native = settings.sample_size * settings.vae_scale_factor
     producers = sorted({g.header.producer for g in graphs.values()})
     return Manifest(
@@ -206,7 +190,7 @@ def _manifest(
             opset=settings.opset,
             size_multiple=settings.size_multiple,
         ),
-        components=components,
+        components={name: _component(folder, graph) for name, graph in graphs.items()},
         tokenizers=onnx.tokenizers,
         versions=_versions(onnx, producers),
         family_options=dict(settings.family_options),
@@ -217,6 +201,24 @@ def _manifest(
             forward_checks=(),
             notes=settings.notes,
             derived=dict(settings.derived),
+        ),
+    )
+
+
+def _component(folder: Path, graph: GraphInfo) -> Component:
+    """A graph as sdrt.json describes it: its real I/O, hashes, precision, opset."""
+    files = graph.files
+    return Component(
+        name=files.name,
+        file=files.file,
+        sha256=sha256_file(folder / files.file),
+        precision=graph.header.weights_precision,
+        opset=graph.header.opset,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        external_data=files.external_data,
+        external_data_sha256=(
+            sha256_file(folder / files.external_data) if files.external_data else None
         ),
     )
 

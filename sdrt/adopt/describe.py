@@ -86,15 +86,7 @@ def describe(onnx: OnnxFolder, graphs: Mapping[str, GraphInfo]) -> Settings:
     unet_in = _setting(
         unet_config, "in_channels", _dim(graphs["unet"].input("sample"), 1), 4, derived, "unet"
     )
-    if "block_out_channels" in vae_config:
-        vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    else:
-        vae_scale = DEFAULT_VAE_SCALE
-        derived["vae_scale_factor"] = f"the SD default {vae_scale}, checked by the forward pass"
-    downsamples = len(unet_config.get("block_out_channels", ())) - 1
-    if downsamples < 0:
-        downsamples = DEFAULT_UNET_DOWNSAMPLES
-        derived["size_multiple"] = f"SD's {downsamples} U-Net down-samplers (no unet/config.json)"
+    vae_scale, downsamples = _scale_factors(unet_config, vae_config, derived)
     scaling = vae_config.get("scaling_factor")
     if scaling is None:
         scaling = DEFAULT_SCALING[family]
@@ -103,15 +95,9 @@ def describe(onnx: OnnxFolder, graphs: Mapping[str, GraphInfo]) -> Settings:
     if sample_size is None:
         sample_size = DEFAULT_SAMPLE_SIZE[family]
         derived["sample_size"] = f"the {family} default {sample_size} (no unet/config.json)"
-    prediction = configs["scheduler"].get("prediction_type", "epsilon")
-    if prediction not in PREDICTION_TYPES:
-        raise ModelFolderError(
-            f"scheduler/scheduler_config.json: prediction_type {prediction!r} is not one of "
-            f"{', '.join(PREDICTION_TYPES)}"
-        )
     settings = Settings(
         family=family,
-        prediction_type=prediction,
+        prediction_type=_prediction_type(configs["scheduler"]),
         vae_scaling_factor=float(scaling),
         vae_shift_factor=vae_config.get("shift_factor"),
         latent_channels=int(latent_channels),
@@ -187,6 +173,30 @@ def _check_unet_inputs(unet: GraphInfo, is_xl: bool) -> None:
             f"unet: expected a scalar or 1-D numeric timestep, got {timestep.dtype} "
             f"{list(timestep.shape)}"
         )
+
+
+def _scale_factors(unet_config, vae_config, derived: dict[str, str]) -> tuple[int, int]:
+    """(VAE scale factor, U-Net down-samplers) from the configs, or SD's."""
+    if "block_out_channels" in vae_config:
+        vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    else:
+        vae_scale = DEFAULT_VAE_SCALE
+        derived["vae_scale_factor"] = f"the SD default {vae_scale}, checked by the forward pass"
+    downsamples = len(unet_config.get("block_out_channels", ())) - 1
+    if downsamples < 0:
+        downsamples = DEFAULT_UNET_DOWNSAMPLES
+        derived["size_multiple"] = f"SD's {downsamples} U-Net down-samplers (no unet/config.json)"
+    return vae_scale, downsamples
+
+
+def _prediction_type(scheduler_config: Mapping[str, Any]) -> str:
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ModelFolderError(
+            f"scheduler/scheduler_config.json: prediction_type {prediction!r} is not one of "
+            f"{', '.join(PREDICTION_TYPES)}"
+        )
+    return prediction
 
 
 def _family(onnx: OnnxFolder, graphs: Mapping[str, GraphInfo], derived: dict[str, str]) -> str:

@@ -49,12 +49,28 @@ def run_forward_checks(folder: Path, manifest: Manifest) -> ProbeResult:
     )
     size = probe_size(manifest)
     rng = np.random.default_rng(PROBE_SEED)
+    checks = [*_text_encoders(pipe), _unet(pipe, size, rng), _vae_decoder(pipe, size, rng)]
+    notes = []
+    if "vae_encoder" in manifest.components:
+        check, reproducible = _vae_encoder(pipe, size, rng)
+        checks.append(check)
+        if not reproducible:
+            notes.append(
+                "the vae_encoder gives a random sample of the latent distribution (older "
+                "exporters): img2img and inpainting with this folder are not reproducible"
+            )
+    return ProbeResult(tuple(checks), tuple(notes), size)
+
+
+def _unet(pipe, size: int, rng) -> ForwardCheck:
+    """One guided U-Net call as a generation's first step makes it (the conditioning, the
+    plan's first timestep in the graph's form)."""
+    manifest = pipe.manifest
+    latent = size // manifest.vae_scale_factor
     request = pipe.request(
         "", num_inference_steps=1, guidance_scale=PROBE_GUIDANCE, height=size, width=size,
         seed=PROBE_SEED, output_type="np",
     )  # fmt: skip
-    latent = size // manifest.vae_scale_factor
-    checks = [*_text_encoders(pipe)]
     with _named("unet"):
         conditioning = pipe._condition(request, StageRecorder())
         _, plan = pipe._plan(request)
@@ -64,29 +80,29 @@ def run_forward_checks(folder: Path, manifest: Manifest) -> ProbeResult:
         inputs = {"sample": sample.shape, "encoder_hidden_states": conditioning.embeddings.shape}
         inputs |= {k: v.shape for k, v in conditioning.added.items()}
         expected = (rows, manifest.latent_channels, latent, latent)
-        checks.append(_check("unet", inputs, {"out_sample": out}, expected))
+        return _check("unet", inputs, {"out_sample": out}, expected)
+
+
+def _vae_decoder(pipe, size: int, rng) -> ForwardCheck:
+    manifest = pipe.manifest
+    latent = size // manifest.vae_scale_factor
     with _named("vae_decoder"):
         latents = rng.standard_normal((PROBE_BATCH, manifest.latent_channels, latent, latent))
         images = pipe._decode(latents.astype(np.float32))  # NaN/Inf raise NumericsError
-        expected = (PROBE_BATCH, size, size, 3)
-        checks.append(
-            _check("vae_decoder", {"latent_sample": latents.shape}, {"image": images}, expected)
-        )
-    notes = []
-    if "vae_encoder" in manifest.components:
-        with _named("vae_encoder"):
-            pixels = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-            first, second = pipe._encode_image(pixels), pipe._encode_image(pixels)
-            expected = (1, manifest.latent_channels, latent, latent)
-            checks.append(
-                _check("vae_encoder", {"sample": pixels.shape}, {"latents": first}, expected)
-            )
-            if not np.array_equal(first, second):
-                notes.append(
-                    "the vae_encoder gives a random sample of the latent distribution (older "
-                    "exporters): img2img and inpainting with this folder are not reproducible"
-                )
-    return ProbeResult(tuple(checks), tuple(notes), size)
+        expected = (PROBE_BATCH, size, size, 3)  # checks the VAE scale factor too
+        return _check("vae_decoder", {"latent_sample": latents.shape}, {"image": images}, expected)
+
+
+def _vae_encoder(pipe, size: int, rng) -> tuple[ForwardCheck, bool]:
+    """(the check, whether two passes on the same image agree)."""
+    manifest = pipe.manifest
+    latent = size // manifest.vae_scale_factor
+    with _named("vae_encoder"):
+        pixels = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+        first, second = pipe._encode_image(pixels), pipe._encode_image(pixels)
+        expected = (1, manifest.latent_channels, latent, latent)
+        check = _check("vae_encoder", {"sample": pixels.shape}, {"latents": first}, expected)
+        return check, bool(np.array_equal(first, second))
 
 
 def _text_encoders(pipe) -> list[ForwardCheck]:
