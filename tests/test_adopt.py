@@ -136,7 +136,7 @@ def test_build_of_an_onnx_folder_adopts_it(tmp_path, capsys):
     assert read_manifest(out).adoption.layout == "optimum"
     assert "not verified against PyTorch" in capsys.readouterr().out
     assert main(["build", str(OPTIMUM_TINY), "-o", str(out), "--force", "--precision", "fp16"]) == 2
-    assert "--precision only apply to exporting a diffusers folder" in capsys.readouterr().err
+    assert "--precision apply only to exporting a diffusers folder" in capsys.readouterr().err
     assert main(["build", str(OPTIMUM_TINY), "-o", str(out), *RANGE]) == 2  # exists, no --force
     assert main(["build", str(OPTIMUM_TINY), "-o", str(out), *RANGE, "--force"]) == 0
 

@@ -18,7 +18,12 @@ HELP = "Export a diffusers Stable Diffusion pipeline (folder or Hub id) to a ver
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SOURCE", help="a local diffusers folder or a Hub id")
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a local diffusers folder or a Hub id; an ONNX folder (exported by Optimum) is "
+        "adopted as `sdrt adopt SOURCE -o OUTPUT` does",
+    )
     parser.add_argument(
         "-o", "--output", required=True, type=Path, help="the model folder to write"
     )
@@ -174,12 +179,18 @@ def _adopt(args: argparse.Namespace) -> int:
     from sdrt.errors import InputError
     from sdrt.export.build import hold_output
 
-    export_only = {"precision": "fp32", "vae_precision": None, "opset": 17, "revision": None}
+    export_only = {
+        "precision": "fp32",
+        "vae_precision": None,
+        "opt_size": None,
+        "opset": 17,
+        "revision": None,
+    }
     given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
     if given or args.target != "onnx":
         raise InputError(
             f"{args.source} is an ONNX folder, adopted as it is: {', '.join(given or ['--target'])} "
-            "only apply to exporting a diffusers folder"
+            "apply only to exporting a diffusers folder"
         )
     options = AdoptOptions(args.min_size, args.max_size, args.max_batch)
     with hold_output(args.output):
