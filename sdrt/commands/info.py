@@ -135,7 +135,9 @@ def _component_rows(folder: Path, manifest) -> list[tuple[str, ...]]:
                 " -> ".join(str(v) for v in comp.node_counts.values()) or "-",
                 f"{check.max_abs_error:.3g}" if check else "-",
                 f"{check.max_rel_error:.3g}" if check else "-",
-                ("passed" if check.passed else "FAILED") if check else "not verified",
+                ("passed" if check.passed else "FAILED")
+                if check
+                else ("adopted, not verified" if manifest.adoption else "not verified"),
             )
         )
     return rows
