@@ -42,6 +42,10 @@ def _break_nan_unet(folder):
     edit_graph(folder / "unet" / "model.onnx", poison_output)
 
 
+def _break_nan_decoder(folder):
+    edit_graph(folder / "vae_decoder" / "model.onnx", poison_output)
+
+
 def _break_inf_text_encoder(folder):
     edit_graph(folder / "text_encoder" / "model.onnx", lambda m: poison_output(m, float("inf")))
 
@@ -66,6 +70,7 @@ CASES = {
     "graph that fails to load": (_break_unloadable_unet, "unet: ONNX Runtime"),
     "not an ONNX file": (_break_not_onnx, "unet/model.onnx: not a readable ONNX model"),
     "NaN-producing U-Net": (_break_nan_unet, "unet: the forward pass gave NaN or Inf in out_sample"),
+    "NaN-producing VAE decoder": (_break_nan_decoder, "vae_decoder: the forward pass failed: NaN or Inf"),
     "Inf-producing text encoder": (_break_inf_text_encoder, "text_encoder: the forward pass gave NaN or Inf"),
     "U-Net input renamed": (_break_unet_inputs, "unet: expected the inputs ['sample', 'timestep', 'encoder_hidden_states']"),
     "no scheduler config": (_break_scheduler, "missing scheduler/scheduler_config.json"),

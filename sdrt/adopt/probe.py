@@ -8,6 +8,8 @@ shapes, the timestep's form. Outputs must be finite and of the shapes the loop e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,18 +142,12 @@ def _check(name: str, inputs: dict, outputs: dict, first_shape: tuple) -> Forwar
     )
 
 
-class _named:
+@contextmanager
+def _named(name: str) -> Iterator[None]:
     """Re-raise a component's failure as a ModelFolderError that names it."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is None or not isinstance(error, SdrtError):
-            return False
-        if isinstance(error, ModelFolderError) and str(error).startswith(f"{self.name}:"):
-            return False
-        raise ModelFolderError(f"{self.name}: the forward pass failed: {error}") from None
+    try:
+        yield
+    except SdrtError as e:
+        if isinstance(e, ModelFolderError) and str(e).startswith(f"{name}:"):
+            raise
+        raise ModelFolderError(f"{name}: the forward pass failed: {e}") from None
