@@ -205,3 +205,23 @@ def test_fp16_weights_are_recorded_as_fp16(adopted, tiny_built_fp16, tmp_path):
     got = Pipeline.load(out)("a red fox in snow", **SETTINGS).images
     want = Pipeline.load(adopted)("a red fox in snow", **SETTINGS).images
     assert np.abs(got - want).max() < FP16_IMAGE_TOLERANCE
+
+
+def test_committed_export_is_what_the_script_makes(tiny_source, tmp_path):
+    """Where Optimum's venv exists (`sdrt bench --setup-optimum`), the script remakes the
+    committed graphs byte for byte from the tiny fixture."""
+    import subprocess
+
+    from sdrt.benchmarks.contenders.optimum_env import venv_path
+
+    python = venv_path(None) / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"Optimum's venv is not set up at {python.parent.parent}")
+    script = OPTIMUM_TINY.parent / "make_optimum_tiny.py"
+    out = tmp_path / "remade"
+    subprocess.run(
+        [str(python), str(script), str(tiny_source), str(out)], check=True, capture_output=True
+    )
+    for graph in sorted(OPTIMUM_TINY.glob("*/model.onnx")):
+        rel = graph.relative_to(OPTIMUM_TINY)
+        assert sha256_file(out / rel) == sha256_file(graph), rel
