@@ -58,6 +58,7 @@ EXTRA_MODULES = {
     "onnx": ("export", "gpu"),
     "onnx_graphsurgeon": ("export",),
     "polygraphy": ("export", "gpu"),
+    "peft": ("export",),
     "tensorrt": ("gpu",),
     "cupy": ("gpu",),
     "matplotlib": ("bench",),
