@@ -14,6 +14,7 @@ the partial folders that killed builds of the same output left (``staging``).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -32,6 +33,7 @@ from sdrt.export.components import (
     unet_upsampling_factor,
 )
 from sdrt.export.output_lock import lock_output
+from sdrt.export.scheduler_corrections import corrected_source, write_corrected_configs
 from sdrt.export.source import (
     COPIED_FOLDERS,
     MODEL_FOLDERS,
@@ -48,6 +50,7 @@ from sdrt.manifest import (
     PRECISIONS,
     BuildOptions,
     Component,
+    ConfigCorrection,
     Manifest,
     Source,
     TensorSpec,
@@ -175,10 +178,12 @@ def build_held(
     output = config.output
     stale = tuple(remove_stale(output)) if held.locked else ()
     previous = _check_output(output, force=config.force)
-    source = resolve_source(config.source, config.revision)
+    source, corrections = corrected_source(resolve_source(config.source, config.revision))
     staging = create_staging(output)
     try:
-        manifest, results = _build_into(staging.folder, config, source, previous, report)
+        manifest, results = _build_into(
+            staging.folder, config, source, previous, report, corrections
+        )
         commit(staging)
     except BaseException:
         discard(staging)
@@ -193,6 +198,7 @@ def _build_into(
     source: SourceModel,
     previous: Manifest | None,
     report: ProgressCallback,
+    corrections: tuple[ConfigCorrection, ...] = (),
 ) -> tuple[Manifest, list[ComponentResult]]:
     output = config.output
     report("source", "hashing")
@@ -228,7 +234,9 @@ def _build_into(
             report=report,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
+    manifest = dataclasses.replace(manifest, config_corrections=corrections)
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again

@@ -9,6 +9,7 @@ Without it, only the files' presence and sizes are looked at.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -100,8 +101,25 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
         f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
         f"tokenizers     {', '.join(manifest.tokenizers)}",
+        *_correction_lines(manifest),
         "",
     ]
+
+
+def _correction_lines(manifest) -> list[str]:
+    """The outdated-config rewrites the build made as diffusers' pipelines do (sdrt.json)."""
+    if not manifest.config_corrections:
+        return ["corrections    none (the configs are as the source wrote them)"]
+    lines = []
+    for n, c in enumerate(manifest.config_corrections):
+        old = "absent" if c.old is None else json.dumps(c.old)
+        if c.old is None:
+            old += f" (default {json.dumps(c.old_effective)})"
+        label = "corrections" if n == 0 else ""
+        lines.append(
+            f"{label:15s}{c.component} {c.key}: {old} -> {json.dumps(c.new)}  ({c.reason})"
+        )
+    return lines
 
 
 def _component_rows(folder: Path, manifest) -> list[tuple[str, ...]]:
