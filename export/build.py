@@ -34,12 +34,12 @@ from sdrt.export.components import (
 )
 from sdrt.export.output_lock import lock_output
 from sdrt.export.scheduler_corrections import corrected_source, write_corrected_configs
+from sdrt.export.single_file import SingleFileOptions, open_source
 from sdrt.export.source import (
     COPIED_FOLDERS,
     MODEL_FOLDERS,
     FolderHasher,
     SourceModel,
-    resolve_source,
 )
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
 
@@ -87,6 +87,7 @@ class BuildConfig:
     opset: int = 17
     force: bool = False
     revision: str | None = None
+    single_file: SingleFileOptions = SingleFileOptions()  # for .safetensors/.ckpt sources
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -178,16 +179,17 @@ def build_held(
     output = config.output
     stale = tuple(remove_stale(output)) if held.locked else ()
     previous = _check_output(output, force=config.force)
-    source, corrections = corrected_source(resolve_source(config.source, config.revision))
-    staging = create_staging(output)
-    try:
-        manifest, results = _build_into(
-            staging.folder, config, source, previous, report, corrections
-        )
-        commit(staging)
-    except BaseException:
-        discard(staging)
-        raise
+    with open_source(config.source, config.revision, config.single_file, output) as source:
+        source, corrections = corrected_source(source)
+        staging = create_staging(output)
+        try:
+            manifest, results = _build_into(
+                staging.folder, config, source, previous, report, corrections
+            )
+            commit(staging)
+        except BaseException:
+            discard(staging)
+            raise
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     return BuildResult(output, manifest, tuple(results), time.perf_counter() - started, size, stale)
 
@@ -554,7 +556,12 @@ def _manifest(
         source=Source(
             path_or_id=source.path_or_id,
             revision=source.revision,
-            content_sha256=hasher.folders((*hashed, "model_index.json")),
+            content_sha256=(
+                source.single_file["sha256"]  # the file, not the folder converted from it
+                if source.single_file
+                else hasher.folders((*hashed, "model_index.json"))
+            ),
+            single_file=source.single_file,
         ),
         family=source.family,
         prediction_type=source.prediction_type,
