@@ -1,0 +1,110 @@
+"""``sdrt build FILE.safetensors|.ckpt`` builds, offline, the folder a build of the same
+weights from their diffusers folder gives: the same ONNX graphs bit for bit, the same images.
+
+The files are made by ``sdrt init-model tiny --single-file`` with the seed of the
+``tiny_source`` fixture, so they hold its weights.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
+
+import sdrt
+from sdrt import cli
+from sdrt.manifest import read_manifest, sha256_file
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+# sdrt against diffusers' from_single_file pipeline: float32 rounding only, as in
+# tests/test_pipeline_parity.py (worst measured there 5.3e-6).
+MAX_IMAGE_DIFF = 1e-4
+PROMPT = "a red fox in the snow"
+SETTINGS = dict(num_inference_steps=3, guidance_scale=7.5, output_type="np")
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError(f"network connection attempted: {args}")
+
+
+def _made_and_built(tmp_path_factory, suffix: str):
+    """init-model --single-file, then build the file, both through the CLI and offline."""
+    root = tmp_path_factory.mktemp(f"single-{suffix[1:]}")
+    file = root / f"tiny{suffix}"
+    out = root / "built"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(socket.socket, "connect", _refuse)
+        patch.setattr(socket, "create_connection", _refuse)
+        assert cli.main(["init-model", "tiny", "--random-weights", str(file), "--single-file"]) == 0
+        sizes = ["--min-size", str(TINY_MIN_SIZE), "--max-size", str(TINY_MAX_SIZE)]
+        assert cli.main(["build", str(file), "-o", str(out), *sizes]) == 0
+    return file, out
+
+
+@pytest.fixture(scope="module")
+def safetensors_built(tmp_path_factory):
+    return _made_and_built(tmp_path_factory, ".safetensors")
+
+
+@pytest.fixture(scope="module")
+def ckpt_built(tmp_path_factory):
+    return _made_and_built(tmp_path_factory, ".ckpt")
+
+
+def _graph_hashes(folder) -> dict[str, str]:
+    return {name: c.sha256 for name, c in read_manifest(folder).components.items()}
+
+
+def _latents():
+    return np.random.default_rng(1).standard_normal((1, 4, 8, 8), dtype=np.float32)
+
+
+def test_same_graphs_as_the_diffusers_folder_build(safetensors_built, tiny_built):
+    assert _graph_hashes(safetensors_built[1]) == _graph_hashes(tiny_built)
+
+
+def test_ckpt_builds_the_same_graphs(ckpt_built, tiny_built):
+    assert _graph_hashes(ckpt_built[1]) == _graph_hashes(tiny_built)
+
+
+def test_same_images_as_the_diffusers_folder_build(safetensors_built, tiny_built):
+    ours = sdrt.Pipeline.load(safetensors_built[1])(PROMPT, latents=_latents(), **SETTINGS)
+    folder = sdrt.Pipeline.load(tiny_built)(PROMPT, latents=_latents(), **SETTINGS)
+    assert np.array_equal(ours.images, folder.images)
+
+
+def test_images_match_diffusers_from_single_file(safetensors_built, tiny_source):
+    file, built = safetensors_built
+    reference = diffusers.StableDiffusionPipeline.from_single_file(
+        str(file), config=str(tiny_source), local_files_only=True, safety_checker=None
+    )
+    reference.set_progress_bar_config(disable=True)
+    theirs = reference(PROMPT, latents=torch.from_numpy(_latents()), **SETTINGS).images
+    ours = sdrt.Pipeline.load(built)(PROMPT, latents=_latents(), **SETTINGS).images
+    assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
+
+
+def test_manifest_records_the_file(safetensors_built, capsys):
+    file, built = safetensors_built
+    source = read_manifest(built).source
+    assert source.path_or_id == str(file.resolve())
+    assert source.content_sha256 == sha256_file(file)
+    record = source.single_file
+    assert (record["family"], record["config"], record["config_chosen"]) == (
+        "sd1",
+        "tiny",
+        "detected",
+    )
+    assert (record["tokenizer"], record["prediction_type"]) == ("sdrt-clip-bpe", "epsilon")
+    assert cli.main(["info", str(built)]) == 0
+    assert str(file.resolve()) in capsys.readouterr().out
+
+
+def test_no_temporary_folder_is_left(safetensors_built):
+    file, built = safetensors_built
+    assert sorted(p.name for p in built.parent.iterdir()) == sorted(["built", file.name])
