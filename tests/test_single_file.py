@@ -293,3 +293,49 @@ def test_load_checkpoint_unwraps_state_dict(tiny_file, tmp_path):
     checkpoint = load_checkpoint(nested)
     assert set(checkpoint.tensors) == set(tensors)
     assert checkpoint.metadata == {"x": "y"}
+
+
+def test_tokenizer_from_the_hub_cache_without_network(
+    tiny_source, tmp_path, monkeypatch, no_network
+):
+    """A file sdrt did not write (no header) takes the published tokenizer from the cache."""
+    import huggingface_hub.constants
+    from sdrt.export.single_file import HUB_TOKENIZERS, _write_tokenizers
+
+    cache = tmp_path / "hub"
+    repo, subfolder = HUB_TOKENIZERS["sd15"]["tokenizer"]
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text("0" * 40)
+    snapshot = repo_dir / "snapshots" / ("0" * 40) / subfolder
+    snapshot.mkdir(parents=True)
+    for file in ("vocab.json", "merges.txt"):
+        (snapshot / file).write_bytes((tiny_source / "tokenizer" / file).read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    checkpoint = Checkpoint(path="real.safetensors", tensors={}, metadata={})
+    used = _write_tokenizers("sd15", checkpoint, tmp_path / "folder")
+    assert used == f"hub-cache:{repo}/{subfolder}"
+    for file in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "folder" / "tokenizer" / file).read_bytes() == (
+            tiny_source / "tokenizer" / file
+        ).read_bytes()
+
+
+def test_fp16_file_converts_to_its_float32_values(tiny_source, tiny_file, tmp_path, no_network):
+    """Most published files are fp16: each weight is its fp16 value, held in float32."""
+    from safetensors.torch import load_file, save_file
+
+    half = tmp_path / "half.safetensors"
+    save_file(
+        {k: v.half() for k, v in load_file(tiny_file).items()},
+        half,
+        metadata={TOKENIZER_KEY: LOCAL_TOKENIZER},
+    )
+    convert_to_folder(half, SingleFileOptions(), tmp_path / "converted")
+    _, ours, _ = component_state_dicts(tmp_path / "converted")
+    _, theirs, _ = component_state_dicts(tiny_source)
+    for name in theirs:
+        rounded = {k: v.half().float() for k, v in theirs[name].items() if v.is_floating_point()}
+        floats = {k: v for k, v in ours[name].items() if k in rounded}
+        assert all(v.dtype == torch.float32 for v in floats.values())
+        _assert_same_tensors(floats, rounded, name)

@@ -102,9 +102,83 @@ def test_manifest_records_the_file(safetensors_built, capsys):
     )
     assert (record["tokenizer"], record["prediction_type"]) == ("sdrt-clip-bpe", "epsilon")
     assert cli.main(["info", str(built)]) == 0
-    assert str(file.resolve()) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert str(file.resolve()) in out
+    assert "single file    ldm layout, sd1; configs from architecture tiny (detected)" in out
 
 
 def test_no_temporary_folder_is_left(safetensors_built):
     file, built = safetensors_built
     assert sorted(p.name for p in built.parent.iterdir()) == sorted(["built", file.name])
+
+
+# ---------------------------------------------------------------------------- SD 2.x layout
+
+
+@pytest.fixture(scope="module")
+def sd2_like(tiny_source, tmp_path_factory):
+    """The tiny weights as an SD 2.x pipeline (OpenCLIP-style gelu text encoder, SD 2.1's
+    v-prediction DDIM scheduler), its single file in the SD 2.x layout (text encoder under
+    cond_stage_model.model.), and that file built with --config FOLDER, offline."""
+    import json
+    import shutil
+
+    from sdrt.export.architectures import SD21_SCHEDULER
+    from sdrt.export.single_file_writer import write_single_file
+
+    root = tmp_path_factory.mktemp("sd2-like")
+    folder = root / "folder"
+    shutil.copytree(tiny_source, folder)
+    text_config = folder / "text_encoder" / "config.json"
+    text_config.write_text(
+        json.dumps({**json.loads(text_config.read_text()), "hidden_act": "gelu"})
+    )
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(dict(SD21_SCHEDULER)))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(
+        json.dumps({**index, "scheduler": ["diffusers", "DDIMScheduler"]})
+    )
+    file = write_single_file(folder, root / "sd2.safetensors", {})
+    out = root / "built"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(socket.socket, "connect", _refuse)
+        patch.setattr(socket, "create_connection", _refuse)
+        sizes = ["--min-size", str(TINY_MIN_SIZE), "--max-size", str(TINY_MAX_SIZE)]
+        assert cli.main(["build", str(file), "-o", str(out), "--config", str(folder), *sizes]) == 0
+    return folder, file, out
+
+
+def test_sd2_layout_is_detected_and_v_prediction_kept(sd2_like):
+    from safetensors import safe_open
+
+    folder, file, built = sd2_like
+    with safe_open(str(file), framework="pt") as f:
+        assert "cond_stage_model.model.token_embedding.weight" in f.keys()  # noqa: SIM118
+    manifest = read_manifest(built)
+    assert (manifest.family, manifest.prediction_type) == ("sd2", "v_prediction")
+    record = manifest.source.single_file
+    assert (record["family"], record["config_kind"], record["prediction_type_from"]) == (
+        "sd2",
+        "folder",
+        "config",
+    )
+    assert record["tokenizer"] == f"folder:{folder.resolve()}"
+
+
+def test_sd2_images_match_diffusers(sd2_like):
+    folder, file, built = sd2_like
+    reference = diffusers.StableDiffusionPipeline.from_single_file(
+        str(file), config=str(folder), local_files_only=True, safety_checker=None
+    )
+    reference.set_progress_bar_config(disable=True)
+    assert reference.scheduler.config.prediction_type == "v_prediction"
+    theirs = reference(PROMPT, latents=torch.from_numpy(_latents()), **SETTINGS).images
+    ours = sdrt.Pipeline.load(built)(PROMPT, latents=_latents(), **SETTINGS).images
+    assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
+    folder_pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(folder), safety_checker=None
+    )
+    folder_pipe.set_progress_bar_config(disable=True)
+    from_folder = folder_pipe(PROMPT, latents=torch.from_numpy(_latents()), **SETTINGS).images
+    assert float(np.abs(ours - from_folder).max()) <= MAX_IMAGE_DIFF

@@ -92,6 +92,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"model folder   {folder}",
         f"source         {manifest.source.path_or_id}{revision}"
         f"  (content sha256 {manifest.source.content_sha256[:12]})",
+        *_single_file_lines(manifest.source.single_file),
         f"family         {manifest.family}, prediction {manifest.prediction_type}, "
         f"native size {manifest.default_image_size} px",
         f"latents        {manifest.latent_channels} channels, VAE scale {manifest.vae_scale_factor}, "
@@ -103,6 +104,18 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"tokenizers     {', '.join(manifest.tokenizers)}",
         *_correction_lines(manifest),
         "",
+    ]
+
+
+def _single_file_lines(record) -> list[str]:
+    """How a single-file source was read (export/single_file.py's record in sdrt.json)."""
+    if not record:
+        return []
+    return [
+        f"single file    {record.get('layout')} layout, {record.get('family')}; configs from "
+        f"{record.get('config_kind')} {record.get('config')} ({record.get('config_chosen')}), "
+        f"tokenizer {record.get('tokenizer')}, prediction type from "
+        f"{record.get('prediction_type_from')}"
     ]
 
 
