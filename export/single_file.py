@@ -211,7 +211,8 @@ def _expected_shapes(arch: str, vocab_size: int) -> dict[str, tuple[int, ...]]:
 
 
 def _pick_architecture(checkpoint: Checkpoint, family: str) -> str:
-    """The family's architecture whose widths the file has (the header's, if sdrt wrote it)."""
+    """The family's architecture whose widths (U-Net base channels and input channels, text
+    encoder vocabulary and width) the file has; the published one first."""
     tensors = checkpoint.tensors
     vocab = tensors[FAMILY_KEYS[family][0]].shape[0]
     found: dict[str, tuple[int, ...]] = {}

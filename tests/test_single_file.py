@@ -339,3 +339,11 @@ def test_fp16_file_converts_to_its_float32_values(tiny_source, tiny_file, tmp_pa
         floats = {k: v for k, v in ours[name].items() if k in rounded}
         assert all(v.dtype == torch.float32 for v in floats.values())
         _assert_same_tensors(floats, rounded, name)
+
+
+def test_init_model_single_file_needs_a_checkpoint_suffix(tmp_path, capsys):
+    code = cli.main(
+        ["init-model", "tiny", "--random-weights", str(tmp_path / "m.bin"), "--single-file"]
+    )
+    _one_line_error(code, capsys.readouterr().err.strip(), "must end in .safetensors or .ckpt")
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sdrt.export.build import BuildConfig, HeldOutput
 
-HELP = "Export a diffusers Stable Diffusion pipeline (folder or Hub id) to a verified ONNX model folder."
+HELP = (
+    "Export a Stable Diffusion pipeline (diffusers folder, Hub id or single-file checkpoint) "
+    "to a verified ONNX model folder."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
