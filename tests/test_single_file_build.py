@@ -182,3 +182,34 @@ def test_sd2_images_match_diffusers(sd2_like):
     folder_pipe.set_progress_bar_config(disable=True)
     from_folder = folder_pipe(PROMPT, latents=torch.from_numpy(_latents()), **SETTINGS).images
     assert float(np.abs(ours - from_folder).max()) <= MAX_IMAGE_DIFF
+
+
+# ---------------------------------------------------------------------------- SDXL
+
+
+def test_xl_file_builds_to_diffusers_images(tmp_path):
+    """tiny-xl as one file (OpenCLIP bigG layout under conditioner.embedders.1.), built
+    offline with the architecture detected, gives the images of diffusers' XL pipeline on the
+    diffusers folder of the same seed."""
+    from sdrt.export.random_model import init_random_model
+
+    file = tmp_path / "tiny-xl.safetensors"
+    out = tmp_path / "built"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(socket.socket, "connect", _refuse)
+        patch.setattr(socket, "create_connection", _refuse)
+        assert (
+            cli.main(["init-model", "tiny-xl", "--random-weights", str(file), "--single-file"]) == 0
+        )
+        sizes = ["--min-size", "64", "--max-size", "128"]
+        assert cli.main(["build", str(file), "-o", str(out), *sizes]) == 0
+    manifest = read_manifest(out)
+    assert manifest.family == "sdxl"
+    assert manifest.source.single_file["config"] == "tiny-xl"
+    folder = init_random_model("tiny-xl", tmp_path / "folder", seed=0)
+    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(str(folder))
+    reference.set_progress_bar_config(disable=True)
+    theirs = reference(PROMPT, latents=torch.from_numpy(_latents()), **SETTINGS).images
+    ours = sdrt.Pipeline.load(out)(PROMPT, latents=_latents(), **SETTINGS).images
+    assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
