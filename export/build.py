@@ -14,6 +14,7 @@ the partial folders that killed builds of the same output left (``staging``).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -32,12 +33,13 @@ from sdrt.export.components import (
     unet_upsampling_factor,
 )
 from sdrt.export.output_lock import lock_output
+from sdrt.export.scheduler_corrections import corrected_source, write_corrected_configs
+from sdrt.export.single_file import SingleFileOptions, open_source
 from sdrt.export.source import (
     COPIED_FOLDERS,
     MODEL_FOLDERS,
     FolderHasher,
     SourceModel,
-    resolve_source,
 )
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
 
@@ -48,6 +50,7 @@ from sdrt.manifest import (
     PRECISIONS,
     BuildOptions,
     Component,
+    ConfigCorrection,
     Manifest,
     Source,
     TensorSpec,
@@ -84,6 +87,7 @@ class BuildConfig:
     opset: int = 17
     force: bool = False
     revision: str | None = None
+    single_file: SingleFileOptions = SingleFileOptions()  # for .safetensors/.ckpt sources
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -175,14 +179,17 @@ def build_held(
     output = config.output
     stale = tuple(remove_stale(output)) if held.locked else ()
     previous = _check_output(output, force=config.force)
-    source = resolve_source(config.source, config.revision)
-    staging = create_staging(output)
-    try:
-        manifest, results = _build_into(staging.folder, config, source, previous, report)
-        commit(staging)
-    except BaseException:
-        discard(staging)
-        raise
+    with open_source(config.source, config.revision, config.single_file, output) as source:
+        source, corrections = corrected_source(source)
+        staging = create_staging(output)
+        try:
+            manifest, results = _build_into(
+                staging.folder, config, source, previous, report, corrections
+            )
+            commit(staging)
+        except BaseException:
+            discard(staging)
+            raise
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     return BuildResult(output, manifest, tuple(results), time.perf_counter() - started, size, stale)
 
@@ -193,6 +200,7 @@ def _build_into(
     source: SourceModel,
     previous: Manifest | None,
     report: ProgressCallback,
+    corrections: tuple[ConfigCorrection, ...] = (),
 ) -> tuple[Manifest, list[ComponentResult]]:
     output = config.output
     report("source", "hashing")
@@ -228,7 +236,9 @@ def _build_into(
             report=report,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
+    manifest = dataclasses.replace(manifest, config_corrections=corrections)
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
@@ -546,7 +556,12 @@ def _manifest(
         source=Source(
             path_or_id=source.path_or_id,
             revision=source.revision,
-            content_sha256=hasher.folders((*hashed, "model_index.json")),
+            content_sha256=(
+                source.single_file["sha256"]  # the file, not the folder converted from it
+                if source.single_file
+                else hasher.folders((*hashed, "model_index.json"))
+            ),
+            single_file=source.single_file,
         ),
         family=source.family,
         prediction_type=source.prediction_type,

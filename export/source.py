@@ -37,6 +37,8 @@ class SourceModel:
     model_index: Mapping[str, Any]
     configs: Mapping[str, Mapping[str, Any]]  # folder name -> config.json (and "scheduler")
     text_encoder_classes: Mapping[str, str]  # "text_encoder"(, "text_encoder_2") -> class name
+    # A single-file source converted into ``folder``: what export/single_file.py recorded.
+    single_file: Mapping[str, Any] | None = None
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
@@ -72,7 +74,10 @@ def resolve_source(path_or_id: str, revision: str | None = None) -> SourceModel:
     path = Path(path_or_id).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise InputError(f"source {path_or_id!r} is a file; expected a diffusers folder")
+            raise InputError(
+                f"source {path_or_id!r} is a file; expected a diffusers folder or a "
+                "single-file checkpoint (.safetensors, .ckpt)"
+            )
         return inspect_folder(path.resolve(), str(path.resolve()), revision)
     if not looks_like_hub_id(path_or_id):
         raise InputError(f"source {path_or_id!r} does not exist")

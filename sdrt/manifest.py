@@ -94,6 +94,21 @@ class Source:
     path_or_id: str
     revision: str | None
     content_sha256: str
+    # For a single-file checkpoint: how it was read (layout, detected family, where the
+    # configs and tokenizers came from, the prediction type and why); None for a folder.
+    single_file: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ConfigCorrection:
+    """One rewrite of an outdated config that diffusers' pipelines make on load, made at build."""
+
+    component: str  # "scheduler" or "unet": the config file it was made in
+    key: str
+    old: Any  # as the source file has it; None where the key is absent
+    old_effective: Any  # what diffusers read (the class default where the key is absent)
+    new: Any
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,7 @@ class Manifest:
     # "requires_aesthetics_score", "addition_time_embed_dim"; SD: "requires_safety_checker").
     family_options: Mapping[str, Any] = field(default_factory=dict)
     engines: tuple[Engine, ...] = ()
+    config_corrections: tuple[ConfigCorrection, ...] = ()
     format_version: int = FORMAT_VERSION
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
 
@@ -369,6 +385,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             s.get("path_or_id", str),
             s.get("revision", str, optional=True),
             s.get("content_sha256", str),
+            single_file=_optional_mapping(s, "single_file"),
         ),
         family=r.choice("family", FAMILIES),
         prediction_type=r.choice("prediction_type", PREDICTION_TYPES),
@@ -387,6 +404,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             _engine(i, _Reader(e, f"{where}.engines[{i}]"))
             for i, e in enumerate(r.get("engines", list, optional=True, default=[]))
         ),
+        config_corrections=_config_corrections(r),
         adoption=_adoption(r.sub("adoption", optional=True)),
     )
 
@@ -424,6 +442,28 @@ def _strings(values: list, where: str) -> list[str]:
     if not all(isinstance(v, str) for v in values):
         raise ModelFolderError(f"{where}: expected a list of strings, got {values!r}")
     return values
+
+
+def _optional_mapping(r: _Reader, key: str) -> dict[str, Any] | None:
+    value = r.get(key, Mapping, optional=True)
+    return None if value is None else dict(value)
+
+
+def _config_corrections(r: _Reader) -> tuple[ConfigCorrection, ...]:
+    corrections = []
+    for i, value in enumerate(r.get("config_corrections", list, optional=True, default=[])):
+        c = _Reader(value, f"{r.where}.config_corrections[{i}]")
+        corrections.append(
+            ConfigCorrection(
+                component=c.get("component", str),
+                key=c.get("key", str),
+                old=c.data.get("old"),
+                old_effective=c.data.get("old_effective"),
+                new=c.data.get("new"),
+                reason=c.get("reason", str),
+            )
+        )
+    return tuple(corrections)
 
 
 def _build_options(b: _Reader) -> BuildOptions:

@@ -14,14 +14,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sdrt.export.build import BuildConfig, HeldOutput
 
-HELP = "Export a diffusers Stable Diffusion pipeline (folder or Hub id) to a verified ONNX model folder."
+HELP = (
+    "Export a Stable Diffusion pipeline (diffusers folder, Hub id or single-file checkpoint) "
+    "to a verified ONNX model folder."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
         metavar="SOURCE",
-        help="a local diffusers folder or a Hub id; an ONNX folder (exported by Optimum) is "
+        help="a local diffusers folder, a Hub id, or a single-file checkpoint (.safetensors, "
+        ".ckpt) in the original LDM/A1111 layout; an ONNX folder (exported by Optimum) is "
         "adopted as `sdrt adopt SOURCE -o OUTPUT` does",
     )
     parser.add_argument(
@@ -42,6 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=4, help="most images per call")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (14..20)")
     parser.add_argument("--revision", default=None, help="Hub revision of SOURCE")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="single-file SOURCE: its architecture (sd15, sd21, sdxl, tiny, tiny-xl, ...) or a "
+        "local diffusers folder with its configs and tokenizer (default: detected from the keys)",
+    )
+    parser.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction", "sample"),
+        default=None,
+        help="single-file SOURCE: override the config's (e.g. epsilon for SD 2.x base files)",
+    )
     parser.add_argument(
         "--force", action="store_true", help="replace OUT (unchanged components are reused)"
     )
@@ -89,6 +105,7 @@ def _sigterm_raises() -> Iterator[None]:
 
 def _run(args: argparse.Namespace) -> int:
     from sdrt.export.build import BuildConfig, hold_output
+    from sdrt.export.single_file import SingleFileOptions
 
     if _is_onnx_folder(args.source):  # exported elsewhere (Optimum): adopt, don't export
         return _adopt(args)
@@ -104,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         opset=args.opset,
         force=args.force,
         revision=args.revision,
+        single_file=SingleFileOptions(config=args.config, prediction_type=args.prediction_type),
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT

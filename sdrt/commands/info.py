@@ -9,6 +9,7 @@ Without it, only the files' presence and sizes are looked at.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"model folder   {folder}",
         f"source         {manifest.source.path_or_id}{revision}"
         f"  (content sha256 {manifest.source.content_sha256[:12]})",
+        *_single_file_lines(manifest.source.single_file),
         f"family         {manifest.family}, prediction {manifest.prediction_type}, "
         f"native size {manifest.default_image_size} px",
         f"latents        {manifest.latent_channels} channels, VAE scale {manifest.vae_scale_factor}, "
@@ -101,6 +103,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
         f"tokenizers     {', '.join(manifest.tokenizers)}",
         *_adoption_lines(manifest.adoption),
+        *_correction_lines(manifest),
         "",
     ]
 
@@ -116,6 +119,32 @@ def _adoption_lines(adoption) -> list[str]:
         f"I/O, one finite forward pass each ({passes}); not verified against PyTorch"
     ]
     return lines + [f"note           {note}" for note in adoption.notes]
+def _single_file_lines(record) -> list[str]:
+    """How a single-file source was read (export/single_file.py's record in sdrt.json)."""
+    if not record:
+        return []
+    return [
+        f"single file    {record.get('layout')} layout, {record.get('family')}; configs from "
+        f"{record.get('config_kind')} {record.get('config')} ({record.get('config_chosen')}), "
+        f"tokenizer {record.get('tokenizer')}, prediction type from "
+        f"{record.get('prediction_type_from')}"
+    ]
+
+
+def _correction_lines(manifest) -> list[str]:
+    """The outdated-config rewrites the build made as diffusers' pipelines do (sdrt.json)."""
+    if not manifest.config_corrections:
+        return ["corrections    none (the configs are as the source wrote them)"]
+    lines = []
+    for n, c in enumerate(manifest.config_corrections):
+        old = "absent" if c.old is None else json.dumps(c.old)
+        if c.old is None:
+            old += f" (default {json.dumps(c.old_effective)})"
+        label = "corrections" if n == 0 else ""
+        lines.append(
+            f"{label:15s}{c.component} {c.key}: {old} -> {json.dumps(c.new)}  ({c.reason})"
+        )
+    return lines
 
 
 def _component_rows(folder: Path, manifest) -> list[tuple[str, ...]]:

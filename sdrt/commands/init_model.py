@@ -1,5 +1,8 @@
 """``sdrt init-model ARCH --random-weights OUT_DIR``: a real SD architecture with random weights.
 
+``--single-file`` writes the same model as one checkpoint in the original LDM/A1111 layout
+(``OUT.safetensors`` or ``OUT.ckpt``), what ``sdrt build`` takes as a single-file source.
+
 Weights cannot be downloaded on our machines, so ``--random-weights`` is required for now.
 The architecture catalogue is plain dicts (no torch); torch and diffusers load only in ``run``.
 """
@@ -28,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the random weights (default 0)"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument(
+        "--single-file",
+        action="store_true",
+        help="write one checkpoint file in the original LDM/A1111 key layout instead of a "
+        "folder: OUT_DIR is then the file, ending in .safetensors or .ckpt",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     import torch  # noqa: F401
 
     from sdrt.export.random_model import init_random_model
+    from sdrt.export.single_file_writer import init_random_single_file
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    init_random_model(
-        args.arch, args.random_weights, seed=args.seed, force=args.force, progress=progress
-    )
+    write = init_random_single_file if args.single_file else init_random_model
+    write(args.arch, args.random_weights, seed=args.seed, force=args.force, progress=progress)
     return 0
