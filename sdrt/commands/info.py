@@ -119,6 +119,8 @@ def _adoption_lines(adoption) -> list[str]:
         f"I/O, one finite forward pass each ({passes}); not verified against PyTorch"
     ]
     return lines + [f"note           {note}" for note in adoption.notes]
+
+
 def _single_file_lines(record) -> list[str]:
     """How a single-file source was read (export/single_file.py's record in sdrt.json)."""
     if not record:
