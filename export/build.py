@@ -209,6 +209,7 @@ def _build_into(
             "opset": config.opset,
             "family": source.family,
             "exporter": EXPORTER_VERSION,
+            "token_embedding_input": name.startswith("text_encoder"),
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -387,7 +388,14 @@ def _export_component(
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
-    from sdrt.export.onnx import ONNX_FILE, cleanup_graph, export_graph, save_graph
+    from sdrt.export.onnx import (
+        EXTERNAL_DATA_FILE,
+        ONNX_FILE,
+        SavedModel,
+        cleanup_graph,
+        export_graph,
+        save_graph,
+    )
     from sdrt.export.verify import (
         THRESHOLDS,
         check_passed,
@@ -422,6 +430,14 @@ def _export_component(
         report(name, "converting to fp16")
         model = convert_to_fp16(model)
         counts["fp16"] = len(model.graph.node)
+    promoted = None
+    if name.startswith("text_encoder"):  # textual inversion feeds it a larger table
+        from sdrt.export.token_embedding_input import promote_token_embedding
+
+        config = source.configs[name]
+        promoted = promote_token_embedding(
+            model, config["vocab_size"], config["hidden_size"], EXTERNAL_DATA_FILE
+        )
     report(name, "saving")
     saved = save_graph(model, staging / name)
     del model
@@ -430,6 +446,12 @@ def _export_component(
     report(name, "verifying")
     verification = compare_with_onnxruntime(saved.onnx_file, references, THRESHOLDS[precision])
     inputs, outputs = _tensor_specs(saved.onnx_file)
+    token_embedding = None
+    if promoted is not None:
+        from sdrt.export.token_embedding_input import token_embedding_record
+
+        token_embedding = token_embedding_record(saved.onnx_file, name)
+        saved = SavedModel(saved.onnx_file, staging / token_embedding.file)
     component = Component(
         name=name,
         file=f"{name}/{ONNX_FILE}",
@@ -447,6 +469,7 @@ def _export_component(
         source_sha256=source_sha256,
         node_counts=counts,
         verification=verification,
+        token_embedding=token_embedding,
     )
     check_passed(name, precision, verification)
     return component

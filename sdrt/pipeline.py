@@ -98,6 +98,7 @@ class Pipeline:
         self.prompt_encoders = _prompt_encoders(manifest, sessions, tokenizers, prompt_cache_size)
         self.prompt_encoder = self.prompt_encoders[0]
         self.is_xl = manifest.family == "sdxl"
+        self._adapters_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ load
 
@@ -160,6 +161,34 @@ class Pipeline:
                     )
                 )
             return self._sessions[name]
+
+    # ------------------------------------------------------------------------------ adapters
+
+    def load_textual_inversion(
+        self,
+        pretrained_model_name_or_path,
+        token: str | list[str] | None = None,
+        *,
+        weight_name: str | None = None,
+        text_encoder: str = "text_encoder",
+    ) -> None:
+        """Add textual-inversion tokens, as diffusers' ``load_textual_inversion``: a file (or
+        folder, or list of them; or a loaded dict / array) of diffusers, A1111 or SDXL
+        (clip_l + clip_g) embeddings; ``token`` overrides the file's own. ``text_encoder``
+        names the encoder a single embedding is for (diffusers passes the module). Calls in
+        flight keep the tokens they started with; an error changes nothing."""
+        from sdrt.adapters.embedding_tables import with_embeddings
+        from sdrt.adapters.textual_inversion import read_textual_inversions
+
+        embeddings = read_textual_inversions(
+            pretrained_model_name_or_path, token, encoder=text_encoder, weight_name=weight_name
+        )
+        names = [n for n in TEXT_ENCODERS if n in self.manifest.components]
+        with self._adapters_lock:
+            current = dict(zip(names, self.prompt_encoders, strict=True))
+            encoders = with_embeddings(self.folder, self.manifest.components, current, embeddings)
+            self.prompt_encoders = tuple(encoders[n] for n in names)
+            self.prompt_encoder = self.prompt_encoders[0]
 
     # ------------------------------------------------------------------------------ call
 

@@ -148,10 +148,21 @@ def _bpe_from_vocab_and_merges(folder: Path, special: SpecialTokens) -> Tokenize
 class ClipTokenizer:
     """Prompts -> (batch, max_length) token ids, padded and truncated as diffusers does."""
 
-    def __init__(self, tokenizer: Tokenizer, special: SpecialTokens, max_length: int, where: str):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        special: SpecialTokens,
+        max_length: int,
+        where: str,
+        added_tokens: tuple[str, ...] = (),
+    ):
         self._tokenizer = tokenizer
         self.max_length = max_length
         self.special = special
+        self.where = where
+        # Tokens added by textual inversion (as transformers' add_tokens adds them).
+        self.added_tokens = added_tokens
+        self._added = set(added_tokens)
         self.bos_id = self._id(special.bos, "bos", where)
         self.eos_id = self._id(special.eos, "eos", where)
         self.pad_id = self._id(special.pad, "pad", where)
@@ -184,6 +195,36 @@ class ClipTokenizer:
         tokenizer.no_truncation()
         return cls(tokenizer, special, max_length, str(folder))
 
+    def vocabulary(self) -> set[str]:
+        """Every token the tokenizer knows, added ones included (transformers' get_vocab)."""
+        return set(self._tokenizer.get_vocab(with_added_tokens=True))
+
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    def with_added_tokens(self, tokens: list[str]) -> ClipTokenizer:
+        """A copy with ``tokens`` added as transformers' ``CLIPTokenizer.add_tokens`` adds
+        them (normalized, not special: matched in the lower-cased text), ids in order after
+        the vocabulary; this tokenizer is unchanged."""
+        copy = Tokenizer.from_str(self._tokenizer.to_str())
+        copy.add_tokens(list(tokens))
+        return ClipTokenizer(
+            copy, self.special, self.max_length, self.where, self.added_tokens + tuple(tokens)
+        )
+
+    def convert_prompt(self, prompt: str) -> str:
+        """diffusers' ``maybe_convert_prompt``: a multi-vector token named in ``prompt`` is
+        expanded to all its tokens (``<cat>`` -> ``<cat> <cat>_1``)."""
+        if not self._added:
+            return prompt
+        from sdrt.adapters.textual_inversion import convert_prompt
+
+        tokens = self._tokenizer.encode(prompt, add_special_tokens=False).tokens
+        return convert_prompt(prompt, tokens, self._added)
+
     def text_ids(self, prompt: str) -> list[int]:
         """The prompt's ids without special tokens, untruncated."""
         return self._tokenizer.encode(prompt, add_special_tokens=False).ids
@@ -197,7 +238,7 @@ class ClipTokenizer:
         for prompt in prompts:
             if not isinstance(prompt, str):
                 raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
-            ids = self.text_ids(prompt)
+            ids = self.text_ids(self.convert_prompt(prompt))
             if len(ids) > room:
                 dropped = len(ids) - room
                 warnings.warn(

@@ -61,6 +61,7 @@ class OrtSession:
         folder = Path(folder)
         self.name = component.name
         self.inputs = component.inputs
+        self.optional_inputs = component.optional_inputs
         self.outputs = component.outputs
         self.options = options
         source = folder / component.file
@@ -98,7 +99,7 @@ class OrtSession:
         return target
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        check_feeds(self.name, self.inputs, feeds)
+        check_feeds(self.name, self.inputs, feeds, self.optional_inputs)
         try:
             values = self._session.run(self._output_names, dict(feeds))
         except RUN_ERRORS as e:
