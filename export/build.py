@@ -14,6 +14,7 @@ the partial folders that killed builds of the same output left (``staging``).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -41,12 +42,14 @@ from sdrt.export.source import (
 )
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
 
+from sdrt.adapters.options import EmbeddingOption, LoraOption
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
     MANIFEST_NAME,
     PRECISIONS,
     BuildOptions,
+    BuiltAdapter,
     Component,
     Manifest,
     Source,
@@ -63,6 +66,7 @@ MIN_OPSET, MAX_OPSET = 14, 20
 SIZE_STEP = 8  # every SD VAE scales by 8; sizes are checked against the model's own later
 TRACE_SEED = 0
 COMPONENT_CONFIG = "config.json"
+ADAPTERS_SCRATCH = ".adapters"  # inside the staging folder: the source with adapters applied
 
 ProgressCallback = Callable[[str, str], None]  # (component, what is happening)
 
@@ -84,9 +88,17 @@ class BuildConfig:
     opset: int = 17
     force: bool = False
     revision: str | None = None
+    # fused / added into the source before export (export/build_adapters.py), in order
+    loras: tuple[LoraOption, ...] = ()
+    embeddings: tuple[EmbeddingOption, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "loras", tuple(self.loras))
+        object.__setattr__(self, "embeddings", tuple(self.embeddings))
+        for option in (*self.loras, *self.embeddings):
+            if not Path(option.path).is_file():
+                raise InputError(f"adapter file {str(option.path)!r} does not exist")
         if self.output.name in ("", ".."):
             raise InputError(
                 f"output must name the folder to write (e.g. out/sd15), got {str(self.output)!r}"
@@ -178,7 +190,17 @@ def build_held(
     source = resolve_source(config.source, config.revision)
     staging = create_staging(output)
     try:
-        manifest, results = _build_into(staging.folder, config, source, previous, report)
+        adapters = ()
+        if config.loras or config.embeddings:
+            from sdrt.export.build_adapters import apply_adapters
+
+            report("source", "applying adapters")
+            scratch = staging.folder / ADAPTERS_SCRATCH
+            source, adapters = apply_adapters(source, config.loras, config.embeddings, scratch)
+        manifest, results = _build_into(
+            staging.folder, config, source, previous, report, adapters=adapters
+        )
+        shutil.rmtree(staging.folder / ADAPTERS_SCRATCH, ignore_errors=True)
         commit(staging)
     except BaseException:
         discard(staging)
@@ -193,6 +215,7 @@ def _build_into(
     source: SourceModel,
     previous: Manifest | None,
     report: ProgressCallback,
+    adapters: tuple[BuiltAdapter, ...] = (),
 ) -> tuple[Manifest, list[ComponentResult]]:
     output = config.output
     report("source", "hashing")
@@ -230,6 +253,7 @@ def _build_into(
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     manifest = _manifest(config, source, hasher, results, cases, precisions)
+    manifest = dataclasses.replace(manifest, adapters=adapters)
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again

@@ -142,7 +142,25 @@ def _bpe_from_vocab_and_merges(folder: Path, special: SpecialTokens) -> Tokenize
         t for t in dict.fromkeys([special.bos, special.eos, special.unk, special.pad]) if t in vocab
     ]
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+    _add_saved_tokens(tokenizer, folder)
     return tokenizer
+
+
+def _add_saved_tokens(tokenizer: Tokenizer, folder: Path) -> None:
+    """transformers' older files keep added tokens (textual inversion's) in added_tokens.json."""
+    path = folder / "added_tokens.json"
+    if not path.is_file():
+        return
+    saved = _read_json(path)
+    for token, token_id in sorted(saved.items(), key=lambda item: item[1]):
+        if tokenizer.token_to_id(token) is not None:
+            continue  # a special token already registered
+        tokenizer.add_tokens([token])
+        if tokenizer.token_to_id(token) != token_id:
+            raise ModelFolderError(
+                f"{path}: token {token!r} has id {token_id}, expected the next free id "
+                f"{tokenizer.token_to_id(token)}"
+            )
 
 
 class ClipTokenizer:
@@ -193,7 +211,10 @@ class ClipTokenizer:
         # Padding and truncation are done here, explicitly, not by the file's settings.
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        return cls(tokenizer, special, max_length, str(folder))
+        # Non-special added tokens are textual-inversion tokens (sdrt build --embedding).
+        added = tokenizer.get_added_tokens_decoder()
+        textual = tuple(added[i].content for i in sorted(added) if not added[i].special)
+        return cls(tokenizer, special, max_length, str(folder), textual)
 
     def vocabulary(self) -> set[str]:
         """Every token the tokenizer knows, added ones included (transformers' get_vocab)."""

@@ -100,8 +100,19 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
         f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
         f"tokenizers     {', '.join(manifest.tokenizers)}",
+        *_adapter_lines(manifest),
         "",
     ]
+
+
+def _adapter_lines(manifest) -> list[str]:
+    """Adapters applied at build time (sdrt build --lora / --embedding), in order."""
+    lines = []
+    for a in manifest.adapters:
+        what = f"LoRA fused at scale {a.scale:g}" if a.kind == "lora" else "embedding"
+        tokens = f", tokens {' '.join(a.tokens)}" if a.tokens else ""
+        lines.append(f"adapter        {what}: {a.file} (sha256 {a.sha256[:12]}){tokens}")
+    return lines
 
 
 def _component_rows(folder: Path, manifest) -> list[tuple[str, ...]]:
