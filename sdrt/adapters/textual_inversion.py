@@ -182,8 +182,9 @@ def enlarged_table(table: np.ndarray, ids: Sequence[int], vectors: np.ndarray) -
     """A copy of the token-embedding ``table`` with ``vectors`` as the rows of ``ids`` (rows
     added where an id is past its end), in the table's dtype."""
     rows = max(len(table), max(ids) + 1)
-    out = np.zeros((rows, table.shape[1]), dtype=table.dtype)
+    out = np.empty((rows, table.shape[1]), dtype=table.dtype)
     out[: len(table)] = table
+    out[len(table) :] = 0
     out[np.asarray(ids)] = vectors.astype(table.dtype)
     return out
 

@@ -72,6 +72,9 @@ class OrtSession:
         try:
             self.model_path = self._model_to_load(folder, component, source)
             so = session_options(options, component.name)
+            if component.token_embedding is not None:
+                # ORT warns on every load that an overridable table is not folded: it is meant so
+                so.log_severity_level = 3
             if self.model_path != source:
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             self._session = ort.InferenceSession(
