@@ -233,3 +233,19 @@ def test_torch_files_read_as_torch_reads_them(tmp_path):
     assert got["ids"].dtype == np.int64 and got["ids"].tolist() == [3, 1, 2]
     np.testing.assert_array_equal(got["nested"][0]["x"], base[2].numpy())
     assert got["nested"][1:] == ["text", 7]
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
+    path = tmp_path / "short.pt"
+    torch.save({"x": torch.zeros(4), "s": torch.tensor(1.5)}, path)
+    got = read_tensor_file(path)
+    assert got["s"].shape == () and float(got["s"]) == 1.5
+    with zipfile.ZipFile(path) as archive:
+        entries = {n: archive.read(n) for n in archive.namelist()}
+    storage = next(n for n in entries if "/data/" in n and len(entries[n]) == 16)
+    entries[storage] = entries[storage][:8]  # the (4,) tensor's storage cut to 2 floats
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    with pytest.raises(InputError, match=r"short\.pt.*past its storage"):
+        read_tensor_file(path)

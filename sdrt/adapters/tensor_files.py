@@ -147,7 +147,9 @@ def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     if any(s < 0 for s in size + stride) or offset < 0:
         raise pickle.UnpicklingError("a tensor with negative sizes or strides")
-    if size and all(size):
+    if all(size):  # not empty (a scalar reads one element): check the last one is inside
+        if len(stride) != len(size):
+            raise pickle.UnpicklingError("a tensor whose strides do not match its sizes")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= len(flat):
             raise pickle.UnpicklingError("a tensor reaching past its storage")
