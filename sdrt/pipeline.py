@@ -407,10 +407,13 @@ class Pipeline:
 
     def _condition(self, request: Request, stages: StageRecorder) -> _Conditioning:
         """The U-Net's text conditioning: uncond rows first under CFG."""
-        embeddings, pooled = self._prompt_side(request, stages)
+        encoders = self.prompt_encoders  # one set for the call, whatever loads meanwhile
+        embeddings, pooled = self._prompt_side(request, stages, encoders)
         xp = namespace_of(embeddings)
         if request.do_classifier_free_guidance:
-            uncond, uncond_pooled = self._negative_side(request, embeddings, pooled, stages)
+            uncond, uncond_pooled = self._negative_side(
+                request, embeddings, pooled, stages, encoders
+            )
             xp = namespace_of(uncond)  # the session's, where the negative was encoded
             embeddings = xp.concatenate([uncond, xp.asarray(embeddings)], axis=0)
             if pooled is not None:
@@ -425,13 +428,13 @@ class Pipeline:
             },
         )
 
-    def _prompt_side(self, request: Request, stages: StageRecorder):
+    def _prompt_side(self, request: Request, stages: StageRecorder, encoders):
         """(embeddings, pooled or None) of the prompts: given, or encoded."""
         if request.prompt_embeds is None:
-            return self._encode_prompts(request.prompts, stages)
+            return self._encode_prompts(request.prompts, stages, encoders)
         return _as_float32(request.prompt_embeds), _as_float32(request.pooled_prompt_embeds)
 
-    def _negative_side(self, request: Request, embeddings, pooled, stages: StageRecorder):
+    def _negative_side(self, request: Request, embeddings, pooled, stages: StageRecorder, encoders):
         """(embeddings, pooled or None) of the negative prompts: given, zeros (SDXL without
         a negative prompt), or encoded; InputError where they cannot join the prompts'."""
         xp = namespace_of(embeddings)
@@ -445,7 +448,7 @@ class Pipeline:
         )
         if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
             return xp.zeros_like(embeddings), None if pooled is None else xp.zeros_like(pooled)
-        uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages)
+        uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages, encoders)
         if uncond.shape != embeddings.shape:  # given prompt_embeds of another token count
             raise InputError(
                 f"prompt_embeds: expected the shape of the encoded negative prompts, "
@@ -477,10 +480,12 @@ class Pipeline:
             condition = xp.concatenate([condition, condition], axis=0)
         return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
 
-    def _encode_prompts(self, prompts: tuple[str, ...], stages: StageRecorder | None):
+    def _encode_prompts(
+        self, prompts: tuple[str, ...], stages: StageRecorder | None, encoders=None
+    ):
         """(hidden states, pooled or None): the encoders' states joined on the last axis."""
         hidden, pooled = [], None
-        for encoder in self.prompt_encoders:
+        for encoder in encoders or self.prompt_encoders:
             states, pooled_states = encoder.encode_with_pooled(list(prompts), stages)
             hidden.append(states)
             pooled = pooled_states if pooled_states is not None else pooled

@@ -28,6 +28,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 MAX_IMAGE_DIFF = 2 / 255
 # A token's embedding must move the image by more than this, or the test proves nothing.
 MIN_TOKEN_EFFECT = 1e-2
+# The same call twice on one pipeline: the same image but for kernel threading's rounding.
+SAME_IMAGE = 1e-6
 STEPS = 3
 WIDTH = 32  # the tiny text encoder's hidden size
 PROMPTS_WITH_TOKENS = [
@@ -249,3 +251,25 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
             archive.writestr(name, data)
     with pytest.raises(InputError, match=r"short\.pt.*past its storage"):
         read_tensor_file(path)
+
+
+def test_calls_in_flight_keep_the_tokens_they_started_with(tiny_built, files):
+    """A load while other threads generate: each call's image is the one without the token
+    or the one with it (prompt and negative prompt both name it), never a mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompt, negative = "a <cat> photo", "<cat>, blurry"
+    before = _ours(sdrt.Pipeline.load(tiny_built), prompt, negative)
+    loaded = sdrt.Pipeline.load(tiny_built)
+    loaded.load_textual_inversion(files["cat"])
+    after = _ours(loaded, prompt, negative)
+    pipe = sdrt.Pipeline.load(tiny_built)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(_ours, pipe, prompt, negative) for _ in range(6)]
+        pipe.load_textual_inversion(files["cat"])
+        futures += [pool.submit(_ours, pipe, prompt, negative) for _ in range(2)]
+        images = [f.result() for f in futures]
+    for image in images:
+        assert min(np.abs(image - before).max(), np.abs(image - after).max()) <= SAME_IMAGE
+    assert np.abs(images[-1] - after).max() <= SAME_IMAGE
+    assert np.abs(before - after).max() > MIN_TOKEN_EFFECT
