@@ -273,3 +273,18 @@ def test_calls_in_flight_keep_the_tokens_they_started_with(tiny_built, files):
         assert min(np.abs(image - before).max(), np.abs(image - after).max()) <= SAME_IMAGE
     assert np.abs(images[-1] - after).max() <= SAME_IMAGE
     assert np.abs(before - after).max() > MIN_TOKEN_EFFECT
+
+
+def test_one_tensor_with_a_token_per_row_matches_diffusers(tiny_built, tiny_source, tmp_path):
+    rows = _vectors(2, 9)
+    path = tmp_path / "rows.pt"
+    torch.save(torch.from_numpy(rows), path)
+    ours = sdrt.Pipeline.load(tiny_built)
+    ours.load_textual_inversion(path, token=["<r1>", "<r2>"])
+    assert ours.prompt_encoder.tokenizer.added_tokens == ("<r1>", "<r2>")
+    theirs = _reference(tiny_source)
+    theirs.load_textual_inversion(str(path), token=["<r1>", "<r2>"])
+    prompt = "<r2> and <r1>"
+    assert np.abs(_ours(ours, prompt) - _theirs(theirs, prompt)).max() <= MAX_IMAGE_DIFF
+    with pytest.raises(InputError, match="3 tokens for one file need a bare tensor of 3 rows"):
+        ours.load_textual_inversion(path, token=["<a>", "<b>", "<c>"])

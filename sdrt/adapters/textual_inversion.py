@@ -202,6 +202,8 @@ def read_textual_inversions(
     names = list(tokens) if isinstance(tokens, (list, tuple)) else [tokens]
     if names[0] is None:
         names = names * len(sources)
+    if len(sources) == 1 and len(names) > 1:
+        return _one_tensor_many_tokens(sources[0], names, encoder, weight_name)
     if len(sources) != len(names):
         raise InputError(
             f"You have passed a list of models of length {len(sources)}, and list of tokens of "
@@ -214,3 +216,26 @@ def read_textual_inversions(
     for source, token in zip(sources, names, strict=True):
         embeddings += read_embeddings(source, token, encoder=encoder, weight_name=weight_name)
     return embeddings
+
+
+def _one_tensor_many_tokens(
+    source, names: list, encoder: str, weight_name: str | None
+) -> list[Embedding]:
+    """diffusers' special case: one bare (n, width) tensor and n tokens, a row each."""
+    if isinstance(source, np.ndarray):
+        where, content = "<array>", source
+    else:
+        path = embedding_file(source, weight_name)
+        where, content = str(path), read_tensor_file(path)
+    if not isinstance(content, np.ndarray) or content.ndim != 2 or len(content) != len(names):
+        got = getattr(content, "shape", type(content).__name__)
+        raise InputError(
+            f"{where}: {len(names)} tokens for one file need a bare tensor of {len(names)} "
+            f"rows (one embedding each), got {got}"
+        )
+    if any(t is None for t in names):
+        raise InputError(f"{where}: expected a token for every row, got {names}")
+    return [
+        Embedding(token, _vectors(row, where, token), encoder, where)
+        for token, row in zip(names, content, strict=True)
+    ]
