@@ -288,3 +288,19 @@ def test_one_tensor_with_a_token_per_row_matches_diffusers(tiny_built, tiny_sour
     assert np.abs(_ours(ours, prompt) - _theirs(theirs, prompt)).max() <= MAX_IMAGE_DIFF
     with pytest.raises(InputError, match="3 tokens for one file need a bare tensor of 3 rows"):
         ours.load_textual_inversion(path, token=["<a>", "<b>", "<c>"])
+
+
+def test_a_folder_built_without_the_table_input_says_to_rebuild(tiny_built, files, tmp_path):
+    import json
+    import shutil
+
+    from sdrt.errors import ModelFolderError
+
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_built, folder)
+    manifest = json.loads((folder / "sdrt.json").read_text())
+    del manifest["components"]["text_encoder"]["token_embedding"]  # as sdrt wrote it before
+    (folder / "sdrt.json").write_text(json.dumps(manifest))
+    pipe = sdrt.Pipeline.load(folder)
+    with pytest.raises(ModelFolderError, match="takes no token-embedding table.*rebuild"):
+        pipe.load_textual_inversion(files["cat"])
