@@ -43,12 +43,14 @@ from sdrt.export.source import (
 )
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
 
+from sdrt.adapters.options import EmbeddingOption, LoraOption
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
     MANIFEST_NAME,
     PRECISIONS,
     BuildOptions,
+    BuiltAdapter,
     Component,
     ConfigCorrection,
     Manifest,
@@ -66,6 +68,7 @@ MIN_OPSET, MAX_OPSET = 14, 20
 SIZE_STEP = 8  # every SD VAE scales by 8; sizes are checked against the model's own later
 TRACE_SEED = 0
 COMPONENT_CONFIG = "config.json"
+ADAPTERS_SCRATCH = ".adapters"  # inside the staging folder: the source with adapters applied
 
 ProgressCallback = Callable[[str, str], None]  # (component, what is happening)
 
@@ -88,9 +91,17 @@ class BuildConfig:
     force: bool = False
     revision: str | None = None
     single_file: SingleFileOptions = SingleFileOptions()  # for .safetensors/.ckpt sources
+    # fused / added into the source before export (export/build_adapters.py), in order
+    loras: tuple[LoraOption, ...] = ()
+    embeddings: tuple[EmbeddingOption, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "loras", tuple(self.loras))
+        object.__setattr__(self, "embeddings", tuple(self.embeddings))
+        for option in (*self.loras, *self.embeddings):
+            if not Path(option.path).is_file():
+                raise InputError(f"adapter file {str(option.path)!r} does not exist")
         if self.output.name in ("", ".."):
             raise InputError(
                 f"output must name the folder to write (e.g. out/sd15), got {str(self.output)!r}"
@@ -180,12 +191,21 @@ def build_held(
     stale = tuple(remove_stale(output)) if held.locked else ()
     previous = _check_output(output, force=config.force)
     with open_source(config.source, config.revision, config.single_file, output) as source:
-        source, corrections = corrected_source(source)
         staging = create_staging(output)
         try:
+            adapters = ()
+            if config.loras or config.embeddings:
+                from sdrt.export.build_adapters import apply_adapters
+
+                report("source", "applying adapters")
+                scratch = staging.folder / ADAPTERS_SCRATCH
+                source, adapters = apply_adapters(source, config.loras, config.embeddings, scratch)
+            # After the adapters: their re-read source has the configs as written.
+            source, corrections = corrected_source(source)
             manifest, results = _build_into(
-                staging.folder, config, source, previous, report, corrections
+                staging.folder, config, source, previous, report, corrections, adapters=adapters
             )
+            shutil.rmtree(staging.folder / ADAPTERS_SCRATCH, ignore_errors=True)
             commit(staging)
         except BaseException:
             discard(staging)
@@ -201,6 +221,7 @@ def _build_into(
     previous: Manifest | None,
     report: ProgressCallback,
     corrections: tuple[ConfigCorrection, ...] = (),
+    adapters: tuple[BuiltAdapter, ...] = (),
 ) -> tuple[Manifest, list[ComponentResult]]:
     output = config.output
     report("source", "hashing")
@@ -217,6 +238,7 @@ def _build_into(
             "opset": config.opset,
             "family": source.family,
             "exporter": EXPORTER_VERSION,
+            "token_embedding_input": name.startswith("text_encoder"),
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -238,7 +260,7 @@ def _build_into(
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
-    manifest = dataclasses.replace(manifest, config_corrections=corrections)
+    manifest = dataclasses.replace(manifest, config_corrections=corrections, adapters=adapters)
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
@@ -397,7 +419,14 @@ def _export_component(
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
-    from sdrt.export.onnx import ONNX_FILE, cleanup_graph, export_graph, save_graph
+    from sdrt.export.onnx import (
+        EXTERNAL_DATA_FILE,
+        ONNX_FILE,
+        SavedModel,
+        cleanup_graph,
+        export_graph,
+        save_graph,
+    )
     from sdrt.export.verify import (
         THRESHOLDS,
         check_passed,
@@ -432,6 +461,14 @@ def _export_component(
         report(name, "converting to fp16")
         model = convert_to_fp16(model)
         counts["fp16"] = len(model.graph.node)
+    promoted = None
+    if name.startswith("text_encoder"):  # textual inversion feeds it a larger table
+        from sdrt.export.token_embedding_input import promote_token_embedding
+
+        config = source.configs[name]
+        promoted = promote_token_embedding(
+            model, config["vocab_size"], config["hidden_size"], EXTERNAL_DATA_FILE
+        )
     report(name, "saving")
     saved = save_graph(model, staging / name)
     del model
@@ -440,6 +477,12 @@ def _export_component(
     report(name, "verifying")
     verification = compare_with_onnxruntime(saved.onnx_file, references, THRESHOLDS[precision])
     inputs, outputs = _tensor_specs(saved.onnx_file)
+    token_embedding = None
+    if promoted is not None:
+        from sdrt.export.token_embedding_input import token_embedding_record
+
+        token_embedding = token_embedding_record(saved.onnx_file, name)
+        saved = SavedModel(saved.onnx_file, staging / token_embedding.file)
     component = Component(
         name=name,
         file=f"{name}/{ONNX_FILE}",
@@ -457,6 +500,7 @@ def _export_component(
         source_sha256=source_sha256,
         node_counts=counts,
         verification=verification,
+        token_embedding=token_embedding,
     )
     check_passed(name, precision, verification)
     return component

@@ -55,6 +55,7 @@ EXTRA_MODULES = {
     "transformers": ("export",),
     "accelerate": ("export",),
     "safetensors": ("export",),
+    "peft": ("export",),  # diffusers' LoRA loading (sdrt build --lora)
     "onnx": ("export", "gpu"),
     "onnx_graphsurgeon": ("export",),
     "polygraphy": ("export", "gpu"),

@@ -70,6 +70,35 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class TokenEmbedding:
+    """A text encoder's token-embedding table: an initializer that is also an optional graph
+    input (fed only to override it: textual inversion feeds it enlarged), its values stored
+    raw (little-endian, C order) in the component's external data file at ``offset``."""
+
+    input: str
+    dtype: str
+    shape: tuple[int, int]  # (vocabulary, width) as built
+    file: str  # relative to the model folder
+    offset: int
+
+    def spec(self) -> TensorSpec:
+        """The optional input's spec: any number of rows of the table's width."""
+        return TensorSpec(self.input, self.dtype, ("vocabulary", self.shape[1]))
+
+
+@dataclass(frozen=True)
+class BuiltAdapter:
+    """A LoRA fused or a textual-inversion embedding added at build time (sdrt build
+    --lora / --embedding)."""
+
+    kind: str  # "lora" or "textual_inversion"
+    file: str  # as given
+    sha256: str
+    scale: float | None = None  # LoRA: the lora_scale it was fused with
+    tokens: tuple[str, ...] = ()  # textual inversion: the tokens added
+
+
+@dataclass(frozen=True)
 class Component:
     """One exported ONNX graph of the pipeline."""
 
@@ -87,6 +116,12 @@ class Component:
         default_factory=dict
     )  # e.g. {"exported": n, "cleaned": m}
     verification: Verification | None = None
+    token_embedding: TokenEmbedding | None = None  # text encoders built by this sdrt
+
+    @property
+    def optional_inputs(self) -> tuple[TensorSpec, ...]:
+        """Inputs a session may be fed besides ``inputs`` (initializers it overrides)."""
+        return () if self.token_embedding is None else (self.token_embedding.spec(),)
 
 
 @dataclass(frozen=True)
@@ -187,6 +222,7 @@ class Manifest:
     family_options: Mapping[str, Any] = field(default_factory=dict)
     engines: tuple[Engine, ...] = ()
     config_corrections: tuple[ConfigCorrection, ...] = ()
+    adapters: tuple[BuiltAdapter, ...] = ()  # fused / added at build time, in order
     format_version: int = FORMAT_VERSION
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
 
@@ -340,6 +376,35 @@ def _component(name: str, r: _Reader) -> Component:
         source_sha256=r.get("source_sha256", str, optional=True, default=""),
         node_counts=dict(r.get("node_counts", Mapping, optional=True, default={})),
         verification=_verification(r.sub("verification", optional=True)),
+        token_embedding=_token_embedding(r.sub("token_embedding", optional=True)),
+    )
+
+
+def _token_embedding(r: _Reader | None) -> TokenEmbedding | None:
+    if r is None:
+        return None
+    shape = _shape(r.get("shape", list), f"{r.where}.shape", symbolic=False)
+    if len(shape) != 2:
+        raise ModelFolderError(f"{r.where}.shape: expected (vocabulary, width), got {list(shape)}")
+    return TokenEmbedding(
+        input=r.get("input", str),
+        dtype=r.choice("dtype", DTYPES),
+        shape=shape,
+        file=r.get("file", str),
+        offset=r.get("offset", int),
+    )
+
+
+def _adapter(r: _Reader) -> BuiltAdapter:
+    tokens = r.get("tokens", list, optional=True, default=[])
+    if not all(isinstance(t, str) for t in tokens):
+        raise ModelFolderError(f"{r.where}.tokens: expected a list of strings, got {tokens!r}")
+    return BuiltAdapter(
+        kind=r.choice("kind", ("lora", "textual_inversion")),
+        file=r.get("file", str),
+        sha256=r.get("sha256", str),
+        scale=r.get("scale", float, optional=True),
+        tokens=tuple(tokens),
     )
 
 
@@ -406,6 +471,10 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         ),
         config_corrections=_config_corrections(r),
         adoption=_adoption(r.sub("adoption", optional=True)),
+        adapters=tuple(
+            _adapter(_Reader(a, f"{where}.adapters[{i}]"))
+            for i, a in enumerate(r.get("adapters", list, optional=True, default=[]))
+        ),
     )
 
 

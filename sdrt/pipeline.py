@@ -98,6 +98,7 @@ class Pipeline:
         self.prompt_encoders = _prompt_encoders(manifest, sessions, tokenizers, prompt_cache_size)
         self.prompt_encoder = self.prompt_encoders[0]
         self.is_xl = manifest.family == "sdxl"
+        self._adapters_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ load
 
@@ -160,6 +161,34 @@ class Pipeline:
                     )
                 )
             return self._sessions[name]
+
+    # ------------------------------------------------------------------------------ adapters
+
+    def load_textual_inversion(
+        self,
+        pretrained_model_name_or_path,
+        token: str | list[str] | None = None,
+        *,
+        weight_name: str | None = None,
+        text_encoder: str = "text_encoder",
+    ) -> None:
+        """Add textual-inversion tokens, as diffusers' ``load_textual_inversion``: a file (or
+        folder, or list of them; or a loaded dict / array) of diffusers, A1111 or SDXL
+        (clip_l + clip_g) embeddings; ``token`` overrides the file's own. ``text_encoder``
+        names the encoder a single embedding is for (diffusers passes the module). Calls in
+        flight keep the tokens they started with; an error changes nothing."""
+        from sdrt.adapters.embedding_tables import with_embeddings
+        from sdrt.adapters.textual_inversion import read_textual_inversions
+
+        embeddings = read_textual_inversions(
+            pretrained_model_name_or_path, token, encoder=text_encoder, weight_name=weight_name
+        )
+        names = [n for n in TEXT_ENCODERS if n in self.manifest.components]
+        with self._adapters_lock:
+            current = dict(zip(names, self.prompt_encoders, strict=True))
+            encoders = with_embeddings(self.folder, self.manifest.components, current, embeddings)
+            self.prompt_encoders = tuple(encoders[n] for n in names)
+            self.prompt_encoder = self.prompt_encoders[0]
 
     # ------------------------------------------------------------------------------ call
 
@@ -378,10 +407,13 @@ class Pipeline:
 
     def _condition(self, request: Request, stages: StageRecorder) -> _Conditioning:
         """The U-Net's text conditioning: uncond rows first under CFG."""
-        embeddings, pooled = self._prompt_side(request, stages)
+        encoders = self.prompt_encoders  # one set for the call, whatever loads meanwhile
+        embeddings, pooled = self._prompt_side(request, stages, encoders)
         xp = namespace_of(embeddings)
         if request.do_classifier_free_guidance:
-            uncond, uncond_pooled = self._negative_side(request, embeddings, pooled, stages)
+            uncond, uncond_pooled = self._negative_side(
+                request, embeddings, pooled, stages, encoders
+            )
             xp = namespace_of(uncond)  # the session's, where the negative was encoded
             embeddings = xp.concatenate([uncond, xp.asarray(embeddings)], axis=0)
             if pooled is not None:
@@ -396,13 +428,13 @@ class Pipeline:
             },
         )
 
-    def _prompt_side(self, request: Request, stages: StageRecorder):
+    def _prompt_side(self, request: Request, stages: StageRecorder, encoders):
         """(embeddings, pooled or None) of the prompts: given, or encoded."""
         if request.prompt_embeds is None:
-            return self._encode_prompts(request.prompts, stages)
+            return self._encode_prompts(request.prompts, stages, encoders)
         return _as_float32(request.prompt_embeds), _as_float32(request.pooled_prompt_embeds)
 
-    def _negative_side(self, request: Request, embeddings, pooled, stages: StageRecorder):
+    def _negative_side(self, request: Request, embeddings, pooled, stages: StageRecorder, encoders):
         """(embeddings, pooled or None) of the negative prompts: given, zeros (SDXL without
         a negative prompt), or encoded; InputError where they cannot join the prompts'."""
         xp = namespace_of(embeddings)
@@ -416,7 +448,7 @@ class Pipeline:
         )
         if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
             return xp.zeros_like(embeddings), None if pooled is None else xp.zeros_like(pooled)
-        uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages)
+        uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages, encoders)
         if uncond.shape != embeddings.shape:  # given prompt_embeds of another token count
             raise InputError(
                 f"prompt_embeds: expected the shape of the encoded negative prompts, "
@@ -448,10 +480,12 @@ class Pipeline:
             condition = xp.concatenate([condition, condition], axis=0)
         return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
 
-    def _encode_prompts(self, prompts: tuple[str, ...], stages: StageRecorder | None):
+    def _encode_prompts(
+        self, prompts: tuple[str, ...], stages: StageRecorder | None, encoders=None
+    ):
         """(hidden states, pooled or None): the encoders' states joined on the last axis."""
         hidden, pooled = [], None
-        for encoder in self.prompt_encoders:
+        for encoder in encoders or self.prompt_encoders:
             states, pooled_states = encoder.encode_with_pooled(list(prompts), stages)
             hidden.append(states)
             pooled = pooled_states if pooled_states is not None else pooled

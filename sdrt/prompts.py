@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 from sdrt.arrays import namespace_of
 from sdrt.backends.protocol import Session
@@ -31,6 +33,7 @@ class PromptEncoder:
         cache_size: int = DEFAULT_CACHE_SIZE,
         hidden_output: str = HIDDEN_STATES,
         pooled_output: str | None = None,
+        extra_feeds: Mapping[str, Any] | None = None,
     ):
         if cache_size < 0:
             raise ValueError(f"cache_size: expected >= 0, got {cache_size}")
@@ -39,6 +42,8 @@ class PromptEncoder:
         self.cache_size = cache_size
         self.hidden_output = hidden_output
         self.pooled_output = pooled_output
+        # Fed with every call: an enlarged token-embedding table (sdrt.adapters)
+        self.extra_feeds = dict(extra_feeds or {})
         outputs = {s.name for s in session.outputs}
         for wanted in (hidden_output, pooled_output):
             if wanted is not None and wanted not in outputs:
@@ -83,7 +88,7 @@ class PromptEncoder:
             with stages.stage("tokenize"):
                 ids = self.tokenizer(missing).astype(self._ids_dtype)
             with stages.stage(self.session.name):
-                outputs = self.session.run({"input_ids": ids})
+                outputs = self.session.run({"input_ids": ids, **self.extra_feeds})
             hidden = outputs[self.hidden_output]
             xp = namespace_of(hidden)
             pooled = None if self.pooled_output is None else outputs[self.pooled_output]

@@ -142,16 +142,45 @@ def _bpe_from_vocab_and_merges(folder: Path, special: SpecialTokens) -> Tokenize
         t for t in dict.fromkeys([special.bos, special.eos, special.unk, special.pad]) if t in vocab
     ]
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+    _add_saved_tokens(tokenizer, folder)
     return tokenizer
+
+
+def _add_saved_tokens(tokenizer: Tokenizer, folder: Path) -> None:
+    """transformers' older files keep added tokens (textual inversion's) in added_tokens.json."""
+    path = folder / "added_tokens.json"
+    if not path.is_file():
+        return
+    saved = _read_json(path)
+    for token, token_id in sorted(saved.items(), key=lambda item: item[1]):
+        if tokenizer.token_to_id(token) is not None:
+            continue  # a special token already registered
+        tokenizer.add_tokens([token])
+        if tokenizer.token_to_id(token) != token_id:
+            raise ModelFolderError(
+                f"{path}: token {token!r} has id {token_id}, expected the next free id "
+                f"{tokenizer.token_to_id(token)}"
+            )
 
 
 class ClipTokenizer:
     """Prompts -> (batch, max_length) token ids, padded and truncated as diffusers does."""
 
-    def __init__(self, tokenizer: Tokenizer, special: SpecialTokens, max_length: int, where: str):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        special: SpecialTokens,
+        max_length: int,
+        where: str,
+        added_tokens: tuple[str, ...] = (),
+    ):
         self._tokenizer = tokenizer
         self.max_length = max_length
         self.special = special
+        self.where = where
+        # Tokens added by textual inversion (as transformers' add_tokens adds them).
+        self.added_tokens = added_tokens
+        self._added = set(added_tokens)
         self.bos_id = self._id(special.bos, "bos", where)
         self.eos_id = self._id(special.eos, "eos", where)
         self.pad_id = self._id(special.pad, "pad", where)
@@ -182,7 +211,40 @@ class ClipTokenizer:
         # Padding and truncation are done here, explicitly, not by the file's settings.
         tokenizer.no_padding()
         tokenizer.no_truncation()
-        return cls(tokenizer, special, max_length, str(folder))
+        # Non-special added tokens are textual-inversion tokens (sdrt build --embedding).
+        added = tokenizer.get_added_tokens_decoder()
+        textual = tuple(added[i].content for i in sorted(added) if not added[i].special)
+        return cls(tokenizer, special, max_length, str(folder), textual)
+
+    def vocabulary(self) -> set[str]:
+        """Every token the tokenizer knows, added ones included (transformers' get_vocab)."""
+        return set(self._tokenizer.get_vocab(with_added_tokens=True))
+
+    def __len__(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
+
+    def with_added_tokens(self, tokens: list[str]) -> ClipTokenizer:
+        """A copy with ``tokens`` added as transformers' ``CLIPTokenizer.add_tokens`` adds
+        them (normalized, not special: matched in the lower-cased text), ids in order after
+        the vocabulary; this tokenizer is unchanged."""
+        copy = Tokenizer.from_str(self._tokenizer.to_str())
+        copy.add_tokens(list(tokens))
+        return ClipTokenizer(
+            copy, self.special, self.max_length, self.where, self.added_tokens + tuple(tokens)
+        )
+
+    def convert_prompt(self, prompt: str) -> str:
+        """diffusers' ``maybe_convert_prompt``: a multi-vector token named in ``prompt`` is
+        expanded to all its tokens (``<cat>`` -> ``<cat> <cat>_1``)."""
+        if not self._added:
+            return prompt
+        from sdrt.adapters.textual_inversion import convert_prompt
+
+        tokens = self._tokenizer.encode(prompt, add_special_tokens=False).tokens
+        return convert_prompt(prompt, tokens, self._added)
 
     def text_ids(self, prompt: str) -> list[int]:
         """The prompt's ids without special tokens, untruncated."""
@@ -197,7 +259,7 @@ class ClipTokenizer:
         for prompt in prompts:
             if not isinstance(prompt, str):
                 raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
-            ids = self.text_ids(prompt)
+            ids = self.text_ids(self.convert_prompt(prompt))
             if len(ids) > room:
                 dropped = len(ids) - room
                 warnings.warn(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sdrt import cli
-from sdrt.manifest import read_manifest
+from sdrt.manifest import component_files, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,7 +286,8 @@ def test_verify_hashes_every_file(tiny_built, capsys):
     assert cli.main(["info", "--verify", str(tiny_built)]) == 0
     out = capsys.readouterr().out
     manifest = read_manifest(tiny_built)
-    assert "file check     all 4 files match their sha256" in out
+    files = len(component_files(manifest))  # 4 graphs + the text encoder's token table
+    assert f"file check     all {files} files match their sha256" in out
     for comp in manifest.components.values():
         row = _row(out, comp.file)
         assert comp.sha256[:16] in row and row.endswith(" ok")
@@ -302,11 +303,12 @@ def test_verify_names_a_truncated_unet(copy, capsys):
 
     assert cli.main(["info", "--verify", str(copy)]) == 2
     captured = capsys.readouterr()
-    assert "file check     1 of 4 files do NOT match their sha256" in captured.out
+    files = len(component_files(read_manifest(copy)))
+    assert f"file check     1 of {files} files do NOT match their sha256" in captured.out
     assert _row(captured.out, "unet/model.onnx").endswith("MISMATCH (truncated)")
     error = captured.err.splitlines()[-1]
     assert error.startswith(
-        f"sdrt info: error: {copy}: 1 of 4 files do not match their sha256 in sdrt.json: "
+        f"sdrt info: error: {copy}: 1 of {files} files do not match their sha256 in sdrt.json: "
         f"unet/model.onnx: expected sha256 {expected}, got "
     )
     assert f"; {size // 2} bytes where it had {size} when it last matched (truncated)" in error

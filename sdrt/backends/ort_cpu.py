@@ -61,6 +61,7 @@ class OrtSession:
         folder = Path(folder)
         self.name = component.name
         self.inputs = component.inputs
+        self.optional_inputs = component.optional_inputs
         self.outputs = component.outputs
         self.options = options
         source = folder / component.file
@@ -71,6 +72,9 @@ class OrtSession:
         try:
             self.model_path = self._model_to_load(folder, component, source)
             so = session_options(options, component.name)
+            if component.token_embedding is not None:
+                # ORT warns on every load that an overridable table is not folded: it is meant so
+                so.log_severity_level = 3
             if self.model_path != source:
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             self._session = ort.InferenceSession(
@@ -98,7 +102,7 @@ class OrtSession:
         return target
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        check_feeds(self.name, self.inputs, feeds)
+        check_feeds(self.name, self.inputs, feeds, self.optional_inputs)
         try:
             values = self._session.run(self._output_names, dict(feeds))
         except RUN_ERRORS as e:

@@ -68,8 +68,16 @@ def options_of_type(backend: Backend, options: Any) -> Any:
     return options
 
 
-def check_feeds(session_name: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, Any]) -> None:
-    """Check names, dtypes and ranks (and fixed dimensions) of ``feeds`` against ``specs``."""
+def check_feeds(
+    session_name: str,
+    specs: tuple[TensorSpec, ...],
+    feeds: Mapping[str, Any],
+    optional: tuple[TensorSpec, ...] = (),
+) -> None:
+    """Check names, dtypes and ranks (and fixed dimensions) of ``feeds`` against ``specs``
+    and the ``optional`` inputs fed (overridden initializers)."""
+    given_optional = tuple(s for s in optional if s.name in feeds)
+    specs = tuple(specs) + given_optional
     expected = {s.name for s in specs}
     given = set(feeds)
     if given != expected:

@@ -62,6 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="replace OUT (unchanged components are reused)"
     )
     parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="fuse this LoRA into the weights at SCALE (default 1.0) before export, as "
+        "diffusers' load_lora_weights + fuse_lora; repeatable",
+    )
+    parser.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        metavar="FILE[:TOKEN]",
+        help="add this textual-inversion embedding (as TOKEN; default: the file's own) before "
+        "export, as diffusers' load_textual_inversion; repeatable",
+    )
+    parser.add_argument(
         "--target",
         choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
@@ -104,6 +120,7 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sdrt.adapters.options import parse_embedding_option, parse_lora_option
     from sdrt.export.build import BuildConfig, hold_output
     from sdrt.export.single_file import SingleFileOptions
 
@@ -122,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         revision=args.revision,
         single_file=SingleFileOptions(config=args.config, prediction_type=args.prediction_type),
+        loras=tuple(parse_lora_option(text) for text in args.lora),
+        embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT

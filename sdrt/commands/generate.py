@@ -60,6 +60,7 @@ class GenerateConfig:
     quality: int
     backend: str
     progress: bool
+    embeddings: tuple = ()  # sdrt.adapters.options.EmbeddingOption, loaded in order
 
 
 def _epilog() -> str:
@@ -201,6 +202,14 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)"
     )
+    parser.add_argument(
+        "--embedding",
+        action="append",
+        default=[],
+        metavar="FILE[:TOKEN]",
+        help="load a textual-inversion embedding (diffusers, A1111 or SDXL file) as TOKEN "
+        "(default: the file's own token); repeatable (default: none)",
+    )
 
 
 def parse_margins(text: str) -> Margins:
@@ -255,6 +264,9 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
             f"--seed: expected an integer >= 0, or -1 for a random seed, got {args.seed}"
         )
     quality = _quality(args.quality, output)
+    from sdrt.adapters.options import parse_embedding_option
+
+    embeddings = tuple(parse_embedding_option(text) for text in args.embedding)
     return GenerateConfig(
         folder=Path(args.folder),
         prompts=tuple(prompts),
@@ -274,6 +286,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         quality=quality,
         backend=args.backend,
         progress=not args.no_progress,
+        embeddings=embeddings,
     )
 
 
@@ -333,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.pipeline import Pipeline
 
     pipe = Pipeline.load(config.folder, backend=config.backend)
+    for embedding in config.embeddings:
+        pipe.load_textual_inversion(embedding.path, token=embedding.token)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     for p, request in enumerate(prepared.requests):
         pictures = _generate(pipe, request, config, p)

@@ -104,6 +104,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"tokenizers     {', '.join(manifest.tokenizers)}",
         *_adoption_lines(manifest.adoption),
         *_correction_lines(manifest),
+        *_adapter_lines(manifest),
         "",
     ]
 
@@ -146,6 +147,13 @@ def _correction_lines(manifest) -> list[str]:
         lines.append(
             f"{label:15s}{c.component} {c.key}: {old} -> {json.dumps(c.new)}  ({c.reason})"
         )
+def _adapter_lines(manifest) -> list[str]:
+    """Adapters applied at build time (sdrt build --lora / --embedding), in order."""
+    lines = []
+    for a in manifest.adapters:
+        what = f"LoRA fused at scale {a.scale:g}" if a.kind == "lora" else "embedding"
+        tokens = f", tokens {' '.join(a.tokens)}" if a.tokens else ""
+        lines.append(f"adapter        {what}: {a.file} (sha256 {a.sha256[:12]}){tokens}")
     return lines
 
 

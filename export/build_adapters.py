@@ -1,0 +1,112 @@
+"""``sdrt build --lora FILE[:SCALE] --embedding FILE[:TOKEN]``: adapters applied to the source.
+
+The source pipeline is loaded in diffusers, each LoRA loaded (``load_lora_weights``) and
+fused at its scale (``fuse_lora(lora_scale=...)``), each embedding added
+(``load_textual_inversion``), and the changed components (U-Net, text encoders, tokenizers)
+saved into a scratch folder inside the build's staging folder, beside links to the
+unchanged rest. The build then exports and verifies from that folder, so its ONNX-vs-eager
+check compares against diffusers with the same adapters applied, and an error leaves
+nothing in the output. Embedding files are read by sdrt.adapters (no torch unpickling).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdrt.export.source import SourceModel, inspect_folder
+
+from sdrt.adapters.options import EmbeddingOption, LoraOption
+from sdrt.adapters.textual_inversion import check_width, read_embeddings
+from sdrt.errors import InputError
+from sdrt.manifest import BuiltAdapter, sha256_file
+
+SOURCE_FOLDER = "source"
+
+
+def apply_adapters(
+    source: SourceModel,
+    loras: Sequence[LoraOption],
+    embeddings: Sequence[EmbeddingOption],
+    scratch: Path,
+) -> tuple[SourceModel, tuple[BuiltAdapter, ...]]:
+    """The source with the adapters applied (written under ``scratch``), and their records."""
+    import torch
+
+    pipe = _load_pipeline(source)
+    records = [_fuse_lora(pipe, lora, i) for i, lora in enumerate(loras)]
+    if loras:
+        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    records += [_add_embedding(pipe, option, torch) for option in embeddings]
+    changed = set(source.text_encoders)
+    if loras:
+        changed.add("unet")
+    if embeddings:
+        changed.update(source.tokenizers)
+    folder = scratch / SOURCE_FOLDER
+    folder.mkdir(parents=True)
+    for entry in source.folder.iterdir():
+        if entry.name not in changed:
+            os.symlink(entry, folder / entry.name)
+    for name in sorted(changed):
+        getattr(pipe, name).save_pretrained(folder / name)
+    del pipe
+    return inspect_folder(folder, source.path_or_id, source.revision), tuple(records)
+
+
+def _load_pipeline(source: SourceModel):
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, source.pipeline_class)
+    extra = {}
+    if "safety_checker" in source.model_index:  # not needed to export; not loaded
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    return cls.from_pretrained(source.folder, torch_dtype=torch.float32, **extra)
+
+
+def _fuse_lora(pipe, option: LoraOption, index: int) -> BuiltAdapter:
+    name = f"build_lora_{index}"
+    try:
+        pipe.load_lora_weights(str(option.path), adapter_name=name)
+    except Exception as e:  # diffusers and peft raise many kinds for files they cannot use
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise InputError(
+            f"--lora {option.path}: diffusers cannot load it as a LoRA for this model "
+            f"({type(e).__name__}: {first})"
+        ) from None
+    touched = [c for c, names in pipe.get_list_adapters().items() if name in names]
+    if not touched:
+        raise InputError(
+            f"--lora {option.path}: none of its keys match this model's layers "
+            "(a LoRA for another architecture?)"
+        )
+    pipe.fuse_lora(lora_scale=option.scale, adapter_names=[name])
+    return BuiltAdapter("lora", str(option.path), sha256_file(option.path), scale=option.scale)
+
+
+def _add_embedding(pipe, option: EmbeddingOption, torch) -> BuiltAdapter:
+    tokens: list[str] = []
+    for embedding in read_embeddings(option.path, option.token):
+        suffix = embedding.encoder[len("text_encoder") :]
+        encoder = getattr(pipe, embedding.encoder, None)
+        if encoder is None:
+            raise InputError(
+                f"--embedding {option.path}: an embedding for {embedding.encoder}, which this "
+                "model does not have"
+            )
+        check_width(embedding, encoder.get_input_embeddings().weight.shape[-1], embedding.encoder)
+        try:
+            pipe.load_textual_inversion(
+                torch.from_numpy(embedding.vectors.copy()),
+                token=embedding.token,
+                text_encoder=encoder,
+                tokenizer=getattr(pipe, f"tokenizer{suffix}"),
+            )
+        except ValueError as e:  # diffusers' checks: a token already in the vocabulary
+            raise InputError(f"--embedding {option.path}: {e}") from None
+        tokens += [t for t in embedding.tokens() if t not in tokens]
+    return BuiltAdapter(
+        "textual_inversion", str(option.path), sha256_file(option.path), tokens=tuple(tokens)
+    )
