@@ -59,7 +59,6 @@ EXTRA_MODULES = {
     "onnx": ("export", "gpu"),
     "onnx_graphsurgeon": ("export",),
     "polygraphy": ("export", "gpu"),
-    "peft": ("export",),
     "tensorrt": ("gpu",),
     "cupy": ("gpu",),
     "matplotlib": ("bench",),
