@@ -147,6 +147,8 @@ def _correction_lines(manifest) -> list[str]:
         lines.append(
             f"{label:15s}{c.component} {c.key}: {old} -> {json.dumps(c.new)}  ({c.reason})"
         )
+
+
 def _adapter_lines(manifest) -> list[str]:
     """Adapters applied at build time (sdrt build --lora / --embedding), in order."""
     lines = []
