@@ -147,6 +147,7 @@ def _correction_lines(manifest) -> list[str]:
         lines.append(
             f"{label:15s}{c.component} {c.key}: {old} -> {json.dumps(c.new)}  ({c.reason})"
         )
+    return lines
 
 
 def _adapter_lines(manifest) -> list[str]:
