@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.export.adaptable import ADAPTABLE_FORMAT
 from sdrt.export.components import (
     ShapeCase,
     component_names,
@@ -84,6 +85,8 @@ class BuildConfig:
     opset: int = 17
     force: bool = False
     revision: str | None = None
+    # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA)
+    lora_ready: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -209,6 +212,7 @@ def _build_into(
             "opset": config.opset,
             "family": source.family,
             "exporter": EXPORTER_VERSION,
+            "lora_ready": ADAPTABLE_FORMAT if config.lora_ready else 0,
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -226,6 +230,7 @@ def _build_into(
             cases=cases,
             source_sha256=source_sha256,
             report=report,
+            lora_ready=config.lora_ready,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     manifest = _manifest(config, source, hasher, results, cases, precisions)
@@ -384,9 +389,11 @@ def _export_component(
     cases: _Cases,
     source_sha256: str,
     report: ProgressCallback,
+    lora_ready: bool = False,
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
+    from sdrt.export.adaptable import adapt_wrapper, expose_initializers, locate_initializers
     from sdrt.export.onnx import ONNX_FILE, cleanup_graph, export_graph, save_graph
     from sdrt.export.verify import (
         THRESHOLDS,
@@ -407,6 +414,7 @@ def _export_component(
         )
         for i, case in enumerate(shapes)
     ]
+    adaptable_targets = adapt_wrapper(wrapper, name) if lora_ready else {}
     report(name, "exporting")
     scratch = staging / ".scratch" / name
     export_graph(wrapper, cases.trace, scratch / ONNX_FILE, opset=opset, seed=TRACE_SEED)
@@ -422,9 +430,11 @@ def _export_component(
         report(name, "converting to fp16")
         model = convert_to_fp16(model)
         counts["fp16"] = len(model.graph.node)
+    adaptable = tuple(expose_initializers(model, adaptable_targets))
     report(name, "saving")
     saved = save_graph(model, staging / name)
     del model
+    adaptable = tuple(locate_initializers(saved.onnx_file, name, list(adaptable)))
     gc.collect()
     shutil.copy2(source.folder / wrapper_folder(name) / COMPONENT_CONFIG, staging / name)
     report(name, "verifying")
@@ -447,6 +457,7 @@ def _export_component(
         source_sha256=source_sha256,
         node_counts=counts,
         verification=verification,
+        adaptable=adaptable,
     )
     check_passed(name, precision, verification)
     return component

@@ -70,6 +70,24 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class AdaptableWeight:
+    """A weight run-time LoRA may change: an initializer the graph also takes as an input."""
+
+    module: str  # the diffusers/transformers module name, e.g. "down_blocks.0....attn1.to_q"
+    input: str  # the graph input (and initializer) name
+    layout: str  # one of WEIGHT_LAYOUTS: "transposed" (Linear W^T, in x out) or "conv1x1"
+    shape: tuple[int, ...]
+    dtype: str
+    # Where its default value's raw bytes lie: a file relative to the folder (the graph or
+    # its external data) and the byte offset in it, so the runtime maps them without onnx.
+    data_file: str = ""
+    offset: int = -1
+
+
+WEIGHT_LAYOUTS = ("transposed", "conv1x1")
+
+
+@dataclass(frozen=True)
 class Component:
     """One exported ONNX graph of the pipeline."""
 
@@ -87,6 +105,8 @@ class Component:
         default_factory=dict
     )  # e.g. {"exported": n, "cleaned": m}
     verification: Verification | None = None
+    # Weights run-time LoRA may feed (export/adaptable.py); empty in folders built without.
+    adaptable: tuple[AdaptableWeight, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,7 +320,26 @@ def _component(name: str, r: _Reader) -> Component:
         source_sha256=r.get("source_sha256", str, optional=True, default=""),
         node_counts=dict(r.get("node_counts", Mapping, optional=True, default={})),
         verification=_verification(r.sub("verification", optional=True)),
+        adaptable=_adaptable(r.get("adaptable", list, optional=True, default=[]), r.where),
     )
+
+
+def _adaptable(values: list, where: str) -> tuple[AdaptableWeight, ...]:
+    weights = []
+    for i, value in enumerate(values):
+        a = _Reader(value, f"{where}.adaptable[{i}]")
+        weights.append(
+            AdaptableWeight(
+                module=a.get("module", str),
+                input=a.get("input", str),
+                layout=a.choice("layout", WEIGHT_LAYOUTS),
+                shape=_shape(a.get("shape", list), f"{a.where}.shape", symbolic=False),
+                dtype=a.choice("dtype", DTYPES),
+                data_file=a.get("data_file", str),
+                offset=a.get("offset", int),
+            )
+        )
+    return tuple(weights)
 
 
 def _engine(i: int, r: _Reader) -> Engine:

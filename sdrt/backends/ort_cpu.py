@@ -29,7 +29,7 @@ from sdrt.backends.ort_cpu_options import (
 )
 from sdrt.backends.protocol import Session, check_feeds, options_of_type
 from sdrt.errors import BackendUnavailableError, ModelFolderError, SdrtError
-from sdrt.manifest import Component, Manifest
+from sdrt.manifest import Component, Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class OrtSession:
         self.name = component.name
         self.inputs = component.inputs
         self.outputs = component.outputs
+        # Overridable initializers run-time LoRA may feed (sdrt/adapters/lora_state.py).
+        self.weight_inputs = tuple(
+            TensorSpec(w.input, w.dtype, w.shape) for w in component.adaptable
+        )
         self.options = options
         source = folder / component.file
         if not source.is_file():
@@ -98,7 +102,7 @@ class OrtSession:
         return target
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        check_feeds(self.name, self.inputs, feeds)
+        check_feeds(self.name, self.inputs, feeds, self.weight_inputs)
         try:
             values = self._session.run(self._output_names, dict(feeds))
         except RUN_ERRORS as e:

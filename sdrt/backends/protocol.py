@@ -68,10 +68,17 @@ def options_of_type(backend: Backend, options: Any) -> Any:
     return options
 
 
-def check_feeds(session_name: str, specs: tuple[TensorSpec, ...], feeds: Mapping[str, Any]) -> None:
-    """Check names, dtypes and ranks (and fixed dimensions) of ``feeds`` against ``specs``."""
+def check_feeds(
+    session_name: str,
+    specs: tuple[TensorSpec, ...],
+    feeds: Mapping[str, Any],
+    optional: tuple[TensorSpec, ...] = (),
+) -> None:
+    """Check names, dtypes and ranks (and fixed dimensions) of ``feeds`` against ``specs``;
+    ``optional`` inputs (run-time LoRA's weights) may be fed too, and are checked the same."""
     expected = {s.name for s in specs}
-    given = set(feeds)
+    fed_optional = [s for s in optional if s.name in feeds]
+    given = set(feeds) - {s.name for s in fed_optional}
     if given != expected:
         missing, extra = sorted(expected - given), sorted(given - expected)
         raise InputError(
@@ -79,7 +86,7 @@ def check_feeds(session_name: str, specs: tuple[TensorSpec, ...], feeds: Mapping
             + (f" (missing {missing})" if missing else "")
             + (f" (unexpected {extra})" if extra else "")
         )
-    for spec in specs:
+    for spec in (*specs, *fed_optional):
         value = feeds[spec.name]
         dtype = str(getattr(value, "dtype", type(value).__name__))
         if dtype != spec.dtype:

@@ -1,0 +1,1 @@
+"""LoRA and textual-inversion files -> weight deltas and tokens (no torch)."""
