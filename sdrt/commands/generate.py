@@ -60,6 +60,7 @@ class GenerateConfig:
     quality: int
     backend: str
     progress: bool
+    loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
 
 
 def _epilog() -> str:
@@ -106,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         default=None,
         help="what to steer away from, for every prompt (default: none)",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="apply a LoRA .safetensors file (diffusers/PEFT or kohya keys) at run time, "
+        "with SCALE (default 1.0); repeatable, the adapters add up (default: none)",
     )
     _add_image_arguments(parser)
     _add_sampling_arguments(parser)
@@ -255,6 +264,9 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
             f"--seed: expected an integer >= 0, or -1 for a random seed, got {args.seed}"
         )
     quality = _quality(args.quality, output)
+    from sdrt.adapters.lora_option import parse_lora_option
+
+    loras = tuple(parse_lora_option(text) for text in args.lora)
     return GenerateConfig(
         folder=Path(args.folder),
         prompts=tuple(prompts),
@@ -274,6 +286,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         quality=quality,
         backend=args.backend,
         progress=not args.no_progress,
+        loras=loras,
     )
 
 
@@ -333,6 +346,10 @@ def run(args: argparse.Namespace) -> int:
     from sdrt.pipeline import Pipeline
 
     pipe = Pipeline.load(config.folder, backend=config.backend)
+    if config.loras:
+        from sdrt.adapters.lora_option import apply_loras
+
+        apply_loras(pipe, config.loras)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     for p, request in enumerate(prepared.requests):
         pictures = _generate(pipe, request, config, p)
