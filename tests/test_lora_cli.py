@@ -24,13 +24,13 @@ def _pixels(path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def test_generate_with_lora_equals_the_api(tiny_built, lora, tmp_path):
+def test_generate_with_lora_equals_the_api(tiny_built_lora_ready, lora, tmp_path):
     out = tmp_path / "fox.png"
     assert (
         main(
             [
                 "generate",
-                str(tiny_built),
+                str(tiny_built_lora_ready),
                 "a red fox",
                 "-o",
                 str(out),
@@ -42,8 +42,8 @@ def test_generate_with_lora_equals_the_api(tiny_built, lora, tmp_path):
         == 0
     )
     plain = tmp_path / "plain.png"
-    assert main(["generate", str(tiny_built), "a red fox", "-o", str(plain), *FAST]) == 0
-    pipe = sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
+    assert main(["generate", str(tiny_built_lora_ready), "a red fox", "-o", str(plain), *FAST]) == 0
+    pipe = sdrt.Pipeline.load(tiny_built_lora_ready, backend="ort-cpu")
     pipe.load_lora_weights(lora, adapter_name="style")
     pipe.set_adapters("style", 0.7)
     api = pipe("a red fox", num_inference_steps=2, height=64, width=64, seed=0).images[0]
@@ -51,7 +51,7 @@ def test_generate_with_lora_equals_the_api(tiny_built, lora, tmp_path):
     assert np.abs(_pixels(out).astype(int) - _pixels(plain)).max() > 0
 
 
-def test_bad_lora_file_exits_2_before_loading(tiny_built, tmp_path, capsys, monkeypatch):
+def test_bad_lora_file_exits_2_before_loading(tiny_built_lora_ready, tmp_path, capsys, monkeypatch):
     def load(*args, **kwargs):
         raise RuntimeError("the model was loaded before the LoRA file was checked")
 
@@ -61,7 +61,7 @@ def test_bad_lora_file_exits_2_before_loading(tiny_built, tmp_path, capsys, monk
     code = main(
         [
             "generate",
-            str(tiny_built),
+            str(tiny_built_lora_ready),
             "a fox",
             "-o",
             str(tmp_path / "x.png"),
@@ -76,7 +76,7 @@ def test_bad_lora_file_exits_2_before_loading(tiny_built, tmp_path, capsys, monk
     code = main(
         [
             "generate",
-            str(tiny_built),
+            str(tiny_built_lora_ready),
             "a fox",
             "--lora",
             str(tmp_path / "none.safetensors:0.5"),
@@ -87,7 +87,7 @@ def test_bad_lora_file_exits_2_before_loading(tiny_built, tmp_path, capsys, monk
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_lora_that_matches_nothing_exits_2(tiny_built, tmp_path, capsys):
+def test_lora_that_matches_nothing_exits_2(tiny_built_lora_ready, tmp_path, capsys):
     from safetensors.numpy import save_file
 
     other = tmp_path / "other.safetensors"
@@ -101,7 +101,7 @@ def test_lora_that_matches_nothing_exits_2(tiny_built, tmp_path, capsys):
     code = main(
         [
             "generate",
-            str(tiny_built),
+            str(tiny_built_lora_ready),
             "a fox",
             "-o",
             str(tmp_path / "x.png"),

@@ -5,8 +5,6 @@ and bad input that leaves the Pipeline as it was."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import threading
 
 import numpy as np
@@ -39,8 +37,8 @@ def latents():
 
 
 @pytest.fixture
-def pipe(tiny_built):
-    return sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
+def pipe(tiny_built_lora_ready):
+    return sdrt.Pipeline.load(tiny_built_lora_ready, backend="ort-cpu")
 
 
 def _ours(pipe, latents, prompt=PROMPT):
@@ -215,23 +213,22 @@ def test_bad_files_leave_the_pipeline_unchanged(pipe, loras, latents, tmp_path):
     _unchanged(pipe, latents, before, ["k"])
 
 
-def test_folders_built_without_adaptable_weights(tiny_built, tmp_path, loras):
-    old = tmp_path / "old"
-    shutil.copytree(tiny_built, old, ignore=shutil.ignore_patterns("engines"))
-    manifest = json.loads((old / "sdrt.json").read_text())
-    for component in manifest["components"].values():
-        component.pop("adaptable", None)  # as written before run-time LoRA
-    (old / "sdrt.json").write_text(json.dumps(manifest))
-    pipe = sdrt.Pipeline.load(old, backend="ort-cpu")
+def test_folders_built_without_adaptable_weights(tiny_built, loras):
+    """A folder built without --lora-ready (or before it existed) loads and runs as ever;
+    run-time LoRA says to rebuild."""
+    pipe = sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
+    assert not any(c.adaptable for c in pipe.manifest.components.values())
+    with pytest.raises(
+        ModelFolderError, match=r"built without LoRA-ready weights; rebuild.*--lora-ready"
+    ):
+        pipe.load_lora_weights(loras["peft"])
+    assert pipe.get_active_adapters() == []
     assert pipe(PROMPT, num_inference_steps=1, output_type="np", seed=0).images.shape == (
         1,
         64,
         64,
         3,
     )
-    with pytest.raises(ModelFolderError, match="built without LoRA-ready weights; rebuild"):
-        pipe.load_lora_weights(loras["peft"])
-    assert pipe.get_active_adapters() == []
 
 
 def test_weight_feeds_are_read_only_snapshots(pipe, loras):
@@ -244,4 +241,6 @@ def test_weight_feeds_are_read_only_snapshots(pipe, loras):
     assert set(unet) <= manifest_inputs
     pipe.set_adapters("p", 0.5)
     assert pipe.lora_weights is not snapshot and pipe.lora_weights.key != snapshot.key
+    pipe.set_adapters("p")  # a recent set: its snapshot again, not a recomputation
+    assert pipe.lora_weights is snapshot
     assert dataclasses.is_dataclass(snapshot)

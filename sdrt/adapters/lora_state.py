@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import AdaptableWeight, Manifest
 
 _EMPTY: Mapping = MappingProxyType({})
+# Snapshots of recently active sets kept, so that switching back to one is a reference swap;
+# each holds the changed weights (SD 1.5, every adaptable U-Net weight: ~1 GB in fp32).
+RECENT_SNAPSHOTS = 2
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class LoadedAdapter:
 class LoraState:
     """Adapters of one Pipeline; changes are serialised, reads (``current``) lock-free."""
 
-    def __init__(self, folder: Path, manifest: Manifest):
+    def __init__(self, folder: Path, manifest: Manifest, recent: int = RECENT_SNAPSHOTS):
         self.folder = folder
         self.adaptable: dict[str, tuple[AdaptableWeight, ...]] = {
             name: c.adaptable for name, c in manifest.components.items() if c.adaptable
@@ -66,6 +70,8 @@ class LoraState:
         self._lock = threading.Lock()
         self._keys = itertools.count(1)
         self.current: WeightFeeds = BASE
+        self._recent: OrderedDict[tuple, WeightFeeds] = OrderedDict()
+        self._recent_size = recent
 
     @property
     def names(self) -> list[str]:
@@ -83,7 +89,7 @@ class LoraState:
         if not self.adaptable:
             raise ModelFolderError(
                 f"{self.folder}: this folder was built without LoRA-ready weights; rebuild "
-                "it with this sdrt's `sdrt build` (LoRA-ready by default) to load LoRAs at "
+                "it with `sdrt build --lora-ready` to load LoRAs at "
                 "run time, or fuse them at build time with `sdrt build --lora`"
             )
         modules = match_lora(lora, self.adaptable)  # InputError before anything changes
@@ -97,6 +103,7 @@ class LoraState:
             adapter = LoadedAdapter(name, lora.path, lora.layout, modules)
             snapshot = self._snapshot({**self._adapters, name: adapter}, ((name, 1.0),))
             self._adapters[name] = adapter
+            self._remember(snapshot)
             self.current = snapshot
         return name
 
@@ -107,12 +114,27 @@ class LoraState:
             unknown = [n for n in names if n not in self._adapters]
             if unknown:
                 raise InputError(f"set_adapters: unknown adapters {unknown}; loaded: {self.names}")
-            self.current = self._snapshot(self._adapters, tuple(zip(names, weights, strict=True)))
+            self.current = self._cached_snapshot(tuple(zip(names, weights, strict=True)))
 
     def unload(self) -> None:
         with self._lock:
             self._adapters.clear()
+            self._recent.clear()
             self.current = BASE
+
+    def _cached_snapshot(self, active: tuple[tuple[str, float], ...]) -> WeightFeeds:
+        """A recent snapshot of ``active`` (adapters never change once loaded), or a new one."""
+        snapshot = self._recent.get(active)
+        if snapshot is None:
+            snapshot = self._snapshot(self._adapters, active)
+        self._remember(snapshot)
+        return snapshot
+
+    def _remember(self, snapshot: WeightFeeds) -> None:
+        self._recent[snapshot.adapters] = snapshot
+        self._recent.move_to_end(snapshot.adapters)
+        while len(self._recent) > self._recent_size:
+            self._recent.popitem(last=False)
 
     def _snapshot(
         self, adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...]
