@@ -86,7 +86,7 @@ class BuildConfig:
     force: bool = False
     revision: str | None = None
     # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA);
-    # off by default: non-constant weights made an SD 1.5 U-Net step ~10% slower (README)
+    # off by default: they make an SD 1.5 U-Net step on the CPU slower (README, LoRA at run time)
     lora_ready: bool = False
 
     def __post_init__(self):

@@ -15,7 +15,7 @@ from sdrt.adapters.lora_files import (
     lora_file_path,
     read_lora_file,
 )
-from sdrt.adapters.lora_match import delta_in_layout, match_lora
+from sdrt.adapters.lora_match import add_delta, match_lora
 from sdrt.adapters.lora_option import parse_lora_option
 from sdrt.adapters.safetensors_file import read_safetensors
 from sdrt.errors import InputError
@@ -167,10 +167,31 @@ def test_matching_names_shapes_and_layouts(tmp_path):
     linear = _weight("a.b.to_q", "transposed", (6, 5))
     (matched,) = match_lora(lora, {"unet": (linear,)})
     assert matched.weight is linear
-    np.testing.assert_allclose(delta_in_layout(linear, up, down), (up @ down).T, rtol=1e-6)
+    base = RNG.standard_normal((6, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        add_delta(base.copy(), linear, up, down), base + (up @ down).T, rtol=1e-5, atol=1e-5
+    )
     conv = _weight("a.b.to_q", "conv1x1", (5, 6, 1, 1))
-    assert delta_in_layout(conv, up, down).shape == (5, 6, 1, 1)
+    conv_base = RNG.standard_normal((5, 6, 1, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        add_delta(conv_base.copy(), conv, up, down)[:, :, 0, 0],
+        conv_base[:, :, 0, 0] + up @ down,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     with pytest.raises(InputError, match=r"k\.safetensors: 1 of 1 modules have shapes.*a\.b\.to_q"):
         match_lora(lora, {"unet": (_weight("a.b.to_q", "transposed", (7, 5)),)})
     with pytest.raises(InputError, match=r"k\.safetensors: none of its 1 modules matches"):
         match_lora(lora, {"unet": (_weight("c.d", "transposed", (6, 5)),)})
+
+
+def test_add_delta_in_blocks_equals_one_product(monkeypatch):
+    import sdrt.adapters.lora_match as lora_match
+
+    down, up = _factors(rank=3, inp=7, out=9)
+    linear = _weight("m", "transposed", (7, 9))
+    base = RNG.standard_normal((7, 9)).astype(np.float32)
+    whole = add_delta(base.copy(), linear, up, down)
+    monkeypatch.setattr(lora_match, "BLOCK_PRODUCTS", 1)  # one row per block
+    np.testing.assert_allclose(add_delta(base.copy(), linear, up, down), whole, rtol=1e-6)
+    np.testing.assert_allclose(whole, base + (up @ down).T, rtol=1e-5, atol=1e-5)

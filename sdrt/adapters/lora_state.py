@@ -24,7 +24,7 @@ import numpy as np
 
 from sdrt.adapters.base_weights import BaseWeights
 from sdrt.adapters.lora_files import LoraFile
-from sdrt.adapters.lora_match import MatchedModule, delta_in_layout, match_lora
+from sdrt.adapters.lora_match import MatchedModule, add_delta, match_lora
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import AdaptableWeight, Manifest
 
@@ -155,7 +155,7 @@ class LoraState:
             for input_name, (weight, terms) in inputs.items():
                 value = self._base.read(weight).astype(np.float32)  # a copy to add into
                 for factor, lora in terms:
-                    value += delta_in_layout(weight, factor * lora.up, lora.down)
+                    add_delta(value, weight, factor * lora.up, lora.down)
                 value = value.astype(weight.dtype, copy=False)
                 value.flags.writeable = False
                 arrays[input_name] = value

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lora-ready",
         action="store_true",
         help="export the weights LoRA touches as overridable initializers, so that "
-        "Pipeline.load_lora_weights and `generate --lora` work at run time (costs ~10%% per "
-        "U-Net step on the CPU, adapter or not; default: off)",
+        "Pipeline.load_lora_weights and `generate --lora` work at run time; a U-Net step on the "
+        "CPU is slower, adapter or not (README, 'LoRA at run time'; default: off)",
     )
     parser.add_argument(
         "--target",
