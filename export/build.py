@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdrt.export.adaptable import ADAPTABLE_FORMAT
 from sdrt.export.components import (
     ShapeCase,
     component_names,
@@ -198,6 +197,8 @@ def _build_into(
     previous: Manifest | None,
     report: ProgressCallback,
 ) -> tuple[Manifest, list[ComponentResult]]:
+    from sdrt.export.adaptable import ADAPTABLE_FORMAT
+
     output = config.output
     report("source", "hashing")
     hasher = FolderHasher(source.folder)

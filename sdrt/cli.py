@@ -54,6 +54,7 @@ EXTRA_MODULES = {
     "transformers": ("export",),
     "accelerate": ("export",),
     "safetensors": ("export",),
+    "peft": ("export",),  # diffusers' LoRA loading (build --lora, the LoRA tests' oracle)
     "onnx": ("export", "gpu"),
     "onnx_graphsurgeon": ("export",),
     "polygraphy": ("export", "gpu"),

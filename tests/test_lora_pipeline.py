@@ -13,7 +13,7 @@ from lora_helpers import diffusers_images, write_kohya_file, write_peft_file
 from safetensors.numpy import save_file
 
 import sdrt
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError
 
 # Images against diffusers, in 0..1 (the issue's 2/255).
 IMAGE_TOLERANCE = 2 / 255
@@ -244,3 +244,20 @@ def test_weight_feeds_are_read_only_snapshots(pipe, loras):
     pipe.set_adapters("p")  # a recent set: its snapshot again, not a recomputation
     assert pipe.lora_weights is snapshot
     assert dataclasses.is_dataclass(snapshot)
+
+
+class _SessionWithoutWeightFeeds:
+    """A backend session that takes only the graph's inputs (as ort-cuda and TensorRT's)."""
+
+    def __init__(self, session):
+        self.name, self.inputs, self.outputs = session.name, session.inputs, session.outputs
+        self.run = session.run
+
+
+def test_backends_without_weight_feeds_say_so(pipe, loras):
+    pipe._sessions["unet"] = _SessionWithoutWeightFeeds(pipe._sessions["unet"])
+    with pytest.raises(BackendUnavailableError, match=r"does not take run-time LoRA.*ort-cpu"):
+        pipe.load_lora_weights(loras["peft"])
+    with pytest.raises(InputError, match="got a state dict"):
+        pipe.load_lora_weights({"unet.a.lora_A.weight": np.zeros((1, 1), np.float32)})
+    assert pipe.get_active_adapters() == [] and pipe.lora_weights.feeds == {}

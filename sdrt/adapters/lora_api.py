@@ -9,11 +9,11 @@ on any error.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sdrt.adapters.lora_files import lora_file_path, read_lora_file
 from sdrt.adapters.lora_state import LoraState, WeightFeeds
-from sdrt.errors import BackendUnavailableError
+from sdrt.errors import BackendUnavailableError, InputError
 
 
 class LoraMethods:
@@ -30,6 +30,11 @@ class LoraMethods:
         """Load a LoRA .safetensors file (diffusers/PEFT or kohya keys), or ``weight_name``
         in a folder, as adapter ``adapter_name`` (default ``default_N``) and make it the
         active one. Returns the adapter's name. Later calls use it; calls in flight do not."""
+        if isinstance(pretrained_model_name_or_path_or_dict, Mapping):
+            raise InputError(
+                "load_lora_weights: expected a .safetensors file or a folder holding one, got "
+                "a state dict (in-memory tensors are not taken)"
+            )
         path = lora_file_path(pretrained_model_name_or_path_or_dict, weight_name)
         lora = read_lora_file(path)
         for component in sorted({m.component for m in lora.modules} & set(self._lora.adaptable)):

@@ -31,8 +31,8 @@ def canonical(module: str) -> str:
     return module[len(TEXT_MODEL) :] if module.startswith(TEXT_MODEL) else module
 
 
-def module_lookup(component: str, layout: str, weights: tuple[AdaptableWeight, ...]):
-    """The file's module key -> AdaptableWeight, for one component and file layout."""
+def module_lookup(layout: str, weights: tuple[AdaptableWeight, ...]):
+    """The file's module key -> AdaptableWeight, for one component's weights and a layout."""
     table = {}
     for weight in weights:
         name = canonical(weight.module)
@@ -50,9 +50,7 @@ def match_lora(
     for module in lora.modules:
         key = (module.component, lora.layout)
         if key not in tables:
-            tables[key] = module_lookup(
-                module.component, lora.layout, adaptable.get(module.component, ())
-            )
+            tables[key] = module_lookup(lora.layout, adaptable.get(module.component, ()))
         name = canonical(module.key)
         if lora.layout == "kohya" and name.startswith("text_model_"):
             name = name[len("text_model_") :]
