@@ -94,6 +94,9 @@ class BuildConfig:
     # fused / added into the source before export (export/build_adapters.py), in order
     loras: tuple[LoraOption, ...] = ()
     embeddings: tuple[EmbeddingOption, ...] = ()
+    # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA);
+    # off by default: they make an SD 1.5 U-Net step on the CPU slower (README, LoRA at run time)
+    lora_ready: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -223,6 +226,8 @@ def _build_into(
     corrections: tuple[ConfigCorrection, ...] = (),
     adapters: tuple[BuiltAdapter, ...] = (),
 ) -> tuple[Manifest, list[ComponentResult]]:
+    from sdrt.export.adaptable import ADAPTABLE_FORMAT
+
     output = config.output
     report("source", "hashing")
     hasher = FolderHasher(source.folder)
@@ -239,6 +244,7 @@ def _build_into(
             "family": source.family,
             "exporter": EXPORTER_VERSION,
             "token_embedding_input": name.startswith("text_encoder"),
+            "lora_ready": ADAPTABLE_FORMAT if config.lora_ready else 0,
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -256,6 +262,7 @@ def _build_into(
             cases=cases,
             source_sha256=source_sha256,
             report=report,
+            lora_ready=config.lora_ready,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     write_corrected_configs(folder, source, corrections)
@@ -416,9 +423,11 @@ def _export_component(
     cases: _Cases,
     source_sha256: str,
     report: ProgressCallback,
+    lora_ready: bool = False,
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
+    from sdrt.export.adaptable import adapt_wrapper, expose_initializers, locate_initializers
     from sdrt.export.onnx import (
         EXTERNAL_DATA_FILE,
         ONNX_FILE,
@@ -446,6 +455,7 @@ def _export_component(
         )
         for i, case in enumerate(shapes)
     ]
+    adaptable_targets = adapt_wrapper(wrapper, name) if lora_ready else {}
     report(name, "exporting")
     scratch = staging / ".scratch" / name
     export_graph(wrapper, cases.trace, scratch / ONNX_FILE, opset=opset, seed=TRACE_SEED)
@@ -469,9 +479,11 @@ def _export_component(
         promoted = promote_token_embedding(
             model, config["vocab_size"], config["hidden_size"], EXTERNAL_DATA_FILE
         )
+    adaptable = tuple(expose_initializers(model, adaptable_targets))
     report(name, "saving")
     saved = save_graph(model, staging / name)
     del model
+    adaptable = tuple(locate_initializers(saved.onnx_file, name, list(adaptable)))
     gc.collect()
     shutil.copy2(source.folder / wrapper_folder(name) / COMPONENT_CONFIG, staging / name)
     report(name, "verifying")
@@ -501,6 +513,7 @@ def _export_component(
         node_counts=counts,
         verification=verification,
         token_embedding=token_embedding,
+        adaptable=adaptable,
     )
     check_passed(name, precision, verification)
     return component

@@ -99,6 +99,24 @@ class BuiltAdapter:
 
 
 @dataclass(frozen=True)
+class AdaptableWeight:
+    """A weight run-time LoRA may change: an initializer the graph also takes as an input."""
+
+    module: str  # the diffusers/transformers module name, e.g. "down_blocks.0....attn1.to_q"
+    input: str  # the graph input (and initializer) name
+    layout: str  # one of WEIGHT_LAYOUTS: "transposed" (Linear W^T, in x out) or "conv1x1"
+    shape: tuple[int, ...]
+    dtype: str
+    # Where its default value's raw bytes lie: a file relative to the folder (the graph or
+    # its external data) and the byte offset in it, so the runtime maps them without onnx.
+    data_file: str = ""
+    offset: int = -1
+
+
+WEIGHT_LAYOUTS = ("transposed", "conv1x1")
+
+
+@dataclass(frozen=True)
 class Component:
     """One exported ONNX graph of the pipeline."""
 
@@ -117,11 +135,15 @@ class Component:
     )  # e.g. {"exported": n, "cleaned": m}
     verification: Verification | None = None
     token_embedding: TokenEmbedding | None = None  # text encoders built by this sdrt
+    # Weights run-time LoRA may feed (export/adaptable.py); empty in folders built without.
+    adaptable: tuple[AdaptableWeight, ...] = ()
 
     @property
     def optional_inputs(self) -> tuple[TensorSpec, ...]:
-        """Inputs a session may be fed besides ``inputs`` (initializers it overrides)."""
-        return () if self.token_embedding is None else (self.token_embedding.spec(),)
+        """Inputs a session may be fed besides ``inputs`` (initializers it overrides): the
+        token table (textual inversion) and LoRA's adaptable weights."""
+        table = () if self.token_embedding is None else (self.token_embedding.spec(),)
+        return table + tuple(TensorSpec(w.input, w.dtype, w.shape) for w in self.adaptable)
 
 
 @dataclass(frozen=True)
@@ -377,6 +399,7 @@ def _component(name: str, r: _Reader) -> Component:
         node_counts=dict(r.get("node_counts", Mapping, optional=True, default={})),
         verification=_verification(r.sub("verification", optional=True)),
         token_embedding=_token_embedding(r.sub("token_embedding", optional=True)),
+        adaptable=_adaptable(r.get("adaptable", list, optional=True, default=[]), r.where),
     )
 
 
@@ -406,6 +429,24 @@ def _adapter(r: _Reader) -> BuiltAdapter:
         scale=r.get("scale", float, optional=True),
         tokens=tuple(tokens),
     )
+
+
+def _adaptable(values: list, where: str) -> tuple[AdaptableWeight, ...]:
+    weights = []
+    for i, value in enumerate(values):
+        a = _Reader(value, f"{where}.adaptable[{i}]")
+        weights.append(
+            AdaptableWeight(
+                module=a.get("module", str),
+                input=a.get("input", str),
+                layout=a.choice("layout", WEIGHT_LAYOUTS),
+                shape=_shape(a.get("shape", list), f"{a.where}.shape", symbolic=False),
+                dtype=a.choice("dtype", DTYPES),
+                data_file=a.get("data_file", str),
+                offset=a.get("offset", int),
+            )
+        )
+    return tuple(weights)
 
 
 def _engine(i: int, r: _Reader) -> Engine:

@@ -23,13 +23,15 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sdrt.adapters.lora_api import LoraMethods
+from sdrt.adapters.lora_state import BASE, LoraState, WeightFeeds
 from sdrt.arrays import namespace_of, to_host
 from sdrt.backends import Selection, Session, select_backend
 from sdrt.errors import InputError, ModelFolderError, NumericsError
@@ -72,8 +74,10 @@ class Progress:
     result: PipelineOutput | None = None
 
 
-class Pipeline:
-    """A loaded model folder. Safe to call from several threads at once."""
+class Pipeline(LoraMethods):
+    """A loaded model folder. Safe to call from several threads at once.
+
+    Run-time LoRA (load_lora_weights, set_adapters, ...) is in sdrt/adapters/lora_api.py."""
 
     def __init__(
         self,
@@ -99,6 +103,7 @@ class Pipeline:
         self.prompt_encoder = self.prompt_encoders[0]
         self.is_xl = manifest.family == "sdxl"
         self._adapters_lock = threading.Lock()
+        self._lora = LoraState(folder, manifest)
 
     # ------------------------------------------------------------------------------ load
 
@@ -258,7 +263,9 @@ class Pipeline:
         # Checked before the first step, so a bad scheduler or strength fails at the call.
         sched, plan = self._plan(request)
         noise = SeedNoise(request.seed) if noise is None else noise
-        return self._run(request, sched, plan, noise, StageRecorder(stage_callback))
+        # The call keeps the adapters active now, whatever changes while it runs.
+        weights = self._lora.current
+        return self._run(request, sched, plan, noise, StageRecorder(stage_callback), weights)
 
     # ------------------------------------------------------------------------------ walks
 
@@ -313,7 +320,8 @@ class Pipeline:
     def embed_prompts(self, prompts: str | list[str]) -> PromptEmbeddings:
         """The U-Net's text conditioning for ``prompts`` (one row each), as ``__call__``
         computes it: ``prompt_embeds`` and, for SDXL, ``pooled_prompt_embeds``."""
-        embeddings, pooled = self._encode_prompts(tuple(prompt_list(prompts, "prompts")), None)
+        prompts = tuple(prompt_list(prompts, "prompts"))
+        embeddings, pooled = self._encode_prompts(prompts, None, self._lora.current)
         return PromptEmbeddings(embeddings, pooled)
 
     # ------------------------------------------------------------------------------ loop
@@ -323,10 +331,16 @@ class Pipeline:
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
     def _run(
-        self, request: Request, sched, plan, source: NoiseSource, stages: StageRecorder
+        self,
+        request: Request,
+        sched,
+        plan,
+        source: NoiseSource,
+        stages: StageRecorder,
+        weights: WeightFeeds = BASE,
     ) -> Iterator[Progress]:
         """The loop, step by step: condition, initial latents, denoise, decode."""
-        conditioning = self._condition(request, stages)
+        conditioning = self._condition(request, stages, weights)
         xp = namespace_of(conditioning.embeddings)
         noise = self._initial_noise(request, source, xp)
         x, inpaint = self._initial_latents(request, sched, plan, noise, xp, stages)
@@ -405,36 +419,42 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ parts
 
-    def _condition(self, request: Request, stages: StageRecorder) -> _Conditioning:
-        """The U-Net's text conditioning: uncond rows first under CFG."""
+    def _condition(
+        self, request: Request, stages: StageRecorder, weights: WeightFeeds = BASE
+    ) -> _Conditioning:
+        """The U-Net's text conditioning (uncond rows first under CFG), and its weights."""
         encoders = self.prompt_encoders  # one set for the call, whatever loads meanwhile
-        embeddings, pooled = self._prompt_side(request, stages, encoders)
+        embeddings, pooled = self._prompt_side(request, stages, encoders, weights)
         xp = namespace_of(embeddings)
         if request.do_classifier_free_guidance:
             uncond, uncond_pooled = self._negative_side(
-                request, embeddings, pooled, stages, encoders
+                request, embeddings, pooled, stages, encoders, weights
             )
             xp = namespace_of(uncond)  # the session's, where the negative was encoded
             embeddings = xp.concatenate([uncond, xp.asarray(embeddings)], axis=0)
             if pooled is not None:
                 pooled = xp.concatenate([uncond_pooled, xp.asarray(pooled)], axis=0)
+        unet_weights = weights.of("unet")
         if not self.is_xl:
-            return _Conditioning(embeddings, {})
+            return _Conditioning(embeddings, {}, unet_weights)
         return _Conditioning(
             embeddings,
             {
                 "text_embeds": pooled,
                 "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
             },
+            unet_weights,
         )
 
-    def _prompt_side(self, request: Request, stages: StageRecorder, encoders):
+    def _prompt_side(self, request: Request, stages: StageRecorder, encoders, weights):
         """(embeddings, pooled or None) of the prompts: given, or encoded."""
         if request.prompt_embeds is None:
-            return self._encode_prompts(request.prompts, stages, encoders)
+            return self._encode_prompts(request.prompts, stages, weights, encoders)
         return _as_float32(request.prompt_embeds), _as_float32(request.pooled_prompt_embeds)
 
-    def _negative_side(self, request: Request, embeddings, pooled, stages: StageRecorder, encoders):
+    def _negative_side(
+        self, request: Request, embeddings, pooled, stages: StageRecorder, encoders, weights
+    ):
         """(embeddings, pooled or None) of the negative prompts: given, zeros (SDXL without
         a negative prompt), or encoded; InputError where they cannot join the prompts'."""
         xp = namespace_of(embeddings)
@@ -448,7 +468,9 @@ class Pipeline:
         )
         if zero_negative:  # SDXL: "no negative prompt" is zeros, not the empty prompt
             return xp.zeros_like(embeddings), None if pooled is None else xp.zeros_like(pooled)
-        uncond, uncond_pooled = self._encode_prompts(request.negative_prompts, stages, encoders)
+        uncond, uncond_pooled = self._encode_prompts(
+            request.negative_prompts, stages, weights, encoders
+        )
         if uncond.shape != embeddings.shape:  # given prompt_embeds of another token count
             raise InputError(
                 f"prompt_embeds: expected the shape of the encoded negative prompts, "
@@ -481,12 +503,19 @@ class Pipeline:
         return _Inpainting(latent_mask, image_latents, noise, unet_condition=condition)
 
     def _encode_prompts(
-        self, prompts: tuple[str, ...], stages: StageRecorder | None, encoders=None
+        self,
+        prompts: tuple[str, ...],
+        stages: StageRecorder | None,
+        weights: WeightFeeds,
+        encoders=None,
     ):
         """(hidden states, pooled or None): the encoders' states joined on the last axis."""
         hidden, pooled = [], None
         for encoder in encoders or self.prompt_encoders:
-            states, pooled_states = encoder.encode_with_pooled(list(prompts), stages)
+            name = encoder.session.name
+            states, pooled_states = encoder.encode_with_pooled(
+                list(prompts), stages, weights.of(name), weights.key
+            )
             hidden.append(states)
             pooled = pooled_states if pooled_states is not None else pooled
         if len(hidden) == 1:
@@ -507,6 +536,7 @@ class Pipeline:
         }
         for name, value in conditioning.added.items():
             feeds[name] = value.astype(specs[name].dtype)
+        feeds.update(conditioning.weights)  # run-time LoRA's weights; none without adapters
         out = session.run(feeds)[session.outputs[0].name]
         return out.astype(xp.float32)
 
@@ -570,6 +600,7 @@ class _Conditioning:
 
     embeddings: Any  # encoder hidden states (2B rows under CFG: uncond first)
     added: dict[str, Any]  # SDXL's text_embeds and time_ids; empty for SD 1.x/2.x
+    weights: Mapping[str, Any]  # the U-Net's LoRA weight feeds (sdrt/adapters); often empty
 
 
 @dataclass(frozen=True)

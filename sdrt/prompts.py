@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from sdrt.arrays import namespace_of
@@ -50,7 +50,7 @@ class PromptEncoder:
                 raise ValueError(
                     f"{session.name}: expected an output {wanted!r}, got {sorted(outputs)}"
                 )
-        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache: OrderedDict[Hashable, object] = OrderedDict()
         self._lock = threading.Lock()
         (ids_spec,) = [s for s in session.inputs if s.name == "input_ids"] or [None]
         if ids_spec is None:
@@ -58,14 +58,14 @@ class PromptEncoder:
             raise ValueError(f"{session.name}: expected an input named 'input_ids', got {names}")
         self._ids_dtype = ids_spec.dtype
 
-    def _lookup(self, prompt: str):
+    def _lookup(self, prompt: Hashable):
         with self._lock:
             value = self._cache.get(prompt)
             if value is not None:
                 self._cache.move_to_end(prompt)
             return value
 
-    def _store(self, prompt: str, value) -> None:
+    def _store(self, prompt: Hashable, value) -> None:
         if self.cache_size == 0:
             return
         with self._lock:
@@ -78,17 +78,26 @@ class PromptEncoder:
         """Hidden states (len(prompts), tokens, width), float32, in the session's namespace."""
         return self.encode_with_pooled(prompts)[0]
 
-    def encode_with_pooled(self, prompts: list[str], stages: StageRecorder | None = None):
+    def encode_with_pooled(
+        self,
+        prompts: list[str],
+        stages: StageRecorder | None = None,
+        weights: Mapping[str, Any] | None = None,
+        weights_key: Hashable = None,
+    ):
         """(hidden states, pooled embeddings or None), one row per prompt; ``stages``
-        times the tokenizer and the text encoder (named as its session) when they run."""
+        times the tokenizer and the text encoder (named as its session) when they run.
+        ``weights`` are extra feeds (run-time LoRA), cached apart under ``weights_key``."""
         stages = stages or StageRecorder()
-        found = {p: self._lookup(p) for p in dict.fromkeys(prompts)}
+        weights = weights or {}
+        key = (lambda p: p) if not weights else (lambda p: (weights_key, p))
+        found = {p: self._lookup(key(p)) for p in dict.fromkeys(prompts)}
         missing = [p for p, v in found.items() if v is None]
         if missing:
             with stages.stage("tokenize"):
                 ids = self.tokenizer(missing).astype(self._ids_dtype)
             with stages.stage(self.session.name):
-                outputs = self.session.run({"input_ids": ids, **self.extra_feeds})
+                outputs = self.session.run({"input_ids": ids, **self.extra_feeds, **weights})
             hidden = outputs[self.hidden_output]
             xp = namespace_of(hidden)
             pooled = None if self.pooled_output is None else outputs[self.pooled_output]
@@ -98,7 +107,7 @@ class PromptEncoder:
                     None if pooled is None else pooled[i : i + 1].astype(xp.float32),
                 )
                 found[prompt] = row
-                self._store(prompt, row)
+                self._store(key(prompt), row)
         rows = [found[p] for p in prompts]
         xp = namespace_of(rows[0][0])
         hidden = xp.concatenate([r[0] for r in rows], axis=0)
@@ -107,4 +116,4 @@ class PromptEncoder:
 
     def cached_prompts(self) -> list[str]:
         with self._lock:
-            return list(self._cache)
+            return [p for p in self._cache if isinstance(p, str)]  # the base weights' ones

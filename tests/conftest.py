@@ -89,6 +89,12 @@ def tiny_built(tiny_source, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_built_lora_ready(tiny_source, tmp_path_factory):
+    """`tiny_source` built with LoRA-ready weights (run-time LoRA; made once per session)."""
+    return _build_tiny(tiny_source, tmp_path_factory, "tiny-built-lora-ready", lora_ready=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_built_fp16(tiny_source, tmp_path_factory):
     """`tiny_source` built to an fp16 sdrt model folder (made once per test session)."""
     return _build_tiny(tiny_source, tmp_path_factory, "tiny-built-fp16", precision="fp16")

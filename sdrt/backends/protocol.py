@@ -74,12 +74,12 @@ def check_feeds(
     feeds: Mapping[str, Any],
     optional: tuple[TensorSpec, ...] = (),
 ) -> None:
-    """Check names, dtypes and ranks (and fixed dimensions) of ``feeds`` against ``specs``
-    and the ``optional`` inputs fed (overridden initializers)."""
-    given_optional = tuple(s for s in optional if s.name in feeds)
-    specs = tuple(specs) + given_optional
+    """Check names, dtypes and ranks (and fixed dimensions) of ``feeds`` against ``specs``;
+    ``optional`` inputs (overridden initializers: run-time LoRA's weights, textual
+    inversion's token table) may be fed too, and are checked the same."""
     expected = {s.name for s in specs}
-    given = set(feeds)
+    fed_optional = [s for s in optional if s.name in feeds]
+    given = set(feeds) - {s.name for s in fed_optional}
     if given != expected:
         missing, extra = sorted(expected - given), sorted(given - expected)
         raise InputError(
@@ -87,7 +87,7 @@ def check_feeds(
             + (f" (missing {missing})" if missing else "")
             + (f" (unexpected {extra})" if extra else "")
         )
-    for spec in specs:
+    for spec in (*specs, *fed_optional):
         value = feeds[spec.name]
         dtype = str(getattr(value, "dtype", type(value).__name__))
         if dtype != spec.dtype:

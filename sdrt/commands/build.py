@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "export, as diffusers' load_textual_inversion; repeatable",
     )
     parser.add_argument(
+        "--lora-ready",
+        action="store_true",
+        help="export the weights LoRA touches as overridable initializers, so that "
+        "Pipeline.load_lora_weights and `generate --lora` work at run time; a U-Net step on the "
+        "CPU is slower, adapter or not (README, 'LoRA at run time'; default: off)",
+    )
+    parser.add_argument(
         "--target",
         choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
@@ -141,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         single_file=SingleFileOptions(config=args.config, prediction_type=args.prediction_type),
         loras=tuple(parse_lora_option(text) for text in args.lora),
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
+        lora_ready=args.lora_ready,
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT

@@ -61,6 +61,7 @@ class GenerateConfig:
     backend: str
     progress: bool
     embeddings: tuple = ()  # sdrt.adapters.options.EmbeddingOption, loaded in order
+    loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
 
 
 def _epilog() -> str:
@@ -107,6 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         default=None,
         help="what to steer away from, for every prompt (default: none)",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="apply a LoRA .safetensors file (diffusers/PEFT or kohya keys) at run time, "
+        "with SCALE (default 1.0); repeatable, the adapters add up (default: none)",
     )
     _add_image_arguments(parser)
     _add_sampling_arguments(parser)
@@ -267,6 +276,9 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     from sdrt.adapters.options import parse_embedding_option
 
     embeddings = tuple(parse_embedding_option(text) for text in args.embedding)
+    from sdrt.adapters.lora_option import parse_lora_option
+
+    loras = tuple(parse_lora_option(text) for text in args.lora)
     return GenerateConfig(
         folder=Path(args.folder),
         prompts=tuple(prompts),
@@ -287,6 +299,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         backend=args.backend,
         progress=not args.no_progress,
         embeddings=embeddings,
+        loras=loras,
     )
 
 
@@ -348,6 +361,10 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(config.folder, backend=config.backend)
     for embedding in config.embeddings:
         pipe.load_textual_inversion(embedding.path, token=embedding.token)
+    if config.loras:
+        from sdrt.adapters.lora_option import apply_loras
+
+        apply_loras(pipe, config.loras)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     for p, request in enumerate(prepared.requests):
         pictures = _generate(pipe, request, config, p)

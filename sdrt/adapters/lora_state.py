@@ -1,0 +1,181 @@
+"""Run-time LoRA state of a Pipeline: loaded adapters, the active set, and the immutable
+snapshot of weight feeds each call captures.
+
+    W' = W + sum_i weight_i * scale_i * (up_i @ down_i)
+
+computed in numpy from the base weights (memory-mapped, only the touched ones) in the
+graph's layout, and fed to the sessions beside the normal inputs; with no active adapter
+nothing extra is fed. A change (load, set_adapters, unload) builds a new snapshot, then
+swaps one reference: a call holds the snapshot it started with, so calls in flight keep
+their adapters and never see a mix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from sdrt.adapters.base_weights import BaseWeights
+from sdrt.adapters.lora_files import LoraFile
+from sdrt.adapters.lora_match import MatchedModule, add_delta, match_lora
+from sdrt.errors import InputError, ModelFolderError
+from sdrt.manifest import AdaptableWeight, Manifest
+
+_EMPTY: Mapping = MappingProxyType({})
+# Snapshots of recently active sets kept, so that switching back to one is a reference swap;
+# each holds the changed weights (SD 1.5, every adaptable U-Net weight: ~1 GB in fp32).
+RECENT_SNAPSHOTS = 2
+
+
+@dataclass(frozen=True)
+class WeightFeeds:
+    """What one call feeds besides its inputs: component -> graph input -> array."""
+
+    key: int | None = None  # None for the base weights; unique per snapshot otherwise
+    adapters: tuple[tuple[str, float], ...] = ()  # (name, weight), as set_adapters set them
+    feeds: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=lambda: _EMPTY)
+
+    def of(self, component: str) -> Mapping[str, np.ndarray]:
+        return self.feeds.get(component, _EMPTY)
+
+
+BASE = WeightFeeds()
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    name: str
+    path: Path
+    layout: str
+    modules: tuple[MatchedModule, ...]
+
+
+class LoraState:
+    """Adapters of one Pipeline; changes are serialised, reads (``current``) lock-free."""
+
+    def __init__(self, folder: Path, manifest: Manifest, recent: int = RECENT_SNAPSHOTS):
+        self.folder = folder
+        self.adaptable: dict[str, tuple[AdaptableWeight, ...]] = {
+            name: c.adaptable for name, c in manifest.components.items() if c.adaptable
+        }
+        self._base = BaseWeights(folder)
+        self._adapters: dict[str, LoadedAdapter] = {}
+        self._lock = threading.Lock()
+        self._keys = itertools.count(1)
+        self.current: WeightFeeds = BASE
+        self._recent: OrderedDict[tuple, WeightFeeds] = OrderedDict()
+        self._recent_size = recent
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._adapters)
+
+    def adapters_by_component(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for adapter in self._adapters.values():
+            for component in dict.fromkeys(m.component for m in adapter.modules):
+                found.setdefault(component, []).append(adapter.name)
+        return found
+
+    def load(self, lora: LoraFile, adapter_name: str | None) -> str:
+        """Add an adapter and make it the only active one (as diffusers does on load)."""
+        if not self.adaptable:
+            raise ModelFolderError(
+                f"{self.folder}: this folder was built without LoRA-ready weights; rebuild "
+                "it with `sdrt build --lora-ready` to load LoRAs at "
+                "run time, or fuse them at build time with `sdrt build --lora`"
+            )
+        modules = match_lora(lora, self.adaptable)  # InputError before anything changes
+        with self._lock:
+            name = adapter_name or f"default_{len(self._adapters)}"
+            if name in self._adapters:
+                raise InputError(
+                    f"adapter name {name!r} is already in use (loaded: {self.names}); "
+                    "pass another adapter_name or unload_lora_weights() first"
+                )
+            adapter = LoadedAdapter(name, lora.path, lora.layout, modules)
+            snapshot = self._snapshot({**self._adapters, name: adapter}, ((name, 1.0),))
+            self._adapters[name] = adapter
+            self._remember(snapshot)
+            self.current = snapshot
+        return name
+
+    def set_adapters(self, names: str | Sequence[str], weights=None) -> None:
+        names = [names] if isinstance(names, str) else list(names)
+        weights = _adapter_weights(names, weights)
+        with self._lock:
+            unknown = [n for n in names if n not in self._adapters]
+            if unknown:
+                raise InputError(f"set_adapters: unknown adapters {unknown}; loaded: {self.names}")
+            self.current = self._cached_snapshot(tuple(zip(names, weights, strict=True)))
+
+    def unload(self) -> None:
+        with self._lock:
+            self._adapters.clear()
+            self._recent.clear()
+            self.current = BASE
+
+    def _cached_snapshot(self, active: tuple[tuple[str, float], ...]) -> WeightFeeds:
+        """A recent snapshot of ``active`` (adapters never change once loaded), or a new one."""
+        snapshot = self._recent.get(active)
+        if snapshot is None:
+            snapshot = self._snapshot(self._adapters, active)
+        self._remember(snapshot)
+        return snapshot
+
+    def _remember(self, snapshot: WeightFeeds) -> None:
+        self._recent[snapshot.adapters] = snapshot
+        self._recent.move_to_end(snapshot.adapters)
+        while len(self._recent) > self._recent_size:
+            self._recent.popitem(last=False)
+
+    def _snapshot(
+        self, adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...]
+    ) -> WeightFeeds:
+        """New feeds for ``active``: each touched weight summed from its base once."""
+        touched: dict[str, dict[str, tuple[AdaptableWeight, list]]] = {}
+        for name, weight in active:
+            if weight == 0.0:
+                continue
+            for m in adapters[name].modules:
+                entry = touched.setdefault(m.component, {}).setdefault(
+                    m.weight.input, (m.weight, [])
+                )
+                entry[1].append((weight * m.lora.scale, m.lora))
+        feeds = {}
+        for component, inputs in touched.items():
+            arrays = {}
+            for input_name, (weight, terms) in inputs.items():
+                value = self._base.read(weight).astype(np.float32)  # a copy to add into
+                for factor, lora in terms:
+                    add_delta(value, weight, factor * lora.up, lora.down)
+                value = value.astype(weight.dtype, copy=False)
+                value.flags.writeable = False
+                arrays[input_name] = value
+            feeds[component] = MappingProxyType(arrays)
+        if not feeds:
+            return WeightFeeds(None, active)
+        return WeightFeeds(next(self._keys), active, MappingProxyType(feeds))
+
+
+def _adapter_weights(names: list[str], weights) -> list[float]:
+    if weights is None:
+        return [1.0] * len(names)
+    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+        return [float(weights)] * len(names)
+    weights = list(weights)
+    if len(weights) != len(names) or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights
+    ):
+        raise InputError(
+            f"set_adapters: expected adapter_weights as one number or {len(names)} numbers "
+            f"(one per adapter {names}), got {weights!r}"
+        )
+    return [float(w) for w in weights]

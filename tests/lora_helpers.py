@@ -1,0 +1,109 @@
+"""Random LoRA files for the tests, written the ways people get them: diffusers' own
+``save_lora_weights`` (PEFT keys) and the kohya/A1111 layout (converted keys + alphas), and
+the diffusers oracle that loads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.2"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+# PEFT's random init (init_lora_weights=False) changes the tiny model a lot already; much
+# stronger deltas make attention logits so large that float32 rounding decides the image.
+DELTA_SCALE = 0.5
+
+
+def peft_state_dicts(source: Path, seed: int, rank: int = 4, text_encoder: bool = True):
+    """(unet, text_encoder or None) LoRA state dicts in diffusers' key layout, random
+    factors large enough that an adapter visibly changes the image."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False)
+    )
+    unet = get_peft_model_state_dict(pipe.unet)  # lora_A / lora_B keys
+    text = None
+    if text_encoder:
+        # PEFT directly: transformers 5's add_adapter asks for a newer PEFT than diffusers'.
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=TEXT_TARGETS, init_lora_weights=False
+        )
+        inject_adapter_in_model(config, pipe.text_encoder)
+        text = get_peft_model_state_dict(pipe.text_encoder)
+    unet = {k: v * DELTA_SCALE for k, v in unet.items()}
+    text = None if text is None else {k: v * DELTA_SCALE for k, v in text.items()}
+    return unet, text
+
+
+def write_peft_file(folder: Path, source: Path, seed: int, **options) -> Path:
+    """A LoRA folder as diffusers' save_lora_weights writes it; returns the file."""
+    from diffusers import StableDiffusionPipeline
+
+    unet, text = peft_state_dicts(source, seed, **options)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=unet, text_encoder_lora_layers=text, safe_serialization=True
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def kohya_key(key: str) -> str:
+    """diffusers' 'unet.<m>.lora_A.weight' -> kohya's 'lora_unet_<m_>.lora_down.weight'."""
+    component, _, rest = key.partition(".")
+    module, _, part = rest.partition(".lora_")
+    if component == "text_encoder" and not module.startswith("text_model."):
+        module = "text_model." + module  # kohya names CLIP modules as transformers < 5
+    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component]
+    kind = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[part]
+    return f"{prefix}{module.replace('.', '_')}.{kind}"
+
+
+def write_kohya_file(path: Path, source: Path, seed: int, alpha: float = 2.0, **options) -> Path:
+    """The same kind of adapter in kohya's layout, with an alpha per module (scale alpha/rank)."""
+    import torch
+    from safetensors.torch import save_file
+
+    unet, text = peft_state_dicts(source, seed, **options)
+    tensors = {}
+    prefixed = {f"unet.{k}": v for k, v in unet.items()}
+    prefixed |= {f"text_encoder.{k}": v for k, v in (text or {}).items()}
+    for key, value in prefixed.items():
+        converted = kohya_key(key)
+        tensors[converted] = value.contiguous()
+        tensors[converted.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path))
+    return path
+
+
+def diffusers_images(source: Path, loras, prompt: str, latents: np.ndarray, steps: int = 3, **kw):
+    """diffusers' StableDiffusionPipeline with ``loras`` [(file, adapter_name)] loaded and
+    set_adapters(names, weights) applied; float32 NHWC images in [0, 1]."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    weights = kw.pop("adapter_weights", None)
+    for file, name in loras:
+        pipe.load_lora_weights(str(file), adapter_name=name)
+    if loras:
+        pipe.set_adapters([n for _, n in loras], adapter_weights=weights)
+    with torch.no_grad():
+        out = pipe(
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            latents=torch.from_numpy(latents),
+            output_type="np",
+            height=latents.shape[2] * 8,
+            width=latents.shape[3] * 8,
+            **kw,
+        )
+    return out.images
