@@ -430,13 +430,20 @@ class FakeEngine:
     the input shapes for outputs). The plan it came from is remembered as ``plan``.
     """
 
-    def __init__(self, tensors, compute, memory=1024, plan=b""):
+    def __init__(self, tensors, compute, memory=1024, plan=b"", weights=None, refittable=False):
         self._tensors = tensors
         self._compute = compute
         self._memory = memory
         self._plan = plan
         self._contexts = []
         self.num_io_tensors = len(tensors)
+        self.refittable = refittable
+        # Named weights (what a refit replaces): device buffers that ``compute`` sees under
+        # their names. A refit puts new buffers here, as weights may move when refitted.
+        self._weights = {
+            n: _device_copy(np.asarray(w), f"weight {n}") for n, w in (weights or {}).items()
+        }
+        self._refit_groups: list[set[str]] = []  # weights TensorRT wants refitted together
 
     @property
     def device_memory_size_v2(self):
@@ -500,10 +507,16 @@ class FakeContext:
         inputs = [n for n, (mode, _, _) in self._engine._tensors.items() if mode == "input"]
         outputs = [n for n in self._engine._tensors if n not in inputs]
 
+        # Bound now: a captured graph keeps the weight buffers it was captured with.
+        weights = dict(self._engine._weights)
+
         def kernel(stream):
             assert self._memory is not None, "ran without activation memory"
             self._executions += 1
             values = {}
+            for n, w in weights.items():
+                GPU.read(w, stream, "execute_async_v3")
+                values[n] = w.view(np.ndarray)
             for n in inputs:
                 view = self._tensor(n, shapes)
                 GPU.read(view, stream, "execute_async_v3")
@@ -514,6 +527,84 @@ class FakeContext:
                 view = self._tensor(n, shapes)
                 view.view(np.ndarray)[...] = results[n]
                 GPU.write(view, stream, "execute_async_v3")
+
+        stream_at(stream_handle)._enqueue(kernel)
+        return True
+
+
+def _device_copy(host: np.ndarray, label: str) -> FakeArray:
+    out = GPU.allocate(host.shape, host.dtype, label=label)
+    np.copyto(out.view(np.ndarray), host)
+    return out
+
+
+class FakeWeights:
+    """tensorrt.Weights over a host numpy array (zero-copy, as the real one keeps a pointer)."""
+
+    def __init__(self, a):
+        self._array = a
+        self.dtype = _TRT_TYPES[a.dtype]
+        self.size = a.size
+        self.nbytes = a.nbytes
+
+    def numpy(self):
+        return self._array
+
+    def __len__(self):
+        return self.size
+
+
+class FakeRefitter:
+    """tensorrt.Refitter: names weights, takes new ones, refits on a stream.
+
+    Like TensorRT: it exists only for an engine built refittable (pybind11 raises TypeError
+    when createInferRefitter returns null); ``set_named_weights`` returns False for an unknown
+    name or a different type or count; a refit fails while weights of a group are missing;
+    and the host arrays are read when the refit runs on its stream (they must stay alive).
+    """
+
+    def __init__(self, engine, logger):
+        if not engine.refittable:
+            raise TypeError("pybind11::init(): factory function returned nullptr")
+        self._engine = engine
+        self._pending: dict[str, FakeWeights] = {}
+        self.logger = logger
+
+    def get_all_weights(self):
+        return list(self._engine._weights)
+
+    def get_weights_prototype(self, weights_name):
+        current = self._engine._weights[weights_name]
+        return FakeWeights(np.zeros(current.size, current.dtype))
+
+    def set_named_weights(self, name, weights):
+        current = self._engine._weights.get(name)
+        if (
+            current is None
+            or weights.size != current.size
+            or weights.dtype != _TRT_TYPES[current.dtype]
+        ):
+            return False
+        self._pending[name] = weights
+        return True
+
+    def get_missing_weights(self):
+        touched = set(self._pending)
+        return sorted(
+            n for group in self._engine._refit_groups if group & touched for n in group - touched
+        )
+
+    def refit_cuda_engine_async(self, stream_handle):
+        if self.get_missing_weights():
+            return False
+        pending, self._pending = self._pending, {}
+
+        def kernel(stream):
+            for name, weights in pending.items():
+                current = self._engine._weights[name]
+                new = _device_copy(weights.numpy().reshape(current.shape), f"weight {name}")
+                GPU.write(new, stream, "refit")
+                self._engine._weights[name] = new
 
         stream_at(stream_handle)._enqueue(kernel)
         return True
@@ -561,6 +652,8 @@ def fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     trt.ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy
     trt.Runtime = FakeTrtRuntime
     trt.Logger = FakeLogger
+    trt.Refitter = FakeRefitter
+    trt.Weights = FakeWeights
     # TensorRT 10 has the FP16 builder flag (weak typing); 11 builds strongly typed only.
     flags = ("TF32", "REFIT", "FP16") if version.startswith("10.") else ("TF32", "REFIT")
     trt.BuilderFlag = _Enum("BuilderFlag", *flags)

@@ -68,6 +68,9 @@ def test_tensorrt_fakes_have_tensorrts_names():
     )
     assert public(fakes.FakeContext) <= tensorrt_names("IExecutionContext")
     assert public(fakes.FakeTrtRuntime) <= tensorrt_names("Runtime")
+    assert public(fakes.FakeRefitter) | {"logger"} <= tensorrt_names("Refitter")
+    weights = fakes.FakeWeights(np.zeros(3, np.float16))
+    assert public(fakes.FakeWeights) | set(vars(weights)) - {"_array"} <= tensorrt_names("Weights")
     # Logger.WARNING: ILogger.Severity's values, which the bindings export into the class.
     assert public(fakes.FakeLogger) - {"WARNING"} <= tensorrt_names("Logger")
     for enum in ("DataType", "TensorIOMode", "ExecutionContextAllocationStrategy"):

@@ -40,6 +40,7 @@ from sdrt.backends.machine import GPU_EXTRA, Machine
 from sdrt.backends.nan_guard import NanGuardedSession
 from sdrt.backends.protocol import Session, check_feeds, options_of_type
 from sdrt.backends.shapes import broadcast_named_dims
+from sdrt.backends.tensorrt_refit import RefitReport, refit_engine
 from sdrt.errors import BackendUnavailableError, InputError
 from sdrt.manifest import Engine, Manifest, TensorSpec
 
@@ -233,6 +234,23 @@ class TensorRTSession:
                 graph = stream.end_capture()
             self._graphs[graph_key] = graph
         graph.launch(stream)
+
+    def refit(self, weights: Mapping[str, Any]) -> RefitReport:
+        """Replace named weights (a LoRA switch) in place; the engine must be refittable.
+
+        Runs under the folder's lock on its stream, after what the caller queued, so no
+        engine of the folder executes meanwhile. Captured CUDA graphs are dropped: they may
+        hold the old weights' addresses.
+        """
+        cp = import_cupy()
+        with self._memory.lock:
+            stream = self._memory.stream
+            stream.wait_event(cp.cuda.get_current_stream().record())
+            report = refit_engine(
+                _trt(), self._engine, weights, stream, logger=trt_runtime().logger, name=self.name
+            )
+            self._graphs.clear()
+        return report
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         check_feeds(self.name, self.inputs, feeds)

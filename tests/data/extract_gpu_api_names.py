@@ -38,6 +38,8 @@ TRT_CLASSES = (
     "ExecutionContextAllocationStrategy",
     "BuilderFlag",
     "DataType",
+    "Refitter",
+    "Weights",
 )
 CUPY_CLASSES = {
     "cupy/cuda/stream.pyx": ("_BaseStream", "Stream", "Event"),
