@@ -41,8 +41,9 @@ from sdrt.benchmarks.config import (
 )
 from sdrt.benchmarks.contenders import ContenderSpec
 from sdrt.benchmarks.contenders.protocol import version_of
+from sdrt.benchmarks.fast_modes import exact_name, split_contender
 from sdrt.benchmarks.jobs import JobFailed, run_jobs
-from sdrt.benchmarks.models import BenchModels, prepare_models
+from sdrt.benchmarks.models import BenchModels, prepare_models, prepare_variants
 from sdrt.benchmarks.parity import compare_images
 from sdrt.benchmarks.roofline import achieved, median_peak
 from sdrt.benchmarks.stats import summarize
@@ -204,7 +205,9 @@ class Benchmark:
             state.status, state.failed_stage, state.error = "unavailable", "start", str(unavailable)
 
     def _model_dir(self, spec: ContenderSpec, models: BenchModels) -> Path:
-        return models.source_dir if spec.model == "source" else models.built_dir
+        if spec.model == "source":
+            return models.source_dir
+        return models.built_dir if spec.variant is None else models.variants[spec.variant]
 
     def _load_without_saved_graphs(self, state: ContenderState, models: BenchModels) -> None:
         """Load -> ready of ``state``'s runtime when it optimises every graph at load, as
@@ -263,6 +266,8 @@ class Benchmark:
         self.load_average_at_start = load_average()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         models = prepare_models(config, self.progress.status)
+        with_modes = [split_contender(name) for name in config.backends if exact_name(name)]
+        models = prepare_variants(config, models, with_modes, self.progress.status)
         requests = {
             size.label: workload(config, size, make_latents(config, models, size, self.work_dir))
             for size in config.sizes
@@ -423,12 +428,23 @@ class Benchmark:
     # -------------------------------------------------------------------------- figures
 
     def _size_results(self, state: ContenderState, roofline: dict, reference: ContenderState):
+        exact = next((s for s in self.states if s.name == exact_name(state.name)), None)
         results = []
         for size in self.config.sizes:
             runs = state.runs.get(size.label)
             if not runs:
                 continue
-            results.append(self._size_result(state, size, runs, roofline, reference))
+            result = self._size_result(state, size, runs, roofline, reference)
+            image, exact_image = state.images.get(size.label), None
+            if exact is not None:
+                exact_image = exact.images.get(size.label)
+            if image is not None and exact_image is not None:
+                # what a fast mode costs in quality: against exact sdrt on the same latents
+                result["versus_exact"] = {
+                    "reference": exact.name,
+                    **compare_images(np.load(image), np.load(exact_image)),
+                }
+            results.append(result)
         return results
 
     def _size_result(self, state, size: Size, runs, roofline, reference) -> dict[str, Any]:

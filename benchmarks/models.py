@@ -10,8 +10,9 @@ and precision. Reusing it keeps sdrt's saved optimised graphs (``engines/``) bet
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sdrt.benchmarks.config import BenchConfig
@@ -29,6 +30,8 @@ class BenchModels:
     built_dir: Path  # sdrt build output: sdrt and Optimum load it
     source_label: str  # the SOURCE argument, or "random <arch> (seed N)"
     built_reused: bool
+    # Fast-mode variants (benchmarks/fast_modes.py): variant key -> its built folder.
+    variants: dict[str, Path] = field(default_factory=dict)
 
 
 def _random_source(config: BenchConfig, report: Report) -> Path:
@@ -50,7 +53,9 @@ def _source_content_sha256(source_dir: Path) -> str:
     return FolderHasher(source_dir).folders((*hashed, "model_index.json"))
 
 
-def _reusable(built_dir: Path, source_dir: Path, config: BenchConfig) -> bool:
+def _reusable(
+    built_dir: Path, source_dir: Path, config: BenchConfig, precision: str | None = None
+) -> bool:
     from sdrt.manifest import read_manifest
 
     if not built_dir.is_dir():
@@ -63,7 +68,7 @@ def _reusable(built_dir: Path, source_dir: Path, config: BenchConfig) -> bool:
     options = manifest.build
     return (
         manifest.source.content_sha256 == _source_content_sha256(source_dir)
-        and options.precision == config.precision
+        and options.precision == (precision or config.precision)
         and options.min_size <= min(sizes)
         and options.max_size >= max(sizes)
         and options.max_batch >= config.batch
@@ -72,7 +77,6 @@ def _reusable(built_dir: Path, source_dir: Path, config: BenchConfig) -> bool:
 
 
 def prepare_models(config: BenchConfig, report: Report) -> BenchModels:
-    from sdrt.export.build import BuildConfig, build
     from sdrt.export.source import resolve_source
 
     if config.random_arch is not None:
@@ -94,24 +98,35 @@ def prepare_models(config: BenchConfig, report: Report) -> BenchModels:
     built_dir = config.cache_dir / "built" / key
     if _reusable(built_dir, source_dir, config):
         return BenchModels(source_dir, built_dir, label, built_reused=True)
-    sizes = [s for size in config.sizes for s in (size.height, size.width)]
     report(f"building {label} ({config.precision})")
+    _build(config, source_dir, built_dir, {}, report)
+    return BenchModels(source_dir, built_dir, label, built_reused=False)
+
+
+def _build(
+    config: BenchConfig, source_dir: Path, built_dir: Path, options: dict, report: Report
+) -> None:
+    """``sdrt build`` of the source into ``built_dir``, with a fast mode's ``options``."""
+    from sdrt.export.build import BuildConfig, build
+
+    sizes = [s for size in config.sizes for s in (size.height, size.width)]
     built_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "source": str(source_dir),
+        "output": built_dir,
+        "precision": config.precision,
+        # A wide range, so that runs at other sizes reuse this build (and sdrt's saved
+        # optimised graphs); the build verifies at the small end, so it costs little.
+        "min_size": min(BUILD_RANGE[0], *sizes),
+        "max_size": max(BUILD_RANGE[1], *sizes),
+        "max_batch": max(config.batch, 1),
+        "force": True,
+    }
     build(
-        BuildConfig(
-            source=str(source_dir),
-            output=built_dir,
-            precision=config.precision,
-            # A wide range, so that runs at other sizes reuse this build (and sdrt's saved
-            # optimised graphs); the build verifies at the small end, so it costs little.
-            min_size=min(BUILD_RANGE[0], *sizes),
-            max_size=max(BUILD_RANGE[1], *sizes),
-            max_batch=max(config.batch, 1),
-            force=True,
-        ),
+        BuildConfig(**{**settings, **options}),
         progress=lambda component, stage: report(f"building {component}: {stage}"),
     )
-    if "ort-cpu" in config.backends:
+    if any(name.split("+")[0] == "ort-cpu" for name in config.backends):
         # as `sdrt build --target ort-cpu` does: sdrt's loads then map the saved graphs
         from sdrt.engines.ort_graphs import save_optimized_models
 
@@ -119,4 +134,39 @@ def prepare_models(config: BenchConfig, report: Report) -> BenchModels:
 
         report("saving the optimised ONNX Runtime CPU graphs")
         save_optimized_models(built_dir, read_manifest(built_dir))
-    return BenchModels(source_dir, built_dir, label, built_reused=False)
+
+
+# Written into a variant folder once built: the fast-mode options it was built with, so a
+# later run reuses it only for the same options (its sdrt.json says the rest).
+VARIANT_RECORD = "bench-variant.json"
+
+
+def prepare_variants(
+    config: BenchConfig, models: BenchModels, contenders, report: Report
+) -> BenchModels:
+    """Build (or reuse) one folder per distinct set of fast-mode build options among
+    ``contenders`` (fast_modes.ModeContender), beside the plain build."""
+    from sdrt.benchmarks import fast_modes
+
+    variants = dict(models.variants)
+    for contender in contenders:
+        key = contender.variant_key
+        if key is None or key in variants:
+            continue
+        options = fast_modes.resolve_placeholders(contender.build_options, config, report)
+        folder = models.built_dir.with_name(f"{models.built_dir.name}-{key}")
+        record = json.dumps(options, sort_keys=True, default=str)
+        precision = options.get("precision", config.precision)
+        recorded = folder / VARIANT_RECORD
+        reusable = (
+            recorded.is_file()
+            and recorded.read_text() == record
+            and _reusable(folder, models.source_dir, config, precision)
+        )
+        if not reusable:
+            modes = "+".join(m.word for m in contender.modes)
+            report(f"building {models.source_label} with {modes}")
+            _build(config, models.source_dir, folder, options, report)
+            recorded.write_text(record)
+        variants[key] = folder
+    return replace(models, variants=variants)

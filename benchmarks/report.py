@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.benchmarks import fast_modes
 from sdrt.benchmarks.charts import write_charts
 from sdrt.benchmarks.config import MIN_RUNS_FOR_VERDICT, MIN_WARMUP_FOR_VERDICT
 from sdrt.benchmarks.contenders import BASELINE
@@ -202,6 +203,57 @@ def _summary(report: dict, size: str) -> list[str]:
         "runs",
     ]
     return [f"## {size}: end to end", "", *_table(header, rows)]
+
+
+def _fast_modes(report: dict, size: str) -> list[str]:
+    """Each fast-mode contender against exact sdrt on its backend and against torch: its
+    speedups, and its image against exact sdrt's on the same latents."""
+    by_name = {c["name"]: c for c in report["contenders"]}
+    rows = []
+    for contender in report["contenders"]:
+        exact_name_ = fast_modes.exact_name(contender["name"])
+        result = _result(contender, size)
+        if exact_name_ is None or result is None:
+            continue
+        exact, torch = by_name.get(exact_name_), by_name.get(BASELINE)
+        mine = {s: _median(contender, size, s) for s in ("end_to_end_s", "unet_s")}
+
+        def speedup(other, stage, mine=mine):
+            theirs = _median(other, size, stage)
+            return ratio(theirs / mine[stage] if theirs and mine[stage] else None)
+
+        versus = result.get("versus_exact")
+        rows.append(
+            [
+                contender["name"],
+                seconds(mine["end_to_end_s"]),
+                speedup(exact, "end_to_end_s"),
+                speedup(torch, "end_to_end_s"),
+                seconds(mine["unet_s"]),
+                speedup(exact, "unet_s"),
+                psnr(versus),
+                "—" if versus is None else f"{versus['max_abs_diff']:.2e}",
+                psnr(result.get("parity")),
+            ]
+        )
+    if not rows:
+        return []
+    header = [
+        "contender",
+        "end to end",
+        "speedup vs exact sdrt",
+        "speedup vs torch",
+        "U-Net (all steps)",
+        "U-Net speedup vs exact",
+        "PSNR vs exact sdrt",
+        "max abs diff vs exact",
+        "PSNR vs torch",
+    ]
+    note = (
+        "Exact sdrt is the same backend without modes, on the same latents. With random "
+        "weights the PSNR figures are only a guide to what real weights lose."
+    )
+    return [f"## {size}: fast modes", "", note, "", *_table(header, rows)]
 
 
 def _distributions(report: dict, size: str) -> list[str]:
@@ -605,6 +657,7 @@ def render_markdown(report: dict) -> str:
         ]
     for size in settings["sizes"]:
         lines += _summary(report, size)
+        lines += _fast_modes(report, size)
     lines += _cold_start(report)
     lines += _target_section(report)
     lines += _failures(report)

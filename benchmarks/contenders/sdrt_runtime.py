@@ -4,9 +4,11 @@ Stages are timed by the pipeline's public stage hook (``stage_callback``, sdrt/s
 named as the other contenders name them. The prompt-embedding cache is turned off so that every run encodes its prompts,
 as the other contenders do: the same work for everyone.
 Run as ``python -m sdrt.benchmarks.contenders.sdrt_runtime MODEL_DIR THREADS BACKEND
-[--no-saved-graphs]``; with the flag, the ONNX Runtime backends load without the optimised
-graphs saved under ``engines/<target>/`` and optimise every graph in memory at load, as
-Optimum does (``OrtOptions(cache_optimized_model=False)``).
+[--no-saved-graphs | --call-options JSON]``; with the flag, the ONNX Runtime backends load
+without the optimised graphs saved under ``engines/<target>/`` and optimise every graph in
+memory at load, as Optimum does (``OrtOptions(cache_optimized_model=False)``); with
+``--call-options`` every call also gets those keyword arguments (a fast mode's, such as
+``deep_cache_interval``: benchmarks/fast_modes.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ TIMED_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 VERIFY_FILES = "changed"
 SDRT_SOURCE_DIR = str(Path(__file__).resolve().parents[2] / "sdrt")
 NO_SAVED_GRAPHS = "--no-saved-graphs"
+CALL_OPTIONS = "--call-options"
 # Backends whose loads map optimised graphs saved in the folder (OrtOptions).
 SAVES_GRAPHS = ("ort-cpu", "ort-cuda")
 
@@ -40,9 +43,12 @@ class SdrtRuntime:
     runtime_distributions = ("sdrt",)  # its run-time requirements, not the extras
     runtime_source_dirs = (SDRT_SOURCE_DIR,)
 
-    def __init__(self, backend: str, saved_graphs: bool = True):
+    def __init__(
+        self, backend: str, saved_graphs: bool = True, call_options: dict[str, Any] | None = None
+    ):
         self.backend = backend
         self.saved_graphs = saved_graphs
+        self.call_options = dict(call_options or {})
         self.pipe: Any = None
         self.clock = StageClock()
         self.threads = 0
@@ -100,6 +106,7 @@ class SdrtRuntime:
             scheduler=workload.scheduler,
             output_type="np",
             stage_callback=self._record,
+            **self.call_options,
         )
         return result.images
 
@@ -117,6 +124,7 @@ class SdrtRuntime:
             "saved_graphs": self.saved_graphs,
             "optimized_model_cached_before_load": self.optimized_model_cached,
             "unet_precision": self.pipe.manifest.components["unet"].precision,
+            "call_options": self.call_options,
             "verify_files": VERIFY_FILES,
             "file_hashes_recorded_before_load": self.hashes_recorded,
         }
@@ -125,9 +133,21 @@ class SdrtRuntime:
         return {name: version_of(name) for name in ("sdrt", "onnxruntime", "numpy", "tokenizers")}
 
 
+def _runtime(arguments: list[str]) -> SdrtRuntime:
+    import json
+
+    backend, *flags = arguments
+    if flags == [NO_SAVED_GRAPHS]:
+        return SdrtRuntime(backend, saved_graphs=False)
+    if len(flags) == 2 and flags[0] == CALL_OPTIONS:
+        return SdrtRuntime(backend, call_options=json.loads(flags[1]))
+    if flags:
+        sys.exit(
+            f"expected MODEL_DIR THREADS BACKEND [{NO_SAVED_GRAPHS} | {CALL_OPTIONS} JSON], "
+            f"got {sys.argv[1:]}"
+        )
+    return SdrtRuntime(backend)
+
+
 if __name__ == "__main__":
-    flags = sys.argv[4:]
-    if flags not in ([], [NO_SAVED_GRAPHS]):
-        sys.exit(f"expected MODEL_DIR THREADS BACKEND [{NO_SAVED_GRAPHS}], got {sys.argv[1:]}")
-    runtime = SdrtRuntime(backend=sys.argv[3], saved_graphs=not flags)
-    sys.exit(serve(runtime, sys.argv[1:3]))
+    sys.exit(serve(_runtime(sys.argv[3:]), sys.argv[1:3]))

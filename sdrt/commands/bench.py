@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default="torch,ort-cpu",
-        help="comma-separated contenders: torch, optimum and sdrt backends (default: %(default)s)",
+        help="comma-separated contenders: torch, optimum and sdrt backends, an sdrt backend "
+        "with fast modes as BACKEND+MODE[+MODE] (int8, deepcacheN[bB], tomeR, tinyvae; e.g. "
+        "ort-cpu+int8+deepcache3), compared with the bare backend (default: %(default)s)",
     )
     parser.add_argument("--arch", help="architecture to make (sd15, sd21, sdxl, tiny, ...)")
     parser.add_argument(
@@ -196,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from sdrt.benchmarks.contenders import known_contenders, optimum_env
+    from sdrt.benchmarks import fast_modes
+    from sdrt.benchmarks.contenders import is_known, known_contenders, optimum_env
     from sdrt.errors import InputError
 
     if args.setup_optimum:
@@ -204,12 +207,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"Optimum's virtualenv is ready: {python}")
         return 0
     config = _config(args)
-    unknown = [name for name in config.backends if name not in known_contenders()]
+    unknown = [name for name in config.backends if not is_known(name)]
     if unknown:
         raise InputError(
             f"--backends: unknown {', '.join(unknown)}; expected some of "
-            f"{', '.join(known_contenders())}"
+            f"{', '.join(known_contenders())}, or an sdrt backend with fast modes "
+            f"(BACKEND+MODE..., modes: {fast_modes.MODE_GRAMMAR})"
         )
+    for name in config.backends:
+        fast_modes.split_contender(name)  # an unknown or clashing mode: InputError now
     from sdrt.benchmarks.config import too_few_runs_warning
     from sdrt.benchmarks.harness import run_benchmark
     from sdrt.benchmarks.report import write_report

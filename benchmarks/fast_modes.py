@@ -1,0 +1,125 @@
+"""Fast modes as benchmark contenders: ``BACKEND+MODE[+MODE...]``, e.g. ``ort-cpu+int8``.
+
+Each mode is a build option (the harness builds a variant folder from the same source with
+it) and/or per-call arguments (the sdrt worker passes them to ``Pipeline.__call__``). Its
+speed is reported against exact sdrt on the same backend (the contender named by the bare
+backend, when it runs too) and eager diffusers, and its image is compared with exact sdrt's
+image on the same latents: what the mode costs in quality, next to what it saves in time.
+
+    int8               sdrt build --precision int8
+    deepcacheN[bB]     sdrt build --deep-cache; deep_cache_interval=N, deep_cache_branch=B (0)
+    tomeR              sdrt build --tome-ratio R
+    tinyvae            sdrt build --tiny-vae FOLDER (a random one made here for --random-weights)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sdrt.errors import InputError
+
+SEPARATOR = "+"
+MODE_GRAMMAR = "int8, deepcacheN[bB] (e.g. deepcache3, deepcache3b1), tomeR (e.g. tome0.5), tinyvae"
+_DEEP_CACHE = re.compile(r"^deepcache(?P<interval>\d+)(?:b(?P<branch>\d+))?$")
+_TOME = re.compile(r"^tome(?P<ratio>0?\.\d+)$")
+# The value of a build option that the harness fills in: the tiny VAE folder it prepared.
+TINY_VAE_FOLDER = "<tiny-vae-folder>"
+
+
+@dataclass(frozen=True)
+class FastMode:
+    word: str  # as written in the contender name
+    build: tuple[tuple[str, Any], ...] = ()  # BuildConfig field -> value
+    call: tuple[tuple[str, Any], ...] = ()  # Pipeline.__call__ keyword -> value
+
+
+@dataclass(frozen=True)
+class ModeContender:
+    """A contender name split: the sdrt backend and the modes it runs with (maybe none)."""
+
+    name: str
+    backend: str
+    modes: tuple[FastMode, ...]
+
+    @property
+    def build_options(self) -> dict[str, Any]:
+        return {key: value for mode in self.modes for key, value in mode.build}
+
+    @property
+    def call_options(self) -> dict[str, Any]:
+        return {key: value for mode in self.modes for key, value in mode.call}
+
+    @property
+    def variant_key(self) -> str | None:
+        """Which built folder it needs: None for the plain build, else a hash of its options."""
+        options = self.build_options
+        if not options:
+            return None
+        text = json.dumps(options, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def parse_mode(word: str) -> FastMode:
+    if word == "int8":
+        return FastMode(word, build=(("precision", "int8"),))
+    if word == "tinyvae":
+        return FastMode(word, build=(("tiny_vae", TINY_VAE_FOLDER),), call=(("vae", "tiny"),))
+    match = _DEEP_CACHE.match(word)
+    if match:
+        interval = int(match["interval"])
+        if interval < 1:
+            raise InputError(f"fast mode {word!r}: expected an interval >= 1")
+        return FastMode(
+            word,
+            build=(("deep_cache", True),),
+            call=(
+                ("deep_cache_interval", interval),
+                ("deep_cache_branch", int(match["branch"] or 0)),
+            ),
+        )
+    match = _TOME.match(word)
+    if match:
+        ratio = float(match["ratio"])
+        if not 0.0 < ratio < 1.0:
+            raise InputError(f"fast mode {word!r}: expected a ratio between 0 and 1")
+        return FastMode(word, build=(("tome_ratio", ratio),))
+    raise InputError(f"unknown fast mode {word!r}; expected one of: {MODE_GRAMMAR}")
+
+
+def split_contender(name: str) -> ModeContender:
+    """``ort-cpu+int8+deepcache3`` -> backend ``ort-cpu`` with two modes; InputError for an
+    unknown or repeated mode, or two modes that set the same option differently."""
+    backend, *words = name.split(SEPARATOR)
+    modes = tuple(parse_mode(word) for word in words)
+    seen: dict[str, Any] = {}
+    for mode in modes:
+        for key, value in (*mode.build, *mode.call):
+            if key in seen:
+                raise InputError(
+                    f"contender {name!r}: {mode.word!r} sets {key} again (already {seen[key]!r})"
+                )
+            seen[key] = value
+    return ModeContender(name, backend, modes)
+
+
+def exact_name(name: str) -> str | None:
+    """The exact contender a mode contender is compared with (its bare backend); None for
+    a contender without modes."""
+    backend, *words = name.split(SEPARATOR)
+    return backend if words else None
+
+
+def resolve_placeholders(options: dict[str, Any], config, report) -> dict[str, Any]:
+    """``options`` with the values the harness prepares filled in (the tiny VAE folder)."""
+    if options.get("tiny_vae") != TINY_VAE_FOLDER:
+        return options
+    return {**options, "tiny_vae": str(tiny_vae_folder(config, report))}
+
+
+def tiny_vae_folder(config, report):
+    # Filled in when the tiny VAE build option lands (a random TAESD for --random-weights).
+    raise InputError("fast mode 'tinyvae': this sdrt has no tiny VAE build option yet")

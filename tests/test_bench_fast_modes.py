@@ -1,0 +1,88 @@
+"""Fast modes as benchmark contenders: names parsed into build and call options, and the
+report's table of each mode against exact sdrt and torch."""
+
+from __future__ import annotations
+
+import pytest
+from sdrt.benchmarks import fast_modes
+from sdrt.benchmarks.contenders import is_known, resolve
+from sdrt.benchmarks.report import _fast_modes
+
+from sdrt.errors import InputError
+
+
+def test_a_name_splits_into_backend_build_and_call_options():
+    contender = fast_modes.split_contender("ort-cpu+int8+deepcache3b1+tome0.5")
+    assert contender.backend == "ort-cpu"
+    assert contender.build_options == {"precision": "int8", "deep_cache": True, "tome_ratio": 0.5}
+    assert contender.call_options == {"deep_cache_interval": 3, "deep_cache_branch": 1}
+    assert fast_modes.exact_name(contender.name) == "ort-cpu"
+    assert fast_modes.exact_name("ort-cpu") is None
+
+
+def test_variants_share_a_folder_only_when_their_build_options_are_equal():
+    split = fast_modes.split_contender
+    assert split("ort-cpu").variant_key is None
+    # DeepCache's interval is a call option: every interval runs on one --deep-cache build
+    assert split("ort-cpu+deepcache2").variant_key == split("ort-cpu+deepcache5").variant_key
+    assert split("ort-cpu+int8").variant_key != split("ort-cpu+deepcache2").variant_key
+    assert split("ort-cpu+int8+tome0.3").variant_key == split("ort-cpu+tome0.3+int8").variant_key
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("ort-cpu+int4", "unknown fast mode 'int4'"),
+        ("ort-cpu+deepcache0", "interval >= 1"),
+        ("ort-cpu+tome1.5", "unknown fast mode"),
+        ("ort-cpu+int8+int8", "sets precision again"),
+    ],
+)
+def test_bad_modes_are_named(name, message):
+    with pytest.raises(InputError, match=message):
+        fast_modes.split_contender(name)
+
+
+def test_only_sdrt_backends_take_modes():
+    assert is_known("ort-cpu+int8")
+    assert not is_known("torch+int8")
+    assert not is_known("optimum+int8")
+    with pytest.raises(InputError, match="fast modes run on an sdrt backend"):
+        resolve("auto+int8", None)
+
+
+def test_a_mode_contender_runs_sdrt_on_its_variant_with_its_call_options():
+    spec = resolve("ort-cpu+deepcache3", None)
+    assert spec.extra_args == (
+        "ort-cpu",
+        "--call-options",
+        '{"deep_cache_branch": 0, "deep_cache_interval": 3}',
+    )
+    assert spec.variant == fast_modes.split_contender("ort-cpu+deepcache3").variant_key
+
+
+def _record(name, end_to_end, unet, versus=None):
+    result = {
+        "size": "256x256",
+        "stages": {"end_to_end_s": {"median": end_to_end}, "unet_s": {"median": unet}},
+    }
+    if versus is not None:
+        result["versus_exact"] = versus
+    return {"name": name, "results": [result]}
+
+
+def test_the_report_gives_speedups_against_exact_sdrt_and_torch_and_the_quality_cost():
+    versus = {"psnr_db": 31.25, "max_abs_diff": 0.125, "identical": False}
+    report = {
+        "contenders": [
+            _record("torch", 12.0, 10.0),
+            _record("ort-cpu", 6.0, 5.0),
+            _record("ort-cpu+deepcache3", 3.0, 2.0, versus),
+        ]
+    }
+    lines = _fast_modes(report, "256x256")
+    rows = [line for line in lines if line.startswith("| ort-cpu+deepcache3")]
+    assert rows == [
+        "| ort-cpu+deepcache3 | 3.00 s | 2.00x | 4.00x | 2.00 s | 2.50x | 31.2 dB | 1.25e-01 | — |"
+    ]
+    assert _fast_modes({"contenders": report["contenders"][:2]}, "256x256") == []
