@@ -212,3 +212,19 @@ def test_generate_cli(tiny_built, tiny_built_deep_cache, tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and "rebuild it with `sdrt build --deep-cache`" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_service_bodies_take_the_settings(sd):
+    from sdrt.service.config import Limits
+    from sdrt.service.errors import ApiError
+    from sdrt.service.params import GENERATION_FIELDS, check_fields, make_generation
+
+    limits = Limits(max_n=2, max_steps=200, max_body_bytes=4096, max_upload_bytes=20_000)
+    body = {"prompt": "a fox", "size": "64x64", "deep_cache_interval": 3, "deep_cache_branch": 1}
+    generation = make_generation(sd, check_fields(body, GENERATION_FIELDS), limits)
+    assert generation.request.deep_cache.interval == 3
+    assert generation.request.deep_cache.branch.component == "unet_shallow_1"
+    with pytest.raises(ApiError) as error:
+        make_generation(sd, {**body, "deep_cache_branch": 4}, limits)
+    assert error.value.status == 400
+    assert "branches [0, 1], got 4" in error.value.message
