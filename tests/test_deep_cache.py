@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import sdrt
 from sdrt.cli import main
@@ -198,11 +199,15 @@ def test_generate_cli(tiny_built, tiny_built_deep_cache, tmp_path, capsys):
     out = tmp_path / "fox.png"
     code = main(["generate", str(tiny_built_deep_cache), *args, "-o", str(out)])
     assert code == 0 and out.is_file()
+    with Image.open(out) as image:
+        assert "DeepCache" not in image.info["parameters"]
     code = main(
         ["generate", str(tiny_built_deep_cache), *args, "-o", str(out)]
         + ["--deep-cache-interval", "2", "--deep-cache-branch", "1"]
     )
     assert code == 0
+    with Image.open(out) as image:  # the image records the settings that made it
+        assert 'DeepCache: "interval 2, branch 1"' in image.info["parameters"]
     capsys.readouterr()
     code = main(
         ["generate", str(tiny_built), *args, "-o", str(tmp_path / "x.png")]
