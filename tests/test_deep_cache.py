@@ -233,3 +233,16 @@ def test_service_bodies_take_the_settings(sd):
         make_generation(sd, {**body, "deep_cache_branch": 4}, limits)
     assert error.value.status == 400
     assert "branches [0, 1], got 4" in error.value.message
+
+
+def test_a_record_naming_a_missing_graph_is_a_folder_error(tiny_built_deep_cache):
+    from sdrt.errors import ModelFolderError
+    from sdrt.manifest import manifest_from_dict
+
+    record = json.loads((tiny_built_deep_cache / MANIFEST_NAME).read_text())
+    del record["components"]["unet_shallow_1"]
+    with pytest.raises(ModelFolderError, match="branch 1 expects the component 'unet_shallow_1'"):
+        manifest_from_dict(record)
+    record["components"]["unet_other"] = record["components"]["unet_shallow_0"]
+    with pytest.raises(ModelFolderError, match=r"unknown components \['unet_other'\]"):
+        manifest_from_dict(record)
