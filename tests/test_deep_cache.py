@@ -76,6 +76,7 @@ def _deep_cache_reference(reference, scheduler: str, interval: int, branch: int,
     [
         (3, 0, "EulerDiscreteScheduler", 7.5, 64, 64),
         (2, 1, "DDIMScheduler", 1.0, 128, 64),  # no guidance; a size off the 2**3 grid
+        (2, 0, "HeunDiscreteScheduler", 7.5, 64, 64),  # repeated timesteps
     ],
 )
 def test_images_equal_deepcache_on_diffusers(
