@@ -85,7 +85,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--scheduler", default="EulerDiscreteScheduler")
     parser.add_argument("--intervals", default="2,3,5")
     parser.add_argument("--branch", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of calls (0: none)")
+    parser.add_argument(
+        "--unet-rounds",
+        type=int,
+        default=0,
+        help="rounds of single U-Net steps: the exact graph, the graph with the feature "
+        "outputs, and a second session of the exact graph (the noise floor) (0: none)",
+    )
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args(argv)
     intervals = [int(n) for n in args.intervals.split(",")]
@@ -93,10 +100,13 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     twin = plain_twin(args.folder)
     try:
-        report = _measure(args, twin, intervals)
+        report = _measure(args, twin, intervals) if args.rounds else _header(args, None)
+        if args.unet_rounds:
+            report["unet_step"] = unet_steps(args, twin)
     finally:
         shutil.rmtree(twin, ignore_errors=True)
     report["machine"]["load_average_start"] = load_before
+    report["machine"]["load_average_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +195,10 @@ def _report(args, pipe, intervals, calls, samples, images) -> dict:
                     [t for ok, ts in zip(full, steps, strict=True) if not ok for t in ts]
                 )
         rows[name] = row
-    built = pipe.manifest.deep_cache
+    return {**_header(args, pipe.manifest.deep_cache, intervals), "results": rows}
+
+
+def _header(args, built, intervals=()) -> dict:
     return {
         "benchmark": "deep_cache_cost",
         "folder": str(args.folder),
@@ -197,7 +210,9 @@ def _report(args, pipe, intervals, calls, samples, images) -> dict:
             "scheduler": args.scheduler,
             "batch": 1,
             "intervals": intervals,
-            "branch": args.branch if args.branch is not None else built.branches[0].branch,
+            "branch": args.branch
+            if args.branch is not None or built is None
+            else built.branch_ids[0],
             "rounds": args.rounds,
             "backend": "ort-cpu",
             "latents": "numpy default_rng(0) standard normal",
@@ -205,11 +220,54 @@ def _report(args, pipe, intervals, calls, samples, images) -> dict:
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
-            "load_average_end": os.getloadavg(),
         },
         "versions": {"sdrt": sdrt.__version__},
-        "results": rows,
         "note": "random weights: PSNR and max difference are only a guide",
+    }
+
+
+def unet_steps(args, twin: Path) -> dict:
+    """Single U-Net steps (batch 2: guidance) of the exact graph, of the graph that also
+    gives DeepCache's features, and of a second session of the exact graph, interleaved."""
+    from sdrt.backends import select_backend
+
+    folders = {
+        EXACT: twin,
+        "with the feature outputs": args.folder,
+        "exact, a second session": twin,
+    }
+    sessions = {}
+    for name, folder in folders.items():
+        manifest = read_manifest(folder)
+        selection = select_backend("ort-cpu", manifest)
+        sessions[name] = selection.open_sessions(folder, manifest, ("unet",))["unet"]
+    rng = np.random.default_rng(0)
+    latent = args.size // 8
+    width = {s.name: s for s in sessions[EXACT].inputs}["encoder_hidden_states"].shape[2]
+    feeds = {
+        "sample": rng.standard_normal((2, 4, latent, latent), np.float32),
+        "timestep": np.array([500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, width), np.float32),
+    }
+    outputs = {name: s.run(feeds)["out_sample"] for name, s in sessions.items()}  # warm-up
+    times = {name: [] for name in sessions}
+    names = list(sessions)
+    for r in range(args.unet_rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            sessions[name].run(feeds)
+            times[name].append(time.perf_counter() - t0)
+    exact = statistics.median(times[EXACT])
+    return {
+        "batch": 2,
+        "size": args.size,
+        "rounds": args.unet_rounds,
+        "median_s": {name: statistics.median(t) for name, t in times.items()},
+        "ratio_to_exact": {name: statistics.median(t) / exact for name, t in times.items()},
+        "max_abs_diff_vs_exact": {
+            name: float(np.abs(o - outputs[EXACT]).max()) for name, o in outputs.items()
+        },
+        "samples_s": times,
     }
 
 
