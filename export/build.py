@@ -255,6 +255,10 @@ def _build_into(
     precisions = _precisions(config, source)
     cases = _verification_cases(config, source)
     branches = config.deep_cache_branches
+    if branches:  # before any export: a branch the U-Net does not have fails at once
+        from sdrt.export.deep_cache import check_branches
+
+        check_branches(len(source.configs["unet"]["down_block_types"]), branches)
     for name in component_names(source, branches):
         t0 = time.perf_counter()
         export_options = {

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from sdrt.export.source import SourceModel
 
+from sdrt.manifest import shallow_unet_name
+
 
 @dataclass(frozen=True)
 class ShapeCase:
@@ -230,7 +232,7 @@ def component_names(
 ) -> tuple[str, ...]:
     """The graphs a build exports from this source, in export order (DeepCache's shallow
     U-Nets after the U-Net)."""
-    shallow = tuple(f"unet_shallow_{b}" for b in deep_cache_branches)
+    shallow = tuple(shallow_unet_name(b) for b in deep_cache_branches)
     return source.text_encoders + ("unet", *shallow, "vae_decoder", "vae_encoder")
 
 

@@ -52,14 +52,20 @@ class BranchCut:
     first_up_layer: int  # the first of its resnets recomputed (diffusers' order)
 
 
+def check_branches(levels: int, branches: tuple[int, ...]) -> None:
+    """InputError unless every branch cuts a U-Net of ``levels`` down blocks."""
+    for branch in branches:
+        if not 0 <= branch < levels * LAYERS_PER_BLOCK_ID:
+            raise InputError(
+                f"deep cache branch: expected 0..{levels * LAYERS_PER_BLOCK_ID - 1} for a U-Net "
+                f"with {levels} levels, got {branch}"
+            )
+
+
 def branch_cut(unet: torch.nn.Module, branch: int) -> BranchCut:
     """The cut of ``branch`` in this U-Net, or InputError when it has no such branch."""
     levels = len(unet.down_blocks)
-    if not 0 <= branch < levels * LAYERS_PER_BLOCK_ID:
-        raise InputError(
-            f"deep cache branch: expected 0..{levels * LAYERS_PER_BLOCK_ID - 1} for a U-Net "
-            f"with {levels} levels, got {branch}"
-        )
+    check_branches(levels, (branch,))
     block, layer = divmod(branch, LAYERS_PER_BLOCK_ID)
     down_resnets = len(unet.down_blocks[block].resnets)
     up_block = levels - 1 - block

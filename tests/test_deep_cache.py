@@ -247,3 +247,28 @@ def test_a_record_naming_a_missing_graph_is_a_folder_error(tiny_built_deep_cache
     record["components"]["unet_other"] = record["components"]["unet_shallow_0"]
     with pytest.raises(ModelFolderError, match=r"unknown components \['unet_other'\]"):
         manifest_from_dict(record)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"deep_cache_branches": (0, 12)}, r"expected 0\.\.11 for a U-Net with 4 levels, got 12"),
+        ({"deep_cache_branches": (0, 0)}, "expected each once"),
+        ({"deep_cache_branches": (0,), "lora_ready": True}, "cannot be combined"),
+    ],
+)
+def test_bad_build_options_fail_before_any_export(tiny_source, tmp_path, options, message):
+    from sdrt.export.build import BuildConfig, build
+
+    output = tmp_path / "out"
+    with pytest.raises(InputError, match=message):
+        build(BuildConfig(source=str(tiny_source), output=output, **options))
+    assert not output.exists()
+
+
+def test_build_cli_wants_deep_cache_for_branches(tiny_source, tmp_path, capsys):
+    code = main(
+        ["build", str(tiny_source), "-o", str(tmp_path / "o"), "--deep-cache-branches", "1"]
+    )
+    assert code == 2
+    assert "expected with --deep-cache" in capsys.readouterr().err

@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--deep-cache-branches",
-        default="0",
+        default=None,
         metavar="B[,B...]",
         help="with --deep-cache: the DeepCache branches (cache_branch_id) to build (default: 0)",
     )
@@ -228,9 +228,11 @@ def _deep_cache_branches(args: argparse.Namespace) -> tuple[int, ...]:
     from sdrt.errors import InputError
 
     if not args.deep_cache:
+        if args.deep_cache_branches is not None:
+            raise InputError("--deep-cache-branches: expected with --deep-cache, got it alone")
         return ()
     try:
-        return tuple(int(b) for b in args.deep_cache_branches.split(","))
+        return tuple(int(b) for b in (args.deep_cache_branches or "0").split(","))
     except ValueError:
         raise InputError(
             f"--deep-cache-branches: expected integers separated by commas, got "
