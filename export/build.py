@@ -53,11 +53,15 @@ from sdrt.manifest import (
     BuiltAdapter,
     Component,
     ConfigCorrection,
+    DeepCacheBranch,
+    DeepCacheBuild,
     Manifest,
     Source,
     TensorSpec,
+    deep_cache_feature_output,
     read_manifest,
     sha256_file,
+    shallow_unet_name,
     write_manifest,
 )
 
@@ -97,11 +101,15 @@ class BuildConfig:
     # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA);
     # off by default: they make an SD 1.5 U-Net step on the CPU slower (README, LoRA at run time)
     lora_ready: bool = False
+    # DeepCache branches (cache_branch_id) to export shallow U-Nets for; () builds none
+    deep_cache_branches: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
         object.__setattr__(self, "loras", tuple(self.loras))
         object.__setattr__(self, "embeddings", tuple(self.embeddings))
+        object.__setattr__(self, "deep_cache_branches", tuple(self.deep_cache_branches))
+        _check_deep_cache_branches(self)
         for option in (*self.loras, *self.embeddings):
             if not Path(option.path).is_file():
                 raise InputError(f"adapter file {str(option.path)!r} does not exist")
@@ -130,6 +138,17 @@ class BuildConfig:
             raise InputError(f"max_batch must be at least 1, got {self.max_batch}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise InputError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
+
+
+def _check_deep_cache_branches(config: BuildConfig) -> None:
+    branches = config.deep_cache_branches
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in branches):
+        raise InputError(f"deep cache branches: expected integers >= 0, got {list(branches)}")
+    if len(set(branches)) != len(branches):
+        raise InputError(f"deep cache branches: expected each once, got {list(branches)}")
+    if branches and config.lora_ready:
+        # run-time LoRA would feed the U-Net's weights but not its shallow graphs'
+        raise InputError("--deep-cache and --lora-ready cannot be combined yet")
 
 
 @dataclass(frozen=True)
@@ -235,7 +254,12 @@ def _build_into(
     results = []
     precisions = _precisions(config, source)
     cases = _verification_cases(config, source)
-    for name in component_names(source):
+    branches = config.deep_cache_branches
+    if branches:  # before any export: a branch the U-Net does not have fails at once
+        from sdrt.export.deep_cache import check_branches
+
+        check_branches(len(source.configs["unet"]["down_block_types"]), branches)
+    for name in component_names(source, branches):
         t0 = time.perf_counter()
         export_options = {
             "component": name,
@@ -245,6 +269,7 @@ def _build_into(
             "exporter": EXPORTER_VERSION,
             "token_embedding_input": name.startswith("text_encoder"),
             "lora_ready": ADAPTABLE_FORMAT if config.lora_ready else 0,
+            **({"deep_cache": list(branches)} if name == "unet" and branches else {}),
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -263,11 +288,17 @@ def _build_into(
             source_sha256=source_sha256,
             report=report,
             lora_ready=config.lora_ready,
+            deep_cache_branches=branches,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
-    manifest = dataclasses.replace(manifest, config_corrections=corrections, adapters=adapters)
+    manifest = dataclasses.replace(
+        manifest,
+        config_corrections=corrections,
+        adapters=adapters,
+        deep_cache=_deep_cache_record(branches),
+    )
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
@@ -367,7 +398,7 @@ def _precisions(config: BuildConfig, source: SourceModel) -> dict[str, str]:
         vae = "fp32" if upcast else config.precision
     return {
         name: vae if name.startswith("vae") else config.precision
-        for name in component_names(source)
+        for name in component_names(source, config.deep_cache_branches)
     }
 
 
@@ -424,6 +455,7 @@ def _export_component(
     source_sha256: str,
     report: ProgressCallback,
     lora_ready: bool = False,
+    deep_cache_branches: tuple[int, ...] = (),
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
@@ -444,7 +476,7 @@ def _export_component(
     )
 
     report(name, "loading weights")
-    wrapper = load_export_wrapper(source, name)
+    wrapper = load_export_wrapper(source, name, deep_cache_branches)
     report(name, "running eager PyTorch")
     shapes = cases.vae if name.startswith("vae") else cases.unet
     references = [
@@ -521,7 +553,19 @@ def _export_component(
 
 def wrapper_folder(name: str) -> str:
     """The source pipeline's folder a component's weights and config.json come from."""
+    if name.startswith("unet"):  # DeepCache's shallow U-Nets take the U-Net's weights
+        return "unet"
     return "vae" if name.startswith("vae") else name
+
+
+def _deep_cache_record(branches: tuple[int, ...]) -> DeepCacheBuild | None:
+    if not branches:
+        return None
+    return DeepCacheBuild(
+        tuple(
+            DeepCacheBranch(b, deep_cache_feature_output(b), shallow_unet_name(b)) for b in branches
+        )
+    )
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}

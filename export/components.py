@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from sdrt.export.source import SourceModel
 
+from sdrt.manifest import shallow_unet_name
+
 
 @dataclass(frozen=True)
 class ShapeCase:
@@ -225,16 +227,30 @@ class VaeEncoderExport(ExportWrapper):
         return {"sample": torch.rand(shape, generator=generator) * 2.0 - 1.0}
 
 
-def component_names(source: SourceModel) -> tuple[str, ...]:
-    """The graphs a build exports from this source, in export order."""
-    return source.text_encoders + ("unet", "vae_decoder", "vae_encoder")
+def component_names(
+    source: SourceModel, deep_cache_branches: tuple[int, ...] = ()
+) -> tuple[str, ...]:
+    """The graphs a build exports from this source, in export order (DeepCache's shallow
+    U-Nets after the U-Net)."""
+    shallow = tuple(shallow_unet_name(b) for b in deep_cache_branches)
+    return source.text_encoders + ("unet", *shallow, "vae_decoder", "vae_encoder")
 
 
-def load_export_wrapper(source: SourceModel, name: str) -> ExportWrapper:
-    """Load one component's weights (float32, eval mode) and wrap it for export."""
+def load_export_wrapper(
+    source: SourceModel, name: str, deep_cache_branches: tuple[int, ...] = ()
+) -> ExportWrapper:
+    """Load one component's weights (float32, eval mode) and wrap it for export; with
+    ``deep_cache_branches`` the U-Net also gives their features (export/deep_cache.py)."""
     import diffusers
     import transformers
+    from sdrt.export import deep_cache
 
+    if deep_cache.shallow_branch(name) is not None:
+        unet = load_export_wrapper(source, "unet")
+        return deep_cache.ShallowUNetExport(unet, deep_cache.shallow_branch(name))
+    if name == "unet" and deep_cache_branches:
+        unet = load_export_wrapper(source, "unet")
+        return deep_cache.UNetWithFeaturesExport(unet, tuple(deep_cache_branches))
     folder = source.folder
     if name.startswith("text_encoder"):
         cls = getattr(transformers, source.text_encoder_classes[name])

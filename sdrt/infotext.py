@@ -73,6 +73,7 @@ class GenerationParameters:
     batch_size: int = 1
     batch_pos: int = 0
     version: str | None = None
+    deep_cache: str | None = None  # "interval N, branch B" where DeepCache ran
 
     @classmethod
     def of_request(
@@ -111,6 +112,12 @@ class GenerationParameters:
             batch_size=batch_size,
             batch_pos=batch_pos,
             version=f"sdrt {__version__}",
+            deep_cache=(
+                None
+                if getattr(request, "deep_cache", None) is None
+                else f"interval {request.deep_cache.interval}, "
+                f"branch {request.deep_cache.branch.branch}"
+            ),
         )
 
     def text(self) -> str:
@@ -129,6 +136,7 @@ class GenerationParameters:
                 None if self.denoising_strength is None else f"{self.denoising_strength:g}"
             ),
             "Version": self.version,
+            "DeepCache": self.deep_cache,
         }
         line = ", ".join(f"{k}: {quote(v)}" for k, v in fields.items() if v is not None)
         negative = f"\nNegative prompt: {self.negative_prompt}" if self.negative_prompt else ""

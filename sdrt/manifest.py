@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,24 @@ FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 PRECISIONS = ("fp32", "fp16")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+# DeepCache (sdrt build --deep-cache): the U-Net's extra outputs and its shallow graphs.
+DEEP_CACHE_FEATURE_INPUT = "deep_cache_feature"
+_SHALLOW_UNET = re.compile(r"unet_shallow_\d+")
+
+
+def deep_cache_feature_output(branch: int) -> str:
+    """The U-Net output holding DeepCache branch ``branch``'s cached feature."""
+    return f"deep_cache_feature_{branch}"
+
+
+def shallow_unet_name(branch: int) -> str:
+    """The component computing what DeepCache recomputes on a cached step of ``branch``."""
+    return f"unet_shallow_{branch}"
+
+
+def is_component_name(name: str) -> bool:
+    return name in COMPONENT_NAMES or _SHALLOW_UNET.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -225,6 +244,29 @@ class Adoption:
 
 
 @dataclass(frozen=True)
+class DeepCacheBranch:
+    """One DeepCache branch a folder was built for (sdrt/deep_cache.py)."""
+
+    branch: int  # DeepCache's cache_branch_id
+    feature_output: str  # the unet output holding the cached feature
+    component: str  # the shallow U-Net run on cached steps
+
+
+@dataclass(frozen=True)
+class DeepCacheBuild:
+    """What ``sdrt build --deep-cache`` exported; None in folders built without it."""
+
+    branches: tuple[DeepCacheBranch, ...]
+
+    @property
+    def branch_ids(self) -> tuple[int, ...]:
+        return tuple(b.branch for b in self.branches)
+
+    def branch(self, branch: int) -> DeepCacheBranch | None:
+        return next((b for b in self.branches if b.branch == branch), None)
+
+
+@dataclass(frozen=True)
 class Manifest:
     source: Source
     family: str
@@ -247,6 +289,7 @@ class Manifest:
     adapters: tuple[BuiltAdapter, ...] = ()  # fused / added at build time, in order
     format_version: int = FORMAT_VERSION
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
+    deep_cache: DeepCacheBuild | None = None  # sdrt build --deep-cache; None without
 
     @property
     def default_image_size(self) -> int:
@@ -485,7 +528,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         raise ModelFolderError(
             f"{where}.tokenizers: expected a non-empty list of folder names, got {tokenizers!r}"
         )
-    return Manifest(
+    manifest = Manifest(
         format_version=version,
         source=Source(
             s.get("path_or_id", str),
@@ -516,7 +559,40 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             _adapter(_Reader(a, f"{where}.adapters[{i}]"))
             for i, a in enumerate(r.get("adapters", list, optional=True, default=[]))
         ),
+        deep_cache=_deep_cache(r.sub("deep_cache", optional=True)),
     )
+    _check_deep_cache(manifest, where)
+    return manifest
+
+
+def _check_deep_cache(manifest: Manifest, where: str) -> None:
+    """Each DeepCache branch names a shallow component and a U-Net output that exist."""
+    if manifest.deep_cache is None:
+        return
+    outputs = {o.name for o in manifest.components["unet"].outputs}
+    for b in manifest.deep_cache.branches:
+        if b.component not in manifest.components or b.feature_output not in outputs:
+            raise ModelFolderError(
+                f"{where}.deep_cache: branch {b.branch} expects the component {b.component!r} "
+                f"and the unet output {b.feature_output!r}; the folder has components "
+                f"{sorted(manifest.components)} and unet outputs {sorted(outputs)}"
+            )
+
+
+def _deep_cache(r: _Reader | None) -> DeepCacheBuild | None:
+    if r is None:
+        return None
+    branches = []
+    for i, value in enumerate(r.get("branches", list)):
+        b = _Reader(value, f"{r.where}.branches[{i}]")
+        branches.append(
+            DeepCacheBranch(
+                branch=b.get("branch", int),
+                feature_output=b.get("feature_output", str),
+                component=b.get("component", str),
+            )
+        )
+    return DeepCacheBuild(tuple(branches))
 
 
 def _adoption(r: _Reader | None) -> Adoption | None:
@@ -592,10 +668,11 @@ def _build_options(b: _Reader) -> BuildOptions:
 
 
 def _components(comps: _Reader) -> dict[str, Component]:
-    unknown = sorted(set(comps.data) - set(COMPONENT_NAMES))
+    unknown = sorted(name for name in comps.data if not is_component_name(name))
     if unknown:
         raise ModelFolderError(
-            f"{comps.where}: unknown components {unknown}; expected names from {', '.join(COMPONENT_NAMES)}"
+            f"{comps.where}: unknown components {unknown}; expected names from "
+            f"{', '.join(COMPONENT_NAMES)} or unet_shallow_<branch>"
         )
     components = {
         name: _component(name, _Reader(value, f"{comps.where}.{name}"))

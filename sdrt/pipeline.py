@@ -34,6 +34,7 @@ from sdrt.adapters.lora_api import LoraMethods
 from sdrt.adapters.lora_state import BASE, LoraState, WeightFeeds
 from sdrt.arrays import namespace_of, to_host
 from sdrt.backends import Selection, Session, select_backend
+from sdrt.deep_cache import DeepCacheLoop
 from sdrt.errors import InputError, ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
 from sdrt.integrity import check_model_files
@@ -45,7 +46,7 @@ from sdrt.interpolation import (
     make_walk,
     run_walk,
 )
-from sdrt.manifest import Manifest, TensorSpec, read_manifest
+from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec, read_manifest
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request, prompt_list
@@ -219,6 +220,8 @@ class Pipeline(LoraMethods):
         negative_prompt_embeds: Any = None,
         pooled_prompt_embeds: Any = None,
         negative_pooled_prompt_embeds: Any = None,
+        deep_cache_interval: int | None = None,
+        deep_cache_branch: int | None = None,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
@@ -227,7 +230,9 @@ class Pipeline(LoraMethods):
         every stage (sdrt/stages.py); the result's ``timings`` hold them all.
         ``prompt_embeds`` (images, tokens, width) and the others stand in for the encoded
         prompts, as in diffusers (``embed_prompts`` gives them); arrays in the namespace of
-        the backend's outputs (numpy; cupy on a GPU backend)."""
+        the backend's outputs (numpy; cupy on a GPU backend). ``deep_cache_interval`` (and
+        ``deep_cache_branch``) run DeepCache on a folder built with ``--deep-cache``
+        (sdrt/deep_cache.py)."""
         # Every argument but the two callbacks, by name, as make_request takes them.
         arguments = {k: v for k, v in locals().items() if k in CALL_DEFAULTS or k == "prompt"}
         request = make_request(self.manifest, **arguments)
@@ -346,9 +351,14 @@ class Pipeline(LoraMethods):
         x, inpaint = self._initial_latents(request, sched, plan, noise, xp, stages)
         state = sched.initial_state(plan)
         total = len(plan.timesteps)
+        cache = (
+            None
+            if request.deep_cache is None
+            else DeepCacheLoop(request.deep_cache, plan.timesteps)
+        )
         for i in range(total):
             x, state = self._denoise_step(
-                request, sched, plan, state, x, i, conditioning, inpaint, source, stages
+                request, sched, plan, state, x, i, conditioning, inpaint, source, stages, cache
             )
             if i < total - 1:
                 yield Progress(i + 1, total, float(plan.timesteps[i]))
@@ -393,9 +403,21 @@ class Pipeline(LoraMethods):
         return x, inpaint
 
     def _denoise_step(
-        self, request, sched, plan, state, x, i: int, conditioning, inpaint, source, stages
+        self,
+        request,
+        sched,
+        plan,
+        state,
+        x,
+        i: int,
+        conditioning,
+        inpaint,
+        source,
+        stages,
+        cache=None,
     ):
-        """One U-Net call (both guidance halves as one batch) and one scheduler step."""
+        """One U-Net call (both guidance halves as one batch) and one scheduler step;
+        ``cache`` (a DeepCacheLoop) picks the full or the shallow U-Net."""
         xp = namespace_of(x)
         cfg = request.do_classifier_free_guidance
         model_input = xp.concatenate([x, x], axis=0) if cfg else x
@@ -403,7 +425,7 @@ class Pipeline(LoraMethods):
         if inpaint is not None and inpaint.unet_condition is not None:
             model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
         with stages.stage("unet", step=i):
-            noise_pred = self._unet(model_input, plan.timesteps[i], conditioning)
+            noise_pred = self._unet(model_input, plan.timesteps[i], conditioning, cache, i)
         if cfg:
             uncond, text = noise_pred[: request.batch_size], noise_pred[request.batch_size :]
             noise_pred = uncond + request.guidance_scale * (text - uncond)
@@ -522,8 +544,8 @@ class Pipeline(LoraMethods):
             return hidden[0], pooled
         return namespace_of(hidden[0]).concatenate(hidden, axis=-1), pooled
 
-    def _unet(self, sample, timestep, conditioning: _Conditioning):
-        session = self._session("unet")
+    def _unet(self, sample, timestep, conditioning: _Conditioning, cache=None, step: int = 0):
+        session = self._session("unet" if cache is None else cache.session_name(step))
         encoder_hidden_states = conditioning.embeddings
         specs = {s.name: s for s in session.inputs}
         xp = namespace_of(sample)
@@ -537,8 +559,14 @@ class Pipeline(LoraMethods):
         for name, value in conditioning.added.items():
             feeds[name] = value.astype(specs[name].dtype)
         feeds.update(conditioning.weights)  # run-time LoRA's weights; none without adapters
-        out = session.run(feeds)[session.outputs[0].name]
-        return out.astype(xp.float32)
+        if cache is not None:
+            feeds.update(
+                cache.feeds(step, specs.get(DEEP_CACHE_FEATURE_INPUT, specs["sample"]).dtype)
+            )
+        outputs = session.run(feeds)
+        if cache is not None:
+            cache.keep(step, outputs)
+        return outputs[session.outputs[0].name].astype(xp.float32)
 
     def _encode_image(self, pixels):
         """VAE latents of (1, 3, H, W) pixels in [-1, 1]: the distribution's mode, scaled.

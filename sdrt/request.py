@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of
+from sdrt.deep_cache import DeepCacheSettings, check_deep_cache
 from sdrt.errors import InputError
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
@@ -49,6 +50,7 @@ class Request:
     negative_prompt_embeds: Any = None  # the shape of prompt_embeds
     pooled_prompt_embeds: Any = None  # SDXL: (images, pooled width)
     negative_pooled_prompt_embeds: Any = None
+    deep_cache: DeepCacheSettings | None = None  # deep_cache_interval/_branch; None: off
 
     @property
     def batch_size(self) -> int:
@@ -156,6 +158,8 @@ def make_request(
     negative_prompt_embeds: Any = None,
     pooled_prompt_embeds: Any = None,
     negative_pooled_prompt_embeds: Any = None,
+    deep_cache_interval: Any = None,
+    deep_cache_branch: Any = None,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
     given = Embeddings(
@@ -184,6 +188,7 @@ def make_request(
         seed=seed,
         negative_prompt=negative_prompt,
         **given.repeated(per_prompt).as_request_fields(),
+        deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
     )
 
 

@@ -95,6 +95,14 @@ def tiny_built_lora_ready(tiny_source, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_built_deep_cache(tiny_source, tmp_path_factory):
+    """`tiny_source` built with DeepCache's graphs for branches 0 and 1 (once per session)."""
+    return _build_tiny(
+        tiny_source, tmp_path_factory, "tiny-built-deep-cache", deep_cache_branches=(0, 1)
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_built_fp16(tiny_source, tmp_path_factory):
     """`tiny_source` built to an fp16 sdrt model folder (made once per test session)."""
     return _build_tiny(tiny_source, tmp_path_factory, "tiny-built-fp16", precision="fp16")

@@ -85,6 +85,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CPU is slower, adapter or not (README, 'LoRA at run time'; default: off)",
     )
     parser.add_argument(
+        "--deep-cache",
+        action="store_true",
+        help="also export what DeepCache needs (the U-Net's cached features and a shallow "
+        "U-Net per branch), so that `generate --deep-cache-interval N` works (default: off)",
+    )
+    parser.add_argument(
+        "--deep-cache-branches",
+        default=None,
+        metavar="B[,B...]",
+        help="with --deep-cache: the DeepCache branches (cache_branch_id) to build (default: 0)",
+    )
+    parser.add_argument(
         "--target",
         choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
@@ -149,6 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         loras=tuple(parse_lora_option(text) for text in args.lora),
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
         lora_ready=args.lora_ready,
+        deep_cache_branches=_deep_cache_branches(args),
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
@@ -209,6 +222,22 @@ def _build(args: argparse.Namespace, config: BuildConfig, held: HeldOutput, envi
         shapes = shape_range_from_options(read_manifest(result.output))
         return build_and_report(result.output, TensorRTBuildOptions(shapes=shapes), environment)
     return 0
+
+
+def _deep_cache_branches(args: argparse.Namespace) -> tuple[int, ...]:
+    from sdrt.errors import InputError
+
+    if not args.deep_cache:
+        if args.deep_cache_branches is not None:
+            raise InputError("--deep-cache-branches: expected with --deep-cache, got it alone")
+        return ()
+    try:
+        return tuple(int(b) for b in (args.deep_cache_branches or "0").split(","))
+    except ValueError:
+        raise InputError(
+            f"--deep-cache-branches: expected integers separated by commas, got "
+            f"{args.deep_cache_branches!r}"
+        ) from None
 
 
 def _is_onnx_folder(source: str) -> bool:

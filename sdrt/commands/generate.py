@@ -62,6 +62,8 @@ class GenerateConfig:
     progress: bool
     embeddings: tuple = ()  # sdrt.adapters.options.EmbeddingOption, loaded in order
     loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
+    deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
+    deep_cache_branch: int | None = None
 
 
 def _epilog() -> str:
@@ -192,6 +194,21 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="images per prompt, made in one call (num_images_per_prompt) (default: 1)",
     )
+    parser.add_argument(
+        "--deep-cache-interval",
+        type=int,
+        metavar="N",
+        default=None,
+        help="DeepCache: the whole U-Net every N steps, its shallow part between (a folder "
+        "built with --deep-cache; default: off)",
+    )
+    parser.add_argument(
+        "--deep-cache-branch",
+        type=int,
+        metavar="B",
+        default=None,
+        help="DeepCache's cache branch (default: the folder's first built branch)",
+    )
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,6 +317,8 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         progress=not args.no_progress,
         embeddings=embeddings,
         loras=loras,
+        deep_cache_interval=args.deep_cache_interval,
+        deep_cache_branch=args.deep_cache_branch,
     )
 
 
@@ -405,6 +424,8 @@ def prepare(config: GenerateConfig) -> Prepared:
             strength=strength,
             mask_image=mask,
             output_type="pil",
+            deep_cache_interval=config.deep_cache_interval,
+            deep_cache_branch=config.deep_cache_branch,
         )
         for prompt in config.prompts
     )

@@ -105,8 +105,18 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         *_adoption_lines(manifest.adoption),
         *_correction_lines(manifest),
         *_adapter_lines(manifest),
+        _deep_cache_line(manifest),
         "",
     ]
+
+
+def _deep_cache_line(manifest) -> str:
+    """The DeepCache branches the folder was built for (sdrt build --deep-cache)."""
+    built = manifest.deep_cache
+    if built is None:
+        return "deep cache     not built (sdrt build --deep-cache)"
+    shallow = ", ".join(f"{b.branch}: {b.component}" for b in built.branches)
+    return f"deep cache     branches {list(built.branch_ids)} (shallow U-Nets {shallow})"
 
 
 def _adoption_lines(adoption) -> list[str]:

@@ -3,7 +3,7 @@
 The OpenAI Images API fields (``prompt``, ``n``, ``size`` "WxH" or "auto",
 ``response_format`` "b64_json", ``stream``) plus sdrt's own with diffusers' names
 (``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``seed``,
-``scheduler``, ``strength``). Everything the Pipeline checks is checked by the same code
+``scheduler``, ``strength``, ``deep_cache_interval``, ``deep_cache_branch``). Everything the Pipeline checks is checked by the same code
 (``Pipeline.request`` -> sdrt.request), so the messages are the CLI's; what only the API
 has (``n``, ``size``, the deployer's limits) is checked here, and every message starts
 with the name of the field it is about.
@@ -39,6 +39,8 @@ GENERATION_FIELDS = frozenset(
         "guidance_scale",
         "seed",
         "scheduler",
+        "deep_cache_interval",
+        "deep_cache_branch",
     }
 )
 EDIT_FIELDS = GENERATION_FIELDS | {"strength", "image", "mask"}
@@ -104,6 +106,8 @@ def make_generation(pipe, body: dict, limits: Limits, image=None, mask=None) -> 
         "mask_image": mask,
         "strength": strength,
         "output_type": "np",
+        "deep_cache_interval": body.get("deep_cache_interval"),
+        "deep_cache_branch": body.get("deep_cache_branch"),
     }
     request = _checked_request(pipe, prompt, arguments)
     if request.width * request.height > limits.max_pixels:
@@ -203,7 +207,7 @@ def _kind(value: Any) -> str:
 
 def form_value(name: str, text: str) -> Any:
     """A multipart field's text as the JSON value it stands for (edits are multipart)."""
-    if name in ("n", "num_inference_steps", "seed"):
+    if name in ("n", "num_inference_steps", "seed", "deep_cache_interval", "deep_cache_branch"):
         try:
             return int(text)
         except ValueError:
