@@ -7,7 +7,7 @@ backend, when it runs too) and eager diffusers, and its image is compared with e
 image on the same latents: what the mode costs in quality, next to what it saves in time.
 
     int8               sdrt build --precision int8
-    deepcacheN[bB]     sdrt build --deep-cache; deep_cache_interval=N, deep_cache_branch=B (0)
+    deepcacheN[bB]     sdrt build --deep-cache --deep-cache-branches B (0); deep_cache_interval=N
     tomeR              sdrt build --tome-ratio R
     tinyvae            sdrt build --tiny-vae FOLDER (a random one made here for --random-weights)
 """
@@ -70,16 +70,13 @@ def parse_mode(word: str) -> FastMode:
         return FastMode(word, build=(("tiny_vae", TINY_VAE_FOLDER),), call=(("vae", "tiny"),))
     match = _DEEP_CACHE.match(word)
     if match:
-        interval = int(match["interval"])
+        interval, branch = int(match["interval"]), int(match["branch"] or 0)
         if interval < 1:
             raise InputError(f"fast mode {word!r}: expected an interval >= 1")
         return FastMode(
             word,
-            build=(("deep_cache", True),),
-            call=(
-                ("deep_cache_interval", interval),
-                ("deep_cache_branch", int(match["branch"] or 0)),
-            ),
+            build=(("deep_cache_branches", (branch,)),),
+            call=(("deep_cache_interval", interval), ("deep_cache_branch", branch)),
         )
     match = _TOME.match(word)
     if match:

@@ -14,7 +14,11 @@ from sdrt.errors import InputError
 def test_a_name_splits_into_backend_build_and_call_options():
     contender = fast_modes.split_contender("ort-cpu+int8+deepcache3b1+tome0.5")
     assert contender.backend == "ort-cpu"
-    assert contender.build_options == {"precision": "int8", "deep_cache": True, "tome_ratio": 0.5}
+    assert contender.build_options == {
+        "precision": "int8",
+        "deep_cache_branches": (1,),
+        "tome_ratio": 0.5,
+    }
     assert contender.call_options == {"deep_cache_interval": 3, "deep_cache_branch": 1}
     assert fast_modes.exact_name(contender.name) == "ort-cpu"
     assert fast_modes.exact_name("ort-cpu") is None
