@@ -97,6 +97,9 @@ class BuildConfig:
     # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA);
     # off by default: they make an SD 1.5 U-Net step on the CPU slower (README, LoRA at run time)
     lora_ready: bool = False
+    # a diffusers AutoencoderTiny folder or Hub id, exported beside the full VAE
+    # (export/tiny_vae.py); None: no tiny VAE
+    tiny_vae: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -205,8 +208,20 @@ def build_held(
                 source, adapters = apply_adapters(source, config.loras, config.embeddings, scratch)
             # After the adapters: their re-read source has the configs as written.
             source, corrections = corrected_source(source)
+            tiny = None
+            if config.tiny_vae is not None:
+                from sdrt.export.tiny_vae import resolve_tiny_vae
+
+                tiny = resolve_tiny_vae(config.tiny_vae, source)
             manifest, results = _build_into(
-                staging.folder, config, source, previous, report, corrections, adapters=adapters
+                staging.folder,
+                config,
+                source,
+                previous,
+                report,
+                corrections,
+                adapters=adapters,
+                tiny=tiny,
             )
             shutil.rmtree(staging.folder / ADAPTERS_SCRATCH, ignore_errors=True)
             commit(staging)
@@ -225,6 +240,7 @@ def _build_into(
     report: ProgressCallback,
     corrections: tuple[ConfigCorrection, ...] = (),
     adapters: tuple[BuiltAdapter, ...] = (),
+    tiny=None,  # export/tiny_vae.py's TinyVaeSource, or None
 ) -> tuple[Manifest, list[ComponentResult]]:
     from sdrt.export.adaptable import ADAPTABLE_FORMAT
 
@@ -265,13 +281,61 @@ def _build_into(
             lora_ready=config.lora_ready,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    tiny_record = None
+    if tiny is not None:
+        tiny_record = _build_tiny_vae(
+            tiny, folder, config, source, previous, cases, precisions, report
+        )
+        results.extend(tiny_record[1])
+        tiny_record = tiny_record[0]
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
-    manifest = dataclasses.replace(manifest, config_corrections=corrections, adapters=adapters)
+    manifest = dataclasses.replace(
+        manifest, config_corrections=corrections, adapters=adapters, tiny_vae=tiny_record
+    )
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
     return manifest, results
+
+
+def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, report=None):
+    """Export (or reuse) the tiny VAE's graphs; (its manifest record, their results)."""
+    from sdrt.export.tiny_vae import COMPONENTS, CONFIG_FILE, load_tiny_wrapper
+
+    report = report or (lambda component, stage: None)
+    hasher = FolderHasher(tiny.folder)
+    precision = precisions["vae_decoder"]
+    results = []
+    for name in COMPONENTS:
+        t0 = time.perf_counter()
+        export_options = {
+            "component": name,
+            "precision": precision,
+            "opset": config.opset,
+            "exporter": EXPORTER_VERSION,
+            **_library_versions(exporting=True),
+        }
+        source_sha256 = tiny.content_sha256(hasher, export_options)
+        reused = _reuse(previous, config.output, folder, name, source_sha256)
+        if reused is not None:
+            report(name, "reused")
+            results.append(ComponentResult(name, "reused", time.perf_counter() - t0, reused))
+            continue
+        component = _export_component(
+            source,
+            name,
+            folder,
+            precision=precision,
+            opset=config.opset,
+            cases=cases,
+            source_sha256=source_sha256,
+            report=report,
+            wrapper_loader=lambda n=name: load_tiny_wrapper(tiny, n, source.vae_scale_factor),
+            config_file=tiny.folder / CONFIG_FILE,
+        )
+        results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    return tiny.record(hasher), results
 
 
 # ---------------------------------------------------------------------------- output folder
@@ -424,6 +488,8 @@ def _export_component(
     source_sha256: str,
     report: ProgressCallback,
     lora_ready: bool = False,
+    wrapper_loader: Callable[[], Any] | None = None,  # default: load_export_wrapper(source, name)
+    config_file: Path | None = None,  # default: the source folder's config of the component
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
@@ -444,7 +510,7 @@ def _export_component(
     )
 
     report(name, "loading weights")
-    wrapper = load_export_wrapper(source, name)
+    wrapper = wrapper_loader() if wrapper_loader else load_export_wrapper(source, name)
     report(name, "running eager PyTorch")
     shapes = cases.vae if name.startswith("vae") else cases.unet
     references = [
@@ -485,7 +551,8 @@ def _export_component(
     del model
     adaptable = tuple(locate_initializers(saved.onnx_file, name, list(adaptable)))
     gc.collect()
-    shutil.copy2(source.folder / wrapper_folder(name) / COMPONENT_CONFIG, staging / name)
+    config_file = config_file or source.folder / wrapper_folder(name) / COMPONENT_CONFIG
+    shutil.copy2(config_file, staging / name / COMPONENT_CONFIG)
     report(name, "verifying")
     verification = compare_with_onnxruntime(saved.onnx_file, references, THRESHOLDS[precision])
     inputs, outputs = _tensor_specs(saved.onnx_file)

@@ -85,6 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CPU is slower, adapter or not (README, 'LoRA at run time'; default: off)",
     )
     parser.add_argument(
+        "--tiny-vae",
+        default=None,
+        metavar="FOLDER",
+        help="also export this diffusers AutoencoderTiny (TAESD; a local folder or a Hub id) as "
+        "vae_decoder_tiny/ and vae_encoder_tiny/ beside the full VAE: calls choose it with "
+        "vae='tiny' (`sdrt generate --vae tiny`); `sdrt init-model tiny-taesd` makes a random one",
+    )
+    parser.add_argument(
         "--target",
         choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
@@ -149,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         loras=tuple(parse_lora_option(text) for text in args.lora),
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
         lora_ready=args.lora_ready,
+        tiny_vae=args.tiny_vae,
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
@@ -230,6 +239,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "opt_size": None,
         "opset": 17,
         "revision": None,
+        "tiny_vae": None,
     }
     given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
     if given or args.target != "onnx":
