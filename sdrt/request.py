@@ -22,6 +22,7 @@ from sdrt.arrays import namespace_of
 from sdrt.errors import InputError
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
+from sdrt.vae_choice import check_vae_choice
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -49,6 +50,7 @@ class Request:
     negative_prompt_embeds: Any = None  # the shape of prompt_embeds
     pooled_prompt_embeds: Any = None  # SDXL: (images, pooled width)
     negative_pooled_prompt_embeds: Any = None
+    vae: str = "full"  # "full" or "tiny" (sdrt/vae_choice.py)
 
     @property
     def batch_size(self) -> int:
@@ -156,6 +158,7 @@ def make_request(
     negative_prompt_embeds: Any = None,
     pooled_prompt_embeds: Any = None,
     negative_pooled_prompt_embeds: Any = None,
+    vae: Any = None,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
     given = Embeddings(
@@ -184,6 +187,7 @@ def make_request(
         seed=seed,
         negative_prompt=negative_prompt,
         **given.repeated(per_prompt).as_request_fields(),
+        vae=check_vae_choice(manifest, vae),
     )
 
 

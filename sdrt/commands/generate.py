@@ -62,6 +62,7 @@ class GenerateConfig:
     progress: bool
     embeddings: tuple = ()  # sdrt.adapters.options.EmbeddingOption, loaded in order
     loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
+    vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
 
 
 def _epilog() -> str:
@@ -209,6 +210,13 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{', '.join(BACKENDS)} (default: auto)",
     )
     parser.add_argument(
+        "--vae",
+        choices=("full", "tiny"),
+        default=None,
+        help="tiny: decode (and encode a start image) with the folder's tiny VAE, built by "
+        "`sdrt build --tiny-vae` (default: full, the model's own VAE)",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)"
     )
     parser.add_argument(
@@ -300,6 +308,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         progress=not args.no_progress,
         embeddings=embeddings,
         loras=loras,
+        vae=args.vae,
     )
 
 
@@ -405,6 +414,7 @@ def prepare(config: GenerateConfig) -> Prepared:
             strength=strength,
             mask_image=mask,
             output_type="pil",
+            vae=config.vae,
         )
         for prompt in config.prompts
     )

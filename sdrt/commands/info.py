@@ -105,7 +105,21 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         *_adoption_lines(manifest.adoption),
         *_correction_lines(manifest),
         *_adapter_lines(manifest),
+        *_tiny_vae_lines(manifest.tiny_vae),
         "",
+    ]
+
+
+def _tiny_vae_lines(tiny) -> list[str]:
+    """The tiny VAE built beside the full one (sdrt build --tiny-vae), chosen per call."""
+    if tiny is None:
+        return ["tiny VAE       none (build with --tiny-vae FOLDER to decode with TAESD)"]
+    revision = f" @ {tiny.source.revision}" if tiny.source.revision else ""
+    graphs = ", ".join(n for n in (tiny.decoder, tiny.encoder) if n)
+    return [
+        f"tiny VAE       {tiny.class_name} from {tiny.source.path_or_id}{revision} (content "
+        f"sha256 {tiny.source.content_sha256[:12]}), scaling factor {tiny.scaling_factor:g}; "
+        f"graphs {graphs}; used by calls with vae='tiny' (generate --vae tiny)"
     ]
 
 
