@@ -286,3 +286,16 @@ def test_init_model_makes_a_tiny_vae_folder_diffusers_loads(taesd, tmp_path):
     again = diffusers.AutoencoderTiny.from_pretrained(str(tmp_path / "t"))
     for (name, a), (_, b) in zip(vae.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name  # seed 0 both times: the same weights
+
+
+def test_the_service_takes_vae_and_names_it_in_a_400(sd, tiny_built):
+    pytest.importorskip("fastapi")
+    from sdrt.service.config import Limits
+    from sdrt.service.errors import ApiError
+    from sdrt.service.params import GENERATION_FIELDS, check_fields, make_generation
+
+    body = check_fields({"prompt": "a fox", "size": "64x64", "vae": "tiny"}, GENERATION_FIELDS)
+    assert make_generation(sd, body, Limits()).request.vae == "tiny"
+    with pytest.raises(ApiError) as error:
+        make_generation(sdrt.Pipeline.load(tiny_built), body, Limits())
+    assert error.value.param == "vae" and "--tiny-vae" in str(error.value)

@@ -39,6 +39,7 @@ GENERATION_FIELDS = frozenset(
         "guidance_scale",
         "seed",
         "scheduler",
+        "vae",  # "full" / "tiny" (sdrt/vae_choice.py)
     }
 )
 EDIT_FIELDS = GENERATION_FIELDS | {"strength", "image", "mask"}
@@ -104,6 +105,7 @@ def make_generation(pipe, body: dict, limits: Limits, image=None, mask=None) -> 
         "mask_image": mask,
         "strength": strength,
         "output_type": "np",
+        "vae": body.get("vae"),
     }
     request = _checked_request(pipe, prompt, arguments)
     if request.width * request.height > limits.max_pixels:
