@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -144,13 +145,24 @@ def e2e_figures(folder: Path, steps: int, size: int, rounds: int) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine() -> dict:
     import onnxruntime
 
     from sdrt.backends.ort_cpu_options import physical_cores
 
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "load_average_1m": os.getloadavg()[0],
         "physical_cores": physical_cores(),
         "onnxruntime": onnxruntime.__version__,
         "backend": "ort-cpu",
@@ -178,6 +190,7 @@ def main(argv=None) -> dict:
     del pipe
     if args.e2e is not None:
         figures["end_to_end"] = e2e_figures(args.e2e, args.steps, args.e2e_size, args.e2e_rounds)
+    figures["load_average_1m_at_end"] = os.getloadavg()[0]
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json is not None:
