@@ -283,11 +283,10 @@ def _build_into(
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     tiny_record = None
     if tiny is not None:
-        tiny_record = _build_tiny_vae(
+        tiny_record, tiny_results = _build_tiny_vae(
             tiny, folder, config, source, previous, cases, precisions, report
         )
-        results.extend(tiny_record[1])
-        tiny_record = tiny_record[0]
+        results.extend(tiny_results)
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
     manifest = dataclasses.replace(
@@ -299,11 +298,11 @@ def _build_into(
     return manifest, results
 
 
-def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, report=None):
-    """Export (or reuse) the tiny VAE's graphs; (its manifest record, their results)."""
+def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, report):
+    """Export (or reuse) the tiny VAE's graphs, in the VAE's precision and at its
+    verification shapes; (its manifest record, their ComponentResults)."""
     from sdrt.export.tiny_vae import COMPONENTS, CONFIG_FILE, load_tiny_wrapper
 
-    report = report or (lambda component, stage: None)
     hasher = FolderHasher(tiny.folder)
     precision = precisions["vae_decoder"]
     results = []
