@@ -152,6 +152,42 @@ def test_img2img_with_tiny_vae_encodes_and_decodes_with_it(sd, reference, monkey
     assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
 
 
+def test_9_channel_inpainting_with_tiny_vae_equals_diffusers(
+    taesd, eager_tiny, tmp_path_factory, monkeypatch
+):
+    """The image's and the masked image's latents both come from the tiny encoder."""
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as module
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.random_model import init_random_model
+
+    source = init_random_model("tiny-inpaint", tmp_path_factory.mktemp("inpaint-tiny") / "src")
+    config = BuildConfig(
+        source=str(source), output=source.parent / "built", min_size=64, max_size=128,
+        tiny_vae=str(taesd),
+    )  # fmt: skip
+    sd = sdrt.Pipeline.load(build(config).output)
+    height, width = 64, 128
+    noise = _latents(1, height, width, seed=13)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == noise.shape, (shape, noise.shape)
+        return torch.from_numpy(noise.copy())
+
+    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
+    inpaint = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
+        str(source), vae=eager_tiny, safety_checker=None, requires_safety_checker=False
+    )
+    inpaint.set_progress_bar_config(disable=True)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[height // 4 : 3 * height // 4, width // 3 :] = 255
+    image, mask = _test_image(width, height), Image.fromarray(mask, mode="L")
+    settings = dict(num_inference_steps=STEPS, guidance_scale=7.5, strength=0.75)
+    settings |= dict(height=height, width=width, output_type="np")  # diffusers: else 64x64
+    theirs = inpaint(PROMPTS[0], image=image, mask_image=mask, **settings).images
+    ours = sd(PROMPTS[0], image=image, mask_image=mask, latents=noise, vae="tiny", **settings)
+    assert float(np.abs(ours.images - theirs).max()) <= MAX_IMAGE_DIFF
+
+
 def test_xl_txt2img_with_tiny_vae_equals_diffusers(taesd, eager_tiny, tmp_path_factory):
     from sdrt.export.build import BuildConfig, build
     from sdrt.export.random_model import init_random_model
