@@ -47,6 +47,8 @@ AXIS_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
     ("unet", "time_ids"): (GUIDED_BATCH, FIXED),
     ("vae_decoder", "latent_sample"): (BATCH, FIXED, LATENT_H, LATENT_W),
     ("vae_encoder", "sample"): (BATCH, FIXED, IMAGE_H, IMAGE_W),
+    ("vae_decoder_tiny", "latent_sample"): (BATCH, FIXED, LATENT_H, LATENT_W),
+    ("vae_encoder_tiny", "sample"): (BATCH, FIXED, IMAGE_H, IMAGE_W),
 }
 
 LEVELS = ("min", "opt", "max")

@@ -103,6 +103,9 @@ class BuildConfig:
     lora_ready: bool = False
     # DeepCache branches (cache_branch_id) to export shallow U-Nets for; () builds none
     deep_cache_branches: tuple[int, ...] = ()
+    # a diffusers AutoencoderTiny folder or Hub id, exported beside the full VAE
+    # (export/tiny_vae.py); None: no tiny VAE
+    tiny_vae: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -224,8 +227,20 @@ def build_held(
                 source, adapters = apply_adapters(source, config.loras, config.embeddings, scratch)
             # After the adapters: their re-read source has the configs as written.
             source, corrections = corrected_source(source)
+            tiny = None
+            if config.tiny_vae is not None:
+                from sdrt.export.tiny_vae import resolve_tiny_vae
+
+                tiny = resolve_tiny_vae(config.tiny_vae, source)
             manifest, results = _build_into(
-                staging.folder, config, source, previous, report, corrections, adapters=adapters
+                staging.folder,
+                config,
+                source,
+                previous,
+                report,
+                corrections,
+                adapters=adapters,
+                tiny=tiny,
             )
             shutil.rmtree(staging.folder / ADAPTERS_SCRATCH, ignore_errors=True)
             commit(staging)
@@ -244,6 +259,7 @@ def _build_into(
     report: ProgressCallback,
     corrections: tuple[ConfigCorrection, ...] = (),
     adapters: tuple[BuiltAdapter, ...] = (),
+    tiny=None,  # export/tiny_vae.py's TinyVaeSource, or None
 ) -> tuple[Manifest, list[ComponentResult]]:
     from sdrt.export.adaptable import ADAPTABLE_FORMAT
 
@@ -291,6 +307,12 @@ def _build_into(
             deep_cache_branches=branches,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    tiny_record = None
+    if tiny is not None:
+        tiny_record, tiny_results = _build_tiny_vae(
+            tiny, folder, config, source, previous, cases, precisions, report
+        )
+        results.extend(tiny_results)
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
     manifest = dataclasses.replace(
@@ -298,11 +320,51 @@ def _build_into(
         config_corrections=corrections,
         adapters=adapters,
         deep_cache=_deep_cache_record(branches),
+        tiny_vae=tiny_record,
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
     return manifest, results
+
+
+def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, report):
+    """Export (or reuse) the tiny VAE's graphs, in the VAE's precision and at its
+    verification shapes; (its manifest record, their ComponentResults)."""
+    from sdrt.export.tiny_vae import COMPONENTS, CONFIG_FILE, load_tiny_wrapper
+
+    hasher = FolderHasher(tiny.folder)
+    precision = precisions["vae_decoder"]
+    results = []
+    for name in COMPONENTS:
+        t0 = time.perf_counter()
+        export_options = {
+            "component": name,
+            "precision": precision,
+            "opset": config.opset,
+            "exporter": EXPORTER_VERSION,
+            **_library_versions(exporting=True),
+        }
+        source_sha256 = tiny.content_sha256(hasher, export_options)
+        reused = _reuse(previous, config.output, folder, name, source_sha256)
+        if reused is not None:
+            report(name, "reused")
+            results.append(ComponentResult(name, "reused", time.perf_counter() - t0, reused))
+            continue
+        component = _export_component(
+            source,
+            name,
+            folder,
+            precision=precision,
+            opset=config.opset,
+            cases=cases,
+            source_sha256=source_sha256,
+            report=report,
+            wrapper_loader=lambda n=name: load_tiny_wrapper(tiny, n, source.vae_scale_factor),
+            config_file=tiny.folder / CONFIG_FILE,
+        )
+        results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    return tiny.record(hasher), results
 
 
 # ---------------------------------------------------------------------------- output folder
@@ -456,6 +518,8 @@ def _export_component(
     report: ProgressCallback,
     lora_ready: bool = False,
     deep_cache_branches: tuple[int, ...] = (),
+    wrapper_loader: Callable[[], Any] | None = None,  # default: load_export_wrapper(source, name)
+    config_file: Path | None = None,  # default: the source folder's config of the component
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
@@ -476,7 +540,10 @@ def _export_component(
     )
 
     report(name, "loading weights")
-    wrapper = load_export_wrapper(source, name, deep_cache_branches)
+    if wrapper_loader is not None:
+        wrapper = wrapper_loader()
+    else:
+        wrapper = load_export_wrapper(source, name, deep_cache_branches)
     report(name, "running eager PyTorch")
     shapes = cases.vae if name.startswith("vae") else cases.unet
     references = [
@@ -517,7 +584,8 @@ def _export_component(
     del model
     adaptable = tuple(locate_initializers(saved.onnx_file, name, list(adaptable)))
     gc.collect()
-    shutil.copy2(source.folder / wrapper_folder(name) / COMPONENT_CONFIG, staging / name)
+    config_file = config_file or source.folder / wrapper_folder(name) / COMPONENT_CONFIG
+    shutil.copy2(config_file, staging / name / COMPONENT_CONFIG)
     report(name, "verifying")
     verification = compare_with_onnxruntime(saved.onnx_file, references, THRESHOLDS[precision])
     inputs, outputs = _tensor_specs(saved.onnx_file)

@@ -27,6 +27,8 @@ MANIFEST_NAME = "sdrt.json"
 
 # Component names, in Optimum's layout; each lives in a folder of that name.
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+# Built beside the full VAE by ``sdrt build --tiny-vae`` (the record is ``Manifest.tiny_vae``).
+TINY_VAE_COMPONENTS = ("vae_decoder_tiny", "vae_encoder_tiny")
 FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 PRECISIONS = ("fp32", "fp16")
@@ -176,6 +178,19 @@ class Source:
 
 
 @dataclass(frozen=True)
+class TinyVae:
+    """A tiny VAE (diffusers' AutoencoderTiny, TAESD) built beside the full one."""
+
+    source: Source  # its folder or Hub id, revision and content hash
+    class_name: str  # "AutoencoderTiny"
+    # Its config's; diffusers' pipelines divide latents by it before decoding and multiply
+    # encoded latents by it (1.0 for TAESD). No shift: SD/SDXL pipelines apply none.
+    scaling_factor: float
+    decoder: str  # component names
+    encoder: str | None
+
+
+@dataclass(frozen=True)
 class ConfigCorrection:
     """One rewrite of an outdated config that diffusers' pipelines make on load, made at build."""
 
@@ -290,6 +305,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
     deep_cache: DeepCacheBuild | None = None  # sdrt build --deep-cache; None without
+    tiny_vae: TinyVae | None = None  # sdrt build --tiny-vae
 
     @property
     def default_image_size(self) -> int:
@@ -560,9 +576,29 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             for i, a in enumerate(r.get("adapters", list, optional=True, default=[]))
         ),
         deep_cache=_deep_cache(r.sub("deep_cache", optional=True)),
+        tiny_vae=_tiny_vae(r.sub("tiny_vae", optional=True)),
     )
+
+
     _check_deep_cache(manifest, where)
     return manifest
+
+
+def _tiny_vae(r: _Reader | None) -> TinyVae | None:
+    if r is None:
+        return None
+    s = r.sub("source")
+    return TinyVae(
+        source=Source(
+            s.get("path_or_id", str),
+            s.get("revision", str, optional=True),
+            s.get("content_sha256", str),
+        ),
+        class_name=r.get("class_name", str),
+        scaling_factor=r.get("scaling_factor", float),
+        decoder=r.choice("decoder", TINY_VAE_COMPONENTS),
+        encoder=r.get("encoder", str, optional=True),
+    )
 
 
 def _check_deep_cache(manifest: Manifest, where: str) -> None:
@@ -668,11 +704,15 @@ def _build_options(b: _Reader) -> BuildOptions:
 
 
 def _components(comps: _Reader) -> dict[str, Component]:
-    unknown = sorted(name for name in comps.data if not is_component_name(name))
+    unknown = sorted(
+        name
+        for name in comps.data
+        if not is_component_name(name) and name not in TINY_VAE_COMPONENTS
+    )
     if unknown:
         raise ModelFolderError(
             f"{comps.where}: unknown components {unknown}; expected names from "
-            f"{', '.join(COMPONENT_NAMES)} or unet_shallow_<branch>"
+            f"{', '.join(COMPONENT_NAMES + TINY_VAE_COMPONENTS)} or unet_shallow_<branch>"
         )
     components = {
         name: _component(name, _Reader(value, f"{comps.where}.{name}"))

@@ -53,6 +53,7 @@ from sdrt.request import Request, make_request, prompt_list
 from sdrt.schedulers import create_scheduler, load_scheduler_config
 from sdrt.stages import StageCallback, StageRecorder, StageTiming
 from sdrt.tokenizer import ClipTokenizer
+from sdrt.vae_choice import VaeRoute, vae_route
 
 # Components made at load; the VAE encoder only on the first img2img / inpainting call.
 EAGER_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
@@ -222,6 +223,7 @@ class Pipeline(LoraMethods):
         negative_pooled_prompt_embeds: Any = None,
         deep_cache_interval: int | None = None,
         deep_cache_branch: int | None = None,
+        vae: str | None = None,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
@@ -232,7 +234,8 @@ class Pipeline(LoraMethods):
         prompts, as in diffusers (``embed_prompts`` gives them); arrays in the namespace of
         the backend's outputs (numpy; cupy on a GPU backend). ``deep_cache_interval`` (and
         ``deep_cache_branch``) run DeepCache on a folder built with ``--deep-cache``
-        (sdrt/deep_cache.py)."""
+        (sdrt/deep_cache.py). ``vae="tiny"`` decodes (and encodes) with the folder's tiny
+        VAE (``sdrt build --tiny-vae``; sdrt/vae_choice.py), None or "full" with its own."""
         # Every argument but the two callbacks, by name, as make_request takes them.
         arguments = {k: v for k, v in locals().items() if k in CALL_DEFAULTS or k == "prompt"}
         request = make_request(self.manifest, **arguments)
@@ -363,7 +366,7 @@ class Pipeline(LoraMethods):
             if i < total - 1:
                 yield Progress(i + 1, total, float(plan.timesteps[i]))
         with stages.stage("vae_decode"):
-            images = self._decode(x)
+            images = self._decode(x, vae_route(self.manifest, request.vae))
         output = images if request.output_type == "np" else to_pil(images)
         result = PipelineOutput(output, tuple(stages.timings))
         yield Progress(total, total, float(plan.timesteps[-1]), result)
@@ -391,7 +394,7 @@ class Pipeline(LoraMethods):
             return noise * plan.init_noise_sigma, None
         pixels = preprocess_image(request.image, request.width, request.height)
         with stages.stage("vae_encode"):
-            image_latents = self._encode_image(xp.asarray(pixels))
+            image_latents = self._encode_image(xp.asarray(pixels), request.vae)
         image_latents = xp.concatenate([image_latents] * request.batch_size, axis=0)
         if request.mask_image is not None and request.strength == 1.0:
             x = noise * plan.init_noise_sigma  # as the inpainting pipeline: pure noise
@@ -517,7 +520,7 @@ class Pipeline(LoraMethods):
             )
         masked_pixels = xp.asarray(pixels * (mask < 0.5))
         with stages.stage("vae_encode"):
-            masked_latents = self._encode_image(masked_pixels)
+            masked_latents = self._encode_image(masked_pixels, request.vae)
         masked_latents = xp.concatenate([masked_latents] * request.batch_size, axis=0)
         condition = xp.concatenate([latent_mask, masked_latents], axis=1)
         if request.do_classifier_free_guidance:
@@ -568,14 +571,17 @@ class Pipeline(LoraMethods):
             cache.keep(step, outputs)
         return outputs[session.outputs[0].name].astype(xp.float32)
 
-    def _encode_image(self, pixels):
+    def _encode_image(self, pixels, vae: str = "full"):
         """VAE latents of (1, 3, H, W) pixels in [-1, 1]: the distribution's mode, scaled.
 
         The mode (the mean) is diffusers' ``sample_mode="argmax"``: deterministic. Graphs
         give it as ``latent_sample``, or only the distribution's parameters (mean and
         log-variance concatenated on channels, Optimum's ``latent_parameters``).
         """
-        session = self._session("vae_encoder")
+        route = vae_route(self.manifest, vae)
+        if route.encoder is None:
+            raise ModelFolderError(f"{self.folder}: the {vae} VAE has no encoder graph")
+        session = self._session(route.encoder)
         xp = namespace_of(pixels)
         spec = session.inputs[0]
         outputs = session.run({spec.name: pixels.astype(spec.dtype)})
@@ -591,18 +597,18 @@ class Pipeline(LoraMethods):
                 f"{self.folder}: the VAE encoder gives {out.shape[1]} channels, expected "
                 f"{channels} (latents) or {2 * channels} (mean and log-variance)"
             )
-        shift = self.manifest.vae_shift_factor
-        if shift is not None:
-            out = out - shift
-        return out * self.manifest.vae_scaling_factor
+        if route.shift_factor is not None:
+            out = out - route.shift_factor
+        return out * route.scaling_factor
 
-    def _decode(self, latents) -> np.ndarray:
+    def _decode(self, latents, route: VaeRoute | None = None) -> np.ndarray:
         """Latents -> float32 NHWC images in [0, 1] on the host; NaN/Inf is an error."""
-        session = self._session("vae_decoder")
+        route = route or vae_route(self.manifest, "full")
+        session = self._session(route.decoder)
         xp = namespace_of(latents)
-        scaled = latents / self.manifest.vae_scaling_factor
-        if self.manifest.vae_shift_factor is not None:
-            scaled = scaled + self.manifest.vae_shift_factor
+        scaled = latents / route.scaling_factor
+        if route.shift_factor is not None:
+            scaled = scaled + route.shift_factor
         spec = session.inputs[0]
         decoded = session.run({spec.name: scaled.astype(spec.dtype)})[session.outputs[0].name]
         decoded = to_host(decoded).astype(np.float32)

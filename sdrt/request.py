@@ -23,6 +23,7 @@ from sdrt.deep_cache import DeepCacheSettings, check_deep_cache
 from sdrt.errors import InputError
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
+from sdrt.vae_choice import check_vae_choice
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -51,6 +52,7 @@ class Request:
     pooled_prompt_embeds: Any = None  # SDXL: (images, pooled width)
     negative_pooled_prompt_embeds: Any = None
     deep_cache: DeepCacheSettings | None = None  # deep_cache_interval/_branch; None: off
+    vae: str = "full"  # "full" or "tiny" (sdrt/vae_choice.py)
 
     @property
     def batch_size(self) -> int:
@@ -160,6 +162,7 @@ def make_request(
     negative_pooled_prompt_embeds: Any = None,
     deep_cache_interval: Any = None,
     deep_cache_branch: Any = None,
+    vae: Any = None,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
     given = Embeddings(
@@ -189,6 +192,7 @@ def make_request(
         negative_prompt=negative_prompt,
         **given.repeated(per_prompt).as_request_fields(),
         deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
+        vae=check_vae_choice(manifest, vae),
     )
 
 

@@ -382,7 +382,7 @@ def test_cli_unknown_arch_lists_choices(capsys, tmp_path):
     err = _cli_error(capsys, ["init-model", "sd99", "--random-weights", str(tmp_path / "m")])
     assert err == (
         "sdrt init-model: error: unknown architecture 'sd99'; "
-        "expected one of: sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-xl"
+        "expected one of: sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-xl, taesd, taesdxl, tiny-taesd"
     )
     assert not (tmp_path / "m").exists()
 

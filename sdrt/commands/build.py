@@ -97,6 +97,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --deep-cache: the DeepCache branches (cache_branch_id) to build (default: 0)",
     )
     parser.add_argument(
+        "--tiny-vae",
+        default=None,
+        metavar="FOLDER",
+        help="also export this diffusers AutoencoderTiny (TAESD; a local folder or a Hub id) as "
+        "vae_decoder_tiny/ and vae_encoder_tiny/ beside the full VAE: calls choose it with "
+        "vae='tiny' (`sdrt generate --vae tiny`); `sdrt init-model tiny-taesd` makes a random one",
+    )
+    parser.add_argument(
         "--target",
         choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
@@ -162,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
         lora_ready=args.lora_ready,
         deep_cache_branches=_deep_cache_branches(args),
+        tiny_vae=args.tiny_vae,
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
@@ -259,6 +268,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "opt_size": None,
         "opset": 17,
         "revision": None,
+        "tiny_vae": None,
     }
     given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
     if given or args.target != "onnx":

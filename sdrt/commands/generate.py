@@ -64,6 +64,7 @@ class GenerateConfig:
     loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
     deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
     deep_cache_branch: int | None = None
+    vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
 
 
 def _epilog() -> str:
@@ -226,6 +227,13 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{', '.join(BACKENDS)} (default: auto)",
     )
     parser.add_argument(
+        "--vae",
+        choices=("full", "tiny"),
+        default=None,
+        help="tiny: decode (and encode a start image) with the folder's tiny VAE, built by "
+        "`sdrt build --tiny-vae` (default: full, the model's own VAE)",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (default: a bar on stderr)"
     )
     parser.add_argument(
@@ -319,6 +327,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         loras=loras,
         deep_cache_interval=args.deep_cache_interval,
         deep_cache_branch=args.deep_cache_branch,
+        vae=args.vae,
     )
 
 
@@ -426,6 +435,7 @@ def prepare(config: GenerateConfig) -> Prepared:
             output_type="pil",
             deep_cache_interval=config.deep_cache_interval,
             deep_cache_branch=config.deep_cache_branch,
+            vae=config.vae,
         )
         for prompt in config.prompts
     )

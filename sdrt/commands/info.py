@@ -106,6 +106,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         *_correction_lines(manifest),
         *_adapter_lines(manifest),
         _deep_cache_line(manifest),
+        *_tiny_vae_lines(manifest.tiny_vae),
         "",
     ]
 
@@ -117,6 +118,17 @@ def _deep_cache_line(manifest) -> str:
         return "deep cache     not built (sdrt build --deep-cache)"
     shallow = ", ".join(f"{b.branch}: {b.component}" for b in built.branches)
     return f"deep cache     branches {list(built.branch_ids)} (shallow U-Nets {shallow})"
+def _tiny_vae_lines(tiny) -> list[str]:
+    """The tiny VAE built beside the full one (sdrt build --tiny-vae), chosen per call."""
+    if tiny is None:
+        return ["tiny VAE       none (build with --tiny-vae FOLDER to decode with TAESD)"]
+    revision = f" @ {tiny.source.revision}" if tiny.source.revision else ""
+    graphs = ", ".join(n for n in (tiny.decoder, tiny.encoder) if n)
+    return [
+        f"tiny VAE       {tiny.class_name} from {tiny.source.path_or_id}{revision} (content "
+        f"sha256 {tiny.source.content_sha256[:12]}), scaling factor {tiny.scaling_factor:g}; "
+        f"graphs {graphs}; used by calls with vae='tiny' (generate --vae tiny)"
+    ]
 
 
 def _adoption_lines(adoption) -> list[str]:

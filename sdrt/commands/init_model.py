@@ -15,12 +15,21 @@ from pathlib import Path
 
 from sdrt.errors import InputError
 from sdrt.export.architectures import ARCHITECTURES
+from sdrt.export.random_tiny_vae import TINY_VAE_ARCHITECTURES
+
+# Pipelines, then tiny VAEs (diffusers AutoencoderTiny folders, for `sdrt build --tiny-vae`).
+ALL_ARCHITECTURES = (*ARCHITECTURES, *TINY_VAE_ARCHITECTURES)
 
 HELP = "Make a diffusers-format Stable Diffusion model folder with random weights (offline)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("arch", metavar="ARCH", help=f"architecture: {', '.join(ARCHITECTURES)}")
+    parser.add_argument(
+        "arch",
+        metavar="ARCH",
+        help=f"architecture: {', '.join(ARCHITECTURES)}; or a tiny VAE (AutoencoderTiny, for "
+        f"`sdrt build --tiny-vae`): {', '.join(TINY_VAE_ARCHITECTURES)}",
+    )
     parser.add_argument(
         "--random-weights",
         metavar="OUT_DIR",
@@ -40,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.arch not in ARCHITECTURES:
+    if args.arch not in ALL_ARCHITECTURES:
         raise InputError(
-            f"unknown architecture {args.arch!r}; expected one of: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {args.arch!r}; expected one of: {', '.join(ALL_ARCHITECTURES)}"
         )
     if args.random_weights is None:
         raise InputError(
@@ -62,5 +71,11 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     write = init_random_single_file if args.single_file else init_random_model
+    if args.arch in TINY_VAE_ARCHITECTURES:
+        if args.single_file:
+            raise InputError(f"--single-file: {args.arch} is a VAE, written only as a folder")
+        from sdrt.export.random_tiny_vae import init_random_tiny_vae
+
+        write = init_random_tiny_vae
     write(args.arch, args.random_weights, seed=args.seed, force=args.force, progress=progress)
     return 0

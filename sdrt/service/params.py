@@ -41,6 +41,7 @@ GENERATION_FIELDS = frozenset(
         "scheduler",
         "deep_cache_interval",
         "deep_cache_branch",
+        "vae",  # "full" / "tiny" (sdrt/vae_choice.py)
     }
 )
 EDIT_FIELDS = GENERATION_FIELDS | {"strength", "image", "mask"}
@@ -108,6 +109,7 @@ def make_generation(pipe, body: dict, limits: Limits, image=None, mask=None) -> 
         "output_type": "np",
         "deep_cache_interval": body.get("deep_cache_interval"),
         "deep_cache_branch": body.get("deep_cache_branch"),
+        "vae": body.get("vae"),
     }
     request = _checked_request(pipe, prompt, arguments)
     if request.width * request.height > limits.max_pixels:
