@@ -80,6 +80,9 @@ class BenchConfig:
     # after them); None: after every round and once after; 0: not measured, and the report
     # leaves out the %-of-peak figures.
     peak_samples: int | None = None
+    # The tinyvae fast mode's AutoencoderTiny (folder or Hub id); None: a random TAESD for
+    # --random-weights (benchmarks/fast_modes.py).
+    tiny_vae: str | None = None
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.random_arch is None):
@@ -203,5 +206,7 @@ def reproduce_command(config: BenchConfig) -> str:
         words += [flag, str(value)]
     if config.optimum_venv is not None:
         words += ["--optimum-venv", str(config.optimum_venv)]
+    if config.tiny_vae is not None:
+        words += ["--tiny-vae", config.tiny_vae]
     words += ["-o", str(config.output_dir)]
     return shlex.join(words)

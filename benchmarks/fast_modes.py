@@ -117,6 +117,29 @@ def resolve_placeholders(options: dict[str, Any], config, report) -> dict[str, A
     return {**options, "tiny_vae": str(tiny_vae_folder(config, report))}
 
 
-def tiny_vae_folder(config, report):
-    # Filled in when the tiny VAE build option lands (a random TAESD for --random-weights).
-    raise InputError("fast mode 'tinyvae': this sdrt has no tiny VAE build option yet")
+def tiny_vae_folder(config, report) -> str:
+    """The tiny VAE the ``tinyvae`` mode builds with: ``--tiny-vae`` as given, else for a
+    random-weight architecture a random TAESD of its family, made once in the cache."""
+    if config.tiny_vae is not None:
+        return config.tiny_vae
+    if config.random_arch is None:
+        raise InputError(
+            "fast mode 'tinyvae': expected --tiny-vae FOLDER|HUB_ID (a diffusers "
+            "AutoencoderTiny, e.g. madebyollin/taesd) for a benchmark of SOURCE"
+        )
+    from sdrt.export.random_tiny_vae import init_random_tiny_vae
+
+    arch = random_tiny_vae_arch(config.random_arch)
+    folder = config.cache_dir / "random" / arch / f"seed-{config.seed}"
+    # init_random_tiny_vae renames the folder into place only once complete.
+    if not (folder / "config.json").is_file():
+        report(f"making {arch} with random weights (seed {config.seed})")
+        init_random_tiny_vae(arch, folder, seed=config.seed, force=folder.exists())
+    return str(folder)
+
+
+def random_tiny_vae_arch(arch: str) -> str:
+    """The random TAESD that fits a random-weight architecture's VAE."""
+    if arch.startswith("tiny"):
+        return "tiny-taesd"
+    return "taesdxl" if "xl" in arch else "taesd"

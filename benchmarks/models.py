@@ -154,7 +154,9 @@ def prepare_variants(
         if key is None or key in variants:
             continue
         options = fast_modes.resolve_placeholders(contender.build_options, config, report)
-        folder = models.built_dir.with_name(f"{models.built_dir.name}-{key}")
+        # in the cache, never beside a --built folder of the user's
+        source_key = hashlib.sha256(str(models.source_dir.resolve()).encode()).hexdigest()[:12]
+        folder = config.cache_dir / "built" / f"{source_key}-{key}"
         record = json.dumps(options, sort_keys=True, default=str)
         precision = options.get("precision", config.precision)
         recorded = folder / VARIANT_RECORD

@@ -6,6 +6,18 @@ from typing import Any
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 
+
+_PARITY = {
+    "type": "object",
+    "required": ["reference", "psnr_db", "max_abs_diff", "identical"],
+    "properties": {
+        "reference": {"type": "string"},
+        "psnr_db": _NUMBER_OR_NULL,
+        "max_abs_diff": {"type": "number", "minimum": 0},
+        "identical": {"type": "boolean"},
+    },
+}
+
 _STATS = {
     "type": "object",
     "required": ["median", "p90", "min", "max", "count"],
@@ -58,16 +70,9 @@ _SIZE_RESULT = {
                 "fraction_of_peak": {"type": "number"},
             },
         },
-        "parity": {
-            "type": "object",
-            "required": ["reference", "psnr_db", "max_abs_diff", "identical"],
-            "properties": {
-                "reference": {"type": "string"},
-                "psnr_db": _NUMBER_OR_NULL,
-                "max_abs_diff": {"type": "number", "minimum": 0},
-                "identical": {"type": "boolean"},
-            },
-        },
+        "parity": _PARITY,
+        # a fast-mode contender's image against exact sdrt's (benchmarks/fast_modes.py)
+        "versus_exact": _PARITY,
         "image": {"type": "string"},
         "raw": {"type": "object", "additionalProperties": {"type": "array"}},
     },

@@ -90,3 +90,61 @@ def test_the_report_gives_speedups_against_exact_sdrt_and_torch_and_the_quality_
         "| ort-cpu+deepcache3 | 3.00 s | 2.00x | 4.00x | 2.00 s | 2.50x | 31.2 dB | 1.25e-01 | — |"
     ]
     assert _fast_modes({"contenders": report["contenders"][:2]}, "256x256") == []
+
+
+@pytest.fixture(scope="module")
+def modes_report(tiny_source, tiny_built, tmp_path_factory):
+    import contextlib
+    import io
+    import json
+
+    from sdrt.cli import main
+
+    out = tmp_path_factory.mktemp("bench-modes") / "report"
+    argv = [
+        "bench", str(tiny_source), "--built", str(tiny_built),
+        "--backends", "ort-cpu,ort-cpu+deepcache3,ort-cpu+tinyvae", "--tiny-vae", "RANDOM",
+        "--size", "64", "--steps", "4", "--runs", "1", "--warmup", "0", "--threads", "2",
+        "--peak-samples", "0", "--cache-dir", str(out.parent / "cache"), "-o", str(out),
+    ]  # fmt: skip
+    tiny_vae = out.parent / "taesd"
+    from sdrt.export.random_tiny_vae import init_random_tiny_vae
+
+    init_random_tiny_vae("tiny-taesd", tiny_vae, seed=0)
+    argv[argv.index("RANDOM")] = str(tiny_vae)
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_modes_run_on_their_variant_builds_against_exact_sdrt(modes_report, tiny_built):
+    from sdrt.benchmarks.report_schema import REPORT_SCHEMA
+    from sdrt.manifest import read_manifest
+
+    jsonschema = pytest.importorskip("jsonschema")
+    out, report = modes_report
+    jsonschema.validate(report, REPORT_SCHEMA)
+    by_name = {c["name"]: c for c in report["contenders"]}
+    assert all(c["status"] == "ok" for c in by_name.values()), by_name
+    deep = by_name["ort-cpu+deepcache3"]
+    assert deep["settings"]["call_options"] == {"deep_cache_interval": 3, "deep_cache_branch": 0}
+    tiny = by_name["ort-cpu+tinyvae"]
+    assert tiny["settings"]["call_options"] == {"vae": "tiny"}
+    for contender in (deep, tiny):
+        versus = contender["results"][0]["versus_exact"]
+        assert versus["reference"] == "ort-cpu"
+        # each mode really ran: its image is not exact sdrt's
+        assert not versus["identical"] and versus["max_abs_diff"] > 1e-3
+    assert "versus_exact" not in by_name["ort-cpu"]["results"][0]
+    # the variants were built in the cache with their options, the user's folder left alone
+    variants = sorted((out.parent / "cache" / "built").glob("*-*"))
+    assert len(variants) == 2
+    manifests = [read_manifest(v) for v in variants]
+    assert sorted((m.deep_cache is not None, m.tiny_vae is not None) for m in manifests) == [
+        (False, True),
+        (True, False),
+    ]
+    assert read_manifest(tiny_built).deep_cache is None
+    markdown = (out / "report.md").read_text()
+    assert "## 64x64: fast modes" in markdown
+    assert "| ort-cpu+deepcache3 |" in markdown

@@ -92,6 +92,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "every round and once after)",
     )
     parser.add_argument(
+        "--tiny-vae",
+        metavar="FOLDER|HUB_ID",
+        help="the AutoencoderTiny the tinyvae fast mode builds with (default with "
+        "--random-weights: a random TAESD of the architecture's family)",
+    )
+    parser.add_argument(
         "--optimum-venv", type=Path, help="Optimum's virtualenv (default: .bench-venvs/optimum)"
     )
     parser.add_argument(
@@ -140,6 +146,7 @@ def _config(args: argparse.Namespace):
         "optimum_venv": args.optimum_venv,
         "built_dir": args.built,
         "peak_samples": args.peak_samples,
+        "tiny_vae": args.tiny_vae,
     }
     return bench_config.BenchConfig(
         source=args.source,
