@@ -96,8 +96,15 @@ def main(argv=None) -> dict:
     adapter_feeds = {**feeds, **pipe.lora_weights.of("unet")}
     pipe.set_adapters(["a", "b"], [0.5, 0.5])
     two_feeds = {**feeds, **pipe.lora_weights.of("unet")}
+    # The defaults are zero-size (rank 0); rank-1 zeros fed everywhere is the alternative.
+    zeros = {}
+    for branch in pipe.manifest.components["unet"].lora_branches:
+        zeros[branch.down] = np.zeros((branch.features_in, 1), branch.dtype)
+        zeros[branch.up] = np.zeros((1, branch.features_out), branch.dtype)
+    rank1_feeds = {**feeds, **zeros}
     contenders = {
         "plain": lambda: unet_plain.run(feeds),
+        "ready_rank1_zeros": lambda: unet_ready.run(rank1_feeds),
         "ready_no_adapter": lambda: unet_ready.run(feeds),
         "ready_adapter": lambda: unet_ready.run(adapter_feeds),
         "ready_two_adapters": lambda: unet_ready.run(two_feeds),
@@ -129,6 +136,7 @@ def main(argv=None) -> dict:
         "adapter_step_over_plain": step["ready_adapter"] / step["plain"],
         "two_adapters_step_over_plain": step["ready_two_adapters"] / step["plain"],
         "no_adapter_step_over_plain": step["ready_no_adapter"] / step["plain"],
+        "rank1_zeros_step_over_plain": step["ready_rank1_zeros"] / step["plain"],
     }
     shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(result, indent=1))
