@@ -266,7 +266,7 @@ def test_weight_feeds_are_read_only_snapshots(pipe, loras):
 
 
 class _SessionWithoutWeightFeeds:
-    """A backend session that takes only the graph's inputs (as ort-cuda and TensorRT's)."""
+    """A session taking only the graph's inputs (TensorRT's; ort-cuda's with a CUDA graph)."""
 
     def __init__(self, session):
         self.name, self.inputs, self.outputs = session.name, session.inputs, session.outputs
