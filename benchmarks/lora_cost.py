@@ -5,15 +5,17 @@ and a U-Net step with an adapter active against a build with plain constant weig
 
 READY_FOLDER is built with ``--lora-ready``, PLAIN_FOLDER from the same source without
 (the "fused build": every weight a constant). The adapters are random,
-PEFT-keyed, rank ``--rank``, on every adaptable module of the U-Net and text encoder (the
+PEFT-keyed, rank ``--rank``, on every LoRA-ready module of the U-Net and text encoder (the
 most a LoRA can touch). Steps are timed in interleaved rounds, so that the load of a shared
-machine falls on all three alike; medians are printed as JSON.
+machine falls on all of them alike; medians (and the load average) are printed as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -22,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 import sdrt
-from sdrt.adapters.lora_match import out_in
 
 
 def random_lora(pipe, path: Path, rank: int, seed: int) -> Path:
@@ -30,12 +31,12 @@ def random_lora(pipe, path: Path, rank: int, seed: int) -> Path:
 
     rng = np.random.default_rng(seed)
     tensors = {}
-    for component, weights in pipe._lora.adaptable.items():
-        for weight in weights:
-            out, inp = out_in(weight)
-            key = f"{component}.{weight.module}"
-            tensors[f"{key}.lora_A.weight"] = rng.standard_normal((rank, inp), np.float32) * 0.01
-            tensors[f"{key}.lora_B.weight"] = rng.standard_normal((out, rank), np.float32) * 0.01
+    for component, branches in pipe._lora.adaptable.items():
+        for branch in branches:
+            key = f"{component}.{branch.module}"
+            down = rng.standard_normal((rank, branch.features_in), np.float32) * 0.01
+            up = rng.standard_normal((branch.features_out, rank), np.float32) * 0.01
+            tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = down, up
     save_file(tensors, str(path))
     return path
 
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     parser.add_argument("plain", type=Path)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
 
     sdrt.Pipeline.load(args.ready, backend="ort-cpu")  # saved ORT graphs written, files hashed
@@ -79,7 +80,7 @@ def main(argv=None) -> dict:
     pipe.load_lora_weights(files[0], adapter_name="a")
     first_load_s = time.perf_counter() - t0
     pipe.load_lora_weights(files[1], adapter_name="b")
-    # A set not active before: its weights computed. Then a switch between two recent sets
+    # A set not active before: its factors concatenated. Then a switch between two recent sets
     # (their snapshots kept): one reference swapped.
     weights = iter(np.linspace(0.3, 0.9, 10))
     new_set_s = _median_seconds(lambda: pipe.set_adapters(["a", "b"], [0.5, next(weights)]), 3)
@@ -93,10 +94,20 @@ def main(argv=None) -> dict:
     unet_ready, unet_plain = pipe._session("unet"), plain._session("unet")
     pipe.set_adapters("a")
     adapter_feeds = {**feeds, **pipe.lora_weights.of("unet")}
+    pipe.set_adapters(["a", "b"], [0.5, 0.5])
+    two_feeds = {**feeds, **pipe.lora_weights.of("unet")}
+    # The defaults are zero-size (rank 0); rank-1 zeros fed everywhere is the alternative.
+    zeros = {}
+    for branch in pipe.manifest.components["unet"].lora_branches:
+        zeros[branch.down] = np.zeros((branch.features_in, 1), branch.dtype)
+        zeros[branch.up] = np.zeros((1, branch.features_out), branch.dtype)
+    rank1_feeds = {**feeds, **zeros}
     contenders = {
         "plain": lambda: unet_plain.run(feeds),
+        "ready_rank1_zeros": lambda: unet_ready.run(rank1_feeds),
         "ready_no_adapter": lambda: unet_ready.run(feeds),
         "ready_adapter": lambda: unet_ready.run(adapter_feeds),
+        "ready_two_adapters": lambda: unet_ready.run(two_feeds),
     }
     for run in contenders.values():
         run()  # warm-up
@@ -111,9 +122,10 @@ def main(argv=None) -> dict:
             "unet_batch": 2,
             "rank": args.rank,
             "rounds": args.rounds,
-            "adaptable_unet_weights_fed": len(touched),
+            "unet_branch_inputs_fed": len(touched),
             "fed_mb": round(sum(v.nbytes for v in touched.values()) / 2**20, 1),
         },
+        "load_average": os.getloadavg(),
         "pipeline_load_s": load_s,
         "load_lora_weights_first_s": first_load_s,
         "set_adapters_new_set_s": new_set_s,
@@ -122,8 +134,11 @@ def main(argv=None) -> dict:
         "recent_switch_over_load": recent_switch_s / load_s,
         "unet_step_s": step,
         "adapter_step_over_plain": step["ready_adapter"] / step["plain"],
+        "two_adapters_step_over_plain": step["ready_two_adapters"] / step["plain"],
         "no_adapter_step_over_plain": step["ready_no_adapter"] / step["plain"],
+        "rank1_zeros_step_over_plain": step["ready_rank1_zeros"] / step["plain"],
     }
+    shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(result, indent=1))
     return result
 

@@ -1,49 +1,64 @@
-"""Adaptable weights: the weights run-time LoRA changes, exported as overridable initializers.
+"""Run-time LoRA as low-rank branches: every targeted module computes
+``y = base(x) + (x @ down_t) @ up_t`` (a 1x1 conv: the same on its channels).
 
-An ONNX initializer that is also listed as a graph input keeps its value as a default but
-may be fed at run time; ONNX Runtime then treats it as a variable (no constant folding or
-pre-packing of that one weight), and a session fed nothing runs on the defaults. The
-legacy exporter folds an ``nn.Linear``'s W^T into an anonymous initializer, so before the
-export every targeted Linear is swapped for an ``_AdaptableLinear`` computing
-``x @ weight_t + bias`` with a parameter named after the module: the initializer then has a
-predictable name and the graph is numerically the same. 1x1 Convs (SD 1.x's proj_in and
-proj_out) keep their own ``weight`` parameter, which the exporter names as it is.
+The base weight stays a constant initializer, so ONNX Runtime pre-packs it as in a plain
+build. ``down_t`` [in, r] and ``up_t`` [r, out] are graph inputs with a default (an
+overridable initializer; tiny, so that ORT cannot pre-pack them costs nothing) and a rank
+dimension of their own per target: a snapshot feeds the active adapters' factors
+concatenated along it, and a session fed nothing runs the defaults, which are zero-size
+(rank 0: ORT's K=0 MatMul yields exact zeros, and measured faster than rank-1 zeros), so
+the branch adds exactly 0.
+
+At export the factors are rank-1 random parameters named after the module (the exporter
+would merge identical zero initializers, and names them after the parameter); after the
+export they are replaced by the zero-size defaults and given a symbolic rank.
 
 What LoRA touches in practice (diffusers' and kohya's default targets): in the U-Net, the
 Linear layers and 1x1 Convs inside the transformer blocks (``*.attentions.*``); in the CLIP
-text encoders, the encoder layers' q/k/v/out_proj and fc1/fc2. ResNet convolutions stay
-constants: ONNX Runtime's CPU convolution layout transform needs constant weights.
+text encoders, the encoder layers' q/k/v/out_proj and fc1/fc2.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
-from sdrt.manifest import AdaptableWeight
+from sdrt.manifest import LoraBranch
 
 # Bump when what is exposed, or how it is recorded, changes: invalidates reused components.
-ADAPTABLE_FORMAT = 1
-# The module names (relative to the diffusers/transformers model) whose weights are exposed.
+# 1: overridable whole weights; 2: low-rank branches.
+ADAPTABLE_FORMAT = 2
+# The module names (relative to the diffusers/transformers model) that get a branch.
 UNET_TARGET = re.compile(r"^(down_blocks|mid_block|up_blocks)\..*\battentions\.\d+\.")
 # transformers 5's CLIPTextModel has no ``text_model.`` level; older ones (and files) do.
 TEXT_ENCODER_TARGET = re.compile(r"^(text_model\.)?encoder\.layers\.\d+\.")
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+DOWN, UP = "lora_down_t", "lora_up_t"
 
 
-class _AdaptableLinear(torch.nn.Module):
-    """``nn.Linear`` as ``x @ weight_t + bias``: the exporter names the weight after us."""
+class _LowRankBranch(torch.nn.Module):
+    """``base(x) + (x @ down_t) @ up_t``; for a 1x1 conv, on the channel axis (NCHW)."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, base: torch.nn.Module, features_in: int, features_out: int, seed: int):
         super().__init__()
-        self.weight_t = torch.nn.Parameter(linear.weight.detach().t().contiguous())
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach())
+        self.base = base
+        self.conv = isinstance(base, torch.nn.Conv2d)
+        generator = torch.Generator().manual_seed(seed)  # distinct values: not merged
+        self.lora_down_t = torch.nn.Parameter(torch.rand(features_in, 1, generator=generator))
+        self.lora_up_t = torch.nn.Parameter(torch.rand(1, features_out, generator=generator))
 
     def forward(self, x):
-        y = torch.matmul(x, self.weight_t)
-        return y if self.bias is None else y + self.bias
+        y = self.base(x)
+        if self.conv:
+            h = x.permute(0, 2, 3, 1)
+            return y + torch.matmul(torch.matmul(h, self.lora_down_t), self.lora_up_t).permute(
+                0, 3, 1, 2
+            )
+        return y + torch.matmul(torch.matmul(x, self.lora_down_t), self.lora_up_t)
 
 
 def target_pattern(component: str) -> re.Pattern | None:
@@ -55,9 +70,9 @@ def target_pattern(component: str) -> re.Pattern | None:
 
 
 def make_adaptable(model: torch.nn.Module, prefix: str, component: str) -> dict[str, str]:
-    """Swap the targeted Linears of ``model`` (in place) for named ones; return
-    module name -> the initializer name the export will give its weight. ``prefix`` is the
-    model's attribute path in the export wrapper ("unet", "model")."""
+    """Wrap the targeted modules of ``model`` (in place) in branches; return module name ->
+    the initializer prefix the export gives its factors (``<prefix>.<module>.``).
+    ``prefix`` is the model's attribute path in the export wrapper ("unet", "model")."""
     pattern = target_pattern(component)
     if pattern is None:
         return {}
@@ -66,39 +81,57 @@ def make_adaptable(model: torch.nn.Module, prefix: str, component: str) -> dict[
         if not pattern.match(name):
             continue
         if isinstance(module, torch.nn.Linear):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, _AdaptableLinear(module))
-            targets[name] = f"{prefix}.{name}.weight_t"
+            sizes = (module.in_features, module.out_features)
         elif isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1):
-            targets[name] = f"{prefix}.{name}.weight"
+            sizes = (module.in_channels, module.out_channels)
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        branch = _LowRankBranch(module, *sizes, seed=len(targets))
+        setattr(model.get_submodule(parent_name), child, branch)
+        targets[name] = f"{prefix}.{name}."
     return targets
 
 
-def expose_initializers(model: onnx.ModelProto, targets: dict[str, str]) -> list[AdaptableWeight]:
-    """List each target's initializer as a graph input too (in place); the map recorded in
-    sdrt.json. A target whose initializer the export did not keep by name is an error:
-    the map must cover exactly what the graph can take."""
+def expose_branches(model: onnx.ModelProto, targets: dict[str, str]) -> list[LoraBranch]:
+    """Make each target's factors zero-size graph inputs with defaults (in place); the
+    records for sdrt.json. A factor the export did not keep by name is an error: the
+    records must cover exactly what the graph takes."""
     initializers = {t.name: t for t in model.graph.initializer}
-    missing = sorted(n for n in targets.values() if n not in initializers)
+    names = {m: (p + DOWN, p + UP) for m, p in targets.items()}
+    missing = sorted(n for pair in names.values() for n in pair if n not in initializers)
     if missing:
         raise RuntimeError(
-            f"adaptable weights: the exported graph has no initializers {missing[:5]} "
-            f"({len(missing)} of {len(targets)}); the exporter renamed or folded them"
+            f"LoRA branches: the exported graph has no initializers {missing[:5]} "
+            f"({len(missing)} of {2 * len(targets)}); the exporter renamed or folded them"
         )
-    already = {i.name for i in model.graph.input}
-    weights = []
-    for module, name in sorted(targets.items()):
-        tensor = initializers[name]
-        dtype = _ONNX_DTYPES.get(tensor.data_type)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    ranked: set[str] = set()  # tensors with a rank axis, whose traced shape must go
+    inputs = {i.name for i in model.graph.input}
+    branches = []
+    for index, (module, (down, up)) in enumerate(sorted(names.items())):
+        down_tensor, up_tensor = initializers[down], initializers[up]
+        dtype = _ONNX_DTYPES.get(down_tensor.data_type)
         if dtype is None:
-            raise RuntimeError(f"adaptable weight {name}: unexpected ONNX type {tensor.data_type}")
-        if name not in already:
-            model.graph.input.append(
-                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
-            )
-        layout = "transposed" if name.endswith(".weight_t") else "conv1x1"
-        weights.append(AdaptableWeight(module, name, layout, tuple(tensor.dims), dtype))
-    return weights
+            raise RuntimeError(f"LoRA branch {down}: unexpected ONNX type {down_tensor.data_type}")
+        features_in, features_out = down_tensor.dims[0], up_tensor.dims[1]
+        rank = f"lora_rank_{index}"
+        for tensor, shape in ((down_tensor, (features_in, 0)), (up_tensor, (0, features_out))):
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros(shape, dtype), tensor.name))
+        for name, shape in ((down, [features_in, rank]), (up, [rank, features_out])):
+            if name not in inputs:
+                model.graph.input.append(
+                    onnx.helper.make_tensor_value_info(name, down_tensor.data_type, shape)
+                )
+        ranked.update(o for node in consumers.get(down, ()) for o in node.output)
+        branches.append(LoraBranch(module, down, up, features_in, features_out, dtype))
+    kept = [v for v in model.graph.value_info if v.name not in ranked]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return branches
 
 
 def adapt_wrapper(wrapper: torch.nn.Module, component: str) -> dict[str, str]:
@@ -108,40 +141,3 @@ def adapt_wrapper(wrapper: torch.nn.Module, component: str) -> dict[str, str]:
         if isinstance(model, torch.nn.Module):
             return make_adaptable(model, attribute, component)
     return {}
-
-
-def locate_initializers(
-    onnx_file, folder_name: str, weights: list[AdaptableWeight]
-) -> list[AdaptableWeight]:
-    """Each weight with the file and byte offset of its raw data, as saved: external data
-    records its own offset; data inside the graph is found by searching the file for its
-    bytes in initializer order (one pass: protobuf writes them in that order). Identical
-    bytes elsewhere would hold the same values, so a match is always right."""
-    import dataclasses
-    import mmap
-
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    model = onnx.load(str(onnx_file), load_external_data=False)
-    order = {t.name: i for i, t in enumerate(model.graph.initializer)}
-    tensors = {t.name: t for t in model.graph.initializer}
-    located = {}
-    with open(onnx_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        position = 0
-        for weight in sorted(weights, key=lambda w: order[w.input]):
-            tensor = tensors[weight.input]
-            if uses_external_data(tensor):
-                info = ExternalDataInfo(tensor)
-                where = (f"{folder_name}/{info.location}", int(info.offset or 0))
-            else:
-                if not tensor.raw_data:
-                    raise RuntimeError(f"adaptable weight {weight.input}: saved without raw_data")
-                offset = data.find(tensor.raw_data, position)
-                if offset < 0:
-                    raise RuntimeError(
-                        f"adaptable weight {weight.input}: bytes not found in {onnx_file}"
-                    )
-                position = offset + len(tensor.raw_data)
-                where = (f"{folder_name}/{onnx_file.name}", offset)
-            located[weight.input] = dataclasses.replace(weight, data_file=where[0], offset=where[1])
-    return [located[w.input] for w in weights]

@@ -98,8 +98,8 @@ class BuildConfig:
     # fused / added into the source before export (export/build_adapters.py), in order
     loras: tuple[LoraOption, ...] = ()
     embeddings: tuple[EmbeddingOption, ...] = ()
-    # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA);
-    # off by default: they make an SD 1.5 U-Net step on the CPU slower (README, LoRA at run time)
+    # U-Net and text-encoder modules LoRA touches get low-rank branches fed at run time
+    # (export/adaptable.py); off by default: they cost a plain build some speed (README)
     lora_ready: bool = False
     # DeepCache branches (cache_branch_id) to export shallow U-Nets for; () builds none
     deep_cache_branches: tuple[int, ...] = ()
@@ -523,7 +523,7 @@ def _export_component(
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
-    from sdrt.export.adaptable import adapt_wrapper, expose_initializers, locate_initializers
+    from sdrt.export.adaptable import adapt_wrapper, expose_branches
     from sdrt.export.onnx import (
         EXTERNAL_DATA_FILE,
         ONNX_FILE,
@@ -578,11 +578,10 @@ def _export_component(
         promoted = promote_token_embedding(
             model, config["vocab_size"], config["hidden_size"], EXTERNAL_DATA_FILE
         )
-    adaptable = tuple(expose_initializers(model, adaptable_targets))
+    lora_branches = tuple(expose_branches(model, adaptable_targets))
     report(name, "saving")
     saved = save_graph(model, staging / name)
     del model
-    adaptable = tuple(locate_initializers(saved.onnx_file, name, list(adaptable)))
     gc.collect()
     config_file = config_file or source.folder / wrapper_folder(name) / COMPONENT_CONFIG
     shutil.copy2(config_file, staging / name / COMPONENT_CONFIG)
@@ -613,7 +612,7 @@ def _export_component(
         node_counts=counts,
         verification=verification,
         token_embedding=token_embedding,
-        adaptable=adaptable,
+        lora_branches=lora_branches,
     )
     check_passed(name, precision, verification)
     return component

@@ -120,21 +120,25 @@ class BuiltAdapter:
 
 
 @dataclass(frozen=True)
-class AdaptableWeight:
-    """A weight run-time LoRA may change: an initializer the graph also takes as an input."""
+class LoraBranch:
+    """A module run-time LoRA may change: it computes ``base(x) + (x @ down_t) @ up_t``
+    with ``down_t`` [in, rank] and ``up_t`` [rank, out] graph inputs, zero-size by default
+    (export/adaptable.py)."""
 
     module: str  # the diffusers/transformers module name, e.g. "down_blocks.0....attn1.to_q"
-    input: str  # the graph input (and initializer) name
-    layout: str  # one of WEIGHT_LAYOUTS: "transposed" (Linear W^T, in x out) or "conv1x1"
-    shape: tuple[int, ...]
+    down: str  # graph input names
+    up: str
+    features_in: int
+    features_out: int
     dtype: str
-    # Where its default value's raw bytes lie: a file relative to the folder (the graph or
-    # its external data) and the byte offset in it, so the runtime maps them without onnx.
-    data_file: str = ""
-    offset: int = -1
 
-
-WEIGHT_LAYOUTS = ("transposed", "conv1x1")
+    @property
+    def specs(self) -> tuple[TensorSpec, TensorSpec]:
+        rank = f"rank of {self.module}"  # any size: the active adapters' ranks summed
+        return (
+            TensorSpec(self.down, self.dtype, (self.features_in, rank)),
+            TensorSpec(self.up, self.dtype, (rank, self.features_out)),
+        )
 
 
 @dataclass(frozen=True)
@@ -156,15 +160,17 @@ class Component:
     )  # e.g. {"exported": n, "cleaned": m}
     verification: Verification | None = None
     token_embedding: TokenEmbedding | None = None  # text encoders built by this sdrt
-    # Weights run-time LoRA may feed (export/adaptable.py); empty in folders built without.
-    adaptable: tuple[AdaptableWeight, ...] = ()
+    # Modules run-time LoRA may feed (export/adaptable.py); empty in folders built without.
+    lora_branches: tuple[LoraBranch, ...] = ()
+    # Built --lora-ready by an older sdrt (whole weights as inputs): needs a rebuild for LoRA.
+    lora_outdated: bool = False
 
     @property
     def optional_inputs(self) -> tuple[TensorSpec, ...]:
         """Inputs a session may be fed besides ``inputs`` (initializers it overrides): the
-        token table (textual inversion) and LoRA's adaptable weights."""
+        token table (textual inversion) and LoRA's branch factors."""
         table = () if self.token_embedding is None else (self.token_embedding.spec(),)
-        return table + tuple(TensorSpec(w.input, w.dtype, w.shape) for w in self.adaptable)
+        return table + tuple(spec for b in self.lora_branches for spec in b.specs)
 
 
 @dataclass(frozen=True)
@@ -458,7 +464,11 @@ def _component(name: str, r: _Reader) -> Component:
         node_counts=dict(r.get("node_counts", Mapping, optional=True, default={})),
         verification=_verification(r.sub("verification", optional=True)),
         token_embedding=_token_embedding(r.sub("token_embedding", optional=True)),
-        adaptable=_adaptable(r.get("adaptable", list, optional=True, default=[]), r.where),
+        lora_branches=_lora_branches(
+            r.get("lora_branches", list, optional=True, default=[]), r.where
+        ),
+        lora_outdated=r.get("lora_outdated", bool, optional=True, default=False)
+        or bool(r.get("adaptable", list, optional=True, default=[])),  # format 1's record
     )
 
 
@@ -490,22 +500,21 @@ def _adapter(r: _Reader) -> BuiltAdapter:
     )
 
 
-def _adaptable(values: list, where: str) -> tuple[AdaptableWeight, ...]:
-    weights = []
+def _lora_branches(values: list, where: str) -> tuple[LoraBranch, ...]:
+    branches = []
     for i, value in enumerate(values):
-        a = _Reader(value, f"{where}.adaptable[{i}]")
-        weights.append(
-            AdaptableWeight(
-                module=a.get("module", str),
-                input=a.get("input", str),
-                layout=a.choice("layout", WEIGHT_LAYOUTS),
-                shape=_shape(a.get("shape", list), f"{a.where}.shape", symbolic=False),
-                dtype=a.choice("dtype", DTYPES),
-                data_file=a.get("data_file", str),
-                offset=a.get("offset", int),
+        b = _Reader(value, f"{where}.lora_branches[{i}]")
+        branches.append(
+            LoraBranch(
+                module=b.get("module", str),
+                down=b.get("down", str),
+                up=b.get("up", str),
+                features_in=b.get("features_in", int),
+                features_out=b.get("features_out", int),
+                dtype=b.choice("dtype", DTYPES),
             )
         )
-    return tuple(weights)
+    return tuple(branches)
 
 
 def _engine(i: int, r: _Reader) -> Engine:

@@ -119,6 +119,7 @@ def modes_report(tiny_source, tiny_built, tmp_path_factory):
 
 def test_modes_run_on_their_variant_builds_against_exact_sdrt(modes_report, tiny_built):
     from sdrt.benchmarks.report_schema import REPORT_SCHEMA
+
     from sdrt.manifest import read_manifest
 
     jsonschema = pytest.importorskip("jsonschema")

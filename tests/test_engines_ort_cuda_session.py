@@ -168,3 +168,37 @@ def test_cuda_graph_mode_uses_fixed_values_and_one_graph_id_per_shape(component,
     np.testing.assert_array_equal(results[0].get(), 2 * feeds(2, 8, seed=0, timestep=0.0)["sample"])
     assert made._runs == ["1", "1", "2", "1"]
     assert len(session._graphs) == 2
+
+
+def test_lora_branch_factors_are_bound_as_host_inputs(component, tmp_path, monkeypatch):
+    """Run-time LoRA on ort-cuda: fed factors are checked and uploaded with the run; with a
+    CUDA graph (fixed bindings) the session takes none, so the Pipeline refuses LoRA."""
+    import dataclasses
+
+    from gpu_fakes import FakeIOBinding
+
+    from sdrt.backends.ort_cuda import OrtCudaOptions, OrtCudaSession
+    from sdrt.errors import InputError
+    from sdrt.manifest import LoraBranch
+
+    branch = LoraBranch("m", "m.down", "m.up", 4, 4, "float32")
+    component = dataclasses.replace(component, lora_branches=(branch,))
+    bindings = []
+    monkeypatch.setattr(
+        FakeInferenceSession,
+        "io_binding",
+        lambda self: bindings.append(FakeIOBinding()) or bindings[-1],
+    )
+    session = OrtCudaSession(tmp_path, component)
+    assert {s.name for s in session.weight_inputs} == {"m.down", "m.up"}
+    factors = {"m.down": np.ones((4, 3), np.float32), "m.up": np.ones((3, 4), np.float32)}
+    session.run({**on_device(feeds(1, 4, seed=0, timestep=1.0)), **factors})
+    bound = bindings[-1]._inputs
+    assert bound["m.down"][0] == "host" and bound["m.down"][1].shape == (4, 3)
+    assert bound["m.up"][0] == "host" and bound["m.up"][1].shape == (3, 4)
+    session.run(on_device(feeds(1, 4, seed=0, timestep=1.0)))  # nothing fed: defaults
+    assert "m.down" not in bindings[-1]._inputs
+    with pytest.raises(InputError, match=r"'m\.down' expected shape \[4, 'rank of m'\]"):
+        session.run({**feeds(1, 4, seed=0, timestep=1.0), "m.down": np.ones((5, 3), np.float32)})
+    graphed = OrtCudaSession(tmp_path, component, OrtCudaOptions(cuda_graph=True))
+    assert graphed.weight_inputs is None

@@ -1,10 +1,11 @@
-"""LoRA files without a model: the safetensors reader, both key layouts, their scales, and
-the errors that name the file and what did not match."""
+"""LoRA files without a model: the safetensors reader, both key layouts, their scales, the
+errors that name the file and what did not match, and the branch factors a snapshot feeds."""
 
 from __future__ import annotations
 
 import json
 import struct
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,11 +16,12 @@ from sdrt.adapters.lora_files import (
     lora_file_path,
     read_lora_file,
 )
-from sdrt.adapters.lora_match import add_delta, match_lora
+from sdrt.adapters.lora_match import match_lora
 from sdrt.adapters.lora_option import parse_lora_option
+from sdrt.adapters.lora_state import LoraState
 from sdrt.adapters.safetensors_file import read_safetensors
 from sdrt.errors import InputError
-from sdrt.manifest import AdaptableWeight
+from sdrt.manifest import LoraBranch
 
 RNG = np.random.default_rng(0)
 
@@ -153,45 +155,65 @@ def test_lora_option(tmp_path):
         parse_lora_option(str(tmp_path / "nope.safetensors:0.5"))
 
 
-def _weight(module, layout, shape):
-    return AdaptableWeight(module, f"in.{module}", layout, shape, "float32", "unet/model.onnx", 0)
+# Concatenated factors against the sum of the deltas they stand for, in float32.
+DELTA_TOLERANCE = 1e-5
 
 
-def test_matching_names_shapes_and_layouts(tmp_path):
+def _branch(module, features_in, features_out):
+    return LoraBranch(
+        module, f"{module}.down", f"{module}.up", features_in, features_out, "float32"
+    )
+
+
+def test_matching_names_and_shapes(tmp_path):
     down, up = _factors(inp=6, out=5)
     save_file(
         {"lora_unet_a_b_to_q.lora_down.weight": down, "lora_unet_a_b_to_q.lora_up.weight": up},
         str(tmp_path / "k.safetensors"),
     )
     lora = read_lora_file(tmp_path / "k.safetensors")
-    linear = _weight("a.b.to_q", "transposed", (6, 5))
-    (matched,) = match_lora(lora, {"unet": (linear,)})
-    assert matched.weight is linear
-    base = RNG.standard_normal((6, 5)).astype(np.float32)
-    np.testing.assert_allclose(
-        add_delta(base.copy(), linear, up, down), base + (up @ down).T, rtol=1e-5, atol=1e-5
-    )
-    conv = _weight("a.b.to_q", "conv1x1", (5, 6, 1, 1))
-    conv_base = RNG.standard_normal((5, 6, 1, 1)).astype(np.float32)
-    np.testing.assert_allclose(
-        add_delta(conv_base.copy(), conv, up, down)[:, :, 0, 0],
-        conv_base[:, :, 0, 0] + up @ down,
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    branch = _branch("a.b.to_q", 6, 5)
+    (matched,) = match_lora(lora, {"unet": (branch,)})
+    assert matched.branch is branch and matched.lora.key == "a_b_to_q"
     with pytest.raises(InputError, match=r"k\.safetensors: 1 of 1 modules have shapes.*a\.b\.to_q"):
-        match_lora(lora, {"unet": (_weight("a.b.to_q", "transposed", (7, 5)),)})
+        match_lora(lora, {"unet": (_branch("a.b.to_q", 7, 5),)})
     with pytest.raises(InputError, match=r"k\.safetensors: none of its 1 modules matches"):
-        match_lora(lora, {"unet": (_weight("c.d", "transposed", (6, 5)),)})
+        match_lora(lora, {"unet": (_branch("c.d", 6, 5),)})
 
 
-def test_add_delta_in_blocks_equals_one_product(monkeypatch):
-    import sdrt.adapters.lora_match as lora_match
+def _manifest(*branches):
+    component = SimpleNamespace(lora_branches=branches, lora_outdated=False)
+    return SimpleNamespace(components={"unet": component})
 
-    down, up = _factors(rank=3, inp=7, out=9)
-    linear = _weight("m", "transposed", (7, 9))
-    base = RNG.standard_normal((7, 9)).astype(np.float32)
-    whole = add_delta(base.copy(), linear, up, down)
-    monkeypatch.setattr(lora_match, "BLOCK_PRODUCTS", 1)  # one row per block
-    np.testing.assert_allclose(add_delta(base.copy(), linear, up, down), whole, rtol=1e-6)
-    np.testing.assert_allclose(whole, base + (up @ down).T, rtol=1e-5, atol=1e-5)
+
+def test_snapshot_feeds_the_factors_side_by_side(tmp_path):
+    """down_t @ up_t of a snapshot is the weighted, scaled sum of the active deltas
+    (transposed: x @ W^T), and modules no active adapter touches are not fed."""
+    first, second = _factors(rank=2, inp=6, out=5), _factors(rank=3, inp=6, out=5)
+    save_file(
+        {
+            "unet.m.lora_A.weight": first[0],
+            "unet.m.lora_B.weight": first[1],
+            "unet.m.alpha": np.array(4.0, np.float32),  # scale 4 / 2
+        },
+        str(tmp_path / "a.safetensors"),
+    )
+    save_file(
+        {"unet.m.lora_A.weight": second[0], "unet.m.lora_B.weight": second[1]},
+        str(tmp_path / "b.safetensors"),
+    )
+    branch, untouched = _branch("m", 6, 5), _branch("n", 6, 5)
+    state = LoraState(tmp_path, _manifest(branch, untouched))
+    state.load(read_lora_file(tmp_path / "a.safetensors"), "a")
+    state.load(read_lora_file(tmp_path / "b.safetensors"), "b")
+    state.set_adapters(["a", "b"], [0.5, -1.5])
+    feeds = state.current.of("unet")
+    assert set(feeds) == {branch.down, branch.up}
+    down_t, up_t = feeds[branch.down], feeds[branch.up]
+    assert down_t.shape == (6, 5) and up_t.shape == (5, 5) and down_t.dtype == np.float32
+    expected = 0.5 * 2.0 * first[1] @ first[0] - 1.5 * second[1] @ second[0]
+    np.testing.assert_allclose(
+        down_t @ up_t, expected.T, rtol=DELTA_TOLERANCE, atol=DELTA_TOLERANCE
+    )
+    state.set_adapters(["a", "b"], [0.0, 0.0])  # weights 0: nothing fed
+    assert state.current.feeds == {}

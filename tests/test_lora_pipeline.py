@@ -5,6 +5,8 @@ and bad input that leaves the Pipeline as it was."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import threading
 
 import numpy as np
@@ -191,7 +193,7 @@ def test_bad_files_leave_the_pipeline_unchanged(pipe, loras, latents, tmp_path):
                     32, rank, 1, 1
                 ),
             },
-            r"1 of 2 modules match no weight this folder takes at run time: "
+            r"1 of 2 modules match no module this folder takes at run time: "
             r"unet:down_blocks_0_resnets_0_conv1.*sdrt build --lora",
         ),
     }
@@ -217,7 +219,7 @@ def test_folders_built_without_adaptable_weights(tiny_built, loras):
     """A folder built without --lora-ready (or before it existed) loads and runs as ever;
     run-time LoRA says to rebuild."""
     pipe = sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
-    assert not any(c.adaptable for c in pipe.manifest.components.values())
+    assert not any(c.lora_branches for c in pipe.manifest.components.values())
     with pytest.raises(
         ModelFolderError, match=r"built without LoRA-ready weights; rebuild.*--lora-ready"
     ):
@@ -231,13 +233,30 @@ def test_folders_built_without_adaptable_weights(tiny_built, loras):
     )
 
 
+def test_folders_of_the_old_lora_ready_format_say_to_rebuild(tiny_built, loras, tmp_path):
+    """sdrt.json of format 1 (whole weights as inputs): the folder runs, LoRA says rebuild."""
+    folder = tmp_path / "old"
+    shutil.copytree(tiny_built, folder)
+    manifest = json.loads((folder / "sdrt.json").read_text())
+    old = {"module": "m", "input": "unet.m.weight_t", "layout": "transposed", "shape": [4, 4]}
+    manifest["components"]["unet"]["adaptable"] = [{**old, "dtype": "float32"}]
+    (folder / "sdrt.json").write_text(json.dumps(manifest))
+    pipe = sdrt.Pipeline.load(folder, backend="ort-cpu")
+    with pytest.raises(
+        ModelFolderError, match=r"older sdrt.*rebuild it with `sdrt build --lora-ready`"
+    ):
+        pipe.load_lora_weights(loras["peft"])
+    assert pipe.get_active_adapters() == []
+
+
 def test_weight_feeds_are_read_only_snapshots(pipe, loras):
     assert pipe.lora_weights.feeds == {}  # no adapter: nothing extra is fed
     pipe.load_lora_weights(loras["peft"], adapter_name="p")
     snapshot = pipe.lora_weights
     unet = snapshot.of("unet")
     assert unet and all(not v.flags.writeable for v in unet.values())
-    manifest_inputs = {w.input for w in pipe.manifest.components["unet"].adaptable}
+    branches = pipe.manifest.components["unet"].lora_branches
+    manifest_inputs = {n for b in branches for n in (b.down, b.up)}
     assert set(unet) <= manifest_inputs
     pipe.set_adapters("p", 0.5)
     assert pipe.lora_weights is not snapshot and pipe.lora_weights.key != snapshot.key
@@ -247,7 +266,7 @@ def test_weight_feeds_are_read_only_snapshots(pipe, loras):
 
 
 class _SessionWithoutWeightFeeds:
-    """A backend session that takes only the graph's inputs (as ort-cuda and TensorRT's)."""
+    """A session taking only the graph's inputs (TensorRT's; ort-cuda's with a CUDA graph)."""
 
     def __init__(self, session):
         self.name, self.inputs, self.outputs = session.name, session.inputs, session.outputs

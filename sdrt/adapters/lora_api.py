@@ -2,7 +2,7 @@
 unload_lora_weights, get_active_adapters, with diffusers' names and meanings.
 
 The state and its snapshots are in lora_state.py; this file checks arguments and that the
-backend's sessions take weight feeds (ort-cpu does), and leaves the Pipeline unchanged
+backend's sessions take branch feeds (ort-cpu and ort-cuda without CUDA graphs do), and leaves the Pipeline unchanged
 on any error.
 """
 
@@ -42,8 +42,8 @@ class LoraMethods:
             if getattr(session, "weight_inputs", None) is None:
                 raise BackendUnavailableError(
                     f"backend {self.backend!r} does not take run-time LoRA weights "
-                    f"({component}); use backend='ort-cpu', or fuse the LoRA at build time "
-                    "(sdrt build --lora)"
+                    f"({component}); use backend='ort-cpu' (or 'ort-cuda' without cuda_graph), "
+                    "or fuse the LoRA at build time (sdrt build --lora)"
                 )
         return self._lora.load(lora, adapter_name)
 

@@ -1,29 +1,24 @@
-"""A parsed LoRA file matched against a folder's adaptable weights: which graph input each
-module changes, with its shape checked, or a clear error naming what did not match."""
+"""A parsed LoRA file matched against a folder's LoRA branches: which branch each module
+feeds, with its shape checked, or a clear error naming what did not match."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from sdrt.adapters.lora_files import LoraFile, LoraModule
 from sdrt.errors import InputError
-from sdrt.manifest import AdaptableWeight
+from sdrt.manifest import LoraBranch
 
-TEXT_MODEL = "text_model."
-BLOCK_PRODUCTS = (
-    2**20
-)  # multiply-adds per block in add_delta  # transformers < 5 nests CLIP's modules under it; 5 does not
+TEXT_MODEL = "text_model."  # transformers < 5 nests CLIP's modules under it; 5 does not
 
 
 @dataclass(frozen=True)
 class MatchedModule:
-    """One LoRA module bound to the graph input it changes."""
+    """One LoRA module bound to the branch it feeds."""
 
     component: str
-    weight: AdaptableWeight
+    branch: LoraBranch
     lora: LoraModule
 
 
@@ -31,39 +26,39 @@ def canonical(module: str) -> str:
     return module[len(TEXT_MODEL) :] if module.startswith(TEXT_MODEL) else module
 
 
-def module_lookup(layout: str, weights: tuple[AdaptableWeight, ...]):
-    """The file's module key -> AdaptableWeight, for one component's weights and a layout."""
+def module_lookup(layout: str, branches: tuple[LoraBranch, ...]):
+    """The file's module key -> LoraBranch, for one component's branches and a layout."""
     table = {}
-    for weight in weights:
-        name = canonical(weight.module)
-        table[name.replace(".", "_") if layout == "kohya" else name] = weight
+    for branch in branches:
+        name = canonical(branch.module)
+        table[name.replace(".", "_") if layout == "kohya" else name] = branch
     return table
 
 
 def match_lora(
-    lora: LoraFile, adaptable: Mapping[str, tuple[AdaptableWeight, ...]]
+    lora: LoraFile, branches: Mapping[str, tuple[LoraBranch, ...]]
 ) -> tuple[MatchedModule, ...]:
-    """Bind every module of ``lora`` to an adaptable weight; InputError naming the file and
+    """Bind every module of ``lora`` to a branch; InputError naming the file and
     the modules that match nothing, or whose shapes differ."""
     tables = {}
     matched, unmatched, mismatched = [], [], []
     for module in lora.modules:
         key = (module.component, lora.layout)
         if key not in tables:
-            tables[key] = module_lookup(lora.layout, adaptable.get(module.component, ()))
+            tables[key] = module_lookup(lora.layout, branches.get(module.component, ()))
         name = canonical(module.key)
         if lora.layout == "kohya" and name.startswith("text_model_"):
             name = name[len("text_model_") :]
-        weight = tables[key].get(name)
-        if weight is None:
+        branch = tables[key].get(name)
+        if branch is None:
             unmatched.append(f"{module.component}:{module.key}")
             continue
-        expected = out_in(weight)
+        expected = (branch.features_out, branch.features_in)
         got = (module.up.shape[0], module.down.shape[1])
         if expected != got:
-            mismatched.append(f"{weight.module} (model {list(expected)}, file {list(got)})")
+            mismatched.append(f"{branch.module} (model {list(expected)}, file {list(got)})")
             continue
-        matched.append(MatchedModule(module.component, weight, module))
+        matched.append(MatchedModule(module.component, branch, module))
     if mismatched:
         raise InputError(
             f"{lora.path}: {len(mismatched)} of {len(lora.modules)} modules have shapes "
@@ -77,35 +72,12 @@ def match_lora(
         )
     if unmatched:
         raise InputError(
-            f"{lora.path}: {len(unmatched)} of {len(lora.modules)} modules match no weight "
+            f"{lora.path}: {len(unmatched)} of {len(lora.modules)} modules match no module "
             f"this folder takes at run time: {_few(unmatched)}. Run-time LoRA covers the "
             "U-Net's transformer blocks and the text encoders' attention and MLP layers; "
             "others (LoCon's ResNet convolutions) can be fused at build time (sdrt build --lora)"
         )
     return tuple(matched)
-
-
-def out_in(weight: AdaptableWeight) -> tuple[int, int]:
-    """(out, in) features of a weight in its graph layout."""
-    if weight.layout == "transposed":
-        return weight.shape[1], weight.shape[0]
-    return weight.shape[0], weight.shape[1]
-
-
-def add_delta(value: np.ndarray, weight: AdaptableWeight, up: np.ndarray, down: np.ndarray):
-    """``value += up @ down`` in the graph's layout of ``weight``, in place, in row blocks.
-
-    Blocks keep each product small: the temporary stays in cache, and OpenBLAS runs small
-    products on the calling thread, where its thread pool on a loaded machine made one big
-    product 2-4x slower (README, "LoRA at run time")."""
-    if weight.layout == "transposed":  # value (in, out) += down^T @ up^T
-        matrix, left, right = value, down.T, np.ascontiguousarray(up.T)
-    else:  # (out, in, 1, 1) += up @ down
-        matrix, left, right = value.reshape(weight.shape[0], -1), up, down
-    rows = max(1, BLOCK_PRODUCTS // (right.shape[0] * right.shape[1]))
-    for start in range(0, matrix.shape[0], rows):
-        matrix[start : start + rows] += left[start : start + rows] @ right
-    return value
 
 
 def _few(items: list[str], count: int = 3) -> str:

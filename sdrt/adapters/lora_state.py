@@ -1,11 +1,14 @@
 """Run-time LoRA state of a Pipeline: loaded adapters, the active set, and the immutable
-snapshot of weight feeds each call captures.
+snapshot of branch feeds each call captures.
 
-    W' = W + sum_i weight_i * scale_i * (up_i @ down_i)
+Each LoRA-ready module computes ``base(x) + (x @ down_t) @ up_t`` (export/adaptable.py), so
 
-computed in numpy from the base weights (memory-mapped, only the touched ones) in the
-graph's layout, and fed to the sessions beside the normal inputs; with no active adapter
-nothing extra is fed. A change (load, set_adapters, unload) builds a new snapshot, then
+    sum_i weight_i * scale_i * (up_i @ down_i)
+
+is fed as the active adapters' factors concatenated along the rank axis, each adapter's
+``weight * scale`` folded into its up factor: a few MB, no base weight read. Modules no
+active adapter touches are not fed (their zero-size defaults add exactly 0), and with no
+active adapter nothing extra is fed. A change (load, set_adapters, unload) builds a new snapshot, then
 swaps one reference: a call holds the snapshot it started with, so calls in flight keep
 their adapters and never see a mix.
 """
@@ -22,15 +25,14 @@ from types import MappingProxyType
 
 import numpy as np
 
-from sdrt.adapters.base_weights import BaseWeights
 from sdrt.adapters.lora_files import LoraFile
-from sdrt.adapters.lora_match import MatchedModule, add_delta, match_lora
+from sdrt.adapters.lora_match import MatchedModule, match_lora
 from sdrt.errors import InputError, ModelFolderError
-from sdrt.manifest import AdaptableWeight, Manifest
+from sdrt.manifest import LoraBranch, Manifest
 
 _EMPTY: Mapping = MappingProxyType({})
 # Snapshots of recently active sets kept, so that switching back to one is a reference swap;
-# each holds the changed weights (SD 1.5, every adaptable U-Net weight: ~1 GB in fp32).
+# each holds the concatenated factors (SD 1.5, two rank-16 adapters everywhere: ~15 MB).
 RECENT_SNAPSHOTS = 2
 
 
@@ -62,10 +64,10 @@ class LoraState:
 
     def __init__(self, folder: Path, manifest: Manifest, recent: int = RECENT_SNAPSHOTS):
         self.folder = folder
-        self.adaptable: dict[str, tuple[AdaptableWeight, ...]] = {
-            name: c.adaptable for name, c in manifest.components.items() if c.adaptable
+        self.adaptable: dict[str, tuple[LoraBranch, ...]] = {
+            name: c.lora_branches for name, c in manifest.components.items() if c.lora_branches
         }
-        self._base = BaseWeights(folder)
+        self.outdated = any(c.lora_outdated for c in manifest.components.values())
         self._adapters: dict[str, LoadedAdapter] = {}
         self._lock = threading.Lock()
         self._keys = itertools.count(1)
@@ -86,6 +88,12 @@ class LoraState:
 
     def load(self, lora: LoraFile, adapter_name: str | None) -> str:
         """Add an adapter and make it the only active one (as diffusers does on load)."""
+        if self.outdated:
+            raise ModelFolderError(
+                f"{self.folder}: this folder was built --lora-ready by an older sdrt (whole "
+                "weights as inputs), which this one no longer feeds; rebuild it with "
+                "`sdrt build --lora-ready` to load LoRAs at run time"
+            )
         if not self.adaptable:
             raise ModelFolderError(
                 f"{self.folder}: this folder was built without LoRA-ready weights; rebuild "
@@ -139,26 +147,25 @@ class LoraState:
     def _snapshot(
         self, adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...]
     ) -> WeightFeeds:
-        """New feeds for ``active``: each touched weight summed from its base once."""
-        touched: dict[str, dict[str, tuple[AdaptableWeight, list]]] = {}
+        """New feeds for ``active``: per touched branch, the factors side by side."""
+        touched: dict[str, dict[LoraBranch, list]] = {}
         for name, weight in active:
             if weight == 0.0:
                 continue
             for m in adapters[name].modules:
-                entry = touched.setdefault(m.component, {}).setdefault(
-                    m.weight.input, (m.weight, [])
-                )
-                entry[1].append((weight * m.lora.scale, m.lora))
+                terms = touched.setdefault(m.component, {}).setdefault(m.branch, [])
+                terms.append((weight * m.lora.scale, m.lora))
         feeds = {}
-        for component, inputs in touched.items():
+        for component, branches in touched.items():
             arrays = {}
-            for input_name, (weight, terms) in inputs.items():
-                value = self._base.read(weight).astype(np.float32)  # a copy to add into
-                for factor, lora in terms:
-                    add_delta(value, weight, factor * lora.up, lora.down)
-                value = value.astype(weight.dtype, copy=False)
-                value.flags.writeable = False
-                arrays[input_name] = value
+            for branch, terms in branches.items():
+                dtype = np.dtype(branch.dtype)
+                down_t = np.concatenate([lora.down.T for _, lora in terms], axis=1)
+                up_t = np.concatenate([factor * lora.up.T for factor, lora in terms], axis=0)
+                for input_name, value in ((branch.down, down_t), (branch.up, up_t)):
+                    value = np.ascontiguousarray(value, dtype=dtype)
+                    value.flags.writeable = False
+                    arrays[input_name] = value
             feeds[component] = MappingProxyType(arrays)
         if not feeds:
             return WeightFeeds(None, active)

@@ -29,7 +29,7 @@ from sdrt.backends.ort_cpu_options import (
 )
 from sdrt.backends.protocol import Session, check_feeds, options_of_type
 from sdrt.errors import BackendUnavailableError, ModelFolderError, SdrtError
-from sdrt.manifest import Component, Manifest, TensorSpec
+from sdrt.manifest import Component, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,8 @@ class OrtSession:
         self.inputs = component.inputs
         self.optional_inputs = component.optional_inputs
         self.outputs = component.outputs
-        # Overridable initializers run-time LoRA may feed (sdrt/adapters/lora_state.py).
-        self.weight_inputs = tuple(
-            TensorSpec(w.input, w.dtype, w.shape) for w in component.adaptable
-        )
+        # LoRA branch factors run-time LoRA may feed (sdrt/adapters/lora_state.py).
+        self.weight_inputs = tuple(s for b in component.lora_branches for s in b.specs)
         self.options = options
         source = folder / component.file
         if not source.is_file():

@@ -134,6 +134,10 @@ class OrtCudaSession:
         self.name = component.name
         self.inputs = component.inputs
         self.outputs = component.outputs
+        # LoRA branch factors (sdrt/adapters/lora_state.py), bound as host inputs per run; a
+        # CUDA graph replays fixed bindings, so with one the session takes none (None).
+        branches = tuple(s for b in component.lora_branches for s in b.specs)
+        self.weight_inputs = None if options.cuda_graph else branches
         self.options = options
         self._ort = ort
         self._cp = cp
@@ -184,6 +188,9 @@ class OrtCudaSession:
         binding = self._session.io_binding()
         for spec in self.inputs:
             self._bind_feed(binding, spec.name, feeds[spec.name])
+        for spec in self.weight_inputs or ():
+            if spec.name in feeds:
+                binding.bind_cpu_input(spec.name, np.ascontiguousarray(feeds[spec.name]))
         for name in self._output_names:
             binding.bind_output(name, "cuda", self.options.device_id)
         self._session.run_with_iobinding(binding)
@@ -236,13 +243,13 @@ class OrtCudaSession:
             return {name: cupy_view(value, cp).copy() for name, value in outputs.items()}
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        check_feeds(self.name, self.inputs, feeds)
+        check_feeds(self.name, self.inputs, feeds, self.weight_inputs or ())
         cp = self._cp
         with self._lock, cp.cuda.Device(self.options.device_id):
             caller = cp.cuda.get_current_stream()
             # Queued on the caller's stream before its event: our stream's wait covers them.
             # Referenced until the end of this block: their memory is not reused meanwhile.
-            contiguous = self._contiguous(feeds)
+            contiguous = {**feeds, **self._contiguous(feeds)}
             self._stream.wait_event(caller.record())
             run = self._run_graph if self.options.cuda_graph else self._run_bound
             results = run(contiguous)

@@ -80,9 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lora-ready",
         action="store_true",
-        help="export the weights LoRA touches as overridable initializers, so that "
-        "Pipeline.load_lora_weights and `generate --lora` work at run time; a U-Net step on the "
-        "CPU is slower, adapter or not (README, 'LoRA at run time'; default: off)",
+        help="give the modules LoRA touches low-rank branches fed at run time, so that "
+        "Pipeline.load_lora_weights and `generate --lora` work; a U-Net step on the "
+        "CPU is somewhat slower (README, 'LoRA at run time'; default: off)",
     )
     parser.add_argument(
         "--deep-cache",
