@@ -28,7 +28,9 @@ MANIFEST_NAME = "sdrt.json"
 COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+# int8 is the U-Net's alone (engines/int8_unet.py); text encoders and VAEs stay fp32.
+VAE_PRECISIONS = ("fp32", "fp16")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 
@@ -137,6 +139,8 @@ class Component:
     token_embedding: TokenEmbedding | None = None  # text encoders built by this sdrt
     # Weights run-time LoRA may feed (export/adaptable.py); empty in folders built without.
     adaptable: tuple[AdaptableWeight, ...] = ()
+    # int8 U-Nets: how they were quantized and calibrated (engines/int8_unet.py); else None.
+    quantization: Mapping[str, Any] | None = None
 
     @property
     def optional_inputs(self) -> tuple[TensorSpec, ...]:
@@ -400,6 +404,7 @@ def _component(name: str, r: _Reader) -> Component:
         verification=_verification(r.sub("verification", optional=True)),
         token_embedding=_token_embedding(r.sub("token_embedding", optional=True)),
         adaptable=_adaptable(r.get("adaptable", list, optional=True, default=[]), r.where),
+        quantization=r.get("quantization", Mapping, optional=True),
     )
 
 
@@ -585,7 +590,7 @@ def _build_options(b: _Reader) -> BuildOptions:
         max_batch=b.get("max_batch", int),
         opt_batch=b.get("opt_batch", int),
         precision=b.choice("precision", PRECISIONS),
-        vae_precision=b.choice("vae_precision", PRECISIONS),
+        vae_precision=b.choice("vae_precision", VAE_PRECISIONS),
         opset=b.get("opset", int),
         size_multiple=b.get("size_multiple", int, optional=True, default=8),
     )
