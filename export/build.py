@@ -106,6 +106,8 @@ class BuildConfig:
     # a diffusers AutoencoderTiny folder or Hub id, exported beside the full VAE
     # (export/tiny_vae.py); None: no tiny VAE
     tiny_vae: str | None = None
+    # precision "int8": the U-Net's calibration prompts (empty: engines/int8_unet.py's list)
+    calibration_prompts: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -113,6 +115,8 @@ class BuildConfig:
         object.__setattr__(self, "embeddings", tuple(self.embeddings))
         object.__setattr__(self, "deep_cache_branches", tuple(self.deep_cache_branches))
         _check_deep_cache_branches(self)
+        object.__setattr__(self, "calibration_prompts", tuple(self.calibration_prompts))
+        _check_int8(self)
         for option in (*self.loras, *self.embeddings):
             if not Path(option.path).is_file():
                 raise InputError(f"adapter file {str(option.path)!r} does not exist")
@@ -298,7 +302,7 @@ def _build_into(
             source,
             name,
             folder,
-            precision=precisions[name],
+            precision="fp32" if precisions[name] == "int8" else precisions[name],
             opset=config.opset,
             cases=cases,
             source_sha256=source_sha256,
@@ -324,6 +328,8 @@ def _build_into(
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)
+    if precisions.get("unet") == "int8" and manifest.components["unet"].precision != "int8":
+        manifest, results = _quantize_unet(folder, config, manifest, results, report)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
     return manifest, results
 
@@ -365,6 +371,34 @@ def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, r
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     return tiny.record(hasher), results
+def _quantize_unet(
+    folder: Path,
+    config: BuildConfig,
+    manifest: Manifest,
+    results: list[ComponentResult],
+    report: ProgressCallback,
+) -> tuple[Manifest, list[ComponentResult]]:
+    """The finished fp32 folder's U-Net replaced by its int8 graph, calibrated on the
+    folder's own pipeline (engines/int8_unet.py)."""
+    from sdrt.engines.int8_unet import Int8Options, build_int8_unet
+
+    t0 = time.perf_counter()
+    report("unet", "quantizing to int8 (calibrating on the pipeline's own feeds)")
+    options = Int8Options(size=manifest.build.min_size)  # the cheapest size served
+    if config.calibration_prompts:
+        options = dataclasses.replace(options, prompts=config.calibration_prompts)
+    unet = build_int8_unet(folder, manifest.components["unet"], options)
+    components = {**manifest.components, "unet": unet}
+    manifest = dataclasses.replace(manifest, components=components)
+    write_manifest(folder, manifest)
+    seconds = time.perf_counter() - t0
+    results = [
+        dataclasses.replace(r, component=unet, seconds=r.seconds + seconds)
+        if r.name == "unet"
+        else r
+        for r in results
+    ]
+    return manifest, results
 
 
 # ---------------------------------------------------------------------------- output folder
@@ -451,7 +485,28 @@ def _reuse(
 # ---------------------------------------------------------------------------- export
 
 
+def _check_int8(config: BuildConfig) -> None:
+    if config.vae_precision == "int8":
+        raise InputError("vae_precision must be fp32 or fp16, got 'int8' (int8 is the U-Net's)")
+    if config.precision != "int8":
+        if config.calibration_prompts:
+            raise InputError(
+                f"calibration prompts are for precision int8, got precision {config.precision!r}"
+            )
+        return
+    if config.lora_ready:
+        raise InputError("precision int8 and lora_ready do not combine (LoRA needs fp32 weights)")
+    if any(not p.strip() for p in config.calibration_prompts):
+        raise InputError("calibration prompts must not be empty strings")
+
+
 def _precisions(config: BuildConfig, source: SourceModel) -> dict[str, str]:
+    if config.precision == "int8":  # the U-Net alone: int8 text encoders/VAEs lose the most
+        vae = config.vae_precision or "fp32"
+        return {
+            name: "int8" if name == "unet" else (vae if name.startswith("vae") else "fp32")
+            for name in component_names(source)
+        }
     vae = config.vae_precision
     if vae is None:
         # Only SDXL pipelines honour force_upcast (diffusers' AutoencoderKL defaults it to

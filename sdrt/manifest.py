@@ -31,7 +31,9 @@ COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae
 TINY_VAE_COMPONENTS = ("vae_decoder_tiny", "vae_encoder_tiny")
 FAMILIES = ("sd1", "sd2", "sdxl")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+# int8 is the U-Net's alone (engines/int8_unet.py); text encoders and VAEs stay fp32.
+VAE_PRECISIONS = ("fp32", "fp16")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 # DeepCache (sdrt build --deep-cache): the U-Net's extra outputs and its shallow graphs.
@@ -164,6 +166,8 @@ class Component:
     lora_branches: tuple[LoraBranch, ...] = ()
     # Built --lora-ready by an older sdrt (whole weights as inputs): needs a rebuild for LoRA.
     lora_outdated: bool = False
+    # int8 U-Nets: how they were quantized and calibrated (engines/int8_unet.py); else None.
+    quantization: Mapping[str, Any] | None = None
 
     @property
     def optional_inputs(self) -> tuple[TensorSpec, ...]:
@@ -469,6 +473,7 @@ def _component(name: str, r: _Reader) -> Component:
         ),
         lora_outdated=r.get("lora_outdated", bool, optional=True, default=False)
         or bool(r.get("adaptable", list, optional=True, default=[])),  # format 1's record
+        quantization=r.get("quantization", Mapping, optional=True),
     )
 
 
@@ -706,7 +711,7 @@ def _build_options(b: _Reader) -> BuildOptions:
         max_batch=b.get("max_batch", int),
         opt_batch=b.get("opt_batch", int),
         precision=b.choice("precision", PRECISIONS),
-        vae_precision=b.choice("vae_precision", PRECISIONS),
+        vae_precision=b.choice("vae_precision", VAE_PRECISIONS),
         opset=b.get("opset", int),
         size_multiple=b.get("size_multiple", int, optional=True, default=8),
     )

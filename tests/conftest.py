@@ -89,6 +89,19 @@ def tiny_built(tiny_source, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_built_int8(tiny_source, tmp_path_factory):
+    """`tiny_source` built with an int8 U-Net (calibrated; made once per test session)."""
+    prompts = ("a red fox in snow", "an astronaut riding a horse", "a bowl of fruit")
+    return _build_tiny(
+        tiny_source,
+        tmp_path_factory,
+        "tiny-built-int8",
+        precision="int8",
+        calibration_prompts=prompts,
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_built_lora_ready(tiny_source, tmp_path_factory):
     """`tiny_source` built with LoRA-ready weights (run-time LoRA; made once per session)."""
     return _build_tiny(tiny_source, tmp_path_factory, "tiny-built-lora-ready", lora_ready=True)

@@ -31,7 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", required=True, type=Path, help="the model folder to write"
     )
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="int8: the U-Net quantized for the CPU (calibrated; text encoder and VAE fp32)",
+    )
+    parser.add_argument(
+        "--calibration-prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="--precision int8: a text file of calibration prompts, one a line "
+        "(default: a built-in list)",
+    )
     parser.add_argument(
         "--vae-precision",
         choices=("fp32", "fp16"),
@@ -146,6 +159,24 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _calibration_prompts(path: Path | None) -> tuple[str, ...]:
+    """The prompts of a --calibration-prompts file, one a line (blank lines skipped)."""
+    from sdrt.errors import InputError
+
+    if path is None:
+        return ()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"--calibration-prompts: expected a readable UTF-8 text file, got {str(path)!r} ({e})"
+        ) from None
+    prompts = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not prompts:
+        raise InputError(f"--calibration-prompts: {str(path)!r} has no prompts (one a line)")
+    return prompts
+
+
 def _run(args: argparse.Namespace) -> int:
     from sdrt.adapters.options import parse_embedding_option, parse_lora_option
     from sdrt.export.build import BuildConfig, hold_output
@@ -168,6 +199,7 @@ def _run(args: argparse.Namespace) -> int:
         single_file=SingleFileOptions(config=args.config, prediction_type=args.prediction_type),
         loras=tuple(parse_lora_option(text) for text in args.lora),
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
+        calibration_prompts=_calibration_prompts(args.calibration_prompts),
         lora_ready=args.lora_ready,
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,
@@ -269,6 +301,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "opset": 17,
         "revision": None,
         "tiny_vae": None,
+        "calibration_prompts": None,
     }
     given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
     if given or args.target != "onnx":

@@ -107,6 +107,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         *_adapter_lines(manifest),
         _deep_cache_line(manifest),
         *_tiny_vae_lines(manifest.tiny_vae),
+        *_quantization_lines(manifest),
         "",
     ]
 
@@ -179,6 +180,34 @@ def _adapter_lines(manifest) -> list[str]:
         what = f"LoRA fused at scale {a.scale:g}" if a.kind == "lora" else "embedding"
         tokens = f", tokens {' '.join(a.tokens)}" if a.tokens else ""
         lines.append(f"adapter        {what}: {a.file} (sha256 {a.sha256[:12]}){tokens}")
+    return lines
+
+
+def _quantization_lines(manifest) -> list[str]:
+    """An int8 component's quantization and calibration (engines/int8_unet.py)."""
+    lines = []
+    for comp in manifest.components.values():
+        q = comp.quantization
+        if not q:
+            continue
+        cal, kept = q.get("calibration", {}), q.get("kept_fp32", {})
+        steps = cal.get("timesteps", [])
+        lines += [
+            f"quantization   {comp.name}: {q.get('method')}; activations {q.get('activations')}, "
+            f"weights {q.get('weights')}; quantized {', '.join(q.get('op_types', []))}",
+            f"               calibrated on {cal.get('prompts')} prompts x {cal.get('steps')} steps "
+            f"at {cal.get('size')} px ({cal.get('feeds')} feeds, timesteps "
+            f"{steps[0] if steps else '-'}..{steps[-1] if steps else '-'})",
+            f"               kept fp32: {kept.get('op_types')}; nodes "
+            f"{', '.join(kept.get('nodes', [])) or 'none'}",
+        ]
+        if comp.verification:
+            lines.append(
+                f"               checked against the fp32 U-Net on "
+                f"{len(comp.verification.cases)} held-out feeds: max rel error "
+                f"{comp.verification.max_rel_error:.3g} (threshold "
+                f"{comp.verification.threshold_rel:g})"
+            )
     return lines
 
 
