@@ -42,6 +42,7 @@ from sdrt.export.source import (
     SourceModel,
 )
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
+from sdrt.export.tome_options import TomeOptions
 
 from sdrt.adapters.options import EmbeddingOption, LoraOption
 from sdrt.errors import InputError, ModelFolderError
@@ -97,6 +98,8 @@ class BuildConfig:
     # U-Net and text-encoder weights LoRA touches as overridable initializers (run-time LoRA);
     # off by default: they make an SD 1.5 U-Net step on the CPU slower (README, LoRA at run time)
     lora_ready: bool = False
+    # token merging (ToMe for SD) baked into the U-Net graph (export/tome.py); None: off
+    tome: TomeOptions | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -245,6 +248,7 @@ def _build_into(
             "exporter": EXPORTER_VERSION,
             "token_embedding_input": name.startswith("text_encoder"),
             "lora_ready": ADAPTABLE_FORMAT if config.lora_ready else 0,
+            **({"tome": config.tome.as_record()} if config.tome and name == "unet" else {}),
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -263,11 +267,14 @@ def _build_into(
             source_sha256=source_sha256,
             report=report,
             lora_ready=config.lora_ready,
+            tome=config.tome if name == "unet" else None,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
     manifest = dataclasses.replace(manifest, config_corrections=corrections, adapters=adapters)
+    if config.tome:
+        manifest = dataclasses.replace(manifest, tome=config.tome.as_record())
     report("manifest", "writing")
     write_manifest(folder, manifest)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
@@ -424,6 +431,7 @@ def _export_component(
     source_sha256: str,
     report: ProgressCallback,
     lora_ready: bool = False,
+    tome: TomeOptions | None = None,
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
@@ -447,6 +455,10 @@ def _export_component(
     wrapper = load_export_wrapper(source, name)
     report(name, "running eager PyTorch")
     shapes = cases.vae if name.startswith("vae") else cases.unet
+    if tome is not None:  # the reference is tomesd itself; the graph its exportable twin
+        import tomesd
+
+        tomesd.apply_patch(wrapper.unet, use_rand=False, **tome.tomesd_arguments())
     references = [
         torch_reference(
             wrapper,
@@ -455,6 +467,11 @@ def _export_component(
         )
         for i, case in enumerate(shapes)
     ]
+    if tome is not None:
+        from sdrt.export.tome import apply_tome
+
+        tomesd.remove_patch(wrapper.unet)
+        apply_tome(wrapper.unet, tome)
     adaptable_targets = adapt_wrapper(wrapper, name) if lora_ready else {}
     report(name, "exporting")
     scratch = staging / ".scratch" / name

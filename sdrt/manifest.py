@@ -245,6 +245,8 @@ class Manifest:
     engines: tuple[Engine, ...] = ()
     config_corrections: tuple[ConfigCorrection, ...] = ()
     adapters: tuple[BuiltAdapter, ...] = ()  # fused / added at build time, in order
+    # token merging baked into the U-Net (sdrt build --tome-ratio): tomesd's settings; None: off
+    tome: Mapping[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
 
@@ -516,6 +518,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             _adapter(_Reader(a, f"{where}.adapters[{i}]"))
             for i, a in enumerate(r.get("adapters", list, optional=True, default=[]))
         ),
+        tome=r.get("tome", Mapping, optional=True, default=None),
     )
 
 

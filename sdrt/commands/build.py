@@ -78,6 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "export, as diffusers' load_textual_inversion; repeatable",
     )
     parser.add_argument(
+        "--tome-ratio",
+        type=float,
+        default=None,
+        help="bake token merging (ToMe for SD, tomesd's deterministic setting) into the U-Net: "
+        "the fraction of self-attention tokens merged, in (0, 0.75] (default: off)",
+    )
+    parser.add_argument(
+        "--tome-max-downsample",
+        type=int,
+        default=1,
+        help="with --tome-ratio: merge in blocks down-sampled at most this much (1, 2, 4, 8)",
+    )
+    parser.add_argument(
         "--lora-ready",
         action="store_true",
         help="export the weights LoRA touches as overridable initializers, so that "
@@ -149,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         loras=tuple(parse_lora_option(text) for text in args.lora),
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
         lora_ready=args.lora_ready,
+        tome=_tome_options(args),
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
@@ -264,3 +278,11 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _tome_options(args):
+    if args.tome_ratio is None:
+        return None
+    from sdrt.export.tome_options import TomeOptions
+
+    return TomeOptions(ratio=args.tome_ratio, max_downsample=args.tome_max_downsample)
