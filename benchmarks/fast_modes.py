@@ -8,7 +8,7 @@ image on the same latents: what the mode costs in quality, next to what it saves
 
     int8               sdrt build --precision int8
     deepcacheN[bB]     sdrt build --deep-cache --deep-cache-branches B (0); deep_cache_interval=N
-    tomeR              sdrt build --tome-ratio R
+    tomeR              sdrt build --tome-ratio R (max downsample 1)
     tinyvae            sdrt build --tiny-vae FOLDER (a random one made here for --random-weights)
 """
 
@@ -80,10 +80,9 @@ def parse_mode(word: str) -> FastMode:
         )
     match = _TOME.match(word)
     if match:
-        ratio = float(match["ratio"])
-        if not 0.0 < ratio < 1.0:
-            raise InputError(f"fast mode {word!r}: expected a ratio between 0 and 1")
-        return FastMode(word, build=(("tome_ratio", ratio),))
+        from sdrt.export.tome_options import TomeOptions
+
+        return FastMode(word, build=(("tome", TomeOptions(float(match["ratio"]))),))
     raise InputError(f"unknown fast mode {word!r}; expected one of: {MODE_GRAMMAR}")
 
 

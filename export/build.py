@@ -42,6 +42,7 @@ from sdrt.export.source import (
     SourceModel,
 )
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
+from sdrt.export.tome_options import TomeOptions
 
 from sdrt.adapters.options import EmbeddingOption, LoraOption
 from sdrt.errors import InputError, ModelFolderError
@@ -108,6 +109,8 @@ class BuildConfig:
     tiny_vae: str | None = None
     # precision "int8": the U-Net's calibration prompts (empty: engines/int8_unet.py's list)
     calibration_prompts: tuple[str, ...] = ()
+    # token merging (ToMe for SD) baked into the U-Net graph (export/tome.py); None: off
+    tome: TomeOptions | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -156,6 +159,9 @@ def _check_deep_cache_branches(config: BuildConfig) -> None:
     if branches and config.lora_ready:
         # run-time LoRA would feed the U-Net's weights but not its shallow graphs'
         raise InputError("--deep-cache and --lora-ready cannot be combined yet")
+    if branches and config.tome is not None:
+        # the shallow U-Nets would run without the merging the full U-Net does
+        raise InputError("--deep-cache and --tome-ratio cannot be combined yet")
 
 
 @dataclass(frozen=True)
@@ -290,6 +296,7 @@ def _build_into(
             "token_embedding_input": name.startswith("text_encoder"),
             "lora_ready": ADAPTABLE_FORMAT if config.lora_ready else 0,
             **({"deep_cache": list(branches)} if name == "unet" and branches else {}),
+            **({"tome": config.tome.as_record()} if config.tome and name == "unet" else {}),
             **_library_versions(exporting=True),
         }
         source_sha256 = hasher.folders((wrapper_folder(name),), export_options)
@@ -309,6 +316,7 @@ def _build_into(
             report=report,
             lora_ready=config.lora_ready,
             deep_cache_branches=branches,
+            tome=config.tome if name == "unet" else None,
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     tiny_record = None
@@ -325,6 +333,7 @@ def _build_into(
         adapters=adapters,
         deep_cache=_deep_cache_record(branches),
         tiny_vae=tiny_record,
+        tome=config.tome.as_record() if config.tome else None,
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)
@@ -575,6 +584,7 @@ def _export_component(
     deep_cache_branches: tuple[int, ...] = (),
     wrapper_loader: Callable[[], Any] | None = None,  # default: load_export_wrapper(source, name)
     config_file: Path | None = None,  # default: the source folder's config of the component
+    tome: TomeOptions | None = None,
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
@@ -601,6 +611,10 @@ def _export_component(
         wrapper = load_export_wrapper(source, name, deep_cache_branches)
     report(name, "running eager PyTorch")
     shapes = cases.vae if name.startswith("vae") else cases.unet
+    if tome is not None:  # the reference is tomesd itself; the graph its exportable twin
+        import tomesd
+
+        tomesd.apply_patch(wrapper.unet, use_rand=False, **tome.tomesd_arguments())
     references = [
         torch_reference(
             wrapper,
@@ -609,6 +623,11 @@ def _export_component(
         )
         for i, case in enumerate(shapes)
     ]
+    if tome is not None:
+        from sdrt.export.tome import apply_tome
+
+        tomesd.remove_patch(wrapper.unet)
+        apply_tome(wrapper.unet, tome)
     adaptable_targets = adapt_wrapper(wrapper, name) if lora_ready else {}
     report(name, "exporting")
     scratch = staging / ".scratch" / name

@@ -56,6 +56,7 @@ EXTRA_MODULES = {
     "accelerate": ("export",),
     "safetensors": ("export",),
     "peft": ("export",),  # diffusers' LoRA loading (sdrt build --lora)
+    "tomesd": ("export",),  # the ToMe reference (sdrt build --tome-ratio)
     "onnx": ("export", "gpu"),
     "onnx_graphsurgeon": ("export",),
     "polygraphy": ("export", "gpu"),

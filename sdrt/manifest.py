@@ -312,6 +312,8 @@ class Manifest:
     engines: tuple[Engine, ...] = ()
     config_corrections: tuple[ConfigCorrection, ...] = ()
     adapters: tuple[BuiltAdapter, ...] = ()  # fused / added at build time, in order
+    # token merging baked into the U-Net (sdrt build --tome-ratio): tomesd's settings; None: off
+    tome: Mapping[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
     deep_cache: DeepCacheBuild | None = None  # sdrt build --deep-cache; None without
@@ -591,6 +593,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         ),
         deep_cache=_deep_cache(r.sub("deep_cache", optional=True)),
         tiny_vae=_tiny_vae(r.sub("tiny_vae", optional=True)),
+        tome=r.get("tome", Mapping, optional=True, default=None),
     )
 
 

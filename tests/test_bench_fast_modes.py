@@ -7,6 +7,7 @@ import pytest
 from sdrt.benchmarks import fast_modes
 from sdrt.benchmarks.contenders import is_known, resolve
 from sdrt.benchmarks.report import _fast_modes
+from sdrt.export.tome_options import TomeOptions
 
 from sdrt.errors import InputError
 
@@ -17,7 +18,7 @@ def test_a_name_splits_into_backend_build_and_call_options():
     assert contender.build_options == {
         "precision": "int8",
         "deep_cache_branches": (1,),
-        "tome_ratio": 0.5,
+        "tome": TomeOptions(0.5),
     }
     assert contender.call_options == {"deep_cache_interval": 3, "deep_cache_branch": 1}
     assert fast_modes.exact_name(contender.name) == "ort-cpu"
@@ -39,6 +40,7 @@ def test_variants_share_a_folder_only_when_their_build_options_are_equal():
         ("ort-cpu+int4", "unknown fast mode 'int4'"),
         ("ort-cpu+deepcache0", "interval >= 1"),
         ("ort-cpu+tome1.5", "unknown fast mode"),
+        ("ort-cpu+tome0.9", "ratio"),
         ("ort-cpu+int8+int8", "sets precision again"),
     ],
 )

@@ -91,6 +91,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "export, as diffusers' load_textual_inversion; repeatable",
     )
     parser.add_argument(
+        "--tome-ratio",
+        type=float,
+        default=None,
+        help="bake token merging (ToMe for SD, tomesd's deterministic setting) into the U-Net: "
+        "the fraction of self-attention tokens merged, in (0, 0.75] (default: off)",
+    )
+    parser.add_argument(
+        "--tome-max-downsample",
+        type=int,
+        default=1,
+        help="with --tome-ratio: merge in blocks down-sampled at most this much (1, 2, 4, 8)",
+    )
+    parser.add_argument(
         "--lora-ready",
         action="store_true",
         help="give the modules LoRA touches low-rank branches fed at run time, so that "
@@ -203,6 +216,7 @@ def _run(args: argparse.Namespace) -> int:
         lora_ready=args.lora_ready,
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,
+        tome=_tome_options(args),
     )
     environment = None
     if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
@@ -336,3 +350,11 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _tome_options(args):
+    if args.tome_ratio is None:
+        return None
+    from sdrt.export.tome_options import TomeOptions
+
+    return TomeOptions(ratio=args.tome_ratio, max_downsample=args.tome_max_downsample)

@@ -108,6 +108,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         _deep_cache_line(manifest),
         *_tiny_vae_lines(manifest.tiny_vae),
         *_quantization_lines(manifest),
+        *_tome_lines(manifest),
         "",
     ]
 
@@ -171,6 +172,17 @@ def _correction_lines(manifest) -> list[str]:
             f"{label:15s}{c.component} {c.key}: {old} -> {json.dumps(c.new)}  ({c.reason})"
         )
     return lines
+
+
+def _tome_lines(manifest) -> list[str]:
+    """Token merging baked into the U-Net at build time (sdrt build --tome-ratio)."""
+    t = manifest.tome
+    if not t:
+        return []
+    return [
+        f"token merging  ToMe in the U-Net, every call: ratio {t['ratio']:g}, max downsample "
+        f"{t['max_downsample']}, stride {t['sx']}x{t['sy']}, deterministic ({t['reference']})"
+    ]
 
 
 def _adapter_lines(manifest) -> list[str]:
