@@ -158,7 +158,9 @@ def compare_int8(
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     reference, candidate = session(fp32_file), session(int8_file)
-    names = [o.name for o in reference.get_outputs()]
+    # The noise prediction only: DeepCache's feature outputs are intermediate activations
+    # whose relative error is larger; the image they lead to is what the tests check.
+    names = [reference.get_outputs()[0].name]
     cases = []
     for feed in feeds:
         want = dict(zip(names, reference.run(names, dict(feed)), strict=True))

@@ -511,10 +511,11 @@ def _check_int8(config: BuildConfig) -> None:
 
 def _precisions(config: BuildConfig, source: SourceModel) -> dict[str, str]:
     if config.precision == "int8":  # the U-Net alone: int8 text encoders/VAEs lose the most
+        # (DeepCache's shallow U-Nets are a few percent of it: they stay fp32)
         vae = config.vae_precision or "fp32"
         return {
             name: "int8" if name == "unet" else (vae if name.startswith("vae") else "fp32")
-            for name in component_names(source)
+            for name in component_names(source, config.deep_cache_branches)
         }
     vae = config.vae_precision
     if vae is None:

@@ -1,0 +1,75 @@
+"""Fast modes together in one folder: int8 with DeepCache and the tiny VAE builds, records
+all three, and its DeepCache image stays within the int8 PSNR gate of the fp32 one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE, _build_tiny
+from sdrt.engines.compare import psnr
+from test_build_int8 import INT8_IMAGE_MIN_PSNR, SIZE
+
+from sdrt.errors import InputError
+from sdrt.manifest import read_manifest
+
+
+@pytest.fixture(scope="module")
+def tiny_all_modes(tiny_source, tmp_path_factory):
+    from sdrt.export.random_tiny_vae import init_random_tiny_vae
+
+    taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("taesd") / "taesd")
+    return _build_tiny(
+        tiny_source,
+        tmp_path_factory,
+        "tiny-all-modes",
+        precision="int8",
+        calibration_prompts=("a red fox in snow", "a bowl of fruit"),
+        deep_cache_branches=(0,),
+        tiny_vae=str(taesd),
+    )
+
+
+def _image(folder, latents, **options):
+    from sdrt.pipeline import Pipeline
+
+    return Pipeline.load(folder)(
+        prompt="a red fox in snow",
+        num_inference_steps=10,
+        height=SIZE,
+        width=SIZE,
+        latents=latents,
+        output_type="np",
+        **options,
+    ).images
+
+
+def test_int8_deep_cache_and_tiny_vae_compose(tiny_all_modes, tiny_built_deep_cache):
+    manifest = read_manifest(tiny_all_modes)
+    assert manifest.components["unet"].precision == "int8"
+    assert manifest.components["unet_shallow_0"].precision == "fp32"
+    assert manifest.deep_cache.branch_ids == (0,)
+    assert manifest.tiny_vae is not None
+    latents = np.random.default_rng(5).standard_normal((1, 4, SIZE // 8, SIZE // 8))
+    latents = latents.astype(np.float32)
+    cached = {"deep_cache_interval": 3, "deep_cache_branch": 0}
+    fp32 = _image(tiny_built_deep_cache, latents, **cached)
+    int8 = _image(tiny_all_modes, latents, **cached)
+    assert np.abs(int8 - fp32).max() > 0
+    assert psnr(int8, fp32) >= INT8_IMAGE_MIN_PSNR
+    tiny = _image(tiny_all_modes, latents, vae="tiny", **cached)
+    assert np.abs(tiny - int8).max() > 0.05  # the tiny decoder ran
+
+
+def test_deep_cache_and_token_merging_are_refused_together(tiny_source, tmp_path):
+    from sdrt.export.build import BuildConfig
+    from sdrt.export.tome_options import TomeOptions
+
+    with pytest.raises(InputError, match="--deep-cache and --tome-ratio"):
+        BuildConfig(
+            source=str(tiny_source),
+            output=tmp_path / "out",
+            min_size=TINY_MIN_SIZE,
+            max_size=TINY_MAX_SIZE,
+            deep_cache_branches=(0,),
+            tome=TomeOptions(0.5),
+        )
