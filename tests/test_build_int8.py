@@ -16,7 +16,7 @@ INT8_IMAGE_MIN_PSNR = 28.0  # dB
 SIZE = 64
 
 
-def _image(folder, latents):
+def _image(folder, latents, **options):
     from sdrt.pipeline import Pipeline
 
     return Pipeline.load(folder)(
@@ -26,6 +26,7 @@ def _image(folder, latents):
         width=SIZE,
         latents=latents,
         output_type="np",
+        **options,
     ).images
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE, _build_tiny
 from sdrt.engines.compare import psnr
-from test_build_int8 import INT8_IMAGE_MIN_PSNR, SIZE
+from test_build_int8 import INT8_IMAGE_MIN_PSNR, SIZE, _image
 
 from sdrt.errors import InputError
 from sdrt.manifest import read_manifest
@@ -27,20 +27,6 @@ def tiny_all_modes(tiny_source, tmp_path_factory):
         deep_cache_branches=(0,),
         tiny_vae=str(taesd),
     )
-
-
-def _image(folder, latents, **options):
-    from sdrt.pipeline import Pipeline
-
-    return Pipeline.load(folder)(
-        prompt="a red fox in snow",
-        num_inference_steps=10,
-        height=SIZE,
-        width=SIZE,
-        latents=latents,
-        output_type="np",
-        **options,
-    ).images
 
 
 def test_int8_deep_cache_and_tiny_vae_compose(tiny_all_modes, tiny_built_deep_cache):
