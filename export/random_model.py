@@ -57,21 +57,34 @@ def init_random_model(
         raise InputError(
             f"unknown architecture {arch!r}; expected one of: {', '.join(ARCHITECTURES)}"
         )
+    report = progress or (lambda message: None)
+    out_dir = write_staged(
+        out_dir,
+        seed,
+        force,
+        lambda staging: _write_model(ARCHITECTURES[arch], staging, seed, report),
+    )
+    report(f"wrote {arch} with random weights (seed {seed}) to {out_dir}")
+    return out_dir
+
+
+def write_staged(out_dir: str | Path, seed, force: bool, write: Callable[[Path], None]) -> Path:
+    """Check ``seed`` and ``out_dir``, run ``write(staging)`` on a temporary folder beside
+    ``out_dir`` and rename it into place when complete, so an interrupted run leaves nothing
+    that looks like a model; an existing non-empty ``out_dir`` is replaced only with
+    ``force``. Returns ``out_dir`` as a Path."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     out_dir = Path(out_dir)
     _check_output(out_dir, force)
-    report = progress or (lambda message: None)
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        _write_model(ARCHITECTURES[arch], staging, seed, report)
+        write(staging)
         _replace(out_dir, staging, force)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    report(f"wrote {arch} with random weights (seed {seed}) to {out_dir}")
     return out_dir
 
 

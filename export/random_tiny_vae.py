@@ -21,8 +21,6 @@ read it as they read the Hub repos.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -95,19 +93,14 @@ def init_random_tiny_vae(
     """
     import torch
     from diffusers import AutoencoderTiny
-    from sdrt.export.random_model import _check_output, _replace, redraw_zero_weights
+    from sdrt.export.random_model import redraw_zero_weights, write_staged
 
     if arch not in TINY_VAE_ARCHITECTURES:
         raise InputError(
             f"unknown tiny VAE {arch!r}; expected one of: {', '.join(TINY_VAE_ARCHITECTURES)}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    out_dir = Path(out_dir)
-    _check_output(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+
+    def write(staging: Path) -> None:
         config: dict[str, Any] = dict(TINY_VAE_ARCHITECTURES[arch][1])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(f"{seed}/{arch}".encode()))
@@ -115,10 +108,8 @@ def init_random_tiny_vae(
             redraw_zero_weights(model)
             _calibrate(model)
         model.eval().save_pretrained(staging, safe_serialization=True)
-        _replace(out_dir, staging, force)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    out_dir = write_staged(out_dir, seed, force, write)
     if progress is not None:
         progress(f"wrote {arch} ({CLASS_NAME}) with random weights (seed {seed}) to {out_dir}")
     return out_dir
