@@ -107,3 +107,88 @@ def diffusers_images(source: Path, loras, prompt: str, latents: np.ndarray, step
             **kw,
         )
     return out.images
+
+
+def xl_state_dicts(source: Path, seed: int, rank: int = 4) -> dict[str, dict]:
+    """{component: LoRA state dict in diffusers' key layout} for an SDXL folder's U-Net and
+    both text encoders, random factors as in peft_state_dicts."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(source)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=False)
+    )
+    dicts = {"unet": get_peft_model_state_dict(pipe.unet)}
+    for name in ("text_encoder", "text_encoder_2"):
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=TEXT_TARGETS, init_lora_weights=False
+        )
+        inject_adapter_in_model(config, getattr(pipe, name))
+        dicts[name] = get_peft_model_state_dict(getattr(pipe, name))
+    return {c: {k: v * DELTA_SCALE for k, v in d.items()} for c, d in dicts.items()}
+
+
+def sgm_kohya_module(diffusers_module: str, unet_config: dict) -> str:
+    """A diffusers U-Net module name as kohya's SDXL scripts name it: the original (SGM/LDM)
+    U-Net's module, through the single-file exporter's diffusers -> LDM table, '.' -> '_'."""
+    from sdrt.export.ldm_keys import UNET_PREFIX, unet_to_ldm
+
+    (ldm_key,) = unet_to_ldm({diffusers_module + ".weight": None}, unet_config)
+    module = ldm_key[len(UNET_PREFIX) : -len(".weight")]
+    return "lora_unet_" + module.replace(".", "_")
+
+
+def write_sgm_kohya_file(path: Path, source: Path, seed: int, alpha: float = 3.0) -> Path:
+    """A random SDXL LoRA as kohya's sd-scripts write it: U-Net modules in the SGM layout
+    (``lora_unet_input_blocks_4_1_…``), ``lora_te1_``/``lora_te2_text_model_…`` for the
+    text encoders, lora_down/lora_up and an alpha per module."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    unet_config = json.loads((source / "unet" / "config.json").read_text())
+    prefixes = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    kinds = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}
+    tensors = {}
+    for component, state in xl_state_dicts(source, seed).items():
+        for key, value in state.items():
+            module, _, part = key.partition(".lora_")
+            if component == "unet":
+                name = sgm_kohya_module(module, unet_config)
+            else:
+                if not module.startswith("text_model."):
+                    module = "text_model." + module  # kohya names CLIP as transformers < 5
+                name = prefixes[component] + module.replace(".", "_")
+            tensors[f"{name}.{kinds[part]}"] = value.contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path))
+    return path
+
+
+def diffusers_xl_images(source: Path, lora: Path | None, prompt: str, latents, steps: int = 3):
+    """diffusers' StableDiffusionXLPipeline (Euler) with ``lora`` loaded by load_lora_weights;
+    float32 NHWC images in [0, 1], and the components the adapter went into."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(source)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora), adapter_name="sgm")
+    with torch.no_grad():
+        out = pipe(
+            prompt,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            latents=torch.from_numpy(latents),
+            output_type="np",
+            height=latents.shape[2] * 8,
+            width=latents.shape[3] * 8,
+        )
+    return out.images, sorted(pipe.get_list_adapters())

@@ -15,7 +15,8 @@ A module's delta is ``scale * up @ down`` with ``scale = alpha / rank`` where th
 an alpha, else 1 (PEFT's ``lora_alpha`` defaulting to the rank, as diffusers loads such
 files; kohya likewise). Conv LoRA factors (rank, in, 1, 1) are read as matrices.
 kohya names are resolved against the model's own module names (``module_lookup``), since
-``_`` cannot be split back into ``.`` without them.
+``_`` cannot be split back into ``.`` without them; kohya's SDXL files name U-Net blocks in
+the SGM layout (``input_blocks_4_1_…``), mapped first by lora_sgm_blocks.py.
 """
 
 from __future__ import annotations
@@ -73,10 +74,15 @@ class LoraModule:
     down: np.ndarray  # (rank, in), float32
     up: np.ndarray  # (out, rank), float32
     scale: float  # alpha / rank, or 1 without an alpha
+    file_key: str | None = None  # the file's own name where ``key`` was mapped (SGM blocks)
 
     @property
     def rank(self) -> int:
         return self.down.shape[0]
+
+    @property
+    def name_in_file(self) -> str:
+        return self.file_key or self.key
 
 
 @dataclass(frozen=True)

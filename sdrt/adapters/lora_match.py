@@ -51,7 +51,8 @@ def match_lora(
             name = name[len("text_model_") :]
         branch = tables[key].get(name)
         if branch is None:
-            unmatched.append(f"{module.component}:{module.key}")
+            mapped = f" (as {module.key})" if module.file_key else ""
+            unmatched.append(f"{module.component}:{module.name_in_file}{mapped}")
             continue
         expected = (branch.features_out, branch.features_in)
         got = (module.up.shape[0], module.down.shape[1])

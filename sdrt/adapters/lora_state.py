@@ -27,6 +27,12 @@ import numpy as np
 
 from sdrt.adapters.lora_files import LoraFile
 from sdrt.adapters.lora_match import MatchedModule, match_lora
+from sdrt.adapters.lora_sgm_blocks import (
+    is_sgm_module,
+    layers_per_block,
+    map_sgm_blocks,
+    uses_sgm_blocks,
+)
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import LoraBranch, Manifest
 
@@ -34,6 +40,7 @@ _EMPTY: Mapping = MappingProxyType({})
 # Snapshots of recently active sets kept, so that switching back to one is a reference swap;
 # each holds the concatenated factors (SD 1.5, two rank-16 adapters everywhere: ~15 MB).
 RECENT_SNAPSHOTS = 2
+UNET_CONFIG = "config.json"  # beside the U-Net's graph, as sdrt build writes it
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class LoraState:
             name: c.lora_branches for name, c in manifest.components.items() if c.lora_branches
         }
         self.outdated = any(c.lora_outdated for c in manifest.components.values())
+        self.manifest = manifest
         self._adapters: dict[str, LoadedAdapter] = {}
         self._lock = threading.Lock()
         self._keys = itertools.count(1)
@@ -100,6 +108,7 @@ class LoraState:
                 "it with `sdrt build --lora-ready` to load LoRAs at "
                 "run time, or fuse them at build time with `sdrt build --lora`"
             )
+        lora = self._in_diffusers_layout(lora)
         modules = match_lora(lora, self.adaptable)  # InputError before anything changes
         with self._lock:
             name = adapter_name or f"default_{len(self._adapters)}"
@@ -114,6 +123,22 @@ class LoraState:
             self._remember(snapshot)
             self.current = snapshot
         return name
+
+    def _in_diffusers_layout(self, lora: LoraFile) -> LoraFile:
+        """kohya SDXL files' SGM block names mapped as diffusers maps them: for SDXL only
+        (diffusers' SD 1.x and 2.x pipelines fail on such files)."""
+        if not uses_sgm_blocks(lora):
+            return lora
+        family = self.manifest.family
+        if family != "sdxl":
+            first = next(m.key for m in lora.modules if is_sgm_module(m))
+            raise InputError(
+                f"{lora.path}: its U-Net modules are named in the SGM/LDM layout (first: "
+                f"{'lora_unet_' + first!r}), which diffusers (and sdrt) map only for SDXL "
+                f"U-Nets; this folder is {family} (a LoRA for SDXL?)"
+            )
+        unet_folder = self.folder / Path(self.manifest.components["unet"].file).parent
+        return map_sgm_blocks(lora, layers_per_block(unet_folder / UNET_CONFIG))
 
     def set_adapters(self, names: str | Sequence[str], weights=None) -> None:
         names = [names] if isinstance(names, str) else list(names)
