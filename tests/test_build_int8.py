@@ -86,6 +86,9 @@ def test_info_shows_the_quantization(tiny_built_int8, capsys):
     assert "quantization   unet: onnxruntime quantize_static, QDQ" in out
     assert "calibrated on 3 prompts x 6 steps at 64 px" in out
     assert "kept fp32:" in out and "conv_in" in out
+    from sdrt.engines.int8_unet import cpu_lacks_vnni
+
+    assert ("7-bit range: built on a CPU without VNNI" in out) is cpu_lacks_vnni()
 
 
 @pytest.mark.parametrize(
@@ -112,3 +115,30 @@ def test_vae_precision_int8_is_refused(tiny_source, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["build", str(tiny_source), "-o", str(tmp_path / "o"), "--vae-precision", "int8"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "lacks"),
+    [
+        ("x86_64", "fpu sse avx avx2 fma", True),  # AVX2 only (an AMD EPYC of ours)
+        ("x86_64", "fpu avx2 avx512f avx512_vnni", False),
+        ("x86_64", "fpu avx2 avx_vnni", False),
+        ("aarch64", "fp asimd asimddp", False),  # not x86: no VPMADDUBSW saturation
+    ],
+)
+def test_weights_get_7_bits_only_on_x86_cpus_without_vnni(monkeypatch, machine, flags, lacks):
+    import sdrt.engines.int8_unet as int8
+
+    monkeypatch.setattr(int8.platform, "machine", lambda: machine)
+    assert int8.cpu_lacks_vnni(f"processor\t: 0\nflags\t\t: {flags}\n") is lacks
+    options = int8.Int8Options()
+    monkeypatch.setattr(int8, "cpu_lacks_vnni", lambda: lacks)
+    assert int8.reduce_range_for(options) is lacks
+    assert int8.reduce_range_for(int8.Int8Options(reduce_range=False)) is False
+
+
+def test_the_quantization_record_says_whether_weights_had_7_bits(tiny_built_int8):
+    from sdrt.engines.int8_unet import cpu_lacks_vnni
+
+    quantization = read_manifest(tiny_built_int8).components["unet"].quantization
+    assert quantization["reduce_range"] is cpu_lacks_vnni()

@@ -206,7 +206,9 @@ def _quantization_lines(manifest) -> list[str]:
         steps = cal.get("timesteps", [])
         lines += [
             f"quantization   {comp.name}: {q.get('method')}; activations {q.get('activations')}, "
-            f"weights {q.get('weights')}; quantized {', '.join(q.get('op_types', []))}",
+            f"weights {q.get('weights')}"
+            f"{' (7-bit range: built on a CPU without VNNI)' if q.get('reduce_range') else ''}; "
+            f"quantized {', '.join(q.get('op_types', []))}",
             f"               calibrated on {cal.get('prompts')} prompts x {cal.get('steps')} steps "
             f"at {cal.get('size')} px ({cal.get('feeds')} feeds, timesteps "
             f"{steps[0] if steps else '-'}..{steps[-1] if steps else '-'})",
