@@ -10,7 +10,8 @@ TensorRT plan, in process (Polygraphy's loaders over the TensorRT Python API):
    is built, and the stale plan it replaces is deleted, never loaded;
 3. build: fp16 (TensorRT 10's FP16 flag; on TensorRT 11, which only builds strongly
    typed, from an fp16 copy of an fp32 graph), a timing cache kept beside the engines
-   (reused across builds), refit if asked; written to
+   (reused across builds), refit if asked (a ``--lora-ready`` graph is built with its LoRA
+   branches folded away: run-time LoRA refits the base weights); written to
    ``engines/tensorrt/<key>/<component>.plan`` through a temporary file;
 4. verify: the engine against ONNX Runtime fp32 on the CPU (engines/compare.py);
 5. record: an ``Engine`` entry per plan, written to sdrt.json atomically after each one;
@@ -38,6 +39,7 @@ from sdrt.engines.compare import FP16, FP32, Thresholds, failure_message, verifi
 from sdrt.engines.fp16_graph import write_fp16_copy
 from sdrt.engines.profiles import ShapeRange, component_profile
 
+from sdrt.adapters.lora_fold import FOLD_FORMAT, write_folded_copy
 from sdrt.backends.engine_key import BuildEnvironment, engine_cache_key
 from sdrt.backends.machine import probe_machine
 from sdrt.backends.tensorrt import NAME as TARGET
@@ -124,8 +126,10 @@ class BuildReport:
 # ---------------------------------------------------------------------------- plan and decide
 
 
-def engine_options(precision: str, options: TensorRTBuildOptions, profile) -> dict[str, Any]:
-    return {
+def engine_options(
+    precision: str, options: TensorRTBuildOptions, profile, component: Component | None = None
+) -> dict[str, Any]:
+    opts = {
         "precision": precision,
         "refit": options.refit,
         "optimization_level": options.optimization_level,
@@ -133,6 +137,9 @@ def engine_options(precision: str, options: TensorRTBuildOptions, profile) -> di
             name: {k: list(v) for k, v in levels.items()} for name, levels in profile.items()
         },
     }
+    if component is not None and component.lora_branches:
+        opts["lora_branches_folded"] = FOLD_FORMAT  # built from the folded graph
+    return opts
 
 
 def decide(record: Engine | None, cache_key: str, folder: Path) -> tuple[str, str]:
@@ -173,7 +180,7 @@ def plan_engines(
         ):
             precisions.append("fp32")
         for precision in precisions:
-            opts = engine_options(precision, options, profile)
+            opts = engine_options(precision, options, profile, component)
             key = engine_cache_key(component, opts, environment)
             record = find_record(manifest, name, precision)
             action, reason = decide(record, key, folder)
@@ -259,10 +266,18 @@ def build_engines(
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         partial = plan_path.with_name(plan_path.name + ".partial")
+        # A LoRA-ready graph is built with its branches folded away (the base model, exactly);
+        # run-time LoRA then refits the base weights (sdrt/adapters/lora_refit.py).
+        onnx_path = folder / component.file
+        folded = (
+            write_folded_copy(onnx_path, component.lora_branches)
+            if component.lora_branches
+            else None
+        )
         try:
             builder.build(
                 BuildRequest(
-                    onnx_path=folder / component.file,
+                    onnx_path=folded or onnx_path,
                     plan_path=partial,
                     profile=plan.profile,
                     fp16=plan.precision == "fp16",
@@ -275,6 +290,8 @@ def build_engines(
             os.replace(partial, plan_path)
         finally:
             partial.unlink(missing_ok=True)
+            if folded is not None:
+                folded.unlink(missing_ok=True)
         thresholds = options.thresholds if plan.precision == "fp16" else FP32
         verification = verifier.verify(folder, component, plan_path, plan.profile, thresholds)
         engine = Engine(

@@ -273,7 +273,15 @@ class Pipeline(LoraMethods):
         noise = SeedNoise(request.seed) if noise is None else noise
         # The call keeps the adapters active now, whatever changes while it runs.
         weights = self._lora.current
-        return self._run(request, sched, plan, noise, StageRecorder(stage_callback), weights)
+        return self._run_sharing_weights(
+            request, sched, plan, noise, StageRecorder(stage_callback), weights
+        )
+
+    def _run_sharing_weights(self, request, sched, plan, noise, stages, weights):
+        # On refitted engines (TensorRT LoRA) the call holds the weights from its first step
+        # to its last, so that a switch waits for it; elsewhere it keeps ``weights``.
+        with self._lora.shared(weights) as weights:
+            yield from self._run(request, sched, plan, noise, stages, weights)
 
     # ------------------------------------------------------------------------------ walks
 
@@ -329,7 +337,8 @@ class Pipeline(LoraMethods):
         """The U-Net's text conditioning for ``prompts`` (one row each), as ``__call__``
         computes it: ``prompt_embeds`` and, for SDXL, ``pooled_prompt_embeds``."""
         prompts = tuple(prompt_list(prompts, "prompts"))
-        embeddings, pooled = self._encode_prompts(prompts, None, self._lora.current)
+        with self._lora.shared(self._lora.current) as weights:
+            embeddings, pooled = self._encode_prompts(prompts, None, weights)
         return PromptEmbeddings(embeddings, pooled)
 
     # ------------------------------------------------------------------------------ loop
@@ -539,7 +548,7 @@ class Pipeline(LoraMethods):
         for encoder in encoders or self.prompt_encoders:
             name = encoder.session.name
             states, pooled_states = encoder.encode_with_pooled(
-                list(prompts), stages, weights.of(name), weights.key
+                list(prompts), stages, weights.of(name), weights.key_of(name)
             )
             hidden.append(states)
             pooled = pooled_states if pooled_states is not None else pooled

@@ -87,10 +87,11 @@ class PromptEncoder:
     ):
         """(hidden states, pooled embeddings or None), one row per prompt; ``stages``
         times the tokenizer and the text encoder (named as its session) when they run.
-        ``weights`` are extra feeds (run-time LoRA), cached apart under ``weights_key``."""
+        ``weights`` are extra feeds (run-time LoRA); results are cached apart under
+        ``weights_key`` when it is not None (the encoder's weights differ from the base's)."""
         stages = stages or StageRecorder()
         weights = weights or {}
-        key = (lambda p: p) if not weights else (lambda p: (weights_key, p))
+        key = (lambda p: p) if weights_key is None else (lambda p: (weights_key, p))
         found = {p: self._lookup(key(p)) for p in dict.fromkeys(prompts)}
         missing = [p for p, v in found.items() if v is None]
         if missing:

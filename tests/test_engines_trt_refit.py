@@ -123,3 +123,23 @@ def test_weights_tensorrt_wants_together_must_all_come(fakes):
     np.testing.assert_array_equal(out(s), SAMPLE)
     s.refit({WEIGHT: 2 * BASE_W, BIAS: np.ones(4)})
     np.testing.assert_array_equal(out(s), 2 * SAMPLE + 1)
+
+
+def test_companions_give_the_weights_tensorrt_wants_together_unchanged(fakes):
+    engine = linear_engine(BASE_W, np.full(4, 3, np.float32))
+    engine._refit_groups.append({WEIGHT, BIAS})
+    s = session(engine)
+    asked = []
+
+    def current(name):
+        asked.append(name)
+        return np.full(4, 3, np.float32)
+
+    report = s.refit({WEIGHT: 2 * BASE_W}, companions=current)
+    assert asked == [BIAS] and (report.weights, report.elements) == (1, 16)
+    np.testing.assert_array_equal(out(s), 2 * SAMPLE + 3)
+
+
+def test_the_session_says_whether_its_engine_is_refittable(fakes):
+    assert session(linear_engine(BASE_W, BASE_B)).refittable
+    assert not session(linear_engine(BASE_W, BASE_B, refittable=False)).refittable

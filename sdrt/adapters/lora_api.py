@@ -1,9 +1,10 @@
 """diffusers' LoRA methods on sdrt.Pipeline (a mixin): load_lora_weights, set_adapters,
 unload_lora_weights, get_active_adapters, with diffusers' names and meanings.
 
-The state and its snapshots are in lora_state.py; this file checks arguments and that the
-backend's sessions take branch feeds (ort-cpu and ort-cuda without CUDA graphs do), and leaves the Pipeline unchanged
-on any error.
+The state and its snapshots are in lora_state.py; this file checks arguments and how the
+backend's sessions take adapters: as branch feeds (ort-cpu, and ort-cuda without CUDA graphs)
+or by refitting their weights (TensorRT engines built with ``--refit``: lora_refit.py). It
+leaves the Pipeline unchanged on any error.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import os
 from collections.abc import Mapping, Sequence
 
 from sdrt.adapters.lora_files import lora_file_path, read_lora_file
+from sdrt.adapters.lora_refit import RefitWeights
 from sdrt.adapters.lora_state import LoraState, WeightFeeds
 from sdrt.errors import BackendUnavailableError, InputError
+
+REFIT_HINT = "rebuild its engines refittable: sdrt engines build FOLDER --refit"
 
 
 class LoraMethods:
@@ -37,15 +41,30 @@ class LoraMethods:
             )
         path = lora_file_path(pretrained_model_name_or_path_or_dict, weight_name)
         lora = read_lora_file(path)
-        for component in sorted({m.component for m in lora.modules} & set(self._lora.adaptable)):
-            session = self._session(component)
-            if getattr(session, "weight_inputs", None) is None:
-                raise BackendUnavailableError(
-                    f"backend {self.backend!r} does not take run-time LoRA weights "
-                    f"({component}); use backend='ort-cpu' (or 'ort-cuda' without cuda_graph), "
-                    "or fuse the LoRA at build time (sdrt build --lora)"
-                )
+        components = sorted({m.component for m in lora.modules} & set(self._lora.adaptable))
+        if any(self._takes_by_refit(c) for c in components):
+            self._lora.use_refit(RefitWeights(self.folder, self.manifest, self._session))
         return self._lora.load(lora, adapter_name)
+
+    def _takes_by_refit(self, component: str) -> bool:
+        """Whether ``component``'s session takes adapters by refitting (else as feeds);
+        BackendUnavailableError when it takes them neither way."""
+        session = self._session(component)
+        if getattr(session, "weight_inputs", None) is not None:
+            return False
+        if getattr(session, "refittable", False):
+            return True
+        if hasattr(session, "refittable"):
+            raise BackendUnavailableError(
+                f"backend {self.backend!r}: the {component} engine was not built refittable, so "
+                f"it cannot take LoRA weights at run time; {REFIT_HINT}, or fuse the LoRA at "
+                "build time (sdrt build --lora)"
+            )
+        raise BackendUnavailableError(
+            f"backend {self.backend!r} does not take run-time LoRA weights ({component}); use "
+            "backend='ort-cpu' (or 'ort-cuda' without cuda_graph), 'tensorrt' with engines "
+            "built --refit, or fuse the LoRA at build time (sdrt build --lora)"
+        )
 
     def set_adapters(self, adapter_names: str | Sequence[str], adapter_weights=None) -> None:
         """Make ``adapter_names`` the active adapters, each delta scaled by its weight

@@ -11,6 +11,11 @@ active adapter touches are not fed (their zero-size defaults add exactly 0), and
 active adapter nothing extra is fed. A change (load, set_adapters, unload) builds a new snapshot, then
 swaps one reference: a call holds the snapshot it started with, so calls in flight keep
 their adapters and never see a mix.
+
+On engines that refit their weights in place (TensorRT, ``use_refit``) nothing is fed: a
+change rewrites the touched base weights (lora_refit.py) while no call runs, behind a
+WeightGate that each call holds shared from start to end (``shared``); the snapshot then
+only names the adapters and keys the prompt cache.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -27,12 +33,14 @@ import numpy as np
 
 from sdrt.adapters.lora_files import LoraFile
 from sdrt.adapters.lora_match import MatchedModule, match_lora
+from sdrt.adapters.lora_refit import RefitWeights
 from sdrt.adapters.lora_sgm_blocks import (
     is_sgm_module,
     layers_per_block,
     map_sgm_blocks,
     uses_sgm_blocks,
 )
+from sdrt.adapters.weight_gate import WeightGate
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import LoraBranch, Manifest
 
@@ -50,9 +58,15 @@ class WeightFeeds:
     key: int | None = None  # None for the base weights; unique per snapshot otherwise
     adapters: tuple[tuple[str, float], ...] = ()  # (name, weight), as set_adapters set them
     feeds: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=lambda: _EMPTY)
+    refitted: frozenset[str] = frozenset()  # components whose engines hold LoRA weights
 
     def of(self, component: str) -> Mapping[str, np.ndarray]:
         return self.feeds.get(component, _EMPTY)
+
+    def key_of(self, component: str) -> int | None:
+        """This snapshot's key where ``component`` computes other than the base (what its
+        outputs are cached under), else None."""
+        return self.key if component in self.feeds or component in self.refitted else None
 
 
 BASE = WeightFeeds()
@@ -82,6 +96,25 @@ class LoraState:
         self.current: WeightFeeds = BASE
         self._recent: OrderedDict[tuple, WeightFeeds] = OrderedDict()
         self._recent_size = recent
+        self.refit: RefitWeights | None = None
+        self.gate = WeightGate()
+
+    def use_refit(self, refit: RefitWeights) -> None:
+        """Apply adapters by rewriting the engines' weights (before any adapter is loaded)."""
+        with self._lock:
+            if self.refit is None:
+                self.refit = refit
+
+    @contextmanager
+    def shared(self, weights: WeightFeeds) -> Iterator[WeightFeeds]:
+        """The adapters one call runs with, for as long as it runs: ``weights`` (captured when
+        it was asked for) where they are fed; on refitted engines the gate, held shared, and
+        the adapters the engines hold."""
+        if self.refit is None:
+            yield weights
+            return
+        with self.gate.shared():
+            yield self.current
 
     @property
     def names(self) -> list[str]:
@@ -118,10 +151,14 @@ class LoraState:
                     "pass another adapter_name or unload_lora_weights() first"
                 )
             adapter = LoadedAdapter(name, lora.path, lora.layout, modules)
-            snapshot = self._snapshot({**self._adapters, name: adapter}, ((name, 1.0),))
+            adapters = {**self._adapters, name: adapter}
+            if self.refit is not None:
+                self._refit_to(adapters, ((name, 1.0),), "load_lora_weights")
+            else:
+                snapshot = self._snapshot(adapters, ((name, 1.0),))
+                self._remember(snapshot)
+                self.current = snapshot
             self._adapters[name] = adapter
-            self._remember(snapshot)
-            self.current = snapshot
         return name
 
     def _in_diffusers_layout(self, lora: LoraFile) -> LoraFile:
@@ -147,13 +184,33 @@ class LoraState:
             unknown = [n for n in names if n not in self._adapters]
             if unknown:
                 raise InputError(f"set_adapters: unknown adapters {unknown}; loaded: {self.names}")
-            self.current = self._cached_snapshot(tuple(zip(names, weights, strict=True)))
+            active = tuple(zip(names, weights, strict=True))
+            if self.refit is not None:
+                self._refit_to(self._adapters, active, "set_adapters")
+            else:
+                self.current = self._cached_snapshot(active)
 
     def unload(self) -> None:
         with self._lock:
+            if self.refit is not None:
+                self._refit_to({}, (), "unload_lora_weights")
             self._adapters.clear()
             self._recent.clear()
             self.current = BASE
+
+    def _refit_to(
+        self, adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...], what
+    ) -> None:
+        """Rewrite the engines' weights for ``active`` while no call runs; on failure the
+        engines and ``current`` stay as they were."""
+        touched = {
+            component: {branch.module: tuple(terms) for branch, terms in branches.items()}
+            for component, branches in self._touched(adapters, active).items()
+        }
+        with self.gate.exclusive(what):
+            self.refit.apply(touched)
+            key = next(self._keys) if touched else None
+            self.current = WeightFeeds(key, active, refitted=frozenset(touched))
 
     def _cached_snapshot(self, active: tuple[tuple[str, float], ...]) -> WeightFeeds:
         """A recent snapshot of ``active`` (adapters never change once loaded), or a new one."""
@@ -169,10 +226,11 @@ class LoraState:
         while len(self._recent) > self._recent_size:
             self._recent.popitem(last=False)
 
-    def _snapshot(
-        self, adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...]
-    ) -> WeightFeeds:
-        """New feeds for ``active``: per touched branch, the factors side by side."""
+    @staticmethod
+    def _touched(
+        adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...]
+    ) -> dict[str, dict[LoraBranch, list]]:
+        """component -> branch -> [(weight * scale, LoRA module)] of the active adapters."""
         touched: dict[str, dict[LoraBranch, list]] = {}
         for name, weight in active:
             if weight == 0.0:
@@ -180,8 +238,14 @@ class LoraState:
             for m in adapters[name].modules:
                 terms = touched.setdefault(m.component, {}).setdefault(m.branch, [])
                 terms.append((weight * m.lora.scale, m.lora))
+        return touched
+
+    def _snapshot(
+        self, adapters: Mapping[str, LoadedAdapter], active: tuple[tuple[str, float], ...]
+    ) -> WeightFeeds:
+        """New feeds for ``active``: per touched branch, the factors side by side."""
         feeds = {}
-        for component, branches in touched.items():
+        for component, branches in self._touched(adapters, active).items():
             arrays = {}
             for branch, terms in branches.items():
                 dtype = np.dtype(branch.dtype)

@@ -235,8 +235,14 @@ class TensorRTSession:
             self._graphs[graph_key] = graph
         graph.launch(stream)
 
-    def refit(self, weights: Mapping[str, Any]) -> RefitReport:
+    @property
+    def refittable(self) -> bool:
+        """Built with ``--refit``: its weights can be replaced in place (run-time LoRA)."""
+        return bool(getattr(self._engine, "refittable", False))
+
+    def refit(self, weights: Mapping[str, Any], companions=None) -> RefitReport:
         """Replace named weights (a LoRA switch) in place; the engine must be refittable.
+        ``companions(name)``: the current value of a weight TensorRT wants refitted with them.
 
         Runs under the folder's lock on its stream, after what the caller queued, so no
         engine of the folder executes meanwhile. Captured CUDA graphs are dropped: they may
@@ -247,7 +253,13 @@ class TensorRTSession:
             stream = self._memory.stream
             stream.wait_event(cp.cuda.get_current_stream().record())
             report = refit_engine(
-                _trt(), self._engine, weights, stream, logger=trt_runtime().logger, name=self.name
+                _trt(),
+                self._engine,
+                weights,
+                stream,
+                logger=trt_runtime().logger,
+                name=self.name,
+                companions=companions,
             )
             self._graphs.clear()
         return report
