@@ -10,6 +10,10 @@ served generations and direct `Pipeline.__call__` in this process alternately (s
 direct, served, ...; one runs at a time), with the same settings and seeds, checks that each
 served PNG has the direct image's pixels, and prints the medians and the service's share:
 (served - direct) / direct, which covers HTTP, queueing, PNG encoding and base64. JSON lines.
+
+``--drop-caches`` (root, Linux) empties the kernel's page cache before each server starts, so
+the cold start pays for reading the weights from disk, as a new replica on a fresh machine
+would; without it the weights are likely still cached from an earlier run.
 """
 
 from __future__ import annotations
@@ -122,7 +126,24 @@ def body(size: int, steps: int, seed: int) -> dict:
     }
 
 
-def cold_start(folder: Path, size: int, steps: int, threads: int, warmup: bool) -> dict:
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_page_cache() -> None:
+    """Write back dirty pages, then drop the page cache, dentries and inodes (needs root)."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError as error:
+        message = f"--drop-caches: cannot write {DROP_CACHES} ({error.strerror}); run as root"
+        raise SystemExit(message) from None
+
+
+def cold_start(
+    folder: Path, size: int, steps: int, threads: int, warmup: bool, drop_caches: bool = False
+) -> dict:
+    if drop_caches:
+        drop_page_cache()
     server = Server(folder, threads, warmup)
     try:
         ready = server.wait_ready()
@@ -133,6 +154,7 @@ def cold_start(folder: Path, size: int, steps: int, threads: int, warmup: bool) 
     return {
         "measure": "cold start",
         "warmup": warmup,
+        "page_cache_dropped": drop_caches,
         "process_start_to_ready_s": round(ready, 3),
         "first_request_s": round(first, 3),
         "process_start_to_first_image_s": round(ready + first, 3),
@@ -192,11 +214,21 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=5, help="served/direct pairs timed")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="empty the page cache before each cold start (root): weights read from disk",
+    )
+    parser.add_argument(
+        "--no-overhead", action="store_true", help="cold starts only (no served/direct pairs)"
+    )
     args = parser.parse_args(argv)
     common = {"size": args.size, "steps": args.steps, "load_average": os.getloadavg()[0]}
     for warmup in (True, False):
-        row = cold_start(args.folder, args.size, args.steps, args.threads, warmup)
+        row = cold_start(args.folder, args.size, args.steps, args.threads, warmup, args.drop_caches)
         print(json.dumps({**row, **common}), flush=True)
+    if args.no_overhead:
+        return
     row = overhead(args.folder, args.size, args.steps, args.pairs, args.threads)
     print(json.dumps({**row, **common}), flush=True)
 

@@ -3,6 +3,7 @@ served images it times are the direct Pipeline's pixels."""
 
 import json
 
+import pytest
 from conftest import TINY_MIN_SIZE
 from sdrt.benchmarks import service_cost
 
@@ -30,3 +31,18 @@ def test_cold_start_and_overhead_rows(tiny_built, capsys):
     assert warm["warmup_s"] > 0 and cold["warmup_s"] is None
     assert cost["served_vs_direct_max_pixel_diff"] == 0
     assert cost["served_median_s"] > 0 and cost["direct_median_s"] > 0
+
+
+def test_dropping_the_page_cache_is_recorded_and_a_refusal_is_clear(
+    tiny_built, capsys, monkeypatch, tmp_path
+):
+    drops = []
+    monkeypatch.setattr(service_cost, "drop_page_cache", lambda: drops.append(1))
+    arguments = [str(tiny_built), "--size", str(TINY_MIN_SIZE), "--steps", "1", "--threads", "2"]
+    service_cost.main([*arguments, "--drop-caches", "--no-overhead"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["page_cache_dropped"] for r in rows] == [True, True] and len(drops) == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(service_cost, "DROP_CACHES", tmp_path / "missing" / "drop_caches")
+    with pytest.raises(SystemExit, match="--drop-caches: cannot write .*drop_caches"):
+        service_cost.drop_page_cache()
