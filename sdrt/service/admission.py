@@ -25,9 +25,11 @@ class QueueFull(Exception):
 
 
 class Admission:
-    def __init__(self, workers: int, max_queue: int):
+    def __init__(self, workers: int, max_queue: int, batcher=None):
         self.workers = workers
         self.max_queue = max_queue
+        # sdrt/service/batching.py's Batcher, or None: every job runs alone.
+        self.batcher = batcher
         self._waiting: deque = deque()
         self._running = 0
         self._cond = threading.Condition()
@@ -84,13 +86,37 @@ class Admission:
                     self._cond.notify_all()
                     continue
                 self._running += 1
+                jobs = self._gather(job)
+                self._running += len(jobs) - 1
             start = time.monotonic()
             try:
-                job.run()
+                (jobs[0] if len(jobs) == 1 else self.batcher.combine(jobs)).run()
             except Exception:  # a job reports its own errors; this is a bug in one
                 log.exception("a job failed outside its own error handling")
             finally:
                 with self._cond:
-                    self._running -= 1
+                    self._running -= len(jobs)
                     self._durations.append(time.monotonic() - start)
                     self._cond.notify_all()
+
+    def _gather(self, job) -> list:
+        """``job`` and the compatible waiting jobs that fit its batch, waiting up to the
+        batcher's wait for more to arrive (called holding the lock)."""
+        batcher = self.batcher
+        key = None if batcher is None else batcher.key(job)
+        if key is None:
+            return [job]
+        jobs, images = [job], batcher.images(job)
+        deadline = time.monotonic() + batcher.wait_seconds
+        while images < batcher.max_images:
+            for other in list(self._waiting):
+                fits = images + batcher.images(other) <= batcher.max_images
+                if fits and not other.cancelled.is_set() and batcher.key(other) == key:
+                    self._waiting.remove(other)
+                    jobs.append(other)
+                    images += batcher.images(other)
+            left = deadline - time.monotonic()
+            if images >= batcher.max_images or left <= 0:
+                break
+            self._cond.wait(left)
+        return jobs

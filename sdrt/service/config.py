@@ -26,6 +26,10 @@ class ServeConfig:
     port: int = 8000
     backend: str = "auto"
     workers: int = 1  # threads running the pipeline (measured best on 2 cores: README)
+    # Images per batched call of concurrent compatible requests; 1: each alone (README:
+    # measured no better on 2 cores). Capped at the folder's --max-batch.
+    max_batch: int = 1
+    batch_wait_ms: float = 0.0  # how long a worker waits for more requests to batch
     max_queue: int = 8  # requests waiting for a worker; more are answered 429
     timeout: float | None = None  # seconds from arrival; then 504 and the work is cancelled
     api_key: str | None = None  # bearer token required on /v1/* when set

@@ -75,6 +75,12 @@ class ServiceState:
                 self.on_failure(self.failure)
             return
         self.pipe = pipe
+        if self.config.max_batch > 1:
+            from sdrt.service.batching import Batcher
+
+            most = min(self.config.max_batch, pipe.manifest.build.max_batch)
+            self.admission.batcher = Batcher(most, self.config.batch_wait_ms / 1000)
+            log.info("batching up to %d images, waiting %g ms", most, self.config.batch_wait_ms)
         self.admission.start()
         if self.phase == LOADING:
             self.phase = READY
