@@ -10,11 +10,13 @@ whether each image equals the local Pipeline's for the same seed, a bad request'
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +29,10 @@ from serve_helpers import HOST, call, decode_png, free_port, generate  # noqa: E
 REQUESTS = 12
 CONCURRENCY = 4
 READY_TIMEOUT = 180.0  # s: Ray's start and two replicas' load + warm-up on 2 busy cores
-DRAIN_DELAY = 1.0  # s after sending the long request: it is in flight by then
+DRAIN_DELAY = 1.0  # s after SIGTERM: every replica has seen the drain signal by then
+# 100 steps at 256x256: 4 s on a quiet machine, over a minute on a loaded one.
+LONG = {"size": "256x256", "num_inference_steps": 100, "scheduler": "euler"}
+LONG_TIMEOUT = 150.0  # s
 SETTINGS = {"size": "64x64", "num_inference_steps": 4, "scheduler": "euler"}
 
 
@@ -54,29 +59,54 @@ def _start(folder: str, log) -> tuple[subprocess.Popen, int]:
     nobody reads while it runs)."""
     port = free_port()
     command = [sys.executable, "-m", "sdrt", "serve", folder, "--host", HOST, "--port", str(port)]
-    command += ["--replicas", "2", "--max-queue", "4", "--grace", "60"]
+    command += ["--replicas", "2", "--max-queue", "4", "--grace", "150"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), port
 
 
+def _stream_long_generation(port, in_flight: threading.Event, outcome: dict) -> None:
+    """A long streamed generation: ``in_flight`` is set at its first progress event; the
+    last event's name and when it came go to ``outcome``."""
+    body = {"prompt": "drain", "stream": True, **LONG}
+    connection = http.client.HTTPConnection(HOST, port, timeout=LONG_TIMEOUT)
+    try:
+        connection.request(
+            "POST", "/v1/images/generations", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        outcome["status"] = response.status
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                outcome["last_event"] = line[len("event: ") :]
+                outcome["last_event_at"] = time.monotonic()
+                if outcome["last_event"] == "image_generation.progress":
+                    in_flight.set()
+    except OSError as error:
+        outcome["error"] = repr(error)
+    finally:
+        connection.close()
+        in_flight.set()
+
+
 def _sigterm_during_a_long_request(process, port) -> dict:
-    """SIGTERM while a long generation is in flight: when each happened, and its answer."""
-    long = {"prompt": "drain", "size": "256x256", "num_inference_steps": 30, "scheduler": "euler"}
-    with ThreadPoolExecutor(1) as pool:
-        began = time.monotonic()
-        future = pool.submit(generate, port, long, None, 120)
-        time.sleep(DRAIN_DELAY)
-        process.send_signal(signal.SIGTERM)
-        sigterm = time.monotonic() - began
-        time.sleep(DRAIN_DELAY)  # the replicas poll the drain signal every 0.25 s
-        ready = call(port, "GET", "/readyz").status
-        late = generate(port, {"prompt": "late", **SETTINGS})
-        reply = future.result(timeout=120)
-        answered = time.monotonic() - began
+    """SIGTERM once a long streamed generation has started: what /readyz and a new request
+    get meanwhile, and how the generation ends."""
+    in_flight, outcome = threading.Event(), {}
+    thread = threading.Thread(target=_stream_long_generation, args=(port, in_flight, outcome))
+    thread.start()
+    in_flight.wait(LONG_TIMEOUT)
+    process.send_signal(signal.SIGTERM)
+    sigterm = time.monotonic()
+    time.sleep(DRAIN_DELAY)  # the replicas poll the drain signal every 0.25 s
+    ready = call(port, "GET", "/readyz").status
+    late = generate(port, {"prompt": "late", **SETTINGS})
+    thread.join(LONG_TIMEOUT)
     return {
-        "sigterm_at": sigterm,
-        "answered_at": answered,
-        "status": reply.status,
+        "status": outcome.get("status"),
+        "last_event": outcome.get("last_event"),
+        "error": outcome.get("error"),
+        "ended_after_sigterm_s": outcome.get("last_event_at", 0) - sigterm,
         "readyz_while_draining": ready,
         "late_request": {"status": late.status, "body": late.json()},
     }

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("ray.serve")
 
 DRIVER = Path(__file__).parent / "ray_replicas_driver.py"
-DRIVER_TIMEOUT = 420  # s: Ray's start, two replicas, 13 requests, a drain of up to 60 s
+DRIVER_TIMEOUT = 500  # s: Ray's start, two replicas, 13 requests, a drain of up to 150 s
 PRIVATE = [sys.executable, "-m", "sdrt.benchmarks.private_network", "--"]
 
 
@@ -67,9 +67,10 @@ def test_two_ray_replicas_serve_the_pipeline_s_images_and_drain_on_sigterm(
     assert bad["status"] == 400 and bad["body"]["error"]["param"] == "size", bad
     assert "sdrt_images_total" in result["metrics"]
 
-    drain = result["drain"]
-    assert drain["answered_at"] > drain["sigterm_at"], drain  # it was in flight at SIGTERM
-    assert drain["status"] == 200, (drain, log)
+    drain = result["drain"]  # SIGTERM came once its first progress event had
+    assert drain["status"] == 200 and drain["error"] is None, (drain, log)
+    assert drain["last_event"] == "image_generation.completed", (drain, log)
+    assert drain["ended_after_sigterm_s"] > 0, drain
     assert drain["readyz_while_draining"] == 503, drain
     late = drain["late_request"]
     assert late["status"] == 503 and late["body"]["error"]["code"] == "draining", late
