@@ -908,3 +908,14 @@ def events(log=None, streams=None) -> list[tuple]:
         for e in log
         if len(e) == 3 and e[1] in ("record", "wait") and (not streams or e[0] in streams)
     ]
+
+
+def use_fake_tensorrt(monkeypatch) -> None:
+    """The strict cupy and TensorRT fakes in sys.modules, with sdrt's TensorRT runtime, the
+    fake GPU and the fake plan store reset, for one test."""
+    install(monkeypatch, cupy=fake_cupy(), tensorrt=fake_tensorrt())
+    import sdrt.backends.tensorrt as backend
+
+    monkeypatch.setattr(backend, "_runtime", None)
+    GPU.reset()
+    FakeTrtRuntime._plans.clear()

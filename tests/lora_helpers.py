@@ -192,3 +192,11 @@ def diffusers_xl_images(source: Path, lora: Path | None, prompt: str, latents, s
             width=latents.shape[3] * 8,
         )
     return out.images, sorted(pipe.get_list_adapters())
+
+
+def peft_and_kohya_files(folder: Path, source: Path) -> dict[str, Path]:
+    """A PEFT folder (seed 1) and a kohya file (seed 2, alpha 3) for ``source``."""
+    return {
+        "peft": write_peft_file(folder / "peft", source, seed=1),
+        "kohya": write_kohya_file(folder / "kohya.safetensors", source, seed=2, alpha=3.0),
+    }

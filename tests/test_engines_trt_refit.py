@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpu_fakes import GPU, FakeEngine, FakeTrtRuntime, fake_cupy, fake_tensorrt, install
+from gpu_fakes import GPU, FakeEngine, use_fake_tensorrt
 
 from sdrt.errors import InputError
 from sdrt.manifest import TensorSpec
@@ -22,12 +22,7 @@ OUTPUTS = (TensorSpec("out_sample", "float32", ("batch", 4)),)
 
 @pytest.fixture
 def fakes(monkeypatch):
-    install(monkeypatch, cupy=fake_cupy(), tensorrt=fake_tensorrt())
-    import sdrt.backends.tensorrt as backend
-
-    monkeypatch.setattr(backend, "_runtime", None)
-    GPU.reset()
-    FakeTrtRuntime._plans.clear()
+    use_fake_tensorrt(monkeypatch)
 
 
 def linear_engine(weight, bias, *, refittable=True, dtype=np.float32):

@@ -18,10 +18,8 @@ from gpu_fakes import (
     FakeArray,
     FakeTrtRuntime,
     events,
-    fake_cupy,
-    fake_tensorrt,
-    install,
     unet_like_engine,
+    use_fake_tensorrt,
 )
 
 from sdrt.errors import InputError
@@ -34,12 +32,7 @@ def FakeEngine(memory=1024, max_batch=4, max_side=16):  # noqa: N802 (reads as t
 
 @pytest.fixture
 def fakes(monkeypatch):
-    install(monkeypatch, cupy=fake_cupy(), tensorrt=fake_tensorrt())
-    import sdrt.backends.tensorrt as backend
-
-    monkeypatch.setattr(backend, "_runtime", None)
-    GPU.reset()
-    FakeTrtRuntime._plans.clear()
+    use_fake_tensorrt(monkeypatch)
     FakeTrtRuntime._deserialized.clear()
 
 

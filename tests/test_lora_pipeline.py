@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from lora_helpers import diffusers_images, write_kohya_file, write_peft_file
+from lora_helpers import diffusers_images, peft_and_kohya_files
 from safetensors.numpy import save_file
 
 import sdrt
@@ -26,11 +26,7 @@ SCHEDULER = "EulerDiscreteScheduler"  # what diffusers_images sets
 
 @pytest.fixture(scope="module")
 def loras(tiny_source, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("loras")
-    return {
-        "peft": write_peft_file(folder / "peft", tiny_source, seed=1),
-        "kohya": write_kohya_file(folder / "kohya.safetensors", tiny_source, seed=2, alpha=3.0),
-    }
+    return peft_and_kohya_files(tmp_path_factory.mktemp("loras"), tiny_source)
 
 
 @pytest.fixture(scope="module")

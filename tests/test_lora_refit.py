@@ -18,8 +18,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gpu_fakes import GPU, FakeEngine, FakeTrtRuntime, fake_cupy, fake_tensorrt, install
-from lora_helpers import diffusers_images, write_kohya_file, write_peft_file
+from gpu_fakes import (
+    FakeEngine,
+    use_fake_tensorrt,
+)
+from lora_helpers import diffusers_images, peft_and_kohya_files
 from onnx import numpy_helper
 
 import sdrt
@@ -126,12 +129,7 @@ class HostSession:
 
 @pytest.fixture
 def fakes(monkeypatch):
-    install(monkeypatch, cupy=fake_cupy(), tensorrt=fake_tensorrt())
-    import sdrt.backends.tensorrt as backend
-
-    monkeypatch.setattr(backend, "_runtime", None)
-    GPU.reset()
-    FakeTrtRuntime._plans.clear()
+    use_fake_tensorrt(monkeypatch)
 
 
 def trt_pipeline(folder, refittable=True) -> sdrt.Pipeline:
@@ -166,11 +164,7 @@ def image(pipe, latents, **kw):
 
 @pytest.fixture(scope="module")
 def loras(tiny_source, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("refit-loras")
-    return {
-        "peft": write_peft_file(folder / "peft", tiny_source, seed=1),
-        "kohya": write_kohya_file(folder / "kohya.safetensors", tiny_source, seed=2, alpha=3.0),
-    }
+    return peft_and_kohya_files(tmp_path_factory.mktemp("refit-loras"), tiny_source)
 
 
 @pytest.fixture(scope="module")
