@@ -81,6 +81,22 @@ def write_kohya_file(path: Path, source: Path, seed: int, alpha: float = 2.0, **
     return path
 
 
+# The scheduler diffusers_images sets, for sdrt's side of a comparison.
+SCHEDULER = "EulerDiscreteScheduler"
+
+
+def sdrt_images(pipe, latents, prompt: str, steps: int = 3, **kw):
+    """sdrt's float32 NHWC images for what diffusers_images makes (the same scheduler)."""
+    return pipe(
+        prompt,
+        num_inference_steps=steps,
+        latents=latents,
+        output_type="np",
+        scheduler=SCHEDULER,
+        **kw,
+    ).images
+
+
 def diffusers_images(source: Path, loras, prompt: str, latents: np.ndarray, steps: int = 3, **kw):
     """diffusers' StableDiffusionPipeline with ``loras`` [(file, adapter_name)] loaded and
     set_adapters(names, weights) applied; float32 NHWC images in [0, 1]."""

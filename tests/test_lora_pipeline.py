@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from lora_helpers import diffusers_images, peft_and_kohya_files
+from lora_helpers import SCHEDULER, diffusers_images, peft_and_kohya_files, sdrt_images
 from safetensors.numpy import save_file
 
 import sdrt
@@ -21,7 +21,6 @@ from sdrt.errors import BackendUnavailableError, InputError, ModelFolderError
 IMAGE_TOLERANCE = 2 / 255
 PROMPT = "a red fox in snow"
 STEPS = 3
-SCHEDULER = "EulerDiscreteScheduler"  # what diffusers_images sets
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +39,7 @@ def pipe(tiny_built_lora_ready):
 
 
 def _ours(pipe, latents, prompt=PROMPT):
-    return pipe(
-        prompt,
-        num_inference_steps=STEPS,
-        latents=latents,
-        output_type="np",
-        scheduler=SCHEDULER,
-    ).images
+    return sdrt_images(pipe, latents, prompt, STEPS)
 
 
 @pytest.fixture(scope="module")

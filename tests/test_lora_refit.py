@@ -22,7 +22,7 @@ from gpu_fakes import (
     FakeEngine,
     use_fake_tensorrt,
 )
-from lora_helpers import diffusers_images, peft_and_kohya_files
+from lora_helpers import diffusers_images, peft_and_kohya_files, sdrt_images
 from onnx import numpy_helper
 
 import sdrt
@@ -35,7 +35,6 @@ REFIT_VS_FEEDS = 1e-4
 IMAGE_TOLERANCE = 2 / 255  # against diffusers, as the issue asks
 PROMPT = "a red fox in snow"
 STEPS = 3
-SCHEDULER = "EulerDiscreteScheduler"
 ADAPTED = ("unet", "text_encoder")
 # The fake engines' profiles (min, opt, max) on named axes (the engine's output shapes are
 # found at the max, so it stays small); the sequence is CLIP's 77 tokens.
@@ -152,14 +151,7 @@ def trt_pipeline(folder, refittable=True) -> sdrt.Pipeline:
 
 
 def image(pipe, latents, **kw):
-    return pipe(
-        PROMPT,
-        num_inference_steps=STEPS,
-        latents=latents,
-        output_type="np",
-        scheduler=SCHEDULER,
-        **kw,
-    ).images
+    return sdrt_images(pipe, latents, PROMPT, STEPS, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ class Admission:
                 self._running += len(jobs) - 1
             start = time.monotonic()
             try:
-                (jobs[0] if len(jobs) == 1 else self.batcher.combine(jobs)).run()
+                (jobs[0] if self.batcher is None else self.batcher.combine(jobs)).run()
             except Exception:  # a job reports its own errors; this is a bug in one
                 log.exception("a job failed outside its own error handling")
             finally:
