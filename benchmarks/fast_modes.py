@@ -6,7 +6,8 @@ speed is reported against exact sdrt on the same backend (the contender named by
 backend, when it runs too) and eager diffusers, and its image is compared with exact sdrt's
 image on the same latents: what the mode costs in quality, next to what it saves in time.
 
-    int8               sdrt build --precision int8
+    int8               sdrt build --precision int8 (on openvino: --int8-method nncf, the
+                       int8 U-Net that backend runs fastest)
     deepcacheN[bB]     sdrt build --deep-cache --deep-cache-branches B (0); deep_cache_interval=N
     tomeR              sdrt build --tome-ratio R (max downsample 1)
     tinyvae            sdrt build --tiny-vae FOLDER (a random one made here for --random-weights)
@@ -63,9 +64,15 @@ class ModeContender:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def parse_mode(word: str) -> FastMode:
+# The int8 method each backend's int8 mode is built with (others: ONNX Runtime's QDQ graph).
+INT8_METHOD_OF_BACKEND = {"openvino": "nncf"}
+
+
+def parse_mode(word: str, backend: str = "ort-cpu") -> FastMode:
     if word == "int8":
-        return FastMode(word, build=(("precision", "int8"),))
+        method = INT8_METHOD_OF_BACKEND.get(backend)
+        extra = (("int8_method", method),) if method else ()
+        return FastMode(word, build=(("precision", "int8"), *extra))
     if word == "tinyvae":
         return FastMode(word, build=(("tiny_vae", TINY_VAE_FOLDER),), call=(("vae", "tiny"),))
     match = _DEEP_CACHE.match(word)
@@ -90,7 +97,7 @@ def split_contender(name: str) -> ModeContender:
     """``ort-cpu+int8+deepcache3`` -> backend ``ort-cpu`` with two modes; InputError for an
     unknown or repeated mode, or two modes that set the same option differently."""
     backend, *words = name.split(SEPARATOR)
-    modes = tuple(parse_mode(word) for word in words)
+    modes = tuple(parse_mode(word, backend) for word in words)
     seen: dict[str, Any] = {}
     for mode in modes:
         for key, value in (*mode.build, *mode.call):

@@ -1,7 +1,7 @@
 """int8 U-Net paths side by side: ONNX Runtime QDQ (what `sdrt build --precision int8` makes)
 against OpenVINO with NNCF post-training quantization of the same fp32 ONNX, in one process.
 
-    pip install openvino nncf       # not sdrt dependencies: this benchmark only
+    pip install 'sdrt[openvino]' nncf     # nncf is this benchmark's only
     python -m sdrt.benchmarks.int8_openvino_cost FP32_FOLDER INT8_FOLDER [--size 256]
 
 FP32_FOLDER is an fp32 `sdrt build` output, INT8_FOLDER a `--precision int8` build of the same
@@ -120,16 +120,22 @@ def measure(fp32: Path, int8: Path, size: int, repeats: int, threads: int) -> li
     import openvino as ov
 
     fp32_model = ov.Core().read_model(str(onnx_file))
+    qdq_model = ov.Core().read_model(str(int8 / read_manifest(int8).components["unet"].file))
     runners = {
         "onnxruntime fp32": _ort_unet(fp32, threads),
         "onnxruntime int8 (QDQ, sdrt build)": _ort_unet(int8, threads),
         "openvino fp32": _openvino(fp32_model, threads, "f32"),
+        # what backend="openvino" runs for a --precision int8 folder
+        "openvino on sdrt's int8 QDQ graph, rest f32": _openvino(qdq_model, threads, "f32"),
         "openvino int8 (NNCF), rest f32": _openvino(nncf_model, threads, "f32"),
     }
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         # OpenVINO's default on this CPU: shown because it is what a user gets untuned
         runners["openvino bf16 (its default here)"] = _openvino(fp32_model, threads, "bf16")
         runners["openvino int8 (NNCF), rest bf16"] = _openvino(nncf_model, threads, "bf16")
+        runners["openvino on sdrt's int8 QDQ graph, rest bf16"] = _openvino(
+            qdq_model, threads, "bf16"
+        )
     references = [runners["onnxruntime fp32"](feed) for feed in held_out]
     errors = {
         name: max(relative_error(r, run(f)) for r, f in zip(references, held_out, strict=True))

@@ -122,6 +122,18 @@ def record_unet_feeds(
     return recorder.feeds
 
 
+def held_out_feeds(folder: Path, options: Int8Options) -> list[dict[str, np.ndarray]]:
+    """The int8 check's feeds: the first and last step of each held-out prompt (prompts the
+    calibration did not see)."""
+    held = record_unet_feeds(folder, HELD_OUT_PROMPTS, options.steps, options.size, seed=100)
+    per_prompt = len(held) // len(HELD_OUT_PROMPTS)
+    return [
+        held[i]
+        for p in range(len(HELD_OUT_PROMPTS))
+        for i in (p * per_prompt, (p + 1) * per_prompt - 1)
+    ]
+
+
 class _FeedReader:
     """onnxruntime.quantization's CalibrationDataReader protocol over recorded feeds."""
 
@@ -213,14 +225,7 @@ def build_int8_unet(
 
     fp32_file = folder / component.file
     feeds = record_unet_feeds(folder, options.prompts, options.steps, options.size)
-    # Held-out check: the first and last step of prompts the calibration did not see.
-    held = record_unet_feeds(folder, HELD_OUT_PROMPTS, options.steps, options.size, seed=100)
-    per_prompt = len(held) // len(HELD_OUT_PROMPTS)
-    check_feeds = [
-        held[i]
-        for p in range(len(HELD_OUT_PROMPTS))
-        for i in (p * per_prompt, (p + 1) * per_prompt - 1)
-    ]
+    check_feeds = held_out_feeds(folder, options)
     calibration_feeds = len(feeds)
     timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds}, reverse=True)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=folder) as scratch:

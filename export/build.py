@@ -109,6 +109,9 @@ class BuildConfig:
     tiny_vae: str | None = None
     # precision "int8": the U-Net's calibration prompts (empty: engines/int8_unet.py's list)
     calibration_prompts: tuple[str, ...] = ()
+    # precision "int8": "onnxruntime" (the U-Net's ONNX graph made QDQ, engines/int8_unet.py)
+    # or "nncf" (an OpenVINO IR beside the fp32 graph, engines/int8_unet_nncf.py)
+    int8_method: str = "onnxruntime"
     # token merging (ToMe for SD) baked into the U-Net graph (export/tome.py); None: off
     tome: TomeOptions | None = None
 
@@ -337,7 +340,7 @@ def _build_into(
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)
-    if precisions.get("unet") == "int8" and manifest.components["unet"].precision != "int8":
+    if precisions.get("unet") == "int8" and not _has_int8_unet(manifest, config.int8_method):
         manifest, results = _quantize_unet(folder, config, manifest, results, report)
     record_verified(folder, manifest)  # just hashed: the first load need not hash again
     return manifest, results
@@ -380,6 +383,13 @@ def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, r
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     return tiny.record(hasher), results
+def _has_int8_unet(manifest: Manifest, method: str) -> bool:
+    unet = manifest.components["unet"]
+    if method == "nncf":
+        return unet.openvino is not None and unet.precision == "fp32"
+    return unet.precision == "int8"
+
+
 def _quantize_unet(
     folder: Path,
     config: BuildConfig,
@@ -387,16 +397,20 @@ def _quantize_unet(
     results: list[ComponentResult],
     report: ProgressCallback,
 ) -> tuple[Manifest, list[ComponentResult]]:
-    """The finished fp32 folder's U-Net replaced by its int8 graph, calibrated on the
-    folder's own pipeline (engines/int8_unet.py)."""
+    """The finished fp32 folder's U-Net quantized to int8, calibrated on the folder's own
+    pipeline: its ONNX graph replaced by a QDQ one (engines/int8_unet.py), or, with method
+    nncf, an OpenVINO IR written beside it (engines/int8_unet_nncf.py)."""
     from sdrt.engines.int8_unet import Int8Options, build_int8_unet
+    from sdrt.engines.int8_unet_nncf import build_nncf_unet
 
     t0 = time.perf_counter()
-    report("unet", "quantizing to int8 (calibrating on the pipeline's own feeds)")
+    by = "NNCF, for openvino" if config.int8_method == "nncf" else "ONNX Runtime"
+    report("unet", f"quantizing to int8 with {by} (calibrating on the pipeline's own feeds)")
     options = Int8Options(size=manifest.build.min_size)  # the cheapest size served
     if config.calibration_prompts:
         options = dataclasses.replace(options, prompts=config.calibration_prompts)
-    unet = build_int8_unet(folder, manifest.components["unet"], options)
+    quantize = build_nncf_unet if config.int8_method == "nncf" else build_int8_unet
+    unet = quantize(folder, manifest.components["unet"], options)
     components = {**manifest.components, "unet": unet}
     manifest = dataclasses.replace(manifest, components=components)
     write_manifest(folder, manifest)
@@ -494,15 +508,31 @@ def _reuse(
 # ---------------------------------------------------------------------------- export
 
 
+INT8_METHODS = ("onnxruntime", "nncf")
+
+
 def _check_int8(config: BuildConfig) -> None:
     if config.vae_precision == "int8":
         raise InputError("vae_precision must be fp32 or fp16, got 'int8' (int8 is the U-Net's)")
+    if config.int8_method not in INT8_METHODS:
+        raise InputError(
+            f"int8 method: expected one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}"
+        )
     if config.precision != "int8":
         if config.calibration_prompts:
             raise InputError(
                 f"calibration prompts are for precision int8, got precision {config.precision!r}"
             )
+        if config.int8_method != INT8_METHODS[0]:
+            raise InputError(
+                f"int8 method {config.int8_method!r} is for precision int8, got precision "
+                f"{config.precision!r}"
+            )
         return
+    if config.int8_method == "nncf":
+        from sdrt.engines.int8_unet_nncf import check_nncf_installed
+
+        check_nncf_installed()
     if config.lora_ready:
         raise InputError("precision int8 and lora_ready do not combine (LoRA needs fp32 weights)")
     if any(not p.strip() for p in config.calibration_prompts):

@@ -71,6 +71,8 @@ EXTRA_MODULES = {
     "prometheus_client": ("serve",),
     "python_multipart": ("serve",),
     "ray": ("ray",),
+    "openvino": ("openvino", "nncf"),
+    "nncf": ("nncf",),
 }
 # Where a module is in several extras, the one a command needs (others: the first listed).
 COMMAND_EXTRAS = {"engines": "gpu"}

@@ -144,6 +144,22 @@ class LoraBranch:
 
 
 @dataclass(frozen=True)
+class OpenVinoGraph:
+    """A component's graph in OpenVINO's IR, built beside its ONNX graph for the openvino
+    backend: the U-Net quantized by NNCF (``sdrt build --precision int8 --int8-method nncf``,
+    engines/int8_unet_nncf.py). Named as Optimum Intel names it (unet/openvino_model.xml)."""
+
+    file: str  # the .xml, relative to the model folder
+    sha256: str
+    weights: str  # the .bin beside it
+    weights_sha256: str
+    precision: str  # "int8"
+    openvino_version: str
+    quantization: Mapping[str, Any]
+    verification: Verification
+
+
+@dataclass(frozen=True)
 class Component:
     """One exported ONNX graph of the pipeline."""
 
@@ -168,6 +184,8 @@ class Component:
     lora_outdated: bool = False
     # int8 U-Nets: how they were quantized and calibrated (engines/int8_unet.py); else None.
     quantization: Mapping[str, Any] | None = None
+    # Its OpenVINO IR, which the openvino backend runs instead of ``file``; else None.
+    openvino: OpenVinoGraph | None = None
 
     @property
     def optional_inputs(self) -> tuple[TensorSpec, ...]:
@@ -476,6 +494,22 @@ def _component(name: str, r: _Reader) -> Component:
         lora_outdated=r.get("lora_outdated", bool, optional=True, default=False)
         or bool(r.get("adaptable", list, optional=True, default=[])),  # format 1's record
         quantization=r.get("quantization", Mapping, optional=True),
+        openvino=_openvino_graph(r.sub("openvino", optional=True)),
+    )
+
+
+def _openvino_graph(r: _Reader | None) -> OpenVinoGraph | None:
+    if r is None:
+        return None
+    return OpenVinoGraph(
+        file=r.get("file", str),
+        sha256=r.get("sha256", str),
+        weights=r.get("weights", str),
+        weights_sha256=r.get("weights_sha256", str),
+        precision=r.choice("precision", PRECISIONS),
+        openvino_version=r.get("openvino_version", str),
+        quantization=r.get("quantization", Mapping),
+        verification=_verification(r.sub("verification")),  # required: sub raises if absent
     )
 
 
@@ -791,4 +825,7 @@ def component_files(manifest: Manifest) -> dict[str, str]:
         files[comp.file] = comp.sha256
         if comp.external_data:
             files[comp.external_data] = comp.external_data_sha256 or ""
+        if comp.openvino is not None:
+            files[comp.openvino.file] = comp.openvino.sha256
+            files[comp.openvino.weights] = comp.openvino.weights_sha256
     return files

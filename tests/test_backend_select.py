@@ -92,7 +92,8 @@ def test_explicit_backend_that_is_missing_names_what_is_missing(backend, message
 def test_explicit_cpu_and_unknown_names():
     assert select_backend("ort-cpu", probe=machine(FULL_GPU)).backend == "ort-cpu"
     with pytest.raises(
-        InputError, match="backend: expected one of auto, ort-cpu, ort-cuda, tensorrt, got 'cuda'"
+        InputError,
+        match="backend: expected one of auto, openvino, ort-cpu, ort-cuda, tensorrt, got 'cuda'",
     ):
         select_backend("cuda", probe=machine(CPU_ONLY))
 

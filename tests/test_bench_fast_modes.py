@@ -67,6 +67,25 @@ def test_a_mode_contender_runs_sdrt_on_its_variant_with_its_call_options():
     assert spec.variant == fast_modes.split_contender("ort-cpu+deepcache3").variant_key
 
 
+def test_an_openvino_contender_gets_nncf_int8_and_its_threads():
+    pytest.importorskip("openvino")
+    from sdrt.benchmarks.contenders.sdrt_runtime import _thread_options
+
+    from sdrt.backends.openvino import OpenVinoOptions
+
+    spec = resolve("openvino+int8", None)
+    assert spec.extra_args[0] == "openvino"
+    # openvino's int8 is NNCF's IR, ONNX Runtime's the QDQ graph: two variant folders
+    assert fast_modes.split_contender("openvino+int8").build_options == {
+        "precision": "int8",
+        "int8_method": "nncf",
+    }
+    assert fast_modes.split_contender("ort-cpu+int8").build_options == {"precision": "int8"}
+    assert spec.variant != resolve("ort-cpu+int8", None).variant
+    assert _thread_options("openvino", 2) == OpenVinoOptions(threads=2)
+    assert _thread_options("ort-cpu", 2) is None  # ONNX Runtime's come as ort_options
+
+
 def _record(name, end_to_end, unet, versus=None):
     result = {
         "size": "256x256",

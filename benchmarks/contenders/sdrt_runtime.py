@@ -47,6 +47,8 @@ class SdrtRuntime:
         self, backend: str, saved_graphs: bool = True, call_options: dict[str, Any] | None = None
     ):
         self.backend = backend
+        if backend == "openvino":  # its extra is part of what that contender installs
+            self.runtime_distributions = ("sdrt", "openvino")
         self.saved_graphs = saved_graphs
         self.call_options = dict(call_options or {})
         self.pipe: Any = None
@@ -79,11 +81,14 @@ class SdrtRuntime:
             backend=self.backend,
             prompt_cache_size=0,
             ort_options=options,
+            backend_options=_thread_options(self.backend, threads),
             verify_files=VERIFY_FILES,
         )
 
     def load_settings(self) -> dict[str, Any]:
-        if not self.saved_graphs:
+        if self.backend not in SAVES_GRAPHS:
+            graphs = f"none: {self.backend} compiles the graphs at load"
+        elif not self.saved_graphs:
             graphs = "not used: every graph optimised in memory at load"
         elif self.optimized_model_cached:
             graphs = "used: mapped the optimised graphs saved in the folder"
@@ -123,14 +128,36 @@ class SdrtRuntime:
             "prompt_cache": 0,
             "saved_graphs": self.saved_graphs,
             "optimized_model_cached_before_load": self.optimized_model_cached,
-            "unet_precision": self.pipe.manifest.components["unet"].precision,
+            **self._unet_graph(),
             "call_options": self.call_options,
             "verify_files": VERIFY_FILES,
             "file_hashes_recorded_before_load": self.hashes_recorded,
         }
 
+    def _unet_graph(self) -> dict[str, Any]:
+        """The U-Net's precision and the file its session compiled (openvino runs a folder's
+        OpenVINO IR, where it has one, instead of the ONNX graph)."""
+        unet = self.pipe.manifest.components["unet"]
+        graph = getattr(self.pipe._session("unet"), "graph", unet.file)
+        ir = unet.openvino
+        precision = ir.precision if ir is not None and graph == ir.file else unet.precision
+        return {"unet_precision": precision, "unet_graph": graph}
+
     def versions(self) -> dict[str, str]:
-        return {name: version_of(name) for name in ("sdrt", "onnxruntime", "numpy", "tokenizers")}
+        names = ("sdrt", "onnxruntime", "numpy", "tokenizers")
+        if self.backend == "openvino":
+            names += ("openvino",)
+        return {name: version_of(name) for name in names}
+
+
+def _thread_options(backend: str, threads: int) -> Any:
+    """The options that give a backend other than ONNX Runtime's the contender's threads
+    (ONNX Runtime's come as ``ort_options``); None for the backend's defaults."""
+    if backend == "openvino":
+        from sdrt.backends.openvino import OpenVinoOptions
+
+        return OpenVinoOptions(threads=threads)
+    return None
 
 
 def _runtime(arguments: list[str]) -> SdrtRuntime:

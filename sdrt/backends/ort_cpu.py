@@ -87,6 +87,13 @@ class OrtSession:
                 f"{folder}: ONNX Runtime {ort.__version__} cannot load {component.file}: {e}"
             ) from None
         self._output_names = [o.name for o in self._session.get_outputs()]
+        if component.openvino is not None:
+            log.info(
+                "%s: ort-cpu runs its %s ONNX graph; its %s OpenVINO IR runs on backend openvino",
+                component.name,
+                component.precision,
+                component.openvino.precision,
+            )
 
     def _model_to_load(self, folder: Path, component: Component, source: Path) -> Path:
         if not self.options.cache_optimized_model or self.options.graph_optimization == "disable":

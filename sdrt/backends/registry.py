@@ -27,8 +27,16 @@ from sdrt.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-# backend name -> module under sdrt.backends, best first (auto's order)
-MODULES = {"tensorrt": "tensorrt", "ort-cuda": "ort_cuda", "ort-cpu": "ort_cpu"}
+# backend name -> module under sdrt.backends
+MODULES = {
+    "tensorrt": "tensorrt",
+    "ort-cuda": "ort_cuda",
+    "ort-cpu": "ort_cpu",
+    "openvino": "openvino",
+}
+# The ones auto considers, best first. openvino is asked for by name only: on the CPU auto
+# stays with ONNX Runtime, which every install has (sdrt/backends/openvino.py says why).
+AUTO_ORDER = ("tensorrt", "ort-cuda", "ort-cpu")
 AUTO = "auto"
 BACKENDS = (AUTO, *sorted(MODULES))
 
@@ -88,7 +96,7 @@ def select_backend(
         return Selection(requested, "requested", machine)
     machine = probe()
     passed_over = []
-    for name in MODULES:
+    for name in AUTO_ORDER:
         missing = _problems(backend_named(name), manifest, machine)
         if not missing:
             reason = "the best backend this machine has"

@@ -38,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="int8: the U-Net quantized for the CPU (calibrated; text encoder and VAE fp32)",
     )
     parser.add_argument(
+        "--int8-method",
+        choices=("onnxruntime", "nncf"),
+        default="onnxruntime",
+        help="--precision int8: onnxruntime (the U-Net's ONNX graph made QDQ; runs on every "
+        "backend) or nncf (an OpenVINO IR beside the fp32 graph, for backend openvino: faster "
+        "where measured; needs nncf and openvino) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--calibration-prompts",
         type=Path,
         default=None,
@@ -213,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         loras=tuple(parse_lora_option(text) for text in args.lora),
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
         calibration_prompts=_calibration_prompts(args.calibration_prompts),
+        int8_method=args.int8_method,
         lora_ready=args.lora_ready,
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,

@@ -196,32 +196,44 @@ def _adapter_lines(manifest) -> list[str]:
 
 
 def _quantization_lines(manifest) -> list[str]:
-    """An int8 component's quantization and calibration (engines/int8_unet.py)."""
+    """An int8 component's quantization and calibration: its ONNX graph's
+    (engines/int8_unet.py), or its OpenVINO IR's (engines/int8_unet_nncf.py)."""
     lines = []
     for comp in manifest.components.values():
-        q = comp.quantization
-        if not q:
-            continue
-        cal, kept = q.get("calibration", {}), q.get("kept_fp32", {})
-        steps = cal.get("timesteps", [])
-        lines += [
-            f"quantization   {comp.name}: {q.get('method')}; activations {q.get('activations')}, "
-            f"weights {q.get('weights')}"
-            f"{' (7-bit range: built on a CPU without VNNI)' if q.get('reduce_range') else ''}; "
-            f"quantized {', '.join(q.get('op_types', []))}",
-            f"               calibrated on {cal.get('prompts')} prompts x {cal.get('steps')} steps "
-            f"at {cal.get('size')} px ({cal.get('feeds')} feeds, timesteps "
-            f"{steps[0] if steps else '-'}..{steps[-1] if steps else '-'})",
-            f"               kept fp32: {kept.get('op_types')}; nodes "
-            f"{', '.join(kept.get('nodes', [])) or 'none'}",
-        ]
-        if comp.verification:
+        if comp.quantization:
+            lines += _quantized_lines(comp.name, comp.quantization, comp.verification)
+        if comp.openvino is not None:
+            ir = comp.openvino
             lines.append(
-                f"               checked against the fp32 U-Net on "
-                f"{len(comp.verification.cases)} held-out feeds: max rel error "
-                f"{comp.verification.max_rel_error:.3g} (threshold "
-                f"{comp.verification.threshold_rel:g})"
+                f"openvino       {comp.name}: {ir.file} ({ir.precision}, OpenVINO "
+                f"{ir.openvino_version}; run by backend openvino, the ONNX graph stays "
+                f"{comp.precision})"
             )
+            lines += _quantized_lines(comp.name, ir.quantization, ir.verification)
+    return lines
+
+
+def _quantized_lines(name: str, q, verification) -> list[str]:
+    cal, kept = q.get("calibration", {}), q.get("kept_fp32", {})
+    steps = cal.get("timesteps", [])
+    op_types = q.get("op_types")
+    lines = [
+        f"quantization   {name}: {q.get('method')}; activations {q.get('activations')}, "
+        f"weights {q.get('weights')}"
+        f"{' (7-bit range: built on a CPU without VNNI)' if q.get('reduce_range') else ''}"
+        + (f"; quantized {', '.join(op_types)}" if op_types else ""),
+        f"               calibrated on {cal.get('prompts')} prompts x {cal.get('steps')} steps "
+        f"at {cal.get('size')} px ({cal.get('feeds')} feeds, timesteps "
+        f"{steps[0] if steps else '-'}..{steps[-1] if steps else '-'})",
+        f"               kept fp32: {kept.get('op_types')}; nodes "
+        f"{', '.join(kept.get('nodes', [])) or 'none'}",
+    ]
+    if verification:
+        lines.append(
+            f"               checked against the fp32 U-Net on "
+            f"{len(verification.cases)} held-out feeds: max rel error "
+            f"{verification.max_rel_error:.3g} (threshold {verification.threshold_rel:g})"
+        )
     return lines
 
 
