@@ -21,7 +21,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -40,24 +40,6 @@ def _ort_unet(folder: Path, threads: int) -> Callable[[Mapping[str, np.ndarray]]
     session = pipe._session("unet")
     noise = session.outputs[0].name  # the noise prediction, as OpenVINO's output 0
     return lambda feed: np.asarray(session.run(dict(feed))[noise])
-
-
-def quantize_with_nncf(onnx_file: Path, feeds: Sequence[Mapping[str, np.ndarray]], keep_fp32):
-    """NNCF's post-training quantization of the fp32 graph read by OpenVINO: the transformer
-    model type (attention softmax and normalisations stay fp32), mixed preset (asymmetric
-    activations, as ORT's u8 path), the same nodes kept fp32 as sdrt's int8 build."""
-    import nncf
-    import openvino as ov
-
-    model = ov.Core().read_model(str(onnx_file))
-    return nncf.quantize(
-        model,
-        nncf.Dataset(list(feeds)),
-        preset=nncf.QuantizationPreset.MIXED,
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(feeds),
-        ignored_scope=nncf.IgnoredScope(names=list(keep_fp32), validate=False),
-    )
 
 
 def _openvino(
@@ -100,7 +82,7 @@ def interleaved(calls: dict[str, Callable[[], object]], repeats: int) -> dict[st
 
 
 def measure(fp32: Path, int8: Path, size: int, repeats: int, threads: int) -> list[dict]:
-    from sdrt.engines import int8_unet
+    from sdrt.engines import int8_unet, int8_unet_nncf
 
     from sdrt.manifest import read_manifest
 
@@ -113,7 +95,7 @@ def measure(fp32: Path, int8: Path, size: int, repeats: int, threads: int) -> li
     onnx_file = fp32 / read_manifest(fp32).components["unet"].file
     keep_fp32 = int8_unet.kept_fp32_nodes(onnx_file, int8_unet.KEEP_FP32_NODE_PATTERNS)
     t0 = time.perf_counter()
-    nncf_model = quantize_with_nncf(onnx_file, calibration, keep_fp32)
+    nncf_model = int8_unet_nncf.quantize(onnx_file, calibration, keep_fp32)
     nncf_seconds = time.perf_counter() - t0
     del calibration
 

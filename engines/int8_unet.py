@@ -14,7 +14,7 @@ import dataclasses
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,21 +192,60 @@ def compare_int8(
     """The int8 graph against the fp32 one on the same feeds (a Verification)."""
     import onnxruntime as ort
 
-    def session(path):
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    candidate = ort.InferenceSession(str(int8_file), providers=["CPUExecutionProvider"])
 
-    reference, candidate = session(fp32_file), session(int8_file)
+    def run(name: str, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        return candidate.run([name], dict(feed))[0]
+
+    return compare_with_fp32(fp32_file, run, feeds, thresholds, "the int8 U-Net")
+
+
+def compare_with_fp32(
+    fp32_file: Path,
+    run: Callable[[str, Mapping[str, np.ndarray]], np.ndarray],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    thresholds: Thresholds,
+    candidate_name: str,
+):
+    """``run(output_name, feed)`` (an int8 U-Net) against ONNX Runtime's fp32 graph."""
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(str(fp32_file), providers=["CPUExecutionProvider"])
     # The noise prediction only: DeepCache's feature outputs are intermediate activations
     # whose relative error is larger; the image they lead to is what the tests check.
-    names = [reference.get_outputs()[0].name]
+    name = reference.get_outputs()[0].name
     cases = []
     for feed in feeds:
-        want = dict(zip(names, reference.run(names, dict(feed)), strict=True))
-        got = dict(zip(names, candidate.run(names, dict(feed)), strict=True))
-        max_abs, max_rel = measure(want, got, candidate_name="the int8 U-Net")
+        want = {name: reference.run([name], dict(feed))[0]}
+        got = {name: run(name, feed)}
+        max_abs, max_rel = measure(want, got, candidate_name=candidate_name)
         shapes = {k: tuple(int(d) for d in v.shape) for k, v in feed.items()}
         cases.append(VerificationCase(shapes, max_abs, max_rel))
     return summarize(REFERENCE, thresholds, cases)
+
+
+def refuse_above_gate(label: str, verification, feeds: int, thresholds: Thresholds) -> None:
+    """VerificationError when the int8 U-Net ``label`` failed its check."""
+    if not verification.passed:
+        raise VerificationError(
+            f"unet ({label}) differs from the fp32 U-Net: max abs error "
+            f"{verification.max_abs_error:.3g}, max rel error {verification.max_rel_error:.3g} "
+            f"on {feeds} held-out feeds, above the int8 threshold "
+            f"(rel {thresholds.rel:g}); build fp32 instead"
+        )
+
+
+def calibration_record(options: Int8Options, feeds: Sequence[Mapping[str, np.ndarray]]) -> dict:
+    """What sdrt.json records of the calibration that ``feeds`` came from."""
+    return {
+        "prompts": len(options.prompts),
+        "steps": options.steps,
+        "size": options.size,
+        "guidance_scale": GUIDANCE,
+        "feeds": len(feeds),
+        "timesteps": sorted({float(np.ravel(f["timestep"])[0]) for f in feeds}, reverse=True),
+        "held_out_prompts": len(HELD_OUT_PROMPTS),
+    }
 
 
 def build_int8_unet(
@@ -226,20 +265,13 @@ def build_int8_unet(
     fp32_file = folder / component.file
     feeds = record_unet_feeds(folder, options.prompts, options.steps, options.size)
     check_feeds = held_out_feeds(folder, options)
-    calibration_feeds = len(feeds)
-    timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds}, reverse=True)
+    calibration = calibration_record(options, feeds)
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=folder) as scratch:
         scratch_file = Path(scratch) / "model.onnx"
         excluded = quantize_unet(fp32_file, scratch_file, feeds, options)
         del feeds
         verification = compare_int8(fp32_file, scratch_file, check_feeds, thresholds)
-        if not verification.passed:
-            raise VerificationError(
-                f"unet (int8) differs from the fp32 U-Net: max abs error "
-                f"{verification.max_abs_error:.3g}, max rel error {verification.max_rel_error:.3g} "
-                f"on {len(check_feeds)} held-out feeds, above the int8 threshold "
-                f"(rel {thresholds.rel:g}); build fp32 instead"
-            )
+        refuse_above_gate("int8", verification, len(check_feeds), thresholds)
         model = onnx.load(str(scratch_file))
         nodes = len(model.graph.node)
         unet_folder = fp32_file.parent
@@ -259,15 +291,7 @@ def build_int8_unet(
             "op_types": "all others (normalisations, Softmax, activations, elementwise)",
             "nodes": excluded,
         },
-        "calibration": {
-            "prompts": len(options.prompts),
-            "steps": options.steps,
-            "size": options.size,
-            "guidance_scale": GUIDANCE,
-            "feeds": calibration_feeds,
-            "timesteps": timesteps,
-            "held_out_prompts": len(HELD_OUT_PROMPTS),
-        },
+        "calibration": calibration,
     }
     external = saved.external_data_file
     return dataclasses.replace(

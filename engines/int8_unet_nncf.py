@@ -23,20 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sdrt.engines.compare import Thresholds, measure, summarize
+from sdrt.engines.compare import Thresholds
 from sdrt.engines.int8_unet import (
-    GUIDANCE,
-    HELD_OUT_PROMPTS,
     INT8_THRESHOLDS,
-    REFERENCE,
     Int8Options,
+    calibration_record,
+    compare_with_fp32,
     held_out_feeds,
     kept_fp32_nodes,
     record_unet_feeds,
+    refuse_above_gate,
 )
 
-from sdrt.errors import InputError, VerificationError
-from sdrt.manifest import Component, OpenVinoGraph, VerificationCase, sha256_file
+from sdrt.errors import InputError
+from sdrt.manifest import Component, OpenVinoGraph, sha256_file
 
 METHOD = "nncf"
 IR_FILE = "openvino_model.xml"  # and openvino_model.bin beside it
@@ -78,23 +78,17 @@ def compare_ir(
     thresholds: Thresholds = INT8_THRESHOLDS,
 ):
     """The IR on OpenVINO (f32 for what is not int8) against ONNX Runtime's fp32 graph on
-    the same feeds: the noise prediction only, as the ONNX Runtime method checks."""
-    import onnxruntime as ort
+    the same feeds, as the ONNX Runtime method checks its graph."""
     import openvino as ov
 
-    reference = ort.InferenceSession(str(fp32_file), providers=["CPUExecutionProvider"])
-    name = reference.get_outputs()[0].name
     compiled = ov.Core().compile_model(str(ir_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    port = next(o for o in compiled.outputs if name in o.get_names())
-    cases = []
-    for feed in feeds:
-        want = {name: reference.run([name], dict(feed))[0]}
-        got = {name: request.infer(dict(feed))[port]}
-        max_abs, max_rel = measure(want, got, candidate_name="the NNCF int8 U-Net")
-        shapes = {k: tuple(int(d) for d in v.shape) for k, v in feed.items()}
-        cases.append(VerificationCase(shapes, max_abs, max_rel))
-    return summarize(REFERENCE, thresholds, cases)
+
+    def run(name: str, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        port = next(o for o in compiled.outputs if name in o.get_names())
+        return request.infer(dict(feed))[port]
+
+    return compare_with_fp32(fp32_file, run, feeds, thresholds, "the NNCF int8 U-Net")
 
 
 def build_nncf_unet(
@@ -110,8 +104,7 @@ def build_nncf_unet(
     fp32_file = folder / component.file
     feeds = record_unet_feeds(folder, options.prompts, options.steps, options.size)
     check_feeds = held_out_feeds(folder, options)
-    timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds}, reverse=True)
-    calibration_feeds = len(feeds)
+    calibration = calibration_record(options, feeds)
     keep_fp32 = kept_fp32_nodes(fp32_file, options.keep_fp32_patterns)
     model = quantize(fp32_file, feeds, keep_fp32)
     del feeds
@@ -123,12 +116,7 @@ def build_nncf_unet(
     if not verification.passed:
         ir_file.unlink(missing_ok=True)
         weights_file.unlink(missing_ok=True)
-        raise VerificationError(
-            f"unet (NNCF int8) differs from the fp32 U-Net: max abs error "
-            f"{verification.max_abs_error:.3g}, max rel error {verification.max_rel_error:.3g} "
-            f"on {len(check_feeds)} held-out feeds, above the int8 threshold "
-            f"(rel {thresholds.rel:g}); build fp32 instead"
-        )
+    refuse_above_gate("NNCF int8", verification, len(check_feeds), thresholds)
     record: dict[str, Any] = {
         "method": "nncf quantize (OpenVINO), mixed preset, transformer model type",
         "nncf_version": _version("nncf"),
@@ -138,15 +126,7 @@ def build_nncf_unet(
             "op_types": "NNCF's transformer model type: Softmax, normalisations, elementwise",
             "nodes": keep_fp32,
         },
-        "calibration": {
-            "prompts": len(options.prompts),
-            "steps": options.steps,
-            "size": options.size,
-            "guidance_scale": GUIDANCE,
-            "feeds": calibration_feeds,
-            "timesteps": timesteps,
-            "held_out_prompts": len(HELD_OUT_PROMPTS),
-        },
+        "calibration": calibration,
     }
     rel = component.file.rsplit("/", 1)[0]
     graph = OpenVinoGraph(

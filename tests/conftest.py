@@ -119,3 +119,20 @@ def tiny_built_deep_cache(tiny_source, tmp_path_factory):
 def tiny_built_fp16(tiny_source, tmp_path_factory):
     """`tiny_source` built to an fp16 sdrt model folder (made once per test session)."""
     return _build_tiny(tiny_source, tmp_path_factory, "tiny-built-fp16", precision="fp16")
+
+
+@pytest.fixture(scope="session")
+def tiny_built_all_modes(tiny_source, tmp_path_factory):
+    """`tiny_source` with an int8 U-Net, DeepCache branch 0 and a tiny VAE (once per session)."""
+    from sdrt.export.random_tiny_vae import init_random_tiny_vae
+
+    taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("taesd") / "taesd")
+    return _build_tiny(
+        tiny_source,
+        tmp_path_factory,
+        "tiny-all-modes",
+        precision="int8",
+        calibration_prompts=("a red fox in snow", "a bowl of fruit"),
+        deep_cache_branches=(0,),
+        tiny_vae=str(taesd),
+    )

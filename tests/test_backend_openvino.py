@@ -59,23 +59,6 @@ def both(tiny_built):
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_modes(tiny_source, tmp_path_factory):
-    """int8 U-Net, DeepCache branch 0 and a tiny VAE in one folder."""
-    from sdrt.export.random_tiny_vae import init_random_tiny_vae
-
-    taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("taesd") / "taesd")
-    return _build_tiny(
-        tiny_source,
-        tmp_path_factory,
-        "tiny-openvino-modes",
-        precision="int8",
-        calibration_prompts=("a red fox in snow", "a bowl of fruit"),
-        deep_cache_branches=(0,),
-        tiny_vae=str(taesd),
-    )
-
-
 def test_fp32_images_equal_ort_cpu(both):
     ort, openvino = both
     assert openvino.backend == "openvino"
@@ -117,11 +100,11 @@ def test_bf16_is_close_and_not_exact_where_the_cpu_has_it(tiny_built, both):
     assert psnr(fast, exact) >= BF16_IMAGE_MIN_PSNR
 
 
-def test_int8_deep_cache_and_tiny_vae_run_as_on_ort_cpu(tiny_modes, tiny_built_deep_cache):
+def test_int8_deep_cache_and_tiny_vae_run_as_on_ort_cpu(tiny_built_all_modes, tiny_built_deep_cache):
     """Each mode gives an image within the int8 gate's PSNR of exact fp32 (ort-cpu on the
     fp32 DeepCache folder), and the tiny VAE changes the image as it does on ort-cpu."""
-    ort = sdrt.Pipeline.load(tiny_modes, backend="ort-cpu")
-    openvino = sdrt.Pipeline.load(tiny_modes, backend="openvino")
+    ort = sdrt.Pipeline.load(tiny_built_all_modes, backend="ort-cpu")
+    openvino = sdrt.Pipeline.load(tiny_built_all_modes, backend="openvino")
     exact = sdrt.Pipeline.load(tiny_built_deep_cache, backend="ort-cpu")
     cached = {"deep_cache_interval": 3, "deep_cache_branch": 0}
     for options in ({}, cached):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE, _build_tiny
+from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
 from sdrt.engines.compare import psnr
 from test_build_int8 import INT8_IMAGE_MIN_PSNR, SIZE, _image
 
@@ -13,24 +13,8 @@ from sdrt.errors import InputError
 from sdrt.manifest import read_manifest
 
 
-@pytest.fixture(scope="module")
-def tiny_all_modes(tiny_source, tmp_path_factory):
-    from sdrt.export.random_tiny_vae import init_random_tiny_vae
-
-    taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("taesd") / "taesd")
-    return _build_tiny(
-        tiny_source,
-        tmp_path_factory,
-        "tiny-all-modes",
-        precision="int8",
-        calibration_prompts=("a red fox in snow", "a bowl of fruit"),
-        deep_cache_branches=(0,),
-        tiny_vae=str(taesd),
-    )
-
-
-def test_int8_deep_cache_and_tiny_vae_compose(tiny_all_modes, tiny_built_deep_cache):
-    manifest = read_manifest(tiny_all_modes)
+def test_int8_deep_cache_and_tiny_vae_compose(tiny_built_all_modes, tiny_built_deep_cache):
+    manifest = read_manifest(tiny_built_all_modes)
     assert manifest.components["unet"].precision == "int8"
     assert manifest.components["unet_shallow_0"].precision == "fp32"
     assert manifest.deep_cache.branch_ids == (0,)
@@ -39,10 +23,10 @@ def test_int8_deep_cache_and_tiny_vae_compose(tiny_all_modes, tiny_built_deep_ca
     latents = latents.astype(np.float32)
     cached = {"deep_cache_interval": 3, "deep_cache_branch": 0}
     fp32 = _image(tiny_built_deep_cache, latents, **cached)
-    int8 = _image(tiny_all_modes, latents, **cached)
+    int8 = _image(tiny_built_all_modes, latents, **cached)
     assert np.abs(int8 - fp32).max() > 0
     assert psnr(int8, fp32) >= INT8_IMAGE_MIN_PSNR
-    tiny = _image(tiny_all_modes, latents, vae="tiny", **cached)
+    tiny = _image(tiny_built_all_modes, latents, vae="tiny", **cached)
     assert np.abs(tiny - int8).max() > 0.05  # the tiny decoder ran
 
 
