@@ -84,9 +84,10 @@ def compare_ir(
     compiled = ov.Core().compile_model(str(ir_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
 
+    ports = {n: o for o in compiled.outputs for n in o.get_names()}
+
     def run(name: str, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        port = next(o for o in compiled.outputs if name in o.get_names())
-        return request.infer(dict(feed))[port]
+        return request.infer(dict(feed))[ports[name]]
 
     return compare_with_fp32(fp32_file, run, feeds, thresholds, "the NNCF int8 U-Net")
 

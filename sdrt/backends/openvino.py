@@ -102,8 +102,7 @@ class OpenVinoSession:
             self._compiled = core.compile_model(str(source), DEVICE, options.compile_config())
         except RuntimeError as e:
             raise ModelFolderError(
-                f"{folder}: OpenVINO {ov.get_version()} cannot compile {graph}: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"
+                f"{folder}: OpenVINO {ov.get_version()} cannot compile {graph}: {_first_line(e)}"
             ) from None
         # a port may carry several names (the ONNX output and the tensor feeding it)
         self._ports = {name: o for o in self._compiled.outputs for name in o.get_names()}
@@ -128,10 +127,17 @@ class OpenVinoSession:
             result = self._request().infer(arrays)
         except RuntimeError as e:
             shapes = {k: list(v.shape) for k, v in arrays.items()}
-            first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-            raise SdrtError(f"{self.name}: OpenVINO failed on inputs {shapes}: {first}") from None
+            raise SdrtError(
+                f"{self.name}: OpenVINO failed on inputs {shapes}: {_first_line(e)}"
+            ) from None
         # infer() returns copies, so a later call on this thread cannot overwrite them
         return {spec.name: result[self._ports[spec.name]] for spec in self.outputs}
+
+
+def _first_line(error: Exception) -> str:
+    """OpenVINO's errors run to many lines of C++ locations; the first says what failed."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
 
 
 def _has_openvino() -> bool:
