@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import shutil
 import struct
 import subprocess
 import sys
@@ -141,12 +142,36 @@ def pack_ort(out: Path, wheel: Path | None = None) -> Path:
     return target
 
 
+def build_wheel(project: Path, dest: Path) -> Path:
+    """This project's wheel in ``dest``, built as a user's ``pip wheel`` builds it.
+
+    tests/test_wheel.py installs this same wheel into a bare venv and runs it, so what the
+    GPU machine gets is what CI checked.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        # From a copy of what git would commit: setuptools zips its build/lib folder, so a
+        # build in the checkout would also ship files a former build left there.
+        source = Path(scratch) / "source"
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=project, capture_output=True, check=True,
+        ).stdout.decode()  # fmt: skip
+        for name in filter(None, listed.split("\0")):
+            if (project / name).is_file():  # not a file deleted but not yet committed
+                (source / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(project / name, source / name)
+        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(source))
+    (wheel,) = dest.glob("sdrt-*.whl")  # one version at a time in dest
+    return wheel
+
+
 def pack_wheels(out: Path, project: Path) -> Path:
     """``out/wheels/``: the small wheels the GPU check needs, and this project's."""
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     _pip("download", "--no-deps", "--only-binary=:all:", "--dest", str(wheels), *SMALL_WHEELS)
-    _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(project))
+    build_wheel(project, wheels)
     size = sum(p.stat().st_size for p in wheels.iterdir())
     print(f"{wheels}: {size / 2**20:.1f} MiB")
     return wheels
