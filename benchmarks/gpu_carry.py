@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import re
 import shutil
 import struct
 import subprocess
@@ -161,7 +162,20 @@ def build_wheel(project: Path, dest: Path) -> Path:
             if (project / name).is_file():  # not a file deleted but not yet committed
                 (source / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(project / name, source / name)
-        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(source))
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--verbose", "--no-deps", "--wheel-dir",
+             str(dest), str(source)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    if built.returncode != 0:
+        raise SystemExit(f"pip wheel failed:\n{built.stdout[-4000:]}{built.stderr[-4000:]}")
+    # setuptools ships a folder of files that no package claims, but only with a warning
+    # that a later setuptools will not: a data folder must be in setup.py's DATA_PACKAGES.
+    absent = sorted(
+        set(re.findall(r"Package '([\w.]+)' is absent from the", built.stdout + built.stderr))
+    )
+    if absent:
+        raise SystemExit(f"the wheel ships folders its packages do not claim: {absent}")
     (wheel,) = dest.glob("sdrt-*.whl")  # one version at a time in dest
     return wheel
 
