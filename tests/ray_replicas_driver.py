@@ -26,7 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_helpers import HOST, call, decode_png, free_port, generate  # noqa: E402
 
-REQUESTS = 12
+REPLICAS = 2
+REQUESTS = 12  # at least, from CONCURRENCY clients; more rounds until both replicas answer
+MAX_REQUESTS = 36
 CONCURRENCY = 4
 READY_TIMEOUT = 180.0  # s: Ray's start and two replicas' load + warm-up on 2 busy cores
 DRAIN_DELAY = 1.0  # s after SIGTERM: every replica has seen the drain signal by then
@@ -36,22 +38,46 @@ LONG_TIMEOUT = 150.0  # s
 SETTINGS = {"size": "64x64", "num_inference_steps": 4, "scheduler": "euler"}
 
 
-def _ready(port) -> bool:
+def _replica_of_readyz(port) -> str | None:
     try:
-        return call(port, "GET", "/readyz", timeout=5).status == 200
+        reply = call(port, "GET", "/readyz", timeout=5)
     except OSError:
-        return False
+        return None
+    return reply.headers.get("x-sdrt-replica") if reply.status == 200 else None
 
 
 def _wait_ready(process, port) -> float:
-    began = time.monotonic()
+    """Until /readyz through the proxy has been answered by both replicas: both are up and
+    the proxy's router knows both (Serve can report a deployment running before the proxy
+    has heard of its second replica; then every request goes to the first)."""
+    began, seen = time.monotonic(), set()
     while time.monotonic() - began < READY_TIMEOUT:
         if process.poll() is not None:
             raise SystemExit(f"sdrt serve exited with {process.returncode} before it was ready")
-        if _ready(port):
-            return time.monotonic() - began
-        time.sleep(0.5)
-    raise SystemExit(f"sdrt serve --replicas 2 was not ready within {READY_TIMEOUT} s")
+        replica = _replica_of_readyz(port)
+        if replica is not None:
+            seen.add(replica)
+            if len(seen) == REPLICAS:
+                return time.monotonic() - began
+        time.sleep(0.1)
+    raise SystemExit(
+        f"sdrt serve --replicas {REPLICAS}: {len(seen)} replicas ready within {READY_TIMEOUT} s"
+    )
+
+
+def _generate_until_both_answer(ask) -> list:
+    """(seed, reply) of REQUESTS requests from CONCURRENCY clients, then more rounds of
+    CONCURRENCY until both replicas have answered one (at most MAX_REQUESTS): on a loaded
+    machine one replica can be quick enough to take a whole round."""
+    seeds, sent = iter(range(300, 300 + MAX_REQUESTS)), []
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        while len(sent) < MAX_REQUESTS:
+            round_seeds = [next(seeds) for _ in range(CONCURRENCY)]
+            sent += zip(round_seeds, pool.map(ask, round_seeds), strict=True)
+            replicas = {reply.headers.get("x-sdrt-replica") for _, reply in sent}
+            if len(sent) >= REQUESTS and len(replicas - {None}) == REPLICAS:
+                break
+    return sent
 
 
 def _start(folder: str, log) -> tuple[subprocess.Popen, int]:
@@ -59,7 +85,8 @@ def _start(folder: str, log) -> tuple[subprocess.Popen, int]:
     nobody reads while it runs)."""
     port = free_port()
     command = [sys.executable, "-m", "sdrt", "serve", folder, "--host", HOST, "--port", str(port)]
-    command += ["--replicas", "2", "--max-queue", "4", "--grace", "150"]
+    command += ["--replicas", str(REPLICAS), "--max-queue", "4", "--grace", "150"]
+    command += ["--expose-replica-id"]  # the test judges which replica answered
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), port
 
@@ -121,16 +148,14 @@ def main(folder: str, result_file: str) -> None:
     result: dict = {}
     try:
         result["ready_seconds"] = _wait_ready(process, port)
-        seeds = list(range(300, 300 + REQUESTS))
 
         def ask(seed):
             return generate(port, {"prompt": f"fox {seed}", "seed": seed, **SETTINGS}, timeout=120)
 
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            replies = list(pool.map(ask, seeds))
+        sent = _generate_until_both_answer(ask)
         pipe = sdrt.Pipeline.load(folder)
         answers = []
-        for seed, reply in zip(seeds, replies, strict=True):
+        for seed, reply in sent:
             answer = {
                 "seed": seed,
                 "status": reply.status,

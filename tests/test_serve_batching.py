@@ -1,7 +1,8 @@
 """`sdrt serve --max-batch N` (sdrt/service/batching.py) against a real uvicorn server on
 loopback, on the tiny model: concurrent compatible requests run as one call, and each still
 gets the pixels the Pipeline makes for it alone (an ancestral scheduler too); incompatible
-ones run apart. Bounded in time and requests."""
+ones run apart. Which requests share a call is made certain, not left to their timing: a
+"blocker" request holds the only worker until every request of the test is queued."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serve_helpers import ThreadServer, decode_png, generate  # noqa: E402
+from serve_helpers import ThreadServer, decode_png, generate, wait_for  # noqa: E402
 
 from sdrt.noise import SeedNoise  # noqa: E402
 from sdrt.service.batching import BatchNoise  # noqa: E402
 from sdrt.service.config import ServeConfig  # noqa: E402
 from sdrt.service.state import ServiceState  # noqa: E402
 
-WAIT_MS = 3000  # for the concurrent requests of a test to arrive, on a busy machine too
+BLOCKER = {"prompt": "blocker", "seed": 0, "size": "64x64", "num_inference_steps": 2}
+BLOCKER["scheduler"] = "euler"  # its step count batches it with none of the tests' requests
+WAIT = 120.0  # s: a bound on every wait, never reached when the code is right
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,23 @@ def pipe(tiny_built):
 
 
 @pytest.fixture
-def calls(pipe, monkeypatch):
-    """The number of images of every Pipeline.generate call."""
+def release(pipe, monkeypatch):
+    """Set it to let the blocker request run (it waits for this before its generation)."""
+    event, original = threading.Event(), pipe.generate
+
+    def held(request, **keywords):
+        if request.prompts[0] == BLOCKER["prompt"]:
+            event.wait(WAIT)
+        return original(request, **keywords)
+
+    monkeypatch.setattr(pipe, "generate", held)
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def calls(pipe, monkeypatch, release):
+    """The number of images of every Pipeline.generate call, in order."""
     sizes, original, lock = [], pipe.generate, threading.Lock()
 
     def counting(request, **keywords):
@@ -47,7 +65,8 @@ def calls(pipe, monkeypatch):
 
 @pytest.fixture
 def server(tiny_built, pipe):
-    config = ServeConfig(folder=tiny_built, max_batch=4, batch_wait_ms=WAIT_MS, max_queue=8)
+    # no batch wait: the requests are all queued already when the worker gathers them
+    config = ServeConfig(folder=tiny_built, max_batch=4, batch_wait_ms=0, max_queue=8)
     with ThreadServer(ServiceState(config, loader=lambda c: pipe)) as s:
         yield s.wait_ready()
 
@@ -67,24 +86,35 @@ def _alone(pipe, body):
     return [np.asarray(i) for i in images]
 
 
-def _send_together(port, bodies):
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        return list(pool.map(lambda b: generate(port, b, timeout=120), bodies))
+def _send_queued(server, release, bodies):
+    """The blocker, then ``bodies`` at once once it holds the worker; the blocker is
+    released when all of them wait in the queue. Their replies (not the blocker's)."""
+    admission = server.state.admission
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        blocker = pool.submit(generate, server.port, BLOCKER, timeout=WAIT)
+        wait_for(lambda: admission.in_flight == 1, timeout=WAIT)
+        replies = [pool.submit(generate, server.port, b, timeout=WAIT) for b in bodies]
+        wait_for(lambda: admission.depth == len(bodies), timeout=WAIT)
+        release.set()
+        assert blocker.result(timeout=WAIT).status == 200
+        return [reply.result(timeout=WAIT) for reply in replies]
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "euler_a"])
-def test_concurrent_requests_share_a_call_and_keep_their_own_pixels(server, pipe, calls, scheduler):
+def test_concurrent_requests_share_a_call_and_keep_their_own_pixels(
+    server, pipe, calls, release, scheduler
+):
     common = {"size": "64x64", "num_inference_steps": 4, "scheduler": scheduler}
     bodies = [
-        {"prompt": "a red fox", "seed": 1, **common},
+        # each its own negative prompt (a request without one batches only with its like)
+        {"prompt": "a red fox", "seed": 1, "negative_prompt": "", **common},
         {"prompt": "a blue cat", "seed": 2, "negative_prompt": "blur", **common},
-        {"prompt": "a green owl", "seed": 3, "n": 2, **common},
+        {"prompt": "a green owl", "seed": 3, "n": 2, "negative_prompt": "dark", **common},
     ]
     calls.clear()  # the warm-up is not counted
-    replies = _send_together(server.port, bodies)
+    replies = _send_queued(server, release, bodies)
     assert [r.status for r in replies] == [200, 200, 200], [r.body[:200] for r in replies]
-    # 1 + 1 + 2 images: one call when all arrive within the wait; at least two share one
-    assert sum(calls) == 4 and len(calls) < 3, calls
+    assert calls == [1, 4], calls  # the blocker, then 1 + 1 + 2 images in one call
     for body, reply in zip(bodies, replies, strict=True):
         got = [decode_png(d["b64_json"]) for d in reply.json()["data"]]
         want = _alone(pipe, body)
@@ -93,7 +123,7 @@ def test_concurrent_requests_share_a_call_and_keep_their_own_pixels(server, pipe
             assert np.array_equal(g, w)
 
 
-def test_incompatible_requests_run_apart(server, pipe, calls):
+def test_incompatible_requests_run_apart(server, pipe, calls, release):
     bodies = [
         {"prompt": "four steps", "seed": 5, "size": "64x64", "num_inference_steps": 4},
         {"prompt": "three steps", "seed": 6, "size": "64x64", "num_inference_steps": 3},
@@ -101,9 +131,9 @@ def test_incompatible_requests_run_apart(server, pipe, calls):
     for body in bodies:
         body["scheduler"] = "euler"
     calls.clear()
-    replies = _send_together(server.port, bodies)
+    replies = _send_queued(server, release, bodies)
     assert [r.status for r in replies] == [200, 200]
-    assert sorted(calls) == [1, 1], calls
+    assert calls == [1, 1, 1], calls  # the blocker, then each alone
     for body, reply in zip(bodies, replies, strict=True):
         assert np.array_equal(
             decode_png(reply.json()["data"][0]["b64_json"]), _alone(pipe, body)[0]

@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("ray.serve")
 
 DRIVER = Path(__file__).parent / "ray_replicas_driver.py"
-DRIVER_TIMEOUT = 500  # s: Ray's start, two replicas, 13 requests, a drain of up to 150 s
+DRIVER_TIMEOUT = 500  # s: Ray's start, two replicas, 12-36 requests, a drain of up to 150 s
 PRIVATE = [sys.executable, "-m", "sdrt.benchmarks.private_network", "--"]
 
 
@@ -57,6 +57,7 @@ def test_two_ray_replicas_serve_the_pipeline_s_images_and_drain_on_sigterm(
     assert run.returncode == 0, run.stderr[-3000:] + log
 
     answers = result["answers"]
+    assert len(answers) >= 12, answers
     assert [a["status"] for a in answers] == [200] * len(answers), answers
     # Every image is the one the Pipeline makes for its seed, whichever replica made it.
     assert all(a["max_abs_diff"] == 0 for a in answers), answers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from sdrt.backends.registry import BACKENDS
@@ -67,11 +68,27 @@ def _add_admission_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds a request may take from arrival; then 504 and its work stops (default: none)",
     )
-    parser.add_argument(
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument(
         "--api-key",
         default=None,
         metavar="KEY",
-        help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_VARIABLE}, else none)",
+        help="require 'Authorization: Bearer KEY' on /v1/* (shows in the process list: "
+        f"prefer --api-key-file or ${API_KEY_VARIABLE}; default: ${API_KEY_VARIABLE}, else none)",
+    )
+    key.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read the API key from a file (its first line)",
+    )
+    parser.add_argument(
+        "--expose-replica-id",
+        action="store_true",
+        help="name the replica (host name and process id, or Ray's replica tag) in /readyz "
+        "and an x-sdrt-replica header on every answer (default: off, it tells clients "
+        "about the deployment)",
     )
     parser.add_argument(
         "--grace",
@@ -118,9 +135,10 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from sdrt.service.config import Limits, ServeConfig
+    from sdrt.service.listen import check_port
 
+    check_port(args.port)
     for option, value, minimum in (
-        ("--port", args.port, 0),
         ("--workers", args.workers, 1),
         ("--max-batch", args.max_batch, 1),
         ("--max-queue", args.max_queue, 0),
@@ -147,12 +165,46 @@ def config_from_args(args: argparse.Namespace):
         batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue,
         timeout=args.timeout,
-        api_key=args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+        api_key=api_key(args),
         grace=args.grace,
         warmup=not args.no_warmup,
         replicas=args.replicas,
+        expose_replica=args.expose_replica_id,
         limits=limits,
     )
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file or $SDRT_API_KEY (in that order); None when
+    none is given. An empty one is an error, never "no authentication": `--api-key "$KEY"`
+    with KEY unset must not start an open server."""
+    if args.api_key is not None:
+        source, key = "--api-key", args.api_key
+    elif args.api_key_file is not None:
+        source, key = "--api-key-file", _read_key_file(args.api_key_file)
+    elif API_KEY_VARIABLE in os.environ:
+        source, key = f"${API_KEY_VARIABLE}", os.environ[API_KEY_VARIABLE]
+    else:
+        return None
+    key = key.strip()
+    if not key:
+        raise InputError(
+            f"{source}: expected a non-empty API key, got an empty one (is the variable or "
+            "file it comes from set?)"
+        )
+    return key
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"--api-key-file: expected a readable UTF-8 text file, got {str(path)!r} "
+            f"({getattr(e, 'strerror', None) or e})"
+        ) from None
+    lines = text.splitlines()
+    return lines[0] if lines else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,13 +212,21 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: F401
 
     from sdrt.manifest import read_manifest
+    from sdrt.service.listen import address, bind, exposure_warning
 
     config = config_from_args(args)
     read_manifest(config.folder)  # a folder that is not a model folder fails now, exit 2
+    # Host and port are checked by binding them, before anything loads (exit 2 on failure).
+    sock = bind(config.host, config.port)
+    warning = exposure_warning(sock.getsockname()[0], config.api_key)
+    if warning is not None:
+        print(f"sdrt serve: {warning}", file=sys.stderr)
     if config.replicas:
         from sdrt.service.ray_app import serve_replicas
 
+        sock.close()  # Ray's proxy binds the port itself
         return serve_replicas(config)
     from sdrt.service.server import serve
 
-    return serve(config)
+    print(f"sdrt serve: listening on {address(sock)}", file=sys.stderr, flush=True)
+    return serve(config, sock=sock)

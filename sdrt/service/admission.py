@@ -1,7 +1,7 @@
 """Admission: a bounded queue in front of a small pool of worker threads.
 
-A job is anything with ``run()`` (called on a worker) and ``cancelled`` (a
-threading.Event; a job cancelled while it waits is dropped without running). ``submit``
+A job is anything with ``run()`` (called on a worker), ``cancelled`` (a threading.Event;
+a job cancelled while it waits is dropped without running) and ``cancel(reason)``. ``submit``
 never blocks: when ``max_queue`` jobs already wait it raises QueueFull with how many
 seconds to wait before trying again, estimated from the recent jobs' durations.
 """
@@ -31,7 +31,7 @@ class Admission:
         # sdrt/service/batching.py's Batcher, or None: every job runs alone.
         self.batcher = batcher
         self._waiting: deque = deque()
-        self._running = 0
+        self._running: list = []  # the jobs on a worker now (a batch's each)
         self._cond = threading.Condition()
         self._durations: deque[float] = deque(maxlen=32)
         self._threads: list[threading.Thread] = []
@@ -44,7 +44,7 @@ class Admission:
     @property
     def in_flight(self) -> int:
         """Jobs running on a worker."""
-        return self._running
+        return len(self._running)
 
     def start(self) -> None:
         for i in range(self.workers):
@@ -70,6 +70,17 @@ class Admission:
                 self._cond.wait(left)
         return True
 
+    def cancel_all(self, reason: str) -> int:
+        """Cancel every waiting and running job, for a shutdown: the waiting ones leave the
+        queue, the running ones stop at their next step. How many were cancelled."""
+        with self._cond:
+            jobs = [*self._waiting, *self._running]
+            self._waiting.clear()
+            self._cond.notify_all()
+        for job in jobs:
+            job.cancel(reason)
+        return len(jobs)
+
     def _retry_after(self) -> int:
         """Seconds until a queue place is likely free (the next job a worker starts frees
         one): a recent job's mean duration shared by the workers, at least 1."""
@@ -85,9 +96,9 @@ class Admission:
                 if job.cancelled.is_set():
                     self._cond.notify_all()
                     continue
-                self._running += 1
+                self._running.append(job)  # running while it gathers: wait_idle sees it
                 jobs = self._gather(job)
-                self._running += len(jobs) - 1
+                self._running.extend(jobs[1:])
             start = time.monotonic()
             try:
                 (jobs[0] if self.batcher is None else self.batcher.combine(jobs)).run()
@@ -95,7 +106,8 @@ class Admission:
                 log.exception("a job failed outside its own error handling")
             finally:
                 with self._cond:
-                    self._running -= len(jobs)
+                    for done in jobs:
+                        self._running.remove(done)
                     self._durations.append(time.monotonic() - start)
                     self._cond.notify_all()
 

@@ -43,6 +43,9 @@ from sdrt.service.uploads import as_image, as_mask, read_upload
 
 REPLICA_HEADER = "x-sdrt-replica"
 MAX_FORM_FIELDS = 20
+# Far more than any request needs (its values are numbers and strings), far less than the
+# recursion limit that deeper JSON would reach in the parser or in repr() (a 500).
+MAX_JSON_DEPTH = 32
 
 
 def create_app(state: ServiceState) -> FastAPI:
@@ -61,7 +64,8 @@ def create_app(state: ServiceState) -> FastAPI:
         limit=lambda path: _body_limit(state, path),
         rejected=state.metrics.rejections.labels("too_large").inc,
     )
-    app.add_middleware(ReplicaHeader, name=REPLICA_HEADER, value=lambda: state.replica)
+    if state.config.expose_replica:  # opt-in: it names the host and process
+        app.add_middleware(ReplicaHeader, name=REPLICA_HEADER, value=lambda: state.replica)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app
 
@@ -82,9 +86,10 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
     async def readyz():
         if state.phase != READY:
             state.check_accepting()
+        replica = {"replica": state.replica} if state.config.expose_replica else {}
         return {
             "status": "ready",
-            "replica": state.replica,
+            **replica,
             "load_seconds": state.load_seconds,
             "warmup_seconds": state.warmup_seconds,
         }
@@ -129,11 +134,38 @@ async def _read_json(request: Request):
         )
     data = await request.body()
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad_request(
             f"body: expected a JSON object, could not parse it ({e})", "body"
         ) from None
+    except RecursionError:  # the parser's own limit, about 1000 levels
+        raise _too_deep() from None
+    if _nested_deeper(body, MAX_JSON_DEPTH):
+        raise _too_deep()
+    return body
+
+
+def _too_deep() -> ApiError:
+    return bad_request(
+        f"body: expected JSON nested at most {MAX_JSON_DEPTH} levels deep, got deeper", "body"
+    )
+
+
+def _nested_deeper(value, depth: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``depth`` levels (iterative: a
+    deep value must not exhaust the stack here either)."""
+    level = [value]
+    for _ in range(depth + 1):
+        level = [
+            item
+            for container in level
+            if isinstance(container, (list, dict))
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+        if not level:
+            return False
+    return True
 
 
 async def _read_edit(request: Request, state: ServiceState):

@@ -36,4 +36,7 @@ class ServeConfig:
     grace: float = 30.0  # seconds SIGTERM waits for queued and in-flight work
     warmup: bool = True  # one tiny generation at load, so the first image is fast
     replicas: int = 0  # 0: one process (uvicorn); N >= 1: N Ray Serve replicas
+    # Name the replica (host name and pid, or Ray's tag) in /readyz and a response header:
+    # off by default, as it tells any client about the deployment.
+    expose_replica: bool = False
     limits: Limits = field(default_factory=Limits)

@@ -25,6 +25,7 @@ class Event:
     kind: str  # "progress", "done", "cancelled", "error"
     progress: Any = None  # sdrt.pipeline.Progress ("progress", "done")
     error: BaseException | None = None  # ("error")
+    reason: str | None = None  # why ("cancelled"): "timeout", "disconnect", "shutdown"
 
 
 class GenerationJob:
@@ -39,9 +40,12 @@ class GenerationJob:
         self.started = threading.Event()
 
     def cancel(self, reason: str) -> None:
+        """Stop the job: the request is answered now (a "cancelled" event), and a running
+        generation stops at its next step, a waiting one never starts."""
         if not self.cancelled.is_set():
             self.cancel_reason = reason
             self.cancelled.set()
+            self._emit(Event("cancelled", reason=reason))
 
     def run(self) -> None:
         """On a worker: the whole generation, step by step, unless cancelled."""

@@ -5,7 +5,7 @@
 - ``sdrt_stage_seconds{stage}``: each pipeline stage, from the stage hook (histogram)
 - ``sdrt_images_total``: images returned
 - ``sdrt_rejections_total{reason}``: queue_full, loading, draining, too_large, unauthorized
-- ``sdrt_cancellations_total{reason}``: timeout, disconnect (work stopped between steps)
+- ``sdrt_cancellations_total{reason}``: timeout, disconnect, shutdown (work stopped between steps)
 - ``sdrt_queue_depth``, ``sdrt_in_flight``: waiting and running generations (gauges)
 - ``sdrt_ready``, ``sdrt_load_seconds``, ``sdrt_warmup_seconds``: readiness and cold start
 """

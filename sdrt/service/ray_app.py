@@ -1,7 +1,7 @@
 """``sdrt serve FOLDER --replicas N``: the same app as a Ray Serve deployment (the ``ray``
 extra): N replicas, each a process with its own Pipeline, ServiceState and metrics,
-behind Ray's HTTP proxy on ``--host``/``--port``. Every answer names its replica in the
-``x-sdrt-replica`` header (Ray's replica tag).
+behind Ray's HTTP proxy on ``--host``/``--port``. With ``--expose-replica-id`` every answer
+names its replica in the ``x-sdrt-replica`` header (Ray's replica tag).
 
 A replica loads and warms up in its constructor, so Ray routes to it only once its first
 image will be fast. ``max_ongoing_requests`` lets a replica hold more than its own queue,
@@ -12,7 +12,8 @@ besides.
 SIGTERM drains as the one-process server does: a small named actor (DrainSignal) tells every
 replica to stop accepting (their /readyz and new generations answer 503 through the proxy,
 which stays up), each reports when what it held has finished, and only then, or after
-``--grace`` seconds, ``serve.shutdown()`` stops the proxy and the replicas. (Shutting Serve
+``--grace`` seconds (when each replica cancels what is left, answered 503),
+``serve.shutdown()`` stops the proxy and the replicas. (Shutting Serve
 down at once would close the proxy's connections mid-generation.)
 
 Note: Ray itself (its GCS, raylet, workers) listens on the node's address and on ports of
@@ -71,7 +72,7 @@ def _follow_drain_signal(state, replica: str) -> None:
     while not ray.get(drain.is_set.remote()):
         time.sleep(DRAIN_POLL_SECONDS)
     state.drain()
-    state.admission.wait_idle(state.config.grace)
+    state.finish(state.config.grace)
     ray.get(drain.report_idle.remote(replica))
 
 
@@ -143,9 +144,12 @@ def _drain_replicas(drain, config: ServeConfig) -> None:
 
     log.info("draining: waiting up to %g s for queued and in-flight generations", config.grace)
     ray.get(drain.start.remote())
-    deadline = time.monotonic() + config.grace
+    from sdrt.service.state import STOP_SECONDS
+
+    # the replicas' grace, then the time they have to stop and answer what they cancelled
+    deadline = time.monotonic() + config.grace + STOP_SECONDS
     while ray.get(drain.idle_count.remote()) < config.replicas:
         if time.monotonic() >= deadline:
-            log.warning("grace period of %g s passed with generations still running", config.grace)
+            log.warning("replicas still busy %g s after the grace period", STOP_SECONDS)
             return
         time.sleep(DRAIN_POLL_SECONDS)

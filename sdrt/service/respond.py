@@ -70,7 +70,7 @@ async def _complete(state, request, job: GenerationJob, generation, deadline):
         _cancel(state, job, "timeout")
         raise _timeout(state)
     if event.kind != "done":
-        raise _failure(event)
+        raise _failure(state, event)
     images = event.progress.result.images
     encoded = await asyncio.to_thread(encode_images, state.pipe, generation, images)
     state.metrics.images.inc(len(encoded))
@@ -94,7 +94,7 @@ async def _stream(state, job: GenerationJob, generation, deadline):
                 continue
             finished = True
             if event.kind != "done":
-                yield _sse("error", {"type": "error", **_failure(event).body()})
+                yield _sse("error", {"type": "error", **_failure(state, event).body()})
                 return
             for chunk in await _completed(state, generation, event):
                 yield chunk
@@ -168,8 +168,15 @@ def _timeout(state) -> ApiError:
     )
 
 
-def _failure(event: Event) -> ApiError:
+def _failure(state, event: Event) -> ApiError:
     if event.kind == "error" and isinstance(event.error, InputError):
         return bad_request(str(event.error))
+    if event.kind == "cancelled" and event.reason == "shutdown":
+        return ApiError(
+            503,
+            "this server is shutting down and stopped the generation when its grace period "
+            f"of {state.config.grace:g} s ran out; try again on another replica",
+            "draining",
+        )
     detail = "cancelled" if event.error is None else f"{type(event.error).__name__}: {event.error}"
     return ApiError(500, f"the generation failed: {detail}", "generation_failed")

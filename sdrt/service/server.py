@@ -1,15 +1,16 @@
 """``sdrt serve`` in one process: uvicorn on the app, with a drain on SIGTERM.
 
 SIGTERM (or a first Ctrl-C): /readyz and new generations answer 503 at once, queued and
-in-flight generations finish (at most ``grace`` seconds), then uvicorn closes its
-connections and the process exits 0 (130 after Ctrl-C, as the CLI's other commands). A
-second signal exits at once.
+in-flight generations finish (at most ``grace`` seconds; what is left then is cancelled and
+answered 503), then uvicorn closes its connections and the process exits 0 (130 after
+Ctrl-C, as the CLI's other commands). A second signal exits at once.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 
 import uvicorn
@@ -26,6 +27,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self._draining = False
+        self.drain_thread: threading.Thread | None = None
 
     def handle_exit(self, sig, frame) -> None:
         if sig == signal.SIGINT:
@@ -35,18 +37,23 @@ class DrainingServer(uvicorn.Server):
             return
         self._draining = True
         self.state.drain()
-        threading.Thread(target=self._drain, name="sdrt-drain", daemon=True).start()
+        self.drain_thread = threading.Thread(target=self._drain, name="sdrt-drain", daemon=True)
+        self.drain_thread.start()
 
     def _drain(self) -> None:
         grace = self.state.config.grace
         log.info("draining: waiting up to %g s for queued and in-flight generations", grace)
-        if not self.state.admission.wait_idle(grace):
-            log.warning("grace period of %g s passed with generations still running", grace)
+        self.state.finish(grace)
+        # uvicorn stops only now: its own graceful shutdown waits for open connections, not
+        # for jobs on the workers (a client gone, a response streamed)
         self.should_exit = True
 
 
-def serve(config: ServeConfig, state: ServiceState | None = None) -> int:
-    """Serve until SIGTERM; 0 after a drain, 2 if the model failed to load."""
+def serve(
+    config: ServeConfig, state: ServiceState | None = None, sock: socket.socket | None = None
+) -> int:
+    """Serve until SIGTERM on ``sock`` (bound by sdrt/service/listen.py) or else on
+    config.host/port; 0 after a drain, 2 if the model failed to load."""
     _log_to_stderr()
     state = state or ServiceState(config)
     server = DrainingServer(
@@ -66,7 +73,7 @@ def serve(config: ServeConfig, state: ServiceState | None = None) -> int:
         server.should_exit = True
 
     state.on_failure = on_failure
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     return 2 if failed else 0
 
 

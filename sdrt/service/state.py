@@ -23,6 +23,10 @@ log = logging.getLogger("sdrt.service")
 
 LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
 WARMUP_PROMPT = "warm-up"
+# After the grace period, how long the workers get to stop what was cancelled (at its next
+# step, or after the VAE decode it is in): the process must not exit while native code runs
+# on one of them, or it aborts ("terminate called without an active exception", 134).
+STOP_SECONDS = 60.0
 WARMUP_STEPS = 1
 
 
@@ -91,6 +95,19 @@ class ServiceState:
         """Stop accepting: /readyz and new generations answer 503 from now on."""
         self.phase = DRAINING
         self.metrics.ready.set(0)
+
+    def finish(self, grace: float) -> bool:
+        """After ``drain``: wait up to ``grace`` seconds for the queued and running
+        generations; then cancel what is left (each request is answered 503) and wait for
+        the workers to stop it. True when everything finished within the grace period."""
+        if self.admission.wait_idle(grace):
+            return True
+        stopped = self.admission.cancel_all("shutdown")
+        self.metrics.cancellations.labels("shutdown").inc(stopped)
+        log.warning("grace period of %g s passed: stopped %d generations", grace, stopped)
+        if not self.admission.wait_idle(STOP_SECONDS):
+            log.warning("a generation did not stop within %g s of being cancelled", STOP_SECONDS)
+        return False
 
     def check_accepting(self) -> None:
         if self.phase == READY:

@@ -47,7 +47,13 @@ def decode_image(data: bytes, name: str, limits: Limits) -> Image.Image:
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise too_large(f"{name}: the image is too large to decode", param=name) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError:  # its message names a BytesIO object and its address
+        raise bad_request(
+            f"{name}: expected a PNG, JPEG or WebP image, got data in no image format this "
+            "server reads",
+            param=name,
+        ) from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise bad_request(
             f"{name}: expected a PNG, JPEG or WebP image, could not read it ({e})", param=name
         ) from None
