@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
     import transformers
+    from sdrt.engines.onnx_files import EXTERNAL_DATA_FILE, save_graph
     from sdrt.export.architectures import CLIP_VIT_L_TEXT
     from sdrt.export.components import ShapeCase, TextEncoderExport
-    from sdrt.export.onnx import EXTERNAL_DATA_FILE, cleanup_graph, export_graph, save_graph
+    from sdrt.export.onnx import cleanup_graph, export_graph
     from sdrt.export.token_embedding_input import promote_token_embedding
 
     from sdrt.adapters.textual_inversion import TOKEN_EMBEDDING_INPUT, enlarged_table

@@ -260,7 +260,7 @@ def build_int8_unet(
     the caller. Raises VerificationError when the int8 graph is above INT8_THRESHOLDS.
     """
     import onnx
-    from sdrt.export.onnx import save_graph
+    from sdrt.engines.onnx_files import save_graph
 
     fp32_file = folder / component.file
     feeds = record_unet_feeds(folder, options.prompts, options.steps, options.size)
