@@ -168,7 +168,7 @@ def _report(args, pipe, intervals, calls, samples, images) -> dict:
     exact_e2e = statistics.median(samples[EXACT]["end_to_end_s"])
     exact_unet = statistics.median(samples[EXACT]["unet_s"])
     rows = {}
-    timesteps = pipe._plan(pipe.request(PROMPT, **_plan_settings(args)))[1].timesteps
+    timesteps = pipe.plan(pipe.request(PROMPT, **_plan_settings(args)))[1].timesteps
     for name in calls:
         s = samples[name]
         e2e = statistics.median(s["end_to_end_s"])

@@ -80,7 +80,7 @@ def measure(fp32_folder: Path, int8_folder: Path, size: int, steps: int, repeats
             (2, 77, m.components["unet"].inputs[2].shape[2]), dtype=np.float32
         ),
     }
-    sessions = {name: pipe._session("unet") for name, pipe in pipes.items()}
+    sessions = {name: pipe.session("unet") for name, pipe in pipes.items()}
     timestep = sessions["fp32"].inputs[1]
     feeds["timestep"] = np.full(
         [2 if d else 1 for d in timestep.shape] if timestep.shape else [], 500, timestep.dtype

@@ -37,7 +37,7 @@ def _ort_unet(folder: Path, threads: int) -> Callable[[Mapping[str, np.ndarray]]
     pipe = Pipeline.load(
         folder, backend="ort-cpu", ort_options=OrtOptions(intra_op_threads=threads)
     )
-    session = pipe._session("unet")
+    session = pipe.session("unet")
     noise = session.outputs[0].name  # the noise prediction, as OpenVINO's output 0
     return lambda feed: np.asarray(session.run(dict(feed))[noise])
 

@@ -107,8 +107,8 @@ def record_unet_feeds(
     # No saved optimised graph: it would be of the fp32 graph this build replaces.
     options = OrtOptions(cache_optimized_model=False)
     pipe = Pipeline.load(folder, backend="ort-cpu", ort_options=options)
-    recorder = _RecordingSession(pipe._session("unet"))
-    pipe._sessions["unet"] = recorder  # this Pipeline instance only
+    recorder = _RecordingSession(pipe.session("unet"))
+    pipe.replace_session("unet", recorder)  # this Pipeline instance only
     for i, prompt in enumerate(prompts):
         pipe(
             prompt=prompt,
