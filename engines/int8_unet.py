@@ -43,7 +43,7 @@ CALIBRATION_STEPS = 6  # every step's feeds are recorded: a spread of timesteps
 GUIDANCE = 7.5  # batch 2 (cond + uncond), as a default call runs
 # The int8 U-Net's output against the fp32 graph's on held-out prompts: max abs error over
 # max |fp32| (the noise prediction's scale). Measured on the tiny random-weight U-Net
-# (benchmarks/int8_cost.py, 64 px): 0.11 with conv_in/conv_out kept fp32, 0.40 with them
+# (benchmarks/studies/int8_cost.py, 64 px): 0.11 with conv_in/conv_out kept fp32, 0.40 with them
 # int8; the gate admits the first with ~2x room and fails the second.
 INT8_THRESHOLDS = Thresholds(abs=1e-3, rel=0.25)
 REFERENCE = "onnxruntime-fp32"

@@ -1,7 +1,7 @@
 """The ort-cpu backend's options: how its ONNX Runtime sessions are made, and the key of
 their saved graphs.
 
-Default options, chosen by measurement (``python -m sdrt.benchmarks.ort_options``; SD 1.5
+Default options, chosen by measurement (``python -m sdrt.benchmarks.studies.ort_options``; SD 1.5
 fp32 U-Net at 256x256, batch 2, on this project's shared 2-core machines): sequential
 execution; intra-op threads = physical cores (1 thread was slower once the machine was not
 oversubscribed); the CPU memory arena on (off was slower per step); ORT_ENABLE_ALL (its

@@ -1,6 +1,6 @@
 """What run-time textual inversion costs on SD 1.5's text encoder (CLIP ViT-L, random weights).
 
-    python -m sdrt.benchmarks.textual_inversion_cost [--repeats 20]
+    python -m sdrt.benchmarks.studies.textual_inversion_cost [--repeats 20]
 
 Exports the text encoder alone (no U-Net: minutes and gigabytes less than a full build),
 with its token table as an optional input (export/token_embedding_input.py), then times in

@@ -1,6 +1,6 @@
 """int8 U-Net against fp32: step time, end-to-end time and image difference, in one process.
 
-    python -m sdrt.benchmarks.int8_cost FP32_FOLDER --work DIR [--size 256] [--steps 10]
+    python -m sdrt.benchmarks.studies.int8_cost FP32_FOLDER --work DIR [--size 256] [--steps 10]
 
 FP32_FOLDER is an fp32 `sdrt build` output (left untouched). For each variant (what is
 kept in fp32, per-channel or per-tensor weights) a copy of it is made under DIR (hard

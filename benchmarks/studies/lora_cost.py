@@ -1,7 +1,7 @@
 """What run-time LoRA costs, in one process: switching adapters against ``Pipeline.load``,
 and a U-Net step with an adapter active against a build with plain constant weights.
 
-    python -m sdrt.benchmarks.lora_cost READY_FOLDER PLAIN_FOLDER [--size 256] [--rank 16]
+    python -m sdrt.benchmarks.studies.lora_cost READY_FOLDER PLAIN_FOLDER [--size 256] [--rank 16]
 
 READY_FOLDER is built with ``--lora-ready``, PLAIN_FOLDER from the same source without
 (the "fused build": every weight a constant). The adapters are random,

@@ -1,7 +1,7 @@
 """What the tiny VAE (TAESD) saves: its decode time against the full VAE's, in one process,
 and what that changes in a whole generation.
 
-    python -m sdrt.benchmarks.tiny_vae_cost --work DIR [--sizes 256 512] [--rounds 7]
+    python -m sdrt.benchmarks.studies.tiny_vae_cost --work DIR [--sizes 256 512] [--rounds 7]
         [--e2e FOLDER --steps 10 --e2e-size 256 --e2e-rounds 3] [--json OUT.json]
 
 Decode: DIR gets a random-weight folder with SD 1.5's full-size VAE (AutoencoderKL, 83M
