@@ -37,7 +37,7 @@ from sdrt.backends import Selection, Session, select_backend
 from sdrt.deep_cache import DeepCacheLoop
 from sdrt.errors import InputError, ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
-from sdrt.integrity import check_model_files
+from sdrt.integrity import open_model_folder
 from sdrt.interpolation import (
     DEFAULT_FRAMES,
     FrameProgress,
@@ -46,7 +46,7 @@ from sdrt.interpolation import (
     make_walk,
     run_walk,
 )
-from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec, read_manifest
+from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request, prompt_list
@@ -130,8 +130,7 @@ class Pipeline(LoraMethods):
         only when the backend takes them (ort-cpu), whichever backend ``auto`` picks.
         """
         folder = Path(folder)
-        manifest = read_manifest(folder)
-        check_model_files(folder, manifest, verify_files)
+        manifest = open_model_folder(folder, verify_files)
         tokenizers = tuple(ClipTokenizer.from_folder(folder / t) for t in manifest.tokenizers)
         scheduler_config = load_scheduler_config(folder)
         # Resolved once: the lazily made VAE encoder runs on the same backend.
