@@ -411,7 +411,7 @@ def _time_sdrt(check: Check, precision: str, cuda_graph: bool, latents) -> dict[
         backend=check.target.backend,
         backend_options=check.target.options(cuda_graph),
     )
-    unet = pipe._session("unet")
+    unet = pipe.session("unet")
     feeds = _unet_feeds(check, unet, _to_device(check))
     sync = check.target.synchronize
 
@@ -493,7 +493,7 @@ def check_host_copies(check: Check) -> None:
             backend=check.target.backend,
             backend_options=check.target.options(False),
         )
-        unet = pipe._session("unet")
+        unet = pipe.session("unet")
         fed: list[set[type]] = []
         copies: list[str] = []
         run, to_host = unet.run, sdrt.pipeline.to_host

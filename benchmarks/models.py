@@ -128,8 +128,7 @@ def _build(
     )
     if any(name.split("+")[0] == "ort-cpu" for name in config.backends):
         # as `sdrt build --target ort-cpu` does: sdrt's loads then map the saved graphs
-        from sdrt.engines.ort_graphs import save_optimized_models
-
+        from sdrt.backends.ort_saved_graphs import save_optimized_models
         from sdrt.manifest import read_manifest
 
         report("saving the optimised ONNX Runtime CPU graphs")

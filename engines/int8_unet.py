@@ -43,7 +43,7 @@ CALIBRATION_STEPS = 6  # every step's feeds are recorded: a spread of timesteps
 GUIDANCE = 7.5  # batch 2 (cond + uncond), as a default call runs
 # The int8 U-Net's output against the fp32 graph's on held-out prompts: max abs error over
 # max |fp32| (the noise prediction's scale). Measured on the tiny random-weight U-Net
-# (benchmarks/int8_cost.py, 64 px): 0.11 with conv_in/conv_out kept fp32, 0.40 with them
+# (benchmarks/studies/int8_cost.py, 64 px): 0.11 with conv_in/conv_out kept fp32, 0.40 with them
 # int8; the gate admits the first with ~2x room and fails the second.
 INT8_THRESHOLDS = Thresholds(abs=1e-3, rel=0.25)
 REFERENCE = "onnxruntime-fp32"
@@ -107,8 +107,8 @@ def record_unet_feeds(
     # No saved optimised graph: it would be of the fp32 graph this build replaces.
     options = OrtOptions(cache_optimized_model=False)
     pipe = Pipeline.load(folder, backend="ort-cpu", ort_options=options)
-    recorder = _RecordingSession(pipe._session("unet"))
-    pipe._sessions["unet"] = recorder  # this Pipeline instance only
+    recorder = _RecordingSession(pipe.session("unet"))
+    pipe.replace_session("unet", recorder)  # this Pipeline instance only
     for i, prompt in enumerate(prompts):
         pipe(
             prompt=prompt,
@@ -260,7 +260,7 @@ def build_int8_unet(
     the caller. Raises VerificationError when the int8 graph is above INT8_THRESHOLDS.
     """
     import onnx
-    from sdrt.export.onnx import save_graph
+    from sdrt.engines.onnx_files import save_graph
 
     fp32_file = folder / component.file
     feeds = record_unet_feeds(folder, options.prompts, options.steps, options.size)

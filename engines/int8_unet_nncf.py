@@ -10,7 +10,7 @@ the same ``INT8_THRESHOLDS``, and written beside the fp32 graph as ``unet/openvi
 and ``.bin`` (Optimum Intel's names). The ONNX graph stays fp32: ort-cpu runs it, exact;
 the openvino backend runs the IR.
 
-Why a second method: on the two CPUs measured (benchmarks/int8_openvino_cost.py, README), the
+Why a second method: on the two CPUs measured (benchmarks/studies/int8_openvino_cost.py, README), the
 NNCF-quantized U-Net on OpenVINO ran a step 1.35x (AVX-512 VNNI, AMD) and 1.97x (AMX, Intel)
 faster than ONNX Runtime's QDQ graph on ONNX Runtime, with about half the error.
 """

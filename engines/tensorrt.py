@@ -45,13 +45,12 @@ from sdrt.backends.machine import probe_machine
 from sdrt.backends.tensorrt import NAME as TARGET
 from sdrt.backends.tensorrt import build_environment, find_record
 from sdrt.errors import BackendUnavailableError, InputError, SdrtError, VerificationError
-from sdrt.integrity import check_model_files
+from sdrt.integrity import open_model_folder
 from sdrt.manifest import (
     Component,
     Engine,
     Manifest,
     Verification,
-    read_manifest,
     write_manifest,
 )
 
@@ -246,8 +245,7 @@ def build_engines(
 ) -> BuildReport:
     """Build (or reuse) every engine ``options`` asks for; raises VerificationError on failure."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    check_model_files(folder, manifest, "always")
+    manifest = open_model_folder(folder, "always")
     if environment is None or builder is None or verifier is None:
         environment = environment or detect_environment()
         builder = builder or TensorRTBuilder()

@@ -619,15 +619,9 @@ def _export_component(
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
+    from sdrt.engines.onnx_files import EXTERNAL_DATA_FILE, ONNX_FILE, SavedModel, save_graph
     from sdrt.export.adaptable import adapt_wrapper, expose_branches
-    from sdrt.export.onnx import (
-        EXTERNAL_DATA_FILE,
-        ONNX_FILE,
-        SavedModel,
-        cleanup_graph,
-        export_graph,
-        save_graph,
-    )
+    from sdrt.export.onnx import cleanup_graph, export_graph
     from sdrt.export.verify import (
         THRESHOLDS,
         check_passed,

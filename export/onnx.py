@@ -1,4 +1,5 @@
-"""torch -> ONNX: trace, clean up, save (one external data file over 2 GB).
+"""torch -> ONNX: trace and clean up; engines/onnx_files.py saves (one external data file
+over 2 GB).
 
 fp16 graphs are converted between cleanup and save by engines/fp16_graph.py, the one fp16
 conversion (TensorRT builds from fp32 folders use it too).
@@ -17,20 +18,11 @@ from pathlib import Path
 
 import onnx
 import torch
+from sdrt.engines.onnx_files import EXTERNAL_DATA_THRESHOLD_BYTES, tensor_bytes
 from sdrt.export.components import ExportWrapper, ShapeCase
 
-ONNX_FILE = "model.onnx"
-EXTERNAL_DATA_FILE = "model.onnx_data"
-# Protobuf cannot serialise a message of 2 GiB or more; stay clear of it.
-EXTERNAL_DATA_THRESHOLD_BYTES = 2**31 - 2**26
 # Constants folded into the graph larger than this stay computed at run time.
 FOLD_SIZE_THRESHOLD_BYTES = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    onnx_file: Path
-    external_data_file: Path | None
 
 
 def export_graph(
@@ -127,40 +119,3 @@ def _quiet_onnxruntime():
         yield
     finally:
         ort.set_default_logger_severity(2)
-
-
-def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held in initializers and Constant nodes: what decides external data."""
-    total = sum(len(t.raw_data) or _typed_bytes(t) for t in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    total += len(attr.t.raw_data) or _typed_bytes(attr.t)
-    return total
-
-
-def _typed_bytes(tensor: onnx.TensorProto) -> int:
-    values = len(tensor.float_data) + len(tensor.int64_data) + len(tensor.int32_data)
-    return values * 4 + len(tensor.double_data) * 8
-
-
-def save_graph(model: onnx.ModelProto, folder: Path) -> SavedModel:
-    """Write ``model.onnx``; weights go to one ``model.onnx_data`` beside it when the
-    graph would not fit in a single protobuf."""
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx_file = folder / ONNX_FILE
-    if tensor_bytes(model) < EXTERNAL_DATA_THRESHOLD_BYTES:
-        onnx.save_model(model, str(onnx_file))
-        return SavedModel(onnx_file, None)
-    onnx.save_model(
-        model,
-        str(onnx_file),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=EXTERNAL_DATA_FILE,
-        size_threshold=1024,
-    )
-    # The graph alone is small now: annotate its shapes in place.
-    onnx.shape_inference.infer_shapes_path(str(onnx_file), str(onnx_file))
-    return SavedModel(onnx_file, folder / EXTERNAL_DATA_FILE)

@@ -12,9 +12,11 @@ guard against someone who forges timestamps, who could as well edit sdrt.json.
 Modes: ``"changed"`` (the default) hashes only files whose identity is not on record,
 ``"always"`` hashes every file, ``"never"`` only checks that the files exist.
 
-``check_model_files`` (loads, engine builds) raises, naming every bad file; ``check_files``
-returns one ``FileCheck`` per file (``sdrt info --verify`` reports them all), with the size
-the file had when it last matched, so that a truncated file is named as such.
+``open_model_folder`` (loads, engine builds) is the one reading of a folder: sdrt.json read
+and validated, then the files it names listed once and checked in one pass; it raises,
+naming every bad file (``check_model_files`` does the same for a manifest already read).
+``check_files`` returns one ``FileCheck`` per file (``sdrt info --verify`` reports them all),
+with the size the file had when it last matched, so that a truncated file is named as such.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.files import atomic_write
-from sdrt.manifest import MANIFEST_NAME, Manifest, component_files, sha256_file
+from sdrt.manifest import MANIFEST_NAME, Manifest, component_files, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +146,14 @@ def check_files(
     ``"never"`` hashes none (sizes and recorded sizes only). When every file is present and
     every hashed one matched, the record is updated so that later loads trust them.
     """
-    mode = verify_mode(mode)
-    folder = Path(folder)
+    return _check_listed(Path(folder), component_files(manifest), verify_mode(mode))
+
+
+def _check_listed(folder: Path, files: dict[str, str], mode: str) -> list[FileCheck]:
+    """check_files on ``files`` (relative path -> expected sha256), listed by the caller."""
     record = _read_record(folder)
     checks, verified = [], {}
-    for rel, expected in component_files(manifest).items():
+    for rel, expected in files.items():
         on_record = record.get(rel)
         if not isinstance(on_record, dict):
             on_record = {}
@@ -172,18 +177,28 @@ def check_files(
     return checks
 
 
+def open_model_folder(folder: str | os.PathLike, mode: str | bool = "changed") -> Manifest:
+    """The folder's manifest, read and validated, once its files are checked (``mode`` as
+    ``check_files``'s); ModelFolderError naming what is wrong with it or with its files."""
+    mode = verify_mode(mode)  # a bad mode fails before the folder is read
+    manifest = read_manifest(folder)
+    check_model_files(folder, manifest, mode)
+    return manifest
+
+
 def check_model_files(
     folder: str | os.PathLike, manifest: Manifest, mode: str | bool = "changed"
 ) -> None:
     """Raise ModelFolderError if a component file is missing or does not match its sha256."""
     mode = verify_mode(mode)
     folder = Path(folder)
-    missing = [rel for rel in component_files(manifest) if not (folder / rel).is_file()]
+    files = component_files(manifest)
+    missing = [rel for rel in files if not (folder / rel).is_file()]
     if missing:  # before hashing gigabytes
         raise ModelFolderError(
             f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}"
         )
-    changed = [c for c in check_files(folder, manifest, mode) if not c.ok]
+    changed = [c for c in _check_listed(folder, files, mode) if not c.ok]
     if changed:
         raise ModelFolderError(
             f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: "

@@ -37,7 +37,7 @@ from sdrt.backends import Selection, Session, select_backend
 from sdrt.deep_cache import DeepCacheLoop
 from sdrt.errors import InputError, ModelFolderError, NumericsError
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
-from sdrt.integrity import check_model_files
+from sdrt.integrity import open_model_folder
 from sdrt.interpolation import (
     DEFAULT_FRAMES,
     FrameProgress,
@@ -46,7 +46,7 @@ from sdrt.interpolation import (
     make_walk,
     run_walk,
 )
-from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec, read_manifest
+from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request, prompt_list
@@ -130,8 +130,7 @@ class Pipeline(LoraMethods):
         only when the backend takes them (ort-cpu), whichever backend ``auto`` picks.
         """
         folder = Path(folder)
-        manifest = read_manifest(folder)
-        check_model_files(folder, manifest, verify_files)
+        manifest = open_model_folder(folder, verify_files)
         tokenizers = tuple(ClipTokenizer.from_folder(folder / t) for t in manifest.tokenizers)
         scheduler_config = load_scheduler_config(folder)
         # Resolved once: the lazily made VAE encoder runs on the same backend.
@@ -341,6 +340,61 @@ class Pipeline(LoraMethods):
             embeddings, pooled = self._encode_prompts(prompts, None, weights)
         return PromptEmbeddings(embeddings, pooled)
 
+    # ------------------------------------------------------------------------------ stages
+
+    # The public seams: each runs one stage of a call as ``generate`` runs it, for code that
+    # drives part of a call itself (sdrt adopt's probe, the service's warm-up, the int8 build's
+    # calibration, benchmarks), in the way mlx-examples' stable_diffusion exposes
+    # ``generate_latents`` and ``decode``. Code outside this class uses these, never the
+    # underscore methods behind them (tests/test_public_seams.py checks).
+
+    def session(self, name: str) -> Session:
+        """The session of component ``name`` ("text_encoder", "unet", "vae_decoder",
+        "vae_encoder", ...), opened on first use: ModelFolderError where the folder has no
+        such graph. Its ``run(feeds)`` takes and returns arrays by the graph's names."""
+        return self._session(name)
+
+    def replace_session(self, name: str, session: Session) -> Session:
+        """Run ``session`` for component ``name`` from now on, in this Pipeline only (a
+        wrapper that records or checks the feeds, say); returns the session it replaces.
+        The text encoders run in the prompt encoders made at load, so they are refused."""
+        if name in TEXT_ENCODERS:
+            raise InputError(
+                f"replace_session: expected a component other than the text encoders "
+                f"{TEXT_ENCODERS} (their prompt encoders hold their sessions), got {name!r}"
+            )
+        replaced = self._session(name)
+        with self._sessions_lock:
+            self._sessions[name] = session
+        return replaced
+
+    def plan(self, request: Request):
+        """(scheduler, plan) of ``request``: its scheduler, made from the folder's config,
+        and the plan (timesteps, sigmas, ...) that scheduler's steps take."""
+        return self._plan(request)
+
+    def condition(self, request: Request) -> Conditioning:
+        """The U-Net's text conditioning of ``request`` (uncond rows first under guidance),
+        with the run-time LoRA adapters active now, as a call started now would make it."""
+        with self._lora.shared(self._lora.current) as weights:
+            return self._condition(request, StageRecorder(), weights)
+
+    def predict_noise(self, sample, timestep, conditioning: Conditioning):
+        """One U-Net call of a denoising step: the U-Net's output (float32, the namespace of
+        ``sample``) for ``sample`` (already scaled by the scheduler, both guidance halves as
+        one batch where ``conditioning`` has them) at ``timestep``."""
+        return self._unet(sample, timestep, conditioning)
+
+    def encode_image(self, pixels, vae: str = "full"):
+        """VAE latents, scaled, of (1, 3, H, W) pixels in [-1, 1], by the ``vae`` ("full" or
+        "tiny") VAE's encoder: the distribution's mode, so deterministic."""
+        return self._encode_image(pixels, vae)
+
+    def decode(self, latents, vae: str = "full") -> np.ndarray:
+        """Latents -> float32 NHWC images in [0, 1] on the host, by the ``vae`` ("full" or
+        "tiny") VAE's decoder; NumericsError on NaN/Inf."""
+        return self._decode(latents, vae_route(self.manifest, vae))
+
     # ------------------------------------------------------------------------------ loop
 
     def _plan(self, request: Request):
@@ -455,7 +509,7 @@ class Pipeline(LoraMethods):
 
     def _condition(
         self, request: Request, stages: StageRecorder, weights: WeightFeeds = BASE
-    ) -> _Conditioning:
+    ) -> Conditioning:
         """The U-Net's text conditioning (uncond rows first under CFG), and its weights."""
         encoders = self.prompt_encoders  # one set for the call, whatever loads meanwhile
         embeddings, pooled = self._prompt_side(request, stages, encoders, weights)
@@ -470,8 +524,8 @@ class Pipeline(LoraMethods):
                 pooled = xp.concatenate([uncond_pooled, xp.asarray(pooled)], axis=0)
         unet_weights = weights.of("unet")
         if not self.is_xl:
-            return _Conditioning(embeddings, {}, unet_weights)
-        return _Conditioning(
+            return Conditioning(embeddings, {}, unet_weights)
+        return Conditioning(
             embeddings,
             {
                 "text_embeds": pooled,
@@ -556,7 +610,7 @@ class Pipeline(LoraMethods):
             return hidden[0], pooled
         return namespace_of(hidden[0]).concatenate(hidden, axis=-1), pooled
 
-    def _unet(self, sample, timestep, conditioning: _Conditioning, cache=None, step: int = 0):
+    def _unet(self, sample, timestep, conditioning: Conditioning, cache=None, step: int = 0):
         session = self._session("unet" if cache is None else cache.session_name(step))
         encoder_hidden_states = conditioning.embeddings
         specs = {s.name: s for s in session.inputs}
@@ -638,8 +692,9 @@ class Pipeline(LoraMethods):
 
 
 @dataclass(frozen=True)
-class _Conditioning:
-    """What the U-Net is conditioned on, besides the latents and the timestep."""
+class Conditioning:
+    """What the U-Net is conditioned on, besides the latents and the timestep
+    (``Pipeline.condition`` makes it, ``Pipeline.predict_noise`` takes it)."""
 
     embeddings: Any  # encoder hidden states (2B rows under CFG: uncond first)
     added: dict[str, Any]  # SDXL's text_embeds and time_ids; empty for SD 1.x/2.x

@@ -10,7 +10,7 @@ from sdrt import cli
 from sdrt.manifest import read_manifest
 
 # The same latents and settings through the int8 and the fp32 tiny folders (ORT CPU, 64 px,
-# 10 steps, guidance 7.5): measured 36 dB (benchmarks/int8_cost.py). Random weights make
+# 10 steps, guidance 7.5): measured 36 dB (benchmarks/studies/int8_cost.py). Random weights make
 # quality figures only a guide; the gate leaves 8 dB, a broken graph lands under 20 dB.
 INT8_IMAGE_MIN_PSNR = 28.0  # dB
 SIZE = 64

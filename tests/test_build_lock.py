@@ -169,7 +169,7 @@ def test_the_next_build_removes_what_a_sigkilled_build_left(capsys, paused_build
 def test_the_lock_is_held_through_the_targets_steps_after_the_build(
     capsys, monkeypatch, tiny_source, out
 ):
-    from sdrt.engines import ort_graphs
+    from sdrt.backends import ort_saved_graphs
 
     rivals = []
 
@@ -179,7 +179,7 @@ def test_the_lock_is_held_through_the_targets_steps_after_the_build(
         rivals.append(str(caught.value))
         return []
 
-    monkeypatch.setattr(ort_graphs, "save_optimized_models", save_optimized_models)
+    monkeypatch.setattr(ort_saved_graphs, "save_optimized_models", save_optimized_models)
     argv = ["build", str(tiny_source), "-o", str(out), "--force", "--target", "ort-cpu", *TINY]
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert len(rivals) == 1 and f"(pid {os.getpid()})" in rivals[0]

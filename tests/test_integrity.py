@@ -121,3 +121,38 @@ def test_missing_files_are_refused_in_every_mode(copy):
 def test_an_unknown_mode_names_the_modes(tiny_built):
     with pytest.raises(InputError, match=r"expected one of changed, always, never .*'sometimes'"):
         sdrt.Pipeline.load(tiny_built, verify_files="sometimes")
+
+
+@pytest.fixture
+def readings(monkeypatch):
+    """How often a folder's sdrt.json is read and its file list made, per kind."""
+    counts = {"read_manifest": 0, "component_files": 0}
+    for name in counts:
+        real = getattr(integrity, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(integrity, name, counting)
+    return counts
+
+
+def test_a_load_reads_the_folder_once(tiny_built, readings):
+    """sdrt.json read once and its files listed once, in one pass (sdrt.integrity)."""
+    pipe = sdrt.Pipeline.load(tiny_built, backend="ort-cpu")
+    assert readings == {"read_manifest": 1, "component_files": 1}
+    assert pipe.manifest == read_manifest(tiny_built)
+
+
+def test_open_model_folder_names_a_missing_file(copy, hashed):
+    manifest = read_manifest(copy)
+    (copy / manifest.components["unet"].file).unlink()
+    with pytest.raises(ModelFolderError, match="missing: unet/model.onnx"):
+        integrity.open_model_folder(copy, "always")
+    assert hashed == []  # refused before hashing anything
+
+
+def test_open_model_folder_checks_the_mode_before_the_folder(tmp_path):
+    with pytest.raises(InputError, match="verify_files: expected one of"):
+        integrity.open_model_folder(tmp_path / "none", "sometimes")

@@ -103,7 +103,7 @@ def test_read_only_folder_still_loads(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr("sdrt.engines.ort_graphs.write_optimized_model", refuse)
+    monkeypatch.setattr("sdrt.backends.ort_saved_graphs.write_optimized_model", refuse)
     session = OrtSession(tmp_path, component, OrtOptions())
     assert session.model_path == tmp_path / component.file
     assert session.run({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 4)

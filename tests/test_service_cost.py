@@ -1,11 +1,11 @@
-"""benchmarks/service_cost.py on the tiny model: it starts real servers on loopback, and the
+"""benchmarks/studies/service_cost.py on the tiny model: it starts real servers on loopback, and the
 served images it times are the direct Pipeline's pixels."""
 
 import json
 
 import pytest
 from conftest import TINY_MIN_SIZE
-from sdrt.benchmarks import service_cost
+from sdrt.benchmarks.studies import service_cost
 
 
 def test_cold_start_and_overhead_rows(tiny_built, capsys):

@@ -138,7 +138,7 @@ class SdrtRuntime:
         """The U-Net's precision and the file its session compiled (openvino runs a folder's
         OpenVINO IR, where it has one, instead of the ONNX graph)."""
         unet = self.pipe.manifest.components["unet"]
-        graph = getattr(self.pipe._session("unet"), "graph", unet.file)
+        graph = getattr(self.pipe.session("unet"), "graph", unet.file)
         ir = unet.openvino
         precision = ir.precision if ir is not None and graph == ir.file else unet.precision
         return {"unet_precision": precision, "unet_graph": graph}

@@ -18,7 +18,6 @@ import numpy as np
 from sdrt.backends.ort_cpu_options import OrtOptions
 from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.manifest import ForwardCheck, Manifest
-from sdrt.stages import StageRecorder
 
 PROBE_SEED = 0
 PROBE_BATCH = 1  # images; the U-Net sees twice that (classifier-free guidance)
@@ -74,11 +73,11 @@ def _unet(pipe, size: int, rng) -> ForwardCheck:
         seed=PROBE_SEED, output_type="np",
     )  # fmt: skip
     with _named("unet"):
-        conditioning = pipe._condition(request, StageRecorder())
-        _, plan = pipe._plan(request)
+        conditioning = pipe.condition(request)
+        _, plan = pipe.plan(request)
         rows = 2 * PROBE_BATCH
         sample = rng.standard_normal((rows, manifest.unet_in_channels, latent, latent))
-        out = pipe._unet(sample.astype(np.float32), plan.timesteps[0], conditioning)
+        out = pipe.predict_noise(sample.astype(np.float32), plan.timesteps[0], conditioning)
         inputs = {"sample": sample.shape, "encoder_hidden_states": conditioning.embeddings.shape}
         inputs |= {k: v.shape for k, v in conditioning.added.items()}
         expected = (rows, manifest.latent_channels, latent, latent)
@@ -90,7 +89,7 @@ def _vae_decoder(pipe, size: int, rng) -> ForwardCheck:
     latent = size // manifest.vae_scale_factor
     with _named("vae_decoder"):
         latents = rng.standard_normal((PROBE_BATCH, manifest.latent_channels, latent, latent))
-        images = pipe._decode(latents.astype(np.float32))  # NaN/Inf raise NumericsError
+        images = pipe.decode(latents.astype(np.float32))  # NaN/Inf raise NumericsError
         expected = (PROBE_BATCH, size, size, 3)  # checks the VAE scale factor too
         return _check("vae_decoder", {"latent_sample": latents.shape}, {"image": images}, expected)
 
@@ -101,7 +100,7 @@ def _vae_encoder(pipe, size: int, rng) -> tuple[ForwardCheck, bool]:
     latent = size // manifest.vae_scale_factor
     with _named("vae_encoder"):
         pixels = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
-        first, second = pipe._encode_image(pixels), pipe._encode_image(pixels)
+        first, second = pipe.encode_image(pixels), pipe.encode_image(pixels)
         expected = (1, manifest.latent_channels, latent, latent)
         check = _check("vae_encoder", {"sample": pixels.shape}, {"latents": first}, expected)
         return check, bool(np.array_equal(first, second))

@@ -2,7 +2,7 @@
 
 Sessions are created once and run from any thread. The options (and why they are the
 defaults) are in sdrt/backends/ort_cpu_options.py. On a folder's first load the optimised
-graph of each component is written under ``engines/ort-cpu/`` (engines/ort_graphs.py, which
+graph of each component is written under ``engines/ort-cpu/`` (ort_saved_graphs.py, which
 needs only onnxruntime) and mapped by every later load; a read-only folder is optimised in
 memory on every load instead.
 """
@@ -101,7 +101,7 @@ class OrtSession:
         target = optimized_model_path(folder, component, self.options)
         if target.is_file():
             return target
-        from sdrt.engines.ort_graphs import write_optimized_model  # onnxruntime only
+        from sdrt.backends.ort_saved_graphs import write_optimized_model  # onnxruntime only
 
         try:
             write_optimized_model(source, target, self.options, component)

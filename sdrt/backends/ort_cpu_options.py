@@ -1,19 +1,19 @@
 """The ort-cpu backend's options: how its ONNX Runtime sessions are made, and the key of
 their saved graphs.
 
-Default options, chosen by measurement (``python -m sdrt.benchmarks.ort_options``; SD 1.5
+Default options, chosen by measurement (``python -m sdrt.benchmarks.studies.ort_options``; SD 1.5
 fp32 U-Net at 256x256, batch 2, on this project's shared 2-core machines): sequential
 execution; intra-op threads = physical cores (1 thread was slower once the machine was not
 oversubscribed); the CPU memory arena on (off was slower per step); ORT_ENABLE_ALL (its
 NCHWc layouts ran U-Net steps faster than ORT_ENABLE_EXTENDED in most interleaved pairs);
-the optimised graph saved once under ``<folder>/engines/<target>/`` (engines/ort_graphs.py
+the optimised graph saved once under ``<folder>/engines/<target>/`` (ort_saved_graphs.py
 writes it) and loaded with optimisation off later. ORT_ENABLE_ALL specialises on the CPU's
 instruction set, so the saved copy's key includes a CPU fingerprint. Spinning pool threads
 stay on (fastest when the process has its cores; on an oversubscribed machine
 ``allow_spinning=False`` or one thread was faster).
 
-The key lives here, on the runtime side, because a load checks it; the build side
-(engines/ort_graphs.py) writes what it names.
+The key lives here, on the runtime side, because a load checks it; ort_saved_graphs.py (run
+by a load, or by ``sdrt build --target ort-cpu``) writes what it names.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def _build(args: argparse.Namespace, config: BuildConfig, held: HeldOutput, envi
     if args.target == "ort-cpu":
         import time
 
-        from sdrt.engines.ort_graphs import save_optimized_models
+        from sdrt.backends.ort_saved_graphs import save_optimized_models
 
         started = time.perf_counter()
         saved = save_optimized_models(result.output, result.manifest)

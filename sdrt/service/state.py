@@ -174,7 +174,7 @@ def touch_weights(pipe) -> bool:
             if feeds[name] is None:
                 return False
     for name, feed in feeds.items():
-        pipe._session(name).run(feed)
+        pipe.session(name).run(feed)
     return True
 
 

@@ -1,6 +1,6 @@
 """Measure ONNX Runtime session options for the lean runtime: cold start and per-image time.
 
-    python -m sdrt.benchmarks.ort_options MODEL_FOLDER [--size 64] [--steps 4] [--repeats 3]
+    python -m sdrt.benchmarks.studies.ort_options MODEL_FOLDER [--size 64] [--steps 4] [--repeats 3]
 
 Each variant runs in a fresh process (a cold start is what a service restart pays):
 ``Pipeline.load``, then the first image, then warm images. Variants are interleaved over

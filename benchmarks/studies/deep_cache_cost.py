@@ -1,7 +1,7 @@
 """What DeepCache gains, in one process: U-Net time and end-to-end time of calls with
 ``deep_cache_interval`` N against the exact call, and the image's distance from it.
 
-    python -m sdrt.benchmarks.deep_cache_cost FOLDER [--size 256] [--steps 10] \
+    python -m sdrt.benchmarks.studies.deep_cache_cost FOLDER [--size 256] [--steps 10] \
         [--intervals 2,3,5] [--branch 0] [--rounds 3] [-o report.json]
 
 FOLDER is built with ``sdrt build --deep-cache``. The exact call runs on a twin of FOLDER
@@ -168,7 +168,7 @@ def _report(args, pipe, intervals, calls, samples, images) -> dict:
     exact_e2e = statistics.median(samples[EXACT]["end_to_end_s"])
     exact_unet = statistics.median(samples[EXACT]["unet_s"])
     rows = {}
-    timesteps = pipe._plan(pipe.request(PROMPT, **_plan_settings(args)))[1].timesteps
+    timesteps = pipe.plan(pipe.request(PROMPT, **_plan_settings(args)))[1].timesteps
     for name in calls:
         s = samples[name]
         e2e = statistics.median(s["end_to_end_s"])

@@ -2,7 +2,7 @@
 against OpenVINO with NNCF post-training quantization of the same fp32 ONNX, in one process.
 
     pip install 'sdrt[openvino]' nncf     # nncf is this benchmark's only
-    python -m sdrt.benchmarks.int8_openvino_cost FP32_FOLDER INT8_FOLDER [--size 256]
+    python -m sdrt.benchmarks.studies.int8_openvino_cost FP32_FOLDER INT8_FOLDER [--size 256]
 
 FP32_FOLDER is an fp32 `sdrt build` output, INT8_FOLDER a `--precision int8` build of the same
 weights (both left untouched). Issue 14 asks for whichever int8 path measures faster here.
@@ -37,7 +37,7 @@ def _ort_unet(folder: Path, threads: int) -> Callable[[Mapping[str, np.ndarray]]
     pipe = Pipeline.load(
         folder, backend="ort-cpu", ort_options=OrtOptions(intra_op_threads=threads)
     )
-    session = pipe._session("unet")
+    session = pipe.session("unet")
     noise = session.outputs[0].name  # the noise prediction, as OpenVINO's output 0
     return lambda feed: np.asarray(session.run(dict(feed))[noise])
 

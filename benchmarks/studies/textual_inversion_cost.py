@@ -1,6 +1,6 @@
 """What run-time textual inversion costs on SD 1.5's text encoder (CLIP ViT-L, random weights).
 
-    python -m sdrt.benchmarks.textual_inversion_cost [--repeats 20]
+    python -m sdrt.benchmarks.studies.textual_inversion_cost [--repeats 20]
 
 Exports the text encoder alone (no U-Net: minutes and gigabytes less than a full build),
 with its token table as an optional input (export/token_embedding_input.py), then times in
@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
     import transformers
+    from sdrt.engines.onnx_files import EXTERNAL_DATA_FILE, save_graph
     from sdrt.export.architectures import CLIP_VIT_L_TEXT
     from sdrt.export.components import ShapeCase, TextEncoderExport
-    from sdrt.export.onnx import EXTERNAL_DATA_FILE, cleanup_graph, export_graph, save_graph
+    from sdrt.export.onnx import cleanup_graph, export_graph
     from sdrt.export.token_embedding_input import promote_token_embedding
 
     from sdrt.adapters.textual_inversion import TOKEN_EMBEDDING_INPUT, enlarged_table

@@ -1,6 +1,6 @@
 """What `sdrt serve` costs over a direct Pipeline call, and how soon a new server is useful.
 
-    python -m sdrt.benchmarks.service_cost FOLDER [--size 256] [--steps 4] [--pairs 5]
+    python -m sdrt.benchmarks.studies.service_cost FOLDER [--size 256] [--steps 4] [--pairs 5]
 
 Starts `sdrt serve FOLDER` on a free 127.0.0.1 port, once with its warm-up and once without
 (`--no-warmup`), and for each measures process start -> /readyz 200 and process start -> the

@@ -1,6 +1,6 @@
 """int8 U-Net against fp32: step time, end-to-end time and image difference, in one process.
 
-    python -m sdrt.benchmarks.int8_cost FP32_FOLDER --work DIR [--size 256] [--steps 10]
+    python -m sdrt.benchmarks.studies.int8_cost FP32_FOLDER --work DIR [--size 256] [--steps 10]
 
 FP32_FOLDER is an fp32 `sdrt build` output (left untouched). For each variant (what is
 kept in fp32, per-channel or per-tensor weights) a copy of it is made under DIR (hard
@@ -80,7 +80,7 @@ def measure(fp32_folder: Path, int8_folder: Path, size: int, steps: int, repeats
             (2, 77, m.components["unet"].inputs[2].shape[2]), dtype=np.float32
         ),
     }
-    sessions = {name: pipe._session("unet") for name, pipe in pipes.items()}
+    sessions = {name: pipe.session("unet") for name, pipe in pipes.items()}
     timestep = sessions["fp32"].inputs[1]
     feeds["timestep"] = np.full(
         [2 if d else 1 for d in timestep.shape] if timestep.shape else [], 500, timestep.dtype

@@ -5,7 +5,7 @@ one process (A, B, C, A, B, C, ...; medians), and compares each ToMe folder's im
 plain folder's on the same latents (PSNR and max abs difference; with random weights these
 are only a guide). Usage:
 
-    python -m sdrt.benchmarks.tome_cost PLAIN TOME_FOLDER [TOME_FOLDER ...] --size 512 --repeats 3
+    python -m sdrt.benchmarks.studies.tome_cost PLAIN TOME_FOLDER [TOME_FOLDER ...] --size 512 --repeats 3
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What run-time LoRA costs, in one process: switching adapters against ``Pipeline.load``,
 and a U-Net step with an adapter active against a build with plain constant weights.
 
-    python -m sdrt.benchmarks.lora_cost READY_FOLDER PLAIN_FOLDER [--size 256] [--rank 16]
+    python -m sdrt.benchmarks.studies.lora_cost READY_FOLDER PLAIN_FOLDER [--size 256] [--rank 16]
 
 READY_FOLDER is built with ``--lora-ready``, PLAIN_FOLDER from the same source without
 (the "fused build": every weight a constant). The adapters are random,
@@ -31,7 +31,7 @@ def random_lora(pipe, path: Path, rank: int, seed: int) -> Path:
 
     rng = np.random.default_rng(seed)
     tensors = {}
-    for component, branches in pipe._lora.adaptable.items():
+    for component, branches in _adaptable(pipe).items():
         for branch in branches:
             key = f"{component}.{branch.module}"
             down = rng.standard_normal((rank, branch.features_in), np.float32) * 0.01
@@ -39,6 +39,11 @@ def random_lora(pipe, path: Path, rank: int, seed: int) -> Path:
             tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = down, up
     save_file(tensors, str(path))
     return path
+
+
+def _adaptable(pipe) -> dict:
+    """{component: its LoRA branches} for the components a LoRA can touch."""
+    return {n: c.lora_branches for n, c in pipe.manifest.components.items() if c.lora_branches}
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -53,7 +58,7 @@ def _median_seconds(fn, repeats: int) -> float:
 def _unet_feeds(pipe, size: int, batch: int) -> dict:
     rng = np.random.default_rng(0)
     latent = size // pipe.manifest.vae_scale_factor
-    session = pipe._session("unet")
+    session = pipe.session("unet")
     width = {s.name: s for s in session.inputs}["encoder_hidden_states"].shape[2]
     return {
         "sample": rng.standard_normal((batch, 4, latent, latent), np.float32),
@@ -91,7 +96,7 @@ def main(argv=None) -> dict:
 
     plain = sdrt.Pipeline.load(args.plain, backend="ort-cpu")
     feeds = _unet_feeds(pipe, args.size, batch=2)  # one CFG step of one image
-    unet_ready, unet_plain = pipe._session("unet"), plain._session("unet")
+    unet_ready, unet_plain = pipe.session("unet"), plain.session("unet")
     pipe.set_adapters("a")
     adapter_feeds = {**feeds, **pipe.lora_weights.of("unet")}
     pipe.set_adapters(["a", "b"], [0.5, 0.5])

@@ -1,14 +1,14 @@
 """What the tiny VAE (TAESD) saves: its decode time against the full VAE's, in one process,
 and what that changes in a whole generation.
 
-    python -m sdrt.benchmarks.tiny_vae_cost --work DIR [--sizes 256 512] [--rounds 7]
+    python -m sdrt.benchmarks.studies.tiny_vae_cost --work DIR [--sizes 256 512] [--rounds 7]
         [--e2e FOLDER --steps 10 --e2e-size 256 --e2e-rounds 3] [--json OUT.json]
 
 Decode: DIR gets a random-weight folder with SD 1.5's full-size VAE (AutoencoderKL, 83M
 parameters with its encoder) and TAESD's full-size config (diffusers' AutoencoderTiny,
 madebyollin/taesd), around the tiny U-Net and text encoder (they are not timed: a full SD
 1.5 U-Net is not needed, and no bigmem lock). It is built with ``--tiny-vae`` and loaded on
-ort-cpu; ``Pipeline._decode`` (the session run and the postprocessing a call does) is
+ort-cpu; ``Pipeline.decode`` (the session run and the postprocessing a call does) is
 timed for both VAEs on the same latents, batch 1, alternating full, tiny, full, ... so that
 a shared machine's load falls on both alike; medians.
 
@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 
 import sdrt
-from sdrt.vae_choice import vae_route
 
 VAES = ("full", "tiny")
 PROMPT = "a red fox in the snow"
@@ -91,12 +90,9 @@ def decode_figures(pipe, size: int, rounds: int) -> dict:
     f = pipe.manifest.vae_scale_factor
     latents = np.random.default_rng(size).standard_normal((1, 4, size // f, size // f))
     latents = latents.astype(np.float32)
-    routes = {vae: vae_route(pipe.manifest, vae) for vae in VAES}
-    times = _interleaved(
-        {v: lambda r=r: pipe._decode(latents, r) for v, r in routes.items()}, rounds
-    )
+    times = _interleaved({v: lambda v=v: pipe.decode(latents, v) for v in VAES}, rounds)
     medians = {v: statistics.median(t) for v, t in times.items()}
-    images = {v: pipe._decode(latents, r) for v, r in routes.items()}
+    images = {v: pipe.decode(latents, v) for v in VAES}
     return {
         "size": size,
         "batch": 1,
