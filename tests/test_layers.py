@@ -32,12 +32,13 @@ def test_the_tree_keeps_its_layers():
 
 
 def _copy_with(tmp_path: Path, module: str, line: str) -> Path:
-    """The code folders and pyproject.toml, with ``line`` added to ``module`` (a path)."""
+    """The code folders, pyproject.toml and setup.py, with ``line`` added to ``module`` (a path)."""
     for folder in CODE_FOLDERS:
         shutil.copytree(
             REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(REPO / "pyproject.toml", tmp_path)
+    shutil.copy(REPO / "setup.py", tmp_path)
     target = tmp_path / module
     target.write_text(target.read_text(encoding="utf-8") + f"\n\n{line}\n", encoding="utf-8")
     return tmp_path
