@@ -156,6 +156,22 @@ class Scheduler:
             )
         return dataclasses.replace(full, timesteps=timesteps, begin_index=begin_index)
 
+    def steps_in(self, plan: Plan) -> int:
+        """The denoising steps ``plan`` runs, counted as the user asked for them (as
+        diffusers' progress bar counts them): PNDM's warm-up runs 21 U-Net calls for 20
+        steps and Heun 39, both 20 steps here; img2img runs int(steps * strength)."""
+        return plan.num_inference_steps - plan.begin_index // self.order
+
+    def steps_done(self, plan: Plan, calls: int) -> int:
+        """The steps done after ``calls`` of the plan's U-Net calls, as diffusers' progress
+        bar advances: the calls beyond a steps * order count are warm-up (PNDM's extra
+        call), then one step per ``order`` calls, and all of them after the last call."""
+        total_calls, steps = len(plan.timesteps), self.steps_in(plan)
+        if calls >= total_calls:
+            return steps
+        warm_up = max(total_calls - steps * self.order, 0)
+        return min(max(calls // self.order - warm_up // self.order, 0), steps)
+
     def initial_state(self, plan: Plan):
         return self.State()
 
