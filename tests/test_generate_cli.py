@@ -262,6 +262,7 @@ BAD_ARGUMENTS = [
     (["--width", "128"], r"--width: expected the same width as --size 64x64 \(64\) or no"),
     (["--steps", "0"], r"error: --steps: expected an integer >= 1, got 0"),
     (["--batch", "0"], r"error: --batch: expected an integer >= 1, got 0"),
+    (["--steps", "5000"], r"error: \w+Scheduler: --steps must be in \[1, \d+\]; got 5000$"),
     (["--deep-cache-interval", "0"], r"error: --deep-cache-interval: expected an integer >= 1"),
     (["--deep-cache-branch", "1"], r"error: --deep-cache-branch: 1 needs --deep-cache-interval"),
     (["--scheduler", "nope"], r"unknown scheduler 'nope'"),

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sdrt.arrays import namespace_of
-from sdrt.errors import InputError
+from sdrt.errors import InputError, ParameterError
 from sdrt.schedulers.config import NoiseScheduleConfig, config_fields, make_config
 from sdrt.schedulers.schedule import (
     Plan,
@@ -135,8 +135,9 @@ class Scheduler:
         num_inference_steps = int(num_inference_steps)
         limit = self.max_inference_steps()
         if not 1 <= num_inference_steps <= limit:
-            raise InputError(
-                f"{self.name}: num_inference_steps must be in [1, {limit}]; got {num_inference_steps}"
+            raise ParameterError(
+                f"{self.name}: {{num_inference_steps}} must be in [1, {limit}]; got "
+                f"{num_inference_steps}"
             )
         if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)):
             raise InputError(f"strength must be a number in (0, 1]; got {type(strength).__name__}")
