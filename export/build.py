@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.export.build_config import BuildConfig
 from sdrt.export.components import (
     ShapeCase,
     component_names,
@@ -34,7 +35,7 @@ from sdrt.export.components import (
 )
 from sdrt.export.output_lock import lock_output
 from sdrt.export.scheduler_corrections import corrected_source, write_corrected_configs
-from sdrt.export.single_file import SingleFileOptions, open_source
+from sdrt.export.single_file import open_source
 from sdrt.export.source import (
     COPIED_FOLDERS,
     MODEL_FOLDERS,
@@ -44,12 +45,10 @@ from sdrt.export.source import (
 from sdrt.export.staging import StaleBuild, commit, create_staging, discard, remove_stale
 from sdrt.export.tome_options import TomeOptions
 
-from sdrt.adapters.options import EmbeddingOption, LoraOption
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
     MANIFEST_NAME,
-    PRECISIONS,
     BuildOptions,
     BuiltAdapter,
     Component,
@@ -68,103 +67,11 @@ from sdrt.manifest import (
 
 # Bump when the exporter's output changes for the same inputs: invalidates reuse.
 EXPORTER_VERSION = 1
-# The legacy exporter needs opset 14 for scaled_dot_product_attention; 20 is its maximum.
-MIN_OPSET, MAX_OPSET = 14, 20
-SIZE_STEP = 8  # every SD VAE scales by 8; sizes are checked against the model's own later
 TRACE_SEED = 0
 COMPONENT_CONFIG = "config.json"
 ADAPTERS_SCRATCH = ".adapters"  # inside the staging folder: the source with adapters applied
 
 ProgressCallback = Callable[[str, str], None]  # (component, what is happening)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """What to build and how; checked on creation (InputError names the bad value)."""
-
-    source: str
-    output: Path
-    precision: str = "fp32"
-    # None: the same as ``precision``, except fp32 for an SDXL VAE whose config asks for
-    # force_upcast (SDXL's VAE overflows in fp16).
-    vae_precision: str | None = None
-    min_size: int = 256
-    max_size: int = 1024
-    opt_size: int | None = None  # None: the model's native size, clamped into the range
-    max_batch: int = 4  # images per call; the U-Net sees up to twice that with guidance
-    opset: int = 17
-    force: bool = False
-    revision: str | None = None
-    single_file: SingleFileOptions = SingleFileOptions()  # for .safetensors/.ckpt sources
-    # fused / added into the source before export (export/build_adapters.py), in order
-    loras: tuple[LoraOption, ...] = ()
-    embeddings: tuple[EmbeddingOption, ...] = ()
-    # U-Net and text-encoder modules LoRA touches get low-rank branches fed at run time
-    # (export/adaptable.py); off by default: they cost a plain build some speed (README)
-    lora_ready: bool = False
-    # DeepCache branches (cache_branch_id) to export shallow U-Nets for; () builds none
-    deep_cache_branches: tuple[int, ...] = ()
-    # a diffusers AutoencoderTiny folder or Hub id, exported beside the full VAE
-    # (export/tiny_vae.py); None: no tiny VAE
-    tiny_vae: str | None = None
-    # precision "int8": the U-Net's calibration prompts (empty: engines/int8_unet.py's list)
-    calibration_prompts: tuple[str, ...] = ()
-    # precision "int8": "onnxruntime" (the U-Net's ONNX graph made QDQ, engines/int8_unet.py)
-    # or "nncf" (an OpenVINO IR beside the fp32 graph, engines/int8_unet_nncf.py)
-    int8_method: str = "onnxruntime"
-    # token merging (ToMe for SD) baked into the U-Net graph (export/tome.py); None: off
-    tome: TomeOptions | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "output", Path(self.output))
-        object.__setattr__(self, "loras", tuple(self.loras))
-        object.__setattr__(self, "embeddings", tuple(self.embeddings))
-        object.__setattr__(self, "deep_cache_branches", tuple(self.deep_cache_branches))
-        _check_deep_cache_branches(self)
-        object.__setattr__(self, "calibration_prompts", tuple(self.calibration_prompts))
-        _check_int8(self)
-        for option in (*self.loras, *self.embeddings):
-            if not Path(option.path).is_file():
-                raise InputError(f"adapter file {str(option.path)!r} does not exist")
-        if self.output.name in ("", ".."):
-            raise InputError(
-                f"output must name the folder to write (e.g. out/sd15), got {str(self.output)!r}"
-            )
-        for name in ("precision", "vae_precision"):
-            value = getattr(self, name)
-            if value is not None and value not in PRECISIONS:
-                raise InputError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
-        for name in ("min_size", "max_size", "opt_size"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 or value % SIZE_STEP):
-                raise InputError(
-                    f"{name} must be a positive multiple of {SIZE_STEP} pixels, got {value}"
-                )
-        if self.min_size > self.max_size:
-            raise InputError(f"min_size {self.min_size} is above max_size {self.max_size}")
-        if self.opt_size is not None and not self.min_size <= self.opt_size <= self.max_size:
-            raise InputError(
-                f"opt_size {self.opt_size} is outside min_size..max_size "
-                f"({self.min_size}..{self.max_size})"
-            )
-        if self.max_batch < 1:
-            raise InputError(f"max_batch must be at least 1, got {self.max_batch}")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise InputError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
-
-
-def _check_deep_cache_branches(config: BuildConfig) -> None:
-    branches = config.deep_cache_branches
-    if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in branches):
-        raise InputError(f"deep cache branches: expected integers >= 0, got {list(branches)}")
-    if len(set(branches)) != len(branches):
-        raise InputError(f"deep cache branches: expected each once, got {list(branches)}")
-    if branches and config.lora_ready:
-        # run-time LoRA would feed the U-Net's weights but not its shallow graphs'
-        raise InputError("--deep-cache and --lora-ready cannot be combined yet")
-    if branches and config.tome is not None:
-        # the shallow U-Nets would run without the merging the full U-Net does
-        raise InputError("--deep-cache and --tome-ratio cannot be combined yet")
 
 
 @dataclass(frozen=True)
@@ -383,6 +290,8 @@ def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, r
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     return tiny.record(hasher), results
+
+
 def _has_int8_unet(manifest: Manifest, method: str) -> bool:
     unet = manifest.components["unet"]
     if method == "nncf":
@@ -506,37 +415,6 @@ def _reuse(
 
 
 # ---------------------------------------------------------------------------- export
-
-
-INT8_METHODS = ("onnxruntime", "nncf")
-
-
-def _check_int8(config: BuildConfig) -> None:
-    if config.vae_precision == "int8":
-        raise InputError("vae_precision must be fp32 or fp16, got 'int8' (int8 is the U-Net's)")
-    if config.int8_method not in INT8_METHODS:
-        raise InputError(
-            f"int8 method: expected one of {', '.join(INT8_METHODS)}, got {config.int8_method!r}"
-        )
-    if config.precision != "int8":
-        if config.calibration_prompts:
-            raise InputError(
-                f"calibration prompts are for precision int8, got precision {config.precision!r}"
-            )
-        if config.int8_method != INT8_METHODS[0]:
-            raise InputError(
-                f"int8 method {config.int8_method!r} is for precision int8, got precision "
-                f"{config.precision!r}"
-            )
-        return
-    if config.int8_method == "nncf":
-        from sdrt.engines.int8_unet_nncf import check_nncf_installed
-
-        check_nncf_installed()
-    if config.lora_ready:
-        raise InputError("precision int8 and lora_ready do not combine (LoRA needs fp32 weights)")
-    if any(not p.strip() for p in config.calibration_prompts):
-        raise InputError("calibration prompts must not be empty strings")
 
 
 def _precisions(config: BuildConfig, source: SourceModel) -> dict[str, str]:

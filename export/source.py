@@ -69,6 +69,20 @@ def looks_like_hub_id(text: str) -> bool:
     )
 
 
+def local_folder_or_hub_id(path_or_id: str, what: str, expected: str) -> Path | None:
+    """The local folder ``path_or_id`` names (resolved), or None where it is a Hub id to
+    fetch; InputError for a file or a path that does not exist. Cheap: callers check
+    their arguments with it before torch loads."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise InputError(f"{what} {path_or_id!r} is a file; expected {expected}")
+    if looks_like_hub_id(path_or_id):
+        return None
+    raise InputError(f"{what} {path_or_id!r} does not exist")
+
+
 def resolve_source(path_or_id: str, revision: str | None = None) -> SourceModel:
     """Find the source folder (downloading a Hub id) and check that it is an SD pipeline."""
     path = Path(path_or_id).expanduser()

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sdrt.export.build_config import check_tiny_vae_option
 from sdrt.export.components import ExportWrapper, ShapeCase, VaeDecoderExport
 from sdrt.export.random_tiny_vae import CLASS_NAME
-from sdrt.export.source import FolderHasher, SourceModel, looks_like_hub_id
+from sdrt.export.source import FolderHasher, SourceModel
 
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import Source, TinyVae
@@ -65,20 +66,13 @@ class TinyVaeSource:
 def resolve_tiny_vae(path_or_id: str, pipeline: SourceModel) -> TinyVaeSource:
     """The tiny VAE folder (a Hub id is fetched into the Hub cache), checked against the
     pipeline it will decode for: AutoencoderTiny, same latent channels, same scale factor."""
-    path = Path(path_or_id).expanduser()
     revision = None
-    if path.is_dir():
-        folder = path.resolve()
+    folder = check_tiny_vae_option(path_or_id)
+    if folder is not None:
         path_or_id = str(folder)
-    elif path.exists():
-        raise InputError(
-            f"--tiny-vae {path_or_id!r} is a file; expected a diffusers AutoencoderTiny folder"
-        )
-    elif looks_like_hub_id(path_or_id):
+    else:
         folder = _download(path_or_id)
         revision = folder.name if folder.parent.name == "snapshots" else None
-    else:
-        raise InputError(f"--tiny-vae {path_or_id!r} does not exist")
     config = _read_config(folder, path_or_id)
     _check_compatible(config, pipeline, path_or_id)
     return TinyVaeSource(folder, path_or_id, revision, config)

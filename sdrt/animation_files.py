@@ -5,10 +5,18 @@ GIF and WebP are written by Pillow (a runtime dependency); MP4 (H.264, yuv420p) 
 imageio-ffmpeg, which brings its own ffmpeg binary, in the ``video`` extra
 (``pip install 'sdrt[video]'``). A name with no suffix, or an existing folder, is a folder
 of ``frame-00.png``, ``frame-01.png``, ... (sdrt.image_files.numbered_paths).
+
+``open_animation`` takes frames one at a time. PNG frames and MP4 are written as they come,
+so a walk of any length holds one frame here. Pillow writes a GIF or WebP from every frame
+at once (its GIF writer keeps each frame to compare with the next), so those hold all their
+frames until the end: ``check_frames_held`` bounds them to HELD_BYTES of pixels and names
+.mp4 and a folder for longer walks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +30,7 @@ ANIMATIONS = {".gif": "GIF", ".webp": "WEBP", ".mp4": "MP4"}
 FOLDER = "folder"
 GIF_MAX_FPS = 50  # GIF frame delays are whole hundredths of a second
 FRAME_NAME = "frame.png"  # numbered: frame-00.png, frame-01.png, ...
+HELD_BYTES = 2**30  # GIF and WebP: the most RGB pixel bytes held until the file is written
 
 
 def output_kind(path: Path, option: str = "-o") -> str:
@@ -84,16 +93,101 @@ def save_animation(frames: list, path: Path, kind: str, fps: float) -> None:
 
 
 def _save_mp4(frames: list, path: Path, fps: float) -> None:
-    import imageio_ffmpeg
+    with open_animation(path, "MP4", fps, len(frames)) as writer:
+        for frame in frames:
+            writer.write(frame)
 
-    width, height = frames[0].size
-    with atomic_path(path) as tmp:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp), (width, height), fps=fps, codec="libx264", macro_block_size=8
+
+def check_frames_held(kind: str, frames: int, width: int, height: int, option="--frames") -> None:
+    """InputError where a GIF or WebP of ``frames`` frames of width x height would hold
+    more than HELD_BYTES of pixels until it is written (PNG frames and MP4 hold one)."""
+    if kind not in ("GIF", "WEBP"):
+        return
+    most = max(HELD_BYTES // (width * height * 3), 1)
+    if frames > most:
+        raise InputError(
+            f"{option}: expected at most {most} frames for a .{kind.lower()} of {width}x{height} "
+            f"(Pillow writes it from every frame held in memory, {HELD_BYTES // 2**20} MiB at "
+            f"most), got {frames}; write .mp4 or a folder of PNG frames for longer walks"
         )
-        writer.send(None)  # start ffmpeg
-        try:
-            for frame in frames:
-                writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
-        finally:
-            writer.close()
+
+
+class AnimationWriter:
+    """Frames in, one at a time (``write``); the file is complete when ``finish`` returns."""
+
+    def write(self, frame) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once after the last frame (not after an error)."""
+
+
+@contextmanager
+def open_animation(path: Path, kind: str, fps: float, frames: int) -> Iterator[AnimationWriter]:
+    """A writer of ``frames`` PIL frames to ``path`` as ``kind`` at ``fps``. A GIF, WebP or
+    MP4 appears, atomically, only when every frame was written and the block ended without
+    an error; PNG frames appear one by one, each printed to stdout as it is written."""
+    path = Path(path)
+    if kind == FOLDER:
+        yield _FrameFolder(frame_paths(path, frames))
+        return
+    if kind == "MP4":
+        with atomic_path(path) as tmp:
+            writer = _Mp4Writer(tmp, fps)
+            try:
+                yield writer
+            finally:
+                writer.close()  # ffmpeg finishes the file before it is renamed into place
+        return
+    writer = _HeldFrames(path, kind, fps)
+    yield writer
+    writer.finish()
+
+
+class _FrameFolder(AnimationWriter):
+    def __init__(self, paths: list[Path]):
+        self.paths, self.written = paths, 0
+
+    def write(self, frame) -> None:
+        from sdrt.image_files import save_image
+
+        path = self.paths[self.written]
+        save_image(frame, path)
+        self.written += 1
+        print(path, flush=True)
+
+
+class _HeldFrames(AnimationWriter):
+    """GIF and WebP: Pillow needs every frame at once (bounded by check_frames_held)."""
+
+    def __init__(self, path: Path, kind: str, fps: float):
+        self.path, self.kind, self.fps, self.frames = path, kind, fps, []
+
+    def write(self, frame) -> None:
+        self.frames.append(frame)
+
+    def finish(self) -> None:
+        save_animation(self.frames, self.path, self.kind, self.fps)
+        self.frames = []
+
+
+class _Mp4Writer(AnimationWriter):
+    """Each frame piped to ffmpeg as it comes; ffmpeg starts with the first frame, which
+    gives the size."""
+
+    def __init__(self, tmp: Path, fps: float):
+        self.tmp, self.fps, self.ffmpeg = tmp, fps, None
+
+    def write(self, frame) -> None:
+        if self.ffmpeg is None:
+            import imageio_ffmpeg
+
+            self.ffmpeg = imageio_ffmpeg.write_frames(
+                str(self.tmp), frame.size, fps=self.fps, codec="libx264", macro_block_size=8
+            )
+            self.ffmpeg.send(None)  # start ffmpeg
+        self.ffmpeg.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
+
+    def close(self) -> None:
+        if self.ffmpeg is not None:
+            self.ffmpeg.close()

@@ -24,9 +24,12 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sdrt import __version__
-from sdrt.errors import SdrtError
+from sdrt.errors import ParameterError, SdrtError, SdrtWarning
 
 # subcommand name -> module under sdrt.commands
 COMMANDS = {
@@ -74,6 +77,39 @@ EXTRA_MODULES = {
     "openvino": ("openvino", "nncf"),
     "nncf": ("nncf",),
 }
+# The Python API's parameter names -> the arguments of the commands that set them, so that
+# an error from the shared checks (sdrt.errors.ParameterError, from sdrt/request.py and
+# sdrt/interpolation.py) names what the user typed: `--steps`, not num_inference_steps.
+_CALL_ARGUMENTS = {
+    "prompt": "PROMPT",
+    "negative_prompt": "--negative-prompt",
+    "num_inference_steps": "--steps",
+    "guidance_scale": "--guidance",
+    "height": "--height",
+    "width": "--width",
+    "scheduler": "--scheduler",
+    "image": "--image",
+    "strength": "--strength",
+}
+PARAMETER_ARGUMENTS = {
+    "generate": {
+        **_CALL_ARGUMENTS,
+        "mask_image": "--mask",
+        "num_images_per_prompt": "--batch",
+        "seed": "--seed",
+        "deep_cache_interval": "--deep-cache-interval",
+        "deep_cache_branch": "--deep-cache-branch",
+        "vae": "--vae",
+    },
+    "interpolate": {
+        **_CALL_ARGUMENTS,
+        "prompts": "PROMPT",
+        "seeds": "--seeds",
+        "num_frames": "--frames",
+        "batch_size": "--frames-per-call",
+        "method": "--method",
+    },
+}
 # Where a module is in several extras, the one a command needs (others: the first listed).
 COMMAND_EXTRAS = {"engines": "gpu"}
 # The runtime's own dependencies (pyproject.toml's [project] dependencies).
@@ -100,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.set_defaults(handler=module.run)
+        # The subcommand's own parser, so that a mistyped option prints its usage.
+        command.set_defaults(handler=module.run, command_parser=command)
     return parser
 
 
@@ -135,9 +172,10 @@ def _run(argv: list[str] | None) -> int:
         command, prog = args.command, f"sdrt {args.command}"
         if getattr(args, "unavailable", None):  # its arguments are unknown: say why first
             raise args.unavailable
-        if unknown:  # what parse_args says
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        return int(args.handler(args) or 0)
+        if unknown:  # what parse_args says, with the subcommand's usage line
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        with _one_line_warnings(prog):
+            return int(args.handler(args) or 0)
     except BrokenPipeError as e:
         if not _stdio_broken():
             return _internal_error(prog, e)
@@ -145,7 +183,7 @@ def _run(argv: list[str] | None) -> int:
         return EXIT_BROKEN_PIPE
     except SdrtError as e:
         _debug_traceback()
-        return _error(prog, f"error: {e}", EXIT_USAGE)
+        return _error(prog, f"error: {_spelled(e, command)}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _error(prog, "interrupted", EXIT_INTERRUPTED)
     except ModuleNotFoundError as e:
@@ -156,6 +194,32 @@ def _run(argv: list[str] | None) -> int:
         return _error(prog, f"error: {message}", EXIT_USAGE)
     except Exception as e:
         return _internal_error(prog, e)
+
+
+def _spelled(error: SdrtError, command: str) -> str:
+    """The error's message, with parameters named as ``command``'s arguments."""
+    if isinstance(error, ParameterError):
+        return error.spelled(PARAMETER_ARGUMENTS.get(command, {}))
+    return str(error)
+
+
+@contextmanager
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """sdrt's own warnings (SdrtWarning) as one ``PROG: warning: ...`` line each, rather
+    than Python's two lines naming a source file; other libraries' warnings as Python
+    shows them."""
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, SdrtWarning):
+            show(message, category, filename, lineno, file, line)
+            return
+        text = " ".join(str(message).split())
+        print(f"{prog}: warning: {text}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        yield
 
 
 def missing_module_message(error: ModuleNotFoundError, command: str = "") -> str | None:

@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from sdrt.errors import InputError
+from sdrt.errors import ParameterError
 from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, DeepCacheBranch, Manifest
 
 
@@ -32,27 +32,32 @@ def check_deep_cache(manifest: Manifest, interval: Any, branch: Any) -> DeepCach
     InputError naming what the folder was built with."""
     if interval is None:
         if branch is not None:
-            raise InputError(
-                f"deep_cache_branch={branch!r} needs deep_cache_interval= (DeepCache is off "
-                "without an interval)"
+            raise ParameterError(
+                "{deep_cache_branch}: {branch!r} needs {deep_cache_interval=} too (DeepCache is "
+                "off without an interval)",
+                branch=branch,
             )
         return None
     if isinstance(interval, bool) or not isinstance(interval, numbers.Integral) or interval < 1:
-        raise InputError(f"deep_cache_interval: expected an integer >= 1, got {interval!r}")
+        raise ParameterError(
+            "{deep_cache_interval}: expected an integer >= 1, got {value!r}", value=interval
+        )
     built = manifest.deep_cache
     if built is None or not built.branches:
-        raise InputError(
-            "deep_cache_interval: this model folder was built without DeepCache's graphs; "
+        raise ParameterError(
+            "{deep_cache_interval}: this model folder was built without DeepCache's graphs; "
             "rebuild it with `sdrt build --deep-cache`"
         )
     if branch is None:
         branch = built.branches[0].branch
     if isinstance(branch, bool) or not isinstance(branch, numbers.Integral):
-        raise InputError(f"deep_cache_branch: expected an integer, got {branch!r}")
+        raise ParameterError(
+            "{deep_cache_branch}: expected an integer, got {value!r}", value=branch
+        )
     record = built.branch(int(branch))
     if record is None:
-        raise InputError(
-            f"deep_cache_branch: this model folder was built for DeepCache branches "
+        raise ParameterError(
+            f"{{deep_cache_branch}}: this model folder was built for DeepCache branches "
             f"{list(built.branch_ids)}, got {branch} (sdrt build --deep-cache-branches)"
         )
     return DeepCacheSettings(int(interval), record)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class SdrtError(Exception):
     """Base class: a message that says what was expected and what came."""
@@ -9,6 +11,44 @@ class SdrtError(Exception):
 
 class InputError(SdrtError, ValueError):
     """A bad argument, path, size or option given by the user."""
+
+
+class ParameterError(InputError):
+    """An InputError about a call's parameters, which its message names as ``{name}``
+    fields (``{name=}`` in running text: "pass {image=} too"); the values quoted in it are
+    keyword arguments, kept apart from the names.
+
+    ``str()`` spells the names as the Python API's (``name``, ``name=``); ``spelled(names)``
+    as another interface does (the CLI's ``--steps`` for ``num_inference_steps``), so that
+    one check of a Request speaks to each user in the names they typed.
+    """
+
+    def __init__(self, template: str, **values):
+        self.template, self.values = template, values
+        super().__init__(self.spelled({}))
+
+    def spelled(self, names: Mapping[str, str]) -> str:
+        """The message with each parameter named as ``names`` says (as Python elsewhere)."""
+        return self.template.format_map(_Spelling(names, self.values))
+
+    def __reduce__(self):  # pickled (Ray) as made: the template and values, not the text
+        return _rebuild_parameter_error, (type(self), self.template, self.values)
+
+
+def _rebuild_parameter_error(cls, template, values):
+    return cls(template, **values)
+
+
+class _Spelling(dict):
+    """format_map's mapping: the values as given; any other field is a parameter name."""
+
+    def __init__(self, names: Mapping[str, str], values: Mapping[str, object]):
+        super().__init__(values)
+        self.names = names
+
+    def __missing__(self, field: str) -> str:
+        name = field.removesuffix("=")
+        return self.names.get(name, field)
 
 
 class ModelFolderError(SdrtError):
@@ -25,3 +65,8 @@ class BackendUnavailableError(SdrtError):
 
 class NumericsError(SdrtError):
     """A computation produced NaN or Inf (e.g. an fp16 VAE that overflowed)."""
+
+
+class SdrtWarning(UserWarning):
+    """Something a user should know that does not stop the call (a prompt cut short). The
+    Python API warns with ``warnings.warn``; the CLI prints one ``warning:`` line."""

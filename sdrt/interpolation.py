@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of
-from sdrt.errors import InputError
+from sdrt.errors import InputError, ParameterError
 from sdrt.manifest import Manifest
 from sdrt.noise import SeedNoise
 from sdrt.request import Request, make_request, prompt_list
@@ -224,7 +224,10 @@ def make_walk(
     prompts, seeds = _per_keyframe(prompts, count), _per_keyframe(seeds, count)
     frames = _integer(num_frames, "num_frames", count, "at least one frame per keyframe")
     if method not in METHODS:
-        raise InputError(f"method: expected one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        raise ParameterError(
+            f"{{method}}: expected one of {', '.join(map(repr, METHODS))}, got {{value!r}}",
+            value=method,
+        )
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InputError(
             "negative_prompt: expected a string or None (one negative prompt for every "
@@ -248,7 +251,10 @@ def make_walk(
 
 def _integer(value: Any, name: str, minimum: int, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum} ({meaning}), got {value!r}")
+        raise ParameterError(
+            f"{{{name}}}: expected an integer >= {minimum} ({meaning}), got {{value!r}}",
+            value=value,
+        )
     return int(value)
 
 
@@ -276,13 +282,13 @@ def _keyframe_count(prompts: int, seeds: list[int], latents: Any) -> int:
     count = max(lengths.values())
     for name, length in lengths.items():
         if length not in (1, count):
-            others = ", ".join(f"{n}: {v}" for n, v in lengths.items() if n != name)
-            raise InputError(
-                f"{name}: expected 1 or {count} (one per keyframe; {others}), got {length}"
+            others = ", ".join(f"{{{n}}}: {v}" for n, v in lengths.items() if n != name)
+            raise ParameterError(
+                f"{{{name}}}: expected 1 or {count} (one per keyframe; {others}), got {length}"
             )
     if count < 2:
-        raise InputError(
-            "prompts: expected two or more keyframes (several prompts, seeds or latents), got 1"
+        raise ParameterError(
+            "{prompts}: expected two or more keyframes (several prompts, seeds or latents), got 1"
         )
     return count
 
@@ -337,10 +343,27 @@ def _check_not_opposite(latents) -> None:
 # ---------------------------------------------------------------------------- running
 
 
-def run_walk(pipe, walk: Walk, stage_callback=None) -> Iterator[FrameProgress]:
-    """Generate the walk's frames, ``walk.batch_size`` per call, yielding each in order."""
-    keyframes = _keyframe_embeddings(pipe, walk.prompts)
+def run_walk(
+    pipe, walk: Walk, stage_callback=None, *, keep_frames: bool = True
+) -> Iterator[FrameProgress]:
+    """Generate the walk's frames, ``walk.batch_size`` per call, yielding each in order.
+
+    ``keep_frames``: gather every frame into the last FrameProgress's result. False holds
+    no frame beyond the batch being yielded (the last result is then None): for callers
+    that write each frame as it comes, so that a walk of any length fits in memory."""
     images: list = []
+    total = len(walk.positions)
+    for done, (position, image) in enumerate(_frames(pipe, walk, stage_callback), 1):
+        output = None
+        if keep_frames:
+            images.append(image)
+            output = _output(walk, images) if done == total else None
+        yield FrameProgress(done, total, position, image, output)
+
+
+def _frames(pipe, walk: Walk, stage_callback) -> Iterator[tuple[FramePosition, Any]]:
+    """(position, image) for every frame in order, one batch held at a time."""
+    keyframes = _keyframe_embeddings(pipe, walk.prompts)
     total = len(walk.positions)
     for start in range(0, total, walk.batch_size):
         positions = walk.positions[start : start + walk.batch_size]
@@ -349,10 +372,10 @@ def run_walk(pipe, walk: Walk, stage_callback=None) -> Iterator[FrameProgress]:
         noise = WalkNoise(walk.seeds, positions)
         for progress in pipe.generate(request, stage_callback=stage_callback, noise=noise):
             result = progress.result
-        for position, image in zip(positions, result.images, strict=True):
-            images.append(image)
-            output = _output(walk, images) if len(images) == total else None
-            yield FrameProgress(len(images), total, position, image, output)
+        images = result.images
+        del result  # the batch's images are dropped as they are yielded, not kept here
+        for index, position in enumerate(positions):
+            yield position, images[index]
 
 
 def _keyframe_embeddings(pipe, prompts: tuple[str, ...]) -> list:

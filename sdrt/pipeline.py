@@ -68,12 +68,16 @@ class PipelineOutput:
 
 @dataclass(frozen=True)
 class Progress:
-    """One denoising step done; the last Progress of a call carries the result."""
+    """One U-Net call done (see ``step``); the last Progress of a call carries the result."""
 
-    step: int  # U-Net calls done so far
-    total_steps: int
+    step: int  # denoising steps done so far, counted as the user asked for them
+    total_steps: int  # the steps asked for (img2img: int(steps * strength)), not U-Net calls
     timestep: float | None
     result: PipelineOutput | None = None
+    # One Progress comes per U-Net call: PNDM's warm-up and Heun's second calls make more
+    # calls than steps (Scheduler.steps_done), so ``step`` can repeat.
+    unet_calls: int = 0  # U-Net calls done so far
+    total_unet_calls: int = 0
 
 
 class Pipeline(LoraMethods):
@@ -327,10 +331,16 @@ class Pipeline(LoraMethods):
         return walk
 
     def generate_walk(
-        self, walk: Walk, *, stage_callback: StageCallback | None = None
+        self,
+        walk: Walk,
+        *,
+        stage_callback: StageCallback | None = None,
+        keep_frames: bool = True,
     ) -> Iterator[FrameProgress]:
-        """Yield a FrameProgress per frame, in order; the last one carries the result."""
-        return run_walk(self, walk, stage_callback)
+        """Yield a FrameProgress per frame, in order; the last one carries the result.
+        ``keep_frames=False`` holds no frame beyond the current batch and leaves the last
+        result None: for writing each frame as it comes (``sdrt interpolate``)."""
+        return run_walk(self, walk, stage_callback, keep_frames=keep_frames)
 
     def embed_prompts(self, prompts: str | list[str]) -> PromptEmbeddings:
         """The U-Net's text conditioning for ``prompts`` (one row each), as ``__call__``
@@ -416,7 +426,8 @@ class Pipeline(LoraMethods):
         noise = self._initial_noise(request, source, xp)
         x, inpaint = self._initial_latents(request, sched, plan, noise, xp, stages)
         state = sched.initial_state(plan)
-        total = len(plan.timesteps)
+        total = len(plan.timesteps)  # U-Net calls
+        steps = sched.steps_in(plan)  # what the user asked for, as progress counts
         cache = (
             None
             if request.deep_cache is None
@@ -427,12 +438,25 @@ class Pipeline(LoraMethods):
                 request, sched, plan, state, x, i, conditioning, inpaint, source, stages, cache
             )
             if i < total - 1:
-                yield Progress(i + 1, total, float(plan.timesteps[i]))
+                yield Progress(
+                    sched.steps_done(plan, i + 1),
+                    steps,
+                    float(plan.timesteps[i]),
+                    unet_calls=i + 1,
+                    total_unet_calls=total,
+                )
         with stages.stage("vae_decode"):
             images = self._decode(x, vae_route(self.manifest, request.vae))
         output = images if request.output_type == "np" else to_pil(images)
         result = PipelineOutput(output, tuple(stages.timings))
-        yield Progress(total, total, float(plan.timesteps[-1]), result)
+        yield Progress(
+            steps,
+            steps,
+            float(plan.timesteps[-1]),
+            result,
+            unet_calls=total,
+            total_unet_calls=total,
+        )
 
     def _initial_noise(self, request: Request, source: NoiseSource, xp):
         """The call's initial noise: ``latents`` as given, else drawn (from the call's seed)."""

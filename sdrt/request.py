@@ -20,7 +20,7 @@ import numpy as np
 
 from sdrt.arrays import namespace_of
 from sdrt.deep_cache import DeepCacheSettings, check_deep_cache
-from sdrt.errors import InputError
+from sdrt.errors import InputError, ParameterError
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
 from sdrt.vae_choice import check_vae_choice
@@ -68,20 +68,29 @@ def prompt_list(value: Any, name: str) -> list[str]:
         return [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(p, str) for p in value):
         return list(value)
-    raise InputError(f"{name}: expected a string or a non-empty list of strings, got {value!r}")
+    raise ParameterError(
+        f"{{{name}}}: expected a string or a non-empty list of strings, got {{value!r}}",
+        value=value,
+    )
 
 
 def _integer(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InputError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+        raise ParameterError(
+            f"{{{name}}}: expected an integer, got {{kind}} {{value!r}}",
+            kind=type(value).__name__,
+            value=value,
+        )
     if value < minimum:
-        raise InputError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise ParameterError(
+            f"{{{name}}}: expected an integer >= {minimum}, got {{value}}", value=value
+        )
     return int(value)
 
 
 def _real(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise InputError(f"{name}: expected a finite number, got {value!r}")
+        raise ParameterError(f"{{{name}}}: expected a finite number, got {{value!r}}", value=value)
     return float(value)
 
 
@@ -89,13 +98,13 @@ def _check_size(name: str, value: Any, manifest: Manifest) -> int:
     build = manifest.build
     value = _integer(value, name, 1)
     if value % build.size_multiple:
-        raise InputError(
-            f"{name}: expected a multiple of {build.size_multiple} (the size multiple this model "
-            f"folder was built for), got {value}"
+        raise ParameterError(
+            f"{{{name}}}: expected a multiple of {build.size_multiple} (the size multiple this "
+            f"model folder was built for), got {value}"
         )
     if not build.min_size <= value <= build.max_size:
-        raise InputError(
-            f"{name}: expected a size between {build.min_size} and {build.max_size} pixels "
+        raise ParameterError(
+            f"{{{name}}}: expected a size between {build.min_size} and {build.max_size} pixels "
             f"(the range this model folder was built for), got {value}"
         )
     return value
@@ -126,10 +135,10 @@ def fit_size(width: int, height: int, manifest: Manifest) -> tuple[int, int]:
     if min(width, height) * scale < low:
         scale = low / min(width, height)
     if max(width, height) * scale > high + 1e-9:
-        raise InputError(
-            f"image: expected an aspect ratio that fits the sizes this model folder was built "
-            f"for ({build.min_size} to {build.max_size} pixels a side), got a {width}x{height} "
-            "image; pass height= and width= (sdrt generate: --size) to resize it"
+        raise ParameterError(
+            f"{{image}}: expected an aspect ratio that fits the sizes this model folder was "
+            f"built for ({build.min_size} to {build.max_size} pixels a side), got a "
+            f"{width}x{height} image; pass {{height=}} and {{width=}} to resize it"
         )
 
     def side(value: int) -> int:
@@ -384,8 +393,9 @@ def _negative_prompts(negative_prompt: Any, count: int) -> list[str]:
 def _guidance(guidance_scale: Any) -> float:
     guidance = _real(guidance_scale, "guidance_scale")
     if guidance < 0.0:
-        raise InputError(
-            f"guidance_scale: expected a number >= 0 (<= 1 turns guidance off), got {guidance:g}"
+        raise ParameterError(
+            f"{{guidance_scale}}: expected a number >= 0 (<= 1 turns guidance off), got "
+            f"{guidance:g}"
         )
     return guidance
 
@@ -393,16 +403,18 @@ def _guidance(guidance_scale: Any) -> float:
 def _check_images(manifest: Manifest, image: Any, mask_image: Any, strength: Any, steps: int):
     """The img2img / inpainting inputs; returns the strength (1.0 for txt2img)."""
     if mask_image is not None and image is None:
-        raise InputError("mask_image: inpainting needs the image to repaint; pass image= too")
+        raise ParameterError(
+            "{mask_image}: inpainting needs the image to repaint; pass {image=} too"
+        )
     if image is not None:
         strength = _real(strength, "strength")
         if not 0.0 < strength <= 1.0:
-            raise InputError(f"strength: expected a number in (0, 1], got {strength}")
+            raise ParameterError(f"{{strength}}: expected a number in (0, 1], got {strength}")
         if int(steps * strength) < 1:  # diffusers' get_timesteps: int(steps * strength) steps
-            raise InputError(
-                f"strength: strength={strength:g} with num_inference_steps={steps} leaves no "
+            raise ParameterError(
+                f"{{strength}}: {strength:g} of {{num_inference_steps}} {steps} leaves no "
                 f"denoising step (int({steps} * {strength:g}) = 0); expected "
-                "num_inference_steps * strength >= 1"
+                "{num_inference_steps} * {strength} >= 1"
             )
         image_size(image, "image")
     else:
@@ -410,14 +422,14 @@ def _check_images(manifest: Manifest, image: Any, mask_image: Any, strength: Any
     if mask_image is not None:
         image_wh, mask_wh = image_size(image, "image"), image_size(mask_image, "mask_image")
         if image_wh != mask_wh:
-            raise InputError(
-                f"mask_image: expected the size of image, {image_wh[0]}x{image_wh[1]}, "
+            raise ParameterError(
+                f"{{mask_image}}: expected the size of {{image}}, {image_wh[0]}x{image_wh[1]}, "
                 f"got {mask_wh[0]}x{mask_wh[1]}"
             )
     if manifest.unet_in_channels != manifest.latent_channels and mask_image is None:
-        raise InputError(
+        raise ParameterError(
             f"this model folder holds an inpainting U-Net ({manifest.unet_in_channels} input "
-            "channels): pass image= and mask_image="
+            "channels): pass {image=} and {mask_image=}"
         )
     return strength
 

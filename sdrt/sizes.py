@@ -39,3 +39,40 @@ def parse_size(text: str, option: str = "--size") -> Size:
     if width < 1 or height < 1:
         raise InputError(f"{option}: expected sizes of at least 1 pixel, got {text!r}")
     return Size(width=width, height=height)
+
+
+def add_size_arguments(add, default_help: str) -> None:
+    """``--size N|WxH`` and diffusers' ``--width`` / ``--height`` (``add``: a parser's
+    add_argument), read back together by ``size_from_options``."""
+    add(
+        "--size",
+        default=None,
+        metavar="N|WxH",
+        help=f"image size in pixels, N (square) or WxH such as 512x768 (default: {default_help})",
+    )
+    for side in ("width", "height"):
+        add(
+            f"--{side}",
+            type=int,
+            metavar="PIXELS",
+            default=None,
+            help=f"image {side} in pixels, diffusers' {side}= (default: --size's {side})",
+        )
+
+
+def size_from_options(size: str | None, width: int | None, height: int | None):
+    """(width, height) from ``--size`` and ``--width`` / ``--height``, None where neither
+    gives one (the model folder's default applies); InputError where they disagree."""
+    if size is None:
+        return width, height
+    parsed = parse_size(size)
+    for option, given, from_size in (
+        ("--width", width, parsed.width),
+        ("--height", height, parsed.height),
+    ):
+        if given is not None and given != from_size:
+            raise InputError(
+                f"{option}: expected the same {option[2:]} as --size {size} ({from_size}) or "
+                f"no {option}, got {given}"
+            )
+    return parsed.width, parsed.height

@@ -21,7 +21,7 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import InputError, ModelFolderError, SdrtWarning
 
 DEFAULT_MAX_LENGTH = 77
 # Configs without a real limit store a huge sentinel (transformers' VERY_LARGE_INTEGER).
@@ -30,7 +30,7 @@ _NO_LIMIT = 1_000_000
 CLIP_SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
-class PromptTruncatedWarning(UserWarning):
+class PromptTruncatedWarning(SdrtWarning):
     """A prompt was longer than the text encoder's context and lost its tail."""
 
 
@@ -250,6 +250,12 @@ class ClipTokenizer:
         """The prompt's ids without special tokens, untruncated."""
         return self._tokenizer.encode(prompt, add_special_tokens=False).ids
 
+    def _dropped_text(self, ids: list[int], limit: int = 60) -> str:
+        """What truncation cut off, as text (CLIP marks word ends with ``</w>``), shortened
+        to ``limit`` characters for a one-line warning."""
+        text = " ".join(self._tokenizer.decode(ids).replace("</w>", " ").split())
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
     def __call__(self, prompts: str | list[str]) -> np.ndarray:
         """Token ids as int64, shape (len(prompts), max_length); warns when a prompt is cut."""
         if isinstance(prompts, str):
@@ -265,7 +271,7 @@ class ClipTokenizer:
                 warnings.warn(
                     f"prompt truncated to the text encoder's {self.max_length} tokens: "
                     f"{dropped} token{'s' if dropped != 1 else ''} dropped "
-                    f"(at most {room} tokens of text fit): {prompt[:60]!r}...",
+                    f"(at most {room} tokens of text fit): {self._dropped_text(ids[room:])!r}",
                     PromptTruncatedWarning,
                     stacklevel=2,
                 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import ModelFolderError, ParameterError
 from sdrt.manifest import Manifest
 
 VAE_CHOICES = ("full", "tiny")
@@ -33,10 +33,13 @@ def check_vae_choice(manifest: Manifest, value) -> str:
     if value is None:
         return DEFAULT_VAE
     if value not in VAE_CHOICES:
-        raise InputError(f"vae: expected one of {', '.join(map(repr, VAE_CHOICES))}, got {value!r}")
+        raise ParameterError(
+            f"{{vae}}: expected one of {', '.join(map(repr, VAE_CHOICES))}, got {{value!r}}",
+            value=value,
+        )
     if value == "tiny" and manifest.tiny_vae is None:
-        raise InputError(
-            "vae: expected 'full' for this model folder, got 'tiny': it was built without a "
+        raise ParameterError(
+            "{vae}: expected 'full' for this model folder, got 'tiny': it was built without a "
             "tiny VAE (rebuild it with `sdrt build ... --tiny-vae FOLDER`)"
         )
     return value

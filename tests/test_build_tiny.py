@@ -130,7 +130,7 @@ def test_info_prints_the_manifest_as_tables(tiny_built, capsys):
     assert cli.main(["info", str(tiny_built)]) == 0
     out = capsys.readouterr().out
     manifest = read_manifest(tiny_built)
-    assert "family         sd1, prediction epsilon, native size 64 px" in out
+    assert "family         sd1, prediction epsilon, default size 64 px (sizes 64..256 px" in out
     assert "sizes 64..256 px (opt 64, multiple of 8)" in out
     for name, comp in manifest.components.items():
         row = next(

@@ -256,11 +256,17 @@ def test_help_lists_schedulers_and_a_default_for_every_option(capsys):
 
 BAD_ARGUMENTS = [
     (["--size", "64x"], r"--size: expected N or WxH pixels \(e.g. 512 or 512x768\), got '64x'"),
-    (["--size", "60x64"], r"width: expected a multiple of"),
-    (["--size", "512"], r"height: expected a size between 64 and 256 pixels"),
-    (["--steps", "0"], r"num_inference_steps: expected an integer >= 1, got 0"),
+    (["--size", "60x64"], r"error: --width: expected a multiple of"),
+    (["--size", "512"], r"error: --height: expected a size between 64 and 256 pixels"),
+    (["--size", None, "--height", "60"], r"error: --height: expected a multiple of 8"),
+    (["--width", "128"], r"--width: expected the same width as --size 64x64 \(64\) or no"),
+    (["--steps", "0"], r"error: --steps: expected an integer >= 1, got 0"),
+    (["--batch", "0"], r"error: --batch: expected an integer >= 1, got 0"),
+    (["--steps", "5000"], r"error: \w+Scheduler: --steps must be in \[1, \d+\]; got 5000$"),
+    (["--deep-cache-interval", "0"], r"error: --deep-cache-interval: expected an integer >= 1"),
+    (["--deep-cache-branch", "1"], r"error: --deep-cache-branch: 1 needs --deep-cache-interval"),
     (["--scheduler", "nope"], r"unknown scheduler 'nope'"),
-    (["--guidance", "-1"], r"guidance_scale: expected a number >= 0 .*, got -1"),
+    (["--guidance", "-1"], r"error: --guidance: expected a number >= 0 .*, got -1"),
     (["--strength", "0.5"], r"--strength: applies to a start image; pass --image too"),
     (["--outpaint", "0,0,64,0"], r"--outpaint: applies to a start image; pass --image too"),
     (["--seed", "-2"], r"--seed: expected an integer >= 0, or -1 for a random seed, got -2"),
@@ -271,16 +277,20 @@ BAD_ARGUMENTS = [
     (["--image", "{inputs}/not_an_image.png"], r"--image: cannot read .* as an image"),
     (
         ["--image", "{inputs}/image.png", "--strength", "0"],
-        r"strength: expected a number in \(0, 1\]",
+        r"error: --strength: expected a number in \(0, 1\]",
     ),
     (
         ["--image", "{inputs}/image.png", "--steps", "1", "--strength", "0.3"],
-        r"strength: strength=0.3 with num_inference_steps=1 leaves no denoising step",
+        r"error: --strength: 0.3 of --steps 1 leaves no denoising step .* expected --steps \* "
+        r"--strength >= 1$",
     ),
-    (["--mask", "{inputs}/mask.png"], r"mask_image: inpainting needs the image to repaint"),
+    (
+        ["--mask", "{inputs}/mask.png"],
+        r"error: --mask: inpainting needs the image to repaint; pass --image too$",
+    ),
     (
         ["--image", "{inputs}/image.png", "--mask", "{inputs}/small_mask.png"],
-        r"mask_image: expected the size of image, 64x64, got 64x32",
+        r"error: --mask: expected the size of --image, 64x64, got 64x32",
     ),
     (
         ["--image", "{inputs}/image.png", "--mask", "{inputs}/mask.png", "--outpaint", "8,0,0,0"],
@@ -291,8 +301,8 @@ BAD_ARGUMENTS = [
     (["--image", "{inputs}/image.png", "--outpaint", "0,0,0,0"], r"at least one margin above 0"),
     (
         ["--image", "{inputs}/strip.png", "--size", None],
-        r"image: expected an aspect ratio that fits .* \(64 to 256 pixels a side\), got a "
-        r"2000x40 image; pass .* --size",
+        r"error: --image: expected an aspect ratio that fits .* \(64 to 256 pixels a side\), "
+        r"got a 2000x40 image; pass --height and --width to resize it",
     ),
     (["-o", "{tmp}"], r"-o: expected a file name ending in .png, .jpg, .jpeg, .webp, got"),
     (["-o", "{tmp}/x.gif"], r"-o: expected a file name ending in .png, .jpg, .jpeg, .webp"),

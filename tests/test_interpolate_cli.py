@@ -77,6 +77,38 @@ def test_a_folder_of_numbered_pngs_whose_keyframes_are_generate_s_images(
     assert np.abs(middle - np.asarray(Image.open(frames / names[0]), dtype=np.int16)).max() > 0
 
 
+def test_frames_go_to_the_writer_as_they_come_and_are_not_held(tiny_built, tmp_path, monkeypatch):
+    # The writer keeps weak references only: the frames alive at once are what the command
+    # and the pipeline hold. They stay within one call's frames (2), whatever --frames says.
+    import gc
+    import weakref
+    from contextlib import contextmanager
+
+    from sdrt import animation_files
+
+    alive, sizes = [], []
+
+    class CountingWriter:
+        frames = []  # weak references to every frame written
+
+        def write(self, frame):
+            self.frames.append(weakref.ref(frame))
+            gc.collect()
+            alive.append(sum(ref() is not None for ref in self.frames))
+            sizes.append(frame.size)
+
+    @contextmanager
+    def open_animation(path, kind, fps, frames):
+        yield CountingWriter()
+
+    monkeypatch.setattr(animation_files, "open_animation", open_animation)
+    args = ["interpolate", str(tiny_built), "a fox", "a cat", "--frames", "12"]
+    args += ["--frames-per-call", "2", "-o", str(tmp_path / "walk.gif"), *FAST]
+    assert main(args) == 0
+    assert sizes == [(64, 64)] * 12
+    assert max(alive) <= 2, alive
+
+
 def test_progress_bar_over_frames_and_random_seeds_printed(tiny_built, tmp_path, capsys):
     out = tmp_path / "walk.gif"
     args = ["interpolate", str(tiny_built), "a fox", "a cat", "--seeds", "-1", "--frames", "3"]
@@ -105,22 +137,32 @@ def test_help_gives_a_default_for_every_option(capsys):
 BAD_ARGUMENTS = [
     (
         ["--frames", "0"],
-        r"num_frames: expected an integer >= 2 \(at least one frame per keyframe\), got 0",
+        r"error: --frames: expected an integer >= 2 \(at least one frame per keyframe\), got 0",
     ),
-    (["--seeds", "1,2,3"], r"prompts: expected 1 or 3 \(one per keyframe; seeds: 3\), got 2"),
+    (
+        ["--frames", "1000000"],
+        r"error: --frames: expected at most 87381 frames for a .gif of 64x64 \(Pillow writes it "
+        r"from every frame held in memory, 1024 MiB at most\), got 1000000; write .mp4 or a "
+        r"folder of PNG frames for longer walks$",
+    ),
+    (
+        ["--seeds", "1,2,3"],
+        r"error: PROMPT: expected 1 or 3 \(one per keyframe; --seeds: 3\), got 2",
+    ),
     (["--seeds", "1,x"], r"--seeds: expected comma-separated integers >= 0 .*, got '1,x'"),
     (["--seeds", "-2"], r"--seeds: expected comma-separated integers"),
     (["--fps", "0"], r"--fps: expected a number above 0, got 0"),
     (["--fps", "60"], r"--fps: expected at most 50 for a GIF"),
-    (["--size", "60"], r"height: expected a multiple of 8"),
-    (["--steps", "0"], r"num_inference_steps: expected an integer >= 1, got 0"),
+    (["--size", "60"], r"error: --height: expected a multiple of 8"),
+    (["--height", "128"], r"error: --height: expected the same height as --size 64 \(64\)"),
+    (["--steps", "0"], r"error: --steps: expected an integer >= 1, got 0"),
     (["--scheduler", "nope"], r"unknown scheduler 'nope'"),
-    (["--guidance", "-1"], r"guidance_scale: expected a number >= 0"),
+    (["--guidance", "-1"], r"error: --guidance: expected a number >= 0"),
     (["--strength", "0.5"], r"--strength: applies to a start image; pass --image too"),
     (["--image", "{tmp}/missing.png"], r"--image: no such file"),
     (
         ["--frames-per-call", "0"],
-        r"batch_size: expected an integer >= 1 \(frames per call\), got 0",
+        r"error: --frames-per-call: expected an integer >= 1 \(frames per call\), got 0",
     ),
     (["-o", "{tmp}/walk.png"], r"-o: expected a name ending in .gif, .webp, .mp4, or a folder"),
     (["-o", "{tmp}/file"], r"-o: expected a folder for PNG frames, got .*, which is a file"),
@@ -149,7 +191,7 @@ def test_one_keyframe_exits_2(tiny_built, tmp_path, capsys, no_load):
     code = main(["interpolate", str(tiny_built), "a fox", "-o", str(tmp_path / "w.gif")])
     assert code == 2
     assert capsys.readouterr().err == (
-        "sdrt interpolate: error: prompts: expected two or more keyframes (several prompts, "
+        "sdrt interpolate: error: PROMPT: expected two or more keyframes (several prompts, "
         "seeds or latents), got 1\n"
     )
 

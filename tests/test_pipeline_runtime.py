@@ -102,18 +102,37 @@ def test_same_seed_same_image_other_seed_other_image(pipe):
 
 def test_generator_yields_each_step_and_the_result_last(pipe):
     events = list(pipe.generate(pipe.request("a fox", seed=0, scheduler="heun", **FAST)))
-    # Heun calls the U-Net twice per step but the last; one Progress per call.
-    total = 2 * STEPS - 1
-    assert [e.step for e in events] == list(range(1, total + 1))
-    assert all(e.total_steps == total for e in events)
+    # Heun calls the U-Net twice per step but the last; one Progress per call, counting
+    # the steps asked for as diffusers' progress bar does.
+    calls = 2 * STEPS - 1
+    assert [e.unet_calls for e in events] == list(range(1, calls + 1))
+    assert all(e.total_unet_calls == calls for e in events)
+    assert [e.step for e in events] == [0, 1, 2]
+    assert all(e.total_steps == STEPS for e in events)
     assert all(e.result is None for e in events[:-1])
     assert events[-1].result.images.shape == (1, SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "strength", "steps"),
+    [("pndm", None, 20), ("pndm", 0.5, 10), ("heun", None, 20), ("euler", 0.5, 10)],
+)
+def test_progress_counts_the_steps_asked_for(pipe, scheduler, strength, steps):
+    # PNDM's warm-up makes 21 U-Net calls for 20 steps: the progress says 20 (diffusers'
+    # progress bar does), as for img2img's int(steps * strength) steps.
+    image = {} if strength is None else {"image": _image(), "strength": strength}
+    settings = {**FAST, "num_inference_steps": 20, **image}
+    events = list(pipe.generate(pipe.request("a fox", seed=0, scheduler=scheduler, **settings)))
+    assert {e.total_steps for e in events} == {steps}
+    done = [e.step for e in events]
+    assert done == sorted(done) and done[-1] == steps and done[-2] < steps
+    assert len(events) == events[-1].total_unet_calls >= steps
 
 
 def test_cancel_by_closing_the_generator(pipe):
     stream = pipe.generate(pipe.request("a fox", seed=0, **{**FAST, "num_inference_steps": 4}))
     first = next(stream)
-    assert isinstance(first, Progress) and first.step == 1 and first.result is None
+    assert isinstance(first, Progress) and first.unet_calls == 1 and first.result is None
     stream.close()
     with pytest.raises(StopIteration):
         next(stream)

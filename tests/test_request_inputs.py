@@ -97,7 +97,7 @@ def test_a_large_image_is_scaled_into_the_built_range(pipe):
         (dict(guidance_scale=-0.5), r"guidance_scale: expected a number >= 0 .*, got -0.5"),
         (
             dict(image=Image.new("RGB", (64, 64)), num_inference_steps=1, strength=0.3),
-            r"strength: strength=0.3 with num_inference_steps=1 leaves no denoising step",
+            r"strength: 0.3 of num_inference_steps 1 leaves no denoising step",
         ),
         (
             dict(image=Image.new("RGB", (64, 64)), num_inference_steps=3, strength=0.3),

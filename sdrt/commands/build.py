@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sdrt.export.build import BuildConfig, HeldOutput
+    from sdrt.export.build import HeldOutput
+    from sdrt.export.build_config import BuildConfig
 
 HELP = (
     "Export a Stable Diffusion pipeline (diffusers folder, Hub id or single-file checkpoint) "
@@ -199,13 +200,46 @@ def _calibration_prompts(path: Path | None) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sdrt.adapters.options import parse_embedding_option, parse_lora_option
-    from sdrt.export.build import BuildConfig, hold_output
-    from sdrt.export.single_file import SingleFileOptions
-
     if _is_onnx_folder(args.source):  # exported elsewhere (Optimum): adopt, don't export
         return _adopt(args)
-    config = BuildConfig(
+    _check_export_installed()
+    config = config_from_args(args)  # every argument and file checked before torch loads
+    from sdrt.export.build import hold_output
+
+    environment = None
+    if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
+        from sdrt.engines.tensorrt import check_can_build
+
+        environment = check_can_build()
+    with hold_output(config.output) as held:  # for the build and the target's steps after it
+        return _build(args, config, held, environment)
+
+
+# What exporting imports (the 'export' extra), found without importing it.
+EXPORT_MODULES = ("torch", "diffusers", "transformers", "onnx")
+
+
+def _check_export_installed() -> None:
+    """ModuleNotFoundError (the CLI names the extra) where the export extra is missing:
+    said first, as no argument can be fixed to get past it."""
+    import importlib.util
+
+    for name in EXPORT_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    """The checked BuildConfig, or InputError, importing nothing heavy (no torch, no
+    diffusers): a mistyped argument is said in a second, before any progress is printed."""
+    from sdrt.adapters.options import parse_embedding_option, parse_lora_option
+    from sdrt.export.build_config import BuildConfig
+    from sdrt.export.single_file import SingleFileOptions
+    from sdrt.export.source import local_folder_or_hub_id
+
+    if not Path(args.source).expanduser().is_file():  # a single-file checkpoint is a file
+        local_folder_or_hub_id(args.source, "source", "a diffusers folder or a Hub id")
+    return BuildConfig(
         source=args.source,
         output=args.output,
         precision=args.precision,
@@ -227,13 +261,6 @@ def _run(args: argparse.Namespace) -> int:
         tiny_vae=args.tiny_vae,
         tome=_tome_options(args),
     )
-    environment = None
-    if args.target == "tensorrt":  # fail before a long export on a machine without TensorRT
-        from sdrt.engines.tensorrt import check_can_build
-
-        environment = check_can_build()
-    with hold_output(config.output) as held:  # for the build and the target's steps after it
-        return _build(args, config, held, environment)
 
 
 def _build(args: argparse.Namespace, config: BuildConfig, held: HeldOutput, environment) -> int:
@@ -341,17 +368,27 @@ def _adopt(args: argparse.Namespace) -> int:
 
 class _Progress:
     """One tqdm line on stderr: which component and what step is running. Made on the first
-    report, so that a build refused at once (a busy output) prints its one error line only."""
+    report, so that a build refused at once (a busy output) prints its one error line only.
+    Where stderr is not a terminal (a log file, a pipe), one plain line per stage instead:
+    a bar redrawn with carriage returns would run every stage together on one line."""
 
-    def __init__(self):
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
         self.bar = None
+        self.last = None
 
     def __call__(self, component: str, stage: str) -> None:
+        if not _is_terminal(self.stream):
+            line = f"{component}: {stage}"
+            if line != self.last:
+                print(line, file=self.stream, flush=True)
+                self.last = line
+            return
         if self.bar is None:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=None, file=sys.stderr, bar_format="{desc} [{elapsed}]", leave=False
+                total=None, file=self.stream, bar_format="{desc} [{elapsed}]", leave=False
             )
         self.bar.set_description_str(f"{component}: {stage}")
         self.bar.refresh()
@@ -359,6 +396,13 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced by a test, or closed
+        return False
 
 
 def _tome_options(args):

@@ -20,7 +20,7 @@ from pathlib import Path
 from sdrt.backends.registry import BACKENDS
 from sdrt.errors import InputError
 from sdrt.image_files import DEFAULT_QUALITY, FORMATS, check_writable, image_format, numbered_paths
-from sdrt.sizes import parse_size
+from sdrt.sizes import add_size_arguments, size_from_options
 
 HELP = (
     "Generate images from a model folder: txt2img, img2img (--image), inpainting (--mask), "
@@ -180,13 +180,10 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default=7.5,
         help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: 7.5)",
     )
-    parser.add_argument(
-        "--size",
-        default=None,
-        metavar="N|WxH",
-        help="image size in pixels, N (square) or WxH such as 512x768 (default: the model's "
-        "size; with --image, the image's size rounded down to the folder's size multiple and "
-        "scaled into its built range)",
+    add_size_arguments(
+        parser.add_argument,
+        "the model folder's default size (sdrt info); with --image, the image's size rounded "
+        "down to the folder's size multiple and scaled into its built range",
     )
     parser.add_argument(
         "--batch",
@@ -290,7 +287,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     if not prompts:
         raise InputError("expected a PROMPT or --prompt-file, got neither")
 
-    size = None if args.size is None else parse_size(args.size)
+    width, height = size_from_options(args.size, args.width, args.height)
     _check_image_options(args)
     outpaint = None if args.outpaint is None else parse_margins(args.outpaint)
     if args.seed < RANDOM_SEED:
@@ -317,8 +314,8 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         seed=None if args.seed == RANDOM_SEED else args.seed,
         steps=args.steps,
         guidance=args.guidance,
-        width=None if size is None else size.width,
-        height=None if size is None else size.height,
+        width=width,
+        height=height,
         batch=args.batch,
         quality=quality,
         backend=args.backend,

@@ -94,7 +94,10 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"  (content sha256 {manifest.source.content_sha256[:12]})",
         *_single_file_lines(manifest.source.single_file),
         f"family         {manifest.family}, prediction {manifest.prediction_type}, "
-        f"native size {manifest.default_image_size} px",
+        # What generate makes without --size, and what it accepts; the model's own sample
+        # size only as a note (a folder built with --min-size above it never makes that).
+        f"default size {b.opt_size} px (sizes {b.min_size}..{b.max_size} px; the model's "
+        f"sample size is {manifest.default_image_size} px)",
         f"latents        {manifest.latent_channels} channels, VAE scale {manifest.vae_scale_factor}, "
         f"scaling factor {manifest.vae_scaling_factor:g}{shift}"
         f", U-Net in channels {manifest.unet_in_channels}",
@@ -120,6 +123,8 @@ def _deep_cache_line(manifest) -> str:
         return "deep cache     not built (sdrt build --deep-cache)"
     shallow = ", ".join(f"{b.branch}: {b.component}" for b in built.branches)
     return f"deep cache     branches {list(built.branch_ids)} (shallow U-Nets {shallow})"
+
+
 def _tiny_vae_lines(tiny) -> list[str]:
     """The tiny VAE built beside the full one (sdrt build --tiny-vae), chosen per call."""
     if tiny is None:

@@ -16,12 +16,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdrt.animation_files import ANIMATIONS, FOLDER, check_output, output_kind
+from sdrt.animation_files import (
+    ANIMATIONS,
+    FOLDER,
+    check_frames_held,
+    check_output,
+    output_kind,
+)
 from sdrt.backends.registry import BACKENDS
 from sdrt.commands.generate import IMG2IMG_STRENGTH, read_image
 from sdrt.errors import InputError
 from sdrt.interpolation import DEFAULT_FRAMES, METHODS
-from sdrt.sizes import parse_size
+from sdrt.sizes import add_size_arguments, size_from_options
 
 HELP = "Walk between prompts and seeds: frames as a GIF, WebP, MP4 or a folder of numbered PNGs."
 RANDOM_SEED = -1
@@ -127,7 +133,7 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         default=7.5,
         help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: 7.5)",
     )
-    add("--size", default=None, metavar="N|WxH", help="as sdrt generate (default: the model's)")
+    add_size_arguments(add, "the model folder's default size, as sdrt generate")
     add(
         "--frames-per-call",
         type=int,
@@ -160,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
     check_output(output, kind, args.fps)
     if args.strength is not None and args.image is None:
         raise InputError("--strength: applies to a start image; pass --image too, or drop it")
-    size = None if args.size is None else parse_size(args.size)
+    width, height = size_from_options(args.size, args.width, args.height)
     return InterpolateConfig(
         folder=Path(args.folder),
         prompts=tuple(args.prompt),
@@ -176,8 +182,8 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
         scheduler=args.scheduler,
         steps=args.steps,
         guidance=args.guidance,
-        width=None if size is None else size.width,
-        height=None if size is None else size.height,
+        width=width,
+        height=height,
         frames_per_call=args.frames_per_call,
         backend=args.backend,
         progress=not args.no_progress,
@@ -212,6 +218,7 @@ def prepare(config: InterpolateConfig):
     )
     scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
     scheduler.plan(walk.request.num_inference_steps, strength=walk.request.strength)
+    check_frames_held(config.kind, len(walk.positions), walk.request.width, walk.request.height)
     if RANDOM_SEED in config.seeds:
         print(f"seeds: {','.join(map(str, walk.seeds))}", file=sys.stderr)
     return walk
@@ -225,35 +232,27 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(config.folder, backend=config.backend)
     parent = config.output if config.kind == FOLDER else config.output.parent
     parent.mkdir(parents=True, exist_ok=True)
-    frames = _generate(pipe, walk, config)
+    _generate(pipe, walk, config)
     if config.kind != FOLDER:
-        from sdrt.animation_files import save_animation
-
-        save_animation(frames, config.output, config.kind, config.fps)
         print(config.output, flush=True)
     return 0
 
 
-def _generate(pipe, walk, config: InterpolateConfig) -> list:
-    """The frames, in order, with a bar over frames; PNG frames are written as they come."""
+def _generate(pipe, walk, config: InterpolateConfig) -> None:
+    """Each frame handed to the writer as it comes, with a bar over frames: nothing here
+    holds a frame (the writer may: sdrt.animation_files)."""
     from tqdm import tqdm
 
-    from sdrt.animation_files import frame_paths
-    from sdrt.image_files import save_image
+    from sdrt.animation_files import open_animation
 
     total = len(walk.positions)
-    paths = frame_paths(config.output, total) if config.kind == FOLDER else None
-    frames = []
     bar = tqdm(
         total=total, desc="frames", unit="frame", file=sys.stderr, disable=not config.progress
     )
     try:
-        for progress in pipe.generate_walk(walk):
-            frames.append(progress.image)
-            if paths is not None:
-                save_image(progress.image, paths[progress.frame - 1])
-                print(paths[progress.frame - 1], flush=True)
-            bar.update(1)
+        with open_animation(config.output, config.kind, config.fps, total) as writer:
+            for progress in pipe.generate_walk(walk, keep_frames=False):
+                writer.write(progress.image)
+                bar.update(1)
     finally:
         bar.close()
-    return frames

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sdrt.arrays import namespace_of
-from sdrt.errors import InputError
+from sdrt.errors import InputError, ParameterError
 from sdrt.schedulers.config import NoiseScheduleConfig, config_fields, make_config
 from sdrt.schedulers.schedule import (
     Plan,
@@ -135,8 +135,9 @@ class Scheduler:
         num_inference_steps = int(num_inference_steps)
         limit = self.max_inference_steps()
         if not 1 <= num_inference_steps <= limit:
-            raise InputError(
-                f"{self.name}: num_inference_steps must be in [1, {limit}]; got {num_inference_steps}"
+            raise ParameterError(
+                f"{self.name}: {{num_inference_steps}} must be in [1, {limit}]; got "
+                f"{num_inference_steps}"
             )
         if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)):
             raise InputError(f"strength must be a number in (0, 1]; got {type(strength).__name__}")
@@ -155,6 +156,22 @@ class Scheduler:
                 f"denoising step; expected num_inference_steps * strength >= 1"
             )
         return dataclasses.replace(full, timesteps=timesteps, begin_index=begin_index)
+
+    def steps_in(self, plan: Plan) -> int:
+        """The denoising steps ``plan`` runs, counted as the user asked for them (as
+        diffusers' progress bar counts them): PNDM's warm-up runs 21 U-Net calls for 20
+        steps and Heun 39, both 20 steps here; img2img runs int(steps * strength)."""
+        return plan.num_inference_steps - plan.begin_index // self.order
+
+    def steps_done(self, plan: Plan, calls: int) -> int:
+        """The steps done after ``calls`` of the plan's U-Net calls, as diffusers' progress
+        bar advances: the calls beyond a steps * order count are warm-up (PNDM's extra
+        call), then one step per ``order`` calls, and all of them after the last call."""
+        total_calls, steps = len(plan.timesteps), self.steps_in(plan)
+        if calls >= total_calls:
+            return steps
+        warm_up = max(total_calls - steps * self.order, 0)
+        return min(max(calls // self.order - warm_up // self.order, 0), steps)
 
     def initial_state(self, plan: Plan):
         return self.State()
