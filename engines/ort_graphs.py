@@ -27,6 +27,7 @@ from sdrt.backends.ort_cpu_options import (
     saves_prepacked_weights,
     session_options,
 )
+from sdrt.files import with_umask_mode
 from sdrt.manifest import Component, Manifest
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def write_optimized_model(
         ort.InferenceSession(str(source), so, providers=list(options.providers))
         record = key_record(component)
         (staging / KEY_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        with_umask_mode(staging)  # mkdtemp's folder is private (0o700)
         try:
             os.replace(staging, target.parent)
         except OSError:
