@@ -41,13 +41,11 @@ def with_umask_mode(path: str | os.PathLike) -> None:
                     os.chmod(os.path.join(folder, name), mode & ~mask)
 
 
-def check_output_file(path: str | os.PathLike, *, force: bool, flag: str = "--force") -> None:
-    """Refuse, before any work, to replace an existing file at ``path`` unless ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"output {str(path)!r} is a folder, expected a file path")
-    if path.exists() and not force:
-        raise InputError(f"output {str(path)!r} already exists; pass {flag} to replace it")
+def check_output_file(path: str | os.PathLike, *, force: bool, option: str = "-o") -> None:
+    """Refuse, before any work, to replace an existing file at ``path`` unless ``force``:
+    what a command writes never silently takes the place of what the user had."""
+    if os.path.lexists(path) and not force:
+        raise InputError(f"{option}: {str(path)!r} already exists; pass --force to replace it")
 
 
 def check_output_folder(output: str | os.PathLike, *, force: bool, marker: str, kind: str) -> bool:
