@@ -287,6 +287,8 @@ def _remove_bad_saved_graphs(folder: Path, manifest: Manifest, bad: list[FileChe
         component = manifest.components.get(rel.rsplit("/", 1)[1].rsplit("-", 1)[0])
         source = component.file if component is not None else "its graph"
         problems = "; ".join(c.problem() for c in checks)
+        if all(not c.expected_sha256 for c in checks):  # written before sdrt recorded them
+            problems = f"{rel}: no sha256 was recorded when it was written"
         shutil.rmtree(folder / rel, ignore_errors=True)
         if (folder / rel).exists():
             raise ModelFolderError(
