@@ -30,11 +30,13 @@ def with_umask_mode(path: str | os.PathLike) -> None:
     renamed into place: tempfile makes private files and folders, and so do libraries
     (safetensors' and onnx's external-data writers make 0o600 files)."""
     mask = _umask()
-    if not os.path.isdir(path) or os.path.islink(path):
+    if os.path.islink(path):
+        return  # a link's target is not ours to change
+    if not os.path.isdir(path):
         os.chmod(path, 0o666 & ~mask)
         return
     os.chmod(path, 0o777 & ~mask)
-    for folder, dirs, files in os.walk(path):  # links (not ours to change) are left
+    for folder, dirs, files in os.walk(path):  # links are left, as above
         for names, mode in ((dirs, 0o777), (files, 0o666)):
             for name in names:
                 if not os.path.islink(os.path.join(folder, name)):
