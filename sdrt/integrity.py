@@ -17,6 +17,12 @@ and validated, then the files it names listed once and checked in one pass; it r
 naming every bad file (``check_model_files`` does the same for a manifest already read).
 ``check_files`` returns one ``FileCheck`` per file (``sdrt info --verify`` reports them all),
 with the size the file had when it last matched, so that a truncated file is named as such.
+
+The ort-cpu backend's saved graphs (``SAVED_GRAPHS_DIR``, written by backends/ort_saved_graphs.py)
+are mapped by loads too, so they are checked the same way, against the sha256 that each
+folder's key record lists for its files as they were written. They are a cache derived from
+the verified graphs: a load removes a copy that does not match (or whose record lists no
+sha256) and says so, and the backend writes it again from its source graph.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,13 @@ log = logging.getLogger(__name__)
 RECORD_NAME = ".sdrt-verified.json"
 RECORD_FORMAT = 1
 VERIFY_MODES = ("changed", "always", "never")
+# The ort-cpu backend's saved graphs: one folder per copy, each with a key record that lists
+# its files' sha256 (sdrt/backends/ort_cpu_options.py names them; hidden folders are copies
+# still being written).
+SAVED_GRAPHS_DIR = "engines/ort-cpu"
+SAVED_GRAPH_RECORD = "key.json"
+# Sessions are made on several threads, each may record the copy it wrote.
+_record_lock = threading.Lock()
 
 
 def verify_mode(value: str | bool) -> str:
@@ -82,13 +97,62 @@ def _write_record(folder: Path, files: dict[str, Any]) -> None:
 
 def record_verified(folder: str | os.PathLike, manifest: Manifest) -> None:
     """Record the files as they are now as matching the manifest (the builder just hashed them)."""
-    folder = Path(folder)
-    files = {
-        rel: {"sha256": expected, **_identity((folder / rel).stat())}
-        for rel, expected in component_files(manifest).items()
-        if expected
+    _record_as_verified(Path(folder), component_files(manifest))
+
+
+def record_saved_graph(folder: str | os.PathLike, saved: str | os.PathLike) -> None:
+    """Record the saved graph in folder ``saved`` as matching what its key record lists (its
+    writer just hashed it), so that the next load need not hash it again."""
+    folder, saved = Path(folder), Path(saved)
+    listed = _listed_files(saved)
+    rel = saved.relative_to(folder).as_posix()
+    _record_as_verified(folder, {f"{rel}/{name}": digest for name, digest in listed.items()})
+
+
+def _record_as_verified(folder: Path, files: dict[str, str]) -> None:
+    with _record_lock:
+        record = _read_record(folder)
+        record.update(
+            {
+                rel: {"sha256": expected, **_identity((folder / rel).stat())}
+                for rel, expected in files.items()
+                if expected
+            }
+        )
+        _write_record(folder, record)
+
+
+def _listed_files(saved: Path) -> dict[str, str]:
+    """A saved graph's files and the sha256 its key record lists for each; "" for every
+    file when the record lists none (written by an older sdrt, or damaged)."""
+    try:
+        record = json.loads((saved / SAVED_GRAPH_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    listed = record.get("files") if isinstance(record, dict) else None
+    if isinstance(listed, dict) and listed:
+        return {str(k): v if isinstance(v, str) else "" for k, v in listed.items()}
+    return {
+        p.name: "" for p in sorted(saved.iterdir()) if p.is_file() and p.name != SAVED_GRAPH_RECORD
     }
-    _write_record(folder, files)
+
+
+def saved_graph_files(folder: str | os.PathLike) -> dict[str, str]:
+    """Relative path -> sha256 recorded when it was written, for every file of every saved
+    graph under SAVED_GRAPHS_DIR ("" where its key record lists none: such a copy is not
+    trusted). Folders without a key record, and hidden ones (being written), are not ours."""
+    root = Path(folder) / SAVED_GRAPHS_DIR
+    if not root.is_dir():
+        return {}
+    files = {}
+    for saved in sorted(root.iterdir()):
+        if saved.name.startswith(".") or saved.is_symlink() or not saved.is_dir():
+            continue
+        if not (saved / SAVED_GRAPH_RECORD).is_file():
+            continue  # not a copy ort-cpu wrote (it writes the record with it): not ours
+        for name, digest in _listed_files(saved).items():
+            files[f"{SAVED_GRAPHS_DIR}/{saved.name}/{name}"] = digest
+    return files
 
 
 @dataclass(frozen=True)
@@ -100,6 +164,7 @@ class FileCheck:
     size: int | None  # bytes now; None when the file is missing
     sha256: str | None = None  # what it hashes to now; None when it was not hashed
     verified_size: int | None = None  # its size when it last hashed as expected, if on record
+    saved_graph: bool = False  # a saved ORT graph: a cache that a load writes again
 
     @property
     def ok(self) -> bool:
@@ -112,6 +177,8 @@ class FileCheck:
     def status(self) -> str:
         if self.size is None:
             return "MISSING"
+        if self.sha256 is not None and not self.expected_sha256:
+            return "MISMATCH (no sha256 recorded)"
         if not self.expected_sha256:
             return "no sha256 in " + MANIFEST_NAME
         if self.sha256 is None:
@@ -126,6 +193,8 @@ class FileCheck:
         """What is wrong, in one line: the file, expected vs actual sha256 and size."""
         if self.size is None:
             return f"{self.path} is missing"
+        if not self.expected_sha256:
+            return f"{self.path}: no sha256 was recorded when it was written"
         text = (
             f"{self.path}: expected sha256 {self.expected_sha256}, got {self.sha256}; "
             f"{self.size} bytes"
@@ -140,11 +209,14 @@ class FileCheck:
 def check_files(
     folder: str | os.PathLike, manifest: Manifest, mode: str | bool = "always"
 ) -> list[FileCheck]:
-    """Each component file's check, in manifest order; raises nothing for a bad file.
+    """Each component file's check, in manifest order, then each saved ORT graph file's;
+    raises nothing for a bad file.
 
     ``"always"`` hashes every file, ``"changed"`` trusts those whose identity is on record,
-    ``"never"`` hashes none (sizes and recorded sizes only). When every file is present and
-    every hashed one matched, the record is updated so that later loads trust them.
+    ``"never"`` hashes none (sizes and recorded sizes only). When every component file is
+    present and every hashed one matched, the record is updated so that later loads trust
+    the files that matched (a saved ORT graph that did not keeps its entry: a load names it
+    as truncated, then writes it again).
     """
     return _check_listed(Path(folder), component_files(manifest), verify_mode(mode))
 
@@ -153,7 +225,8 @@ def _check_listed(folder: Path, files: dict[str, str], mode: str) -> list[FileCh
     """check_files on ``files`` (relative path -> expected sha256), listed by the caller."""
     record = _read_record(folder)
     checks, verified = [], {}
-    for rel, expected in files.items():
+    saved = saved_graph_files(folder)
+    for rel, expected in {**files, **saved}.items():
         on_record = record.get(rel)
         if not isinstance(on_record, dict):
             on_record = {}
@@ -161,19 +234,29 @@ def _check_listed(folder: Path, files: dict[str, str], mode: str) -> list[FileCh
         if not isinstance(verified_size, int):
             verified_size = None
         if not (folder / rel).is_file():
-            checks.append(FileCheck(rel, expected, None, verified_size=verified_size))
+            checks.append(
+                FileCheck(rel, expected, None, None, verified_size, saved_graph=rel in saved)
+            )
             continue
         identity = _identity((folder / rel).stat())
         entry = {"sha256": expected, **identity}
         digest = None
-        if expected and mode != "never" and not (mode == "changed" and on_record == entry):
+        # A saved graph with no sha256 on record is hashed too: it must not pass as checked.
+        hashable = expected or rel in saved
+        if hashable and mode != "never" and not (mode == "changed" and on_record == entry):
             digest = sha256_file(folder / rel)
-        check = FileCheck(rel, expected, identity["size"], digest, verified_size)
+        check = FileCheck(
+            rel, expected, identity["size"], digest, verified_size, saved_graph=rel in saved
+        )
         checks.append(check)
         if expected and mode != "never" and check.ok:
             verified[rel] = entry
-    if mode != "never" and all(c.ok for c in checks) and verified != record:
-        _write_record(folder, verified)
+        elif check.saved_graph and on_record:  # what it was when it last matched, kept
+            verified[rel] = on_record
+    if mode != "never" and all(c.ok for c in checks if not c.saved_graph):
+        with _record_lock:
+            if verified != _read_record(folder):
+                _write_record(folder, verified)
     return checks
 
 
@@ -189,7 +272,9 @@ def open_model_folder(folder: str | os.PathLike, mode: str | bool = "changed") -
 def check_model_files(
     folder: str | os.PathLike, manifest: Manifest, mode: str | bool = "changed"
 ) -> None:
-    """Raise ModelFolderError if a component file is missing or does not match its sha256."""
+    """Raise ModelFolderError if a component file is missing or does not match its sha256;
+    remove (and say so) a saved ORT graph that does not match what was recorded when it was
+    written, so that the backend writes it again from the verified graph."""
     mode = verify_mode(mode)
     folder = Path(folder)
     files = component_files(manifest)
@@ -198,10 +283,37 @@ def check_model_files(
         raise ModelFolderError(
             f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}"
         )
-    changed = [c for c in _check_listed(folder, files, mode) if not c.ok]
+    checks = _check_listed(folder, files, mode)
+    changed = [c for c in checks if not c.ok and not c.saved_graph]
     if changed:
         raise ModelFolderError(
             f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: "
             + "; ".join(c.problem() for c in changed)
             + " (rebuild, or restore the original files)"
+        )
+    _remove_bad_saved_graphs(folder, manifest, [c for c in checks if not c.ok and c.saved_graph])
+
+
+def _remove_bad_saved_graphs(folder: Path, manifest: Manifest, bad: list[FileCheck]) -> None:
+    by_copy: dict[str, list[FileCheck]] = {}
+    for check in bad:
+        by_copy.setdefault(check.path.rsplit("/", 1)[0], []).append(check)
+    for rel, checks in by_copy.items():
+        component = manifest.components.get(rel.rsplit("/", 1)[1].rsplit("-", 1)[0])
+        source = component.file if component is not None else "its graph"
+        problems = "; ".join(c.problem() for c in checks)
+        if all(not c.expected_sha256 for c in checks):  # written before sdrt recorded them
+            problems = f"{rel}: no sha256 was recorded when it was written"
+        shutil.rmtree(folder / rel, ignore_errors=True)
+        if (folder / rel).exists():
+            raise ModelFolderError(
+                f"{folder}: the saved ONNX Runtime graph does not match what was recorded when "
+                f"it was written ({problems}), and it cannot be removed: remove {rel}"
+            )
+        log.warning(
+            "%s: the saved ONNX Runtime graph does not match what was recorded when it was "
+            "written (%s); removed it: ort-cpu writes it again from the verified %s",
+            folder,
+            problems,
+            source,
         )

@@ -392,3 +392,25 @@ def test_a_busy_machine_is_said_to_be_busy():
     assert "Other work" not in quiet
     report["machine"]["load_average"]["start"] = [11.0, 9.0, 6.0]
     assert "**Other work was running beside the benchmark**" in render_markdown(report)
+
+
+@pytest.mark.parametrize("existing", ["report.json", "report.md"])
+def test_an_earlier_report_is_kept_without_force(tmp_path, capsys, monkeypatch, existing):
+    from sdrt.benchmarks import harness
+
+    from sdrt.cli import main
+
+    def run_benchmark(*args, **kwargs):
+        raise AssertionError("benchmarked before the output was checked")
+
+    monkeypatch.setattr(harness, "run_benchmark", run_benchmark)
+    (tmp_path / existing).write_text("an earlier report")
+    code = main(["bench", "--arch", "tiny", "--random-weights", "-o", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"sdrt bench: error: -o: {str(tmp_path / existing)!r} already exists; pass --force to "
+        "replace it\n"
+    )
+    assert (tmp_path / existing).read_text() == "an earlier report"
+    args = _args("--arch", "tiny", "--random-weights", "-o", str(tmp_path), "--force")
+    assert _config(args).output_dir == tmp_path  # --force lets it through

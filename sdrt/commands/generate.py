@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sdrt.backends.registry import BACKENDS
 from sdrt.errors import InputError
+from sdrt.files import check_output_file
 from sdrt.image_files import DEFAULT_QUALITY, FORMATS, check_writable, image_format, numbered_paths
 from sdrt.sizes import add_size_arguments, size_from_options
 
@@ -65,6 +66,7 @@ class GenerateConfig:
     deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
     deep_cache_branch: int | None = None
     vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
+    force: bool = False  # replace existing output files
 
 
 def _epilog() -> str:
@@ -104,7 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         default="out.png",
         help=f"image to write; its suffix picks the format: {', '.join(FORMATS)} "
-        "(default: out.png)",
+        "(default: out.png); an existing file is replaced only with --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing output files (default: refuse)"
     )
     parser.add_argument(
         "--negative-prompt",
@@ -325,6 +330,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         deep_cache_interval=args.deep_cache_interval,
         deep_cache_branch=args.deep_cache_branch,
         vae=args.vae,
+        force=args.force,
     )
 
 
@@ -441,6 +447,7 @@ def prepare(config: GenerateConfig) -> Prepared:
     paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
     for path in paths:
         check_writable(path)
+        check_output_file(path, force=config.force)
     if config.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
     _note_resize(config, image, requests[0], manifest.build.size_multiple)
