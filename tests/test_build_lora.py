@@ -184,7 +184,7 @@ def test_bad_adapter_files_exit_2_with_one_line_and_leave_nothing(tiny_source, t
         (["--lora", f"{corrupt}:0.5"], "corrupt.safetensors"),
         (["--lora", str(foreign)], "foreign.safetensors"),
         (["--lora", f"{lora_file}:strong"], "SCALE a number"),
-        (["--lora", str(tmp_path / "missing.safetensors")], "no such file"),
+        (["--lora", str(tmp_path / "missing.safetensors")], "does not exist"),
         (["--embedding", str(wide)], "width 768"),
     ]
     for extra, expected in cases:
