@@ -19,7 +19,7 @@ from pathlib import Path
 from sdrt.export.source import SourceModel, inspect_folder
 
 from sdrt.adapters.options import EmbeddingOption, LoraOption
-from sdrt.adapters.textual_inversion import check_width, read_embeddings
+from sdrt.adapters.textual_inversion import check_new_tokens, check_width, read_embeddings
 from sdrt.errors import InputError
 from sdrt.manifest import BuiltAdapter, sha256_file
 
@@ -112,6 +112,8 @@ def _add_embedding(pipe, option: EmbeddingOption, torch) -> BuiltAdapter:
             )
         check_width(embedding, encoder.get_input_embeddings().weight.shape[-1], embedding.encoder)
         tokenizer = getattr(pipe, f"tokenizer{suffix}")
+        # sdrt's checks, as at run time: diffusers' below would let a vocabulary word through
+        check_new_tokens([embedding], {embedding.encoder: set(tokenizer.get_vocab())})
         try:
             pipe.load_textual_inversion(
                 torch.from_numpy(embedding.vectors.copy()),

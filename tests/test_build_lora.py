@@ -199,12 +199,16 @@ def test_bad_adapter_files_exit_2_with_one_line_and_leave_nothing(tiny_source, t
     )
     wide = tmp_path / "wide.safetensors"
     safetensors_torch.save_file({"<w>": torch.zeros(768)}, wide)
+    fits = tmp_path / "fits.safetensors"
+    safetensors_torch.save_file({"<f>": torch.zeros(32)}, fits)
     cases = [
         (["--lora", f"{corrupt}:0.5"], "corrupt.safetensors"),
         (["--lora", str(foreign)], "foreign.safetensors"),
         (["--lora", f"{lora_file}:strong"], "SCALE a number"),
         (["--lora", str(tmp_path / "missing.safetensors")], "does not exist"),
         (["--embedding", str(wide)], "width 768"),
+        # "tree</w>" is a word of the tiny vocabulary (diffusers would take the token)
+        (["--embedding", f"{fits}:tree"], "Token tree is a word of the tokenizer vocabulary"),
     ]
     for extra, expected in cases:
         output = tmp_path / "out" / "tiny"
