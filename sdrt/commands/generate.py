@@ -440,7 +440,7 @@ def prepare(config: GenerateConfig) -> Prepared:
         )
         for prompt in config.prompts
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
     scheduler.plan(requests[0].num_inference_steps, strength=requests[0].strength)
     paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
     for path in paths:

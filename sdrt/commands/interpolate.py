@@ -210,7 +210,7 @@ def prepare(config: InterpolateConfig):
         image=read_image(config.image, "--image"),
         strength=IMG2IMG_STRENGTH if config.strength is None else config.strength,
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
     scheduler.plan(walk.request.num_inference_steps, strength=walk.request.strength)
     if RANDOM_SEED in config.seeds:
         print(f"seeds: {','.join(map(str, walk.seeds))}", file=sys.stderr)
