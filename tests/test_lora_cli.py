@@ -110,9 +110,8 @@ def test_non_finite_scale_exits_2_before_loading(
     )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        f"sdrt generate: error: --lora: expected a finite SCALE, got '{scale}' (from '{lora}:{scale}')"
-    ]
+    expected = f"--lora: expected a finite SCALE, got '{scale}' (from '{lora}:{scale}')"
+    assert err == [f"sdrt generate: error: {expected}"]
     assert not out.exists()
 
 

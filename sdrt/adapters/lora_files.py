@@ -14,7 +14,8 @@ kohya / A1111 (sd-scripts)::
 A module's delta is ``scale * up @ down`` with ``scale = alpha / rank`` where the file gives
 an alpha, else 1 (PEFT's ``lora_alpha`` defaulting to the rank, as diffusers loads such
 files; kohya likewise), unless the file's metadata holds peft's LoraConfig
-(``lora_adapter_metadata``, lora_metadata.py): then its ``lora_alpha / r`` and patterns. Conv LoRA factors (rank, in, 1, 1) are read as matrices.
+(``lora_adapter_metadata``, lora_metadata.py): then its ``lora_alpha / r`` and patterns.
+Conv LoRA factors (rank, in, 1, 1) are read as matrices.
 kohya names are resolved against the model's own module names (``module_lookup``), since
 ``_`` cannot be split back into ``.`` without them; kohya's SDXL files name U-Net blocks in
 the SGM layout (``input_blocks_4_1_…``), mapped first by lora_sgm_blocks.py.
