@@ -341,6 +341,15 @@ class Manifest:
     def default_image_size(self) -> int:
         return self.sample_size * self.vae_scale_factor
 
+    @property
+    def defaulted_scheduler_keys(self) -> frozenset[str]:
+        """Scheduler keys the source's config lacked, written by a correction: diffusers
+        keeps them in ``_use_default_values``, so its ``from_config`` (a scheduler swap)
+        drops them and the new class takes its own default."""
+        return frozenset(
+            c.key for c in self.config_corrections if c.component == "scheduler" and c.old is None
+        )
+
     def with_engines(self, engines: tuple[Engine, ...]) -> Manifest:
         return dataclasses.replace(self, engines=tuple(engines))
 
@@ -629,7 +638,6 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         tiny_vae=_tiny_vae(r.sub("tiny_vae", optional=True)),
         tome=r.get("tome", Mapping, optional=True, default=None),
     )
-
 
     _check_deep_cache(manifest, where)
     return manifest

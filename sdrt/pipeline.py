@@ -50,7 +50,7 @@ from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request, prompt_list
-from sdrt.schedulers import create_scheduler, load_scheduler_config
+from sdrt.schedulers import create_scheduler, load_scheduler_config, scheduler_class_name
 from sdrt.stages import StageCallback, StageRecorder, StageTiming
 from sdrt.tokenizer import ClipTokenizer
 from sdrt.vae_choice import VaeRoute, vae_route
@@ -408,7 +408,7 @@ class Pipeline(LoraMethods):
     # ------------------------------------------------------------------------------ loop
 
     def _plan(self, request: Request):
-        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder)
+        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder, self.manifest)
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
     def _run(
@@ -769,13 +769,24 @@ def _as_float32(value):
     return None if value is None else namespace_of(value).asarray(value, dtype="float32")
 
 
-def make_scheduler(name: str | None, scheduler_config: dict[str, Any], folder: Path):
-    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own."""
-    name = name or scheduler_config.get("_class_name")
+def make_scheduler(
+    name: str | None, scheduler_config: dict[str, Any], folder: Path, manifest: Manifest
+):
+    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own.
+
+    A scheduler of another class is made as diffusers' ``Class.from_config(pipe.scheduler
+    .config)`` makes it: without the keys the build's corrections added to a config that
+    lacked them (``Manifest.defaulted_scheduler_keys``), so they take the class's default.
+    The folder's own class, named or not, keeps its corrected config."""
+    own = scheduler_config.get("_class_name")
+    name = name or own
     if name is None:
         raise ModelFolderError(
             f"{folder}: scheduler/scheduler_config.json names no _class_name; pass scheduler="
         )
+    defaulted = manifest.defaulted_scheduler_keys
+    if defaulted and scheduler_class_name(name) != own:
+        scheduler_config = {k: v for k, v in scheduler_config.items() if k not in defaulted}
     return create_scheduler(name, scheduler_config)
 
 

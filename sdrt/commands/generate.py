@@ -62,7 +62,7 @@ class GenerateConfig:
     backend: str
     progress: bool
     embeddings: tuple = ()  # sdrt.adapters.options.EmbeddingOption, loaded in order
-    loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
+    loras: tuple = ()  # sdrt.adapters.options.LoraOption, applied at run time
     deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
     deep_cache_branch: int | None = None
     vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
@@ -300,12 +300,13 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
             f"--seed: expected an integer >= 0, or -1 for a random seed, got {args.seed}"
         )
     quality = _quality(args.quality, output)
-    from sdrt.adapters.options import parse_embedding_option
+    from sdrt.adapters.lora_files import read_lora_file
+    from sdrt.adapters.options import parse_embedding_option, parse_lora_option
 
     embeddings = tuple(parse_embedding_option(text) for text in args.embedding)
-    from sdrt.adapters.lora_option import parse_lora_option
-
     loras = tuple(parse_lora_option(text) for text in args.lora)
+    for lora in loras:
+        read_lora_file(lora.path)  # a corrupt or unknown file fails before the model loads
     return GenerateConfig(
         folder=Path(args.folder),
         prompts=tuple(prompts),
@@ -393,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     for embedding in config.embeddings:
         pipe.load_textual_inversion(embedding.path, token=embedding.token)
     if config.loras:
-        from sdrt.adapters.lora_option import apply_loras
+        from sdrt.adapters.options import apply_loras
 
         apply_loras(pipe, config.loras)
     config.output.parent.mkdir(parents=True, exist_ok=True)
@@ -442,7 +443,7 @@ def prepare(config: GenerateConfig) -> Prepared:
         )
         for prompt in config.prompts
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
     scheduler.plan(requests[0].num_inference_steps, strength=requests[0].strength)
     paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
     for path in paths:

@@ -230,7 +230,7 @@ def prepare(config: InterpolateConfig):
         image=read_image(config.image, "--image"),
         strength=IMG2IMG_STRENGTH if config.strength is None else config.strength,
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
     scheduler.plan(walk.request.num_inference_steps, strength=walk.request.strength)
     check_frames_held(config.kind, len(walk.positions), walk.request.width, walk.request.height)
     if config.kind == FOLDER:

@@ -132,7 +132,9 @@ def _checked_request(pipe, prompt: str, arguments: dict):
             message = f"size: {message}"
         raise bad_request(message) from None
     try:
-        scheduler = make_scheduler(request.scheduler, pipe.scheduler_config, pipe.folder)
+        scheduler = make_scheduler(
+            request.scheduler, pipe.scheduler_config, pipe.folder, pipe.manifest
+        )
         scheduler.plan(request.num_inference_steps, strength=request.strength)
     except InputError as e:
         raise bad_request(f"scheduler: {e}", param="scheduler") from None
