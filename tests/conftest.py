@@ -69,6 +69,14 @@ def tiny_source(tmp_path_factory):
     return init_random_model("tiny", tmp_path_factory.mktemp("tiny-source") / "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_xl_source(tmp_path_factory):
+    """The `tiny-xl` random-weight diffusers folder (made once per test session)."""
+    from sdrt.export.random_model import init_random_model
+
+    return init_random_model("tiny-xl", tmp_path_factory.mktemp("tiny-xl") / "tiny-xl", seed=0)
+
+
 def _build_tiny(tiny_source, tmp_path_factory, folder: str, **options):
     from sdrt.export.build import BuildConfig, build
 
