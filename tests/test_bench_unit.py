@@ -392,3 +392,25 @@ def test_a_busy_machine_is_said_to_be_busy():
     assert "Other work" not in quiet
     report["machine"]["load_average"]["start"] = [11.0, 9.0, 6.0]
     assert "**Other work was running beside the benchmark**" in render_markdown(report)
+
+
+def _summary_rows(text: str, size: str) -> dict[str, dict[str, str]]:
+    """{contender: {column: cell}} of report.md's end-to-end table for ``size``."""
+    lines = text.splitlines()
+    start = lines.index(f"## {size}: end to end") + 2  # the heading, a blank line
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    header, _, *body = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]
+    ]
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in body}
+
+
+def test_the_summary_table_divides_torch_s_time_by_each_contender_s():
+    # torch 30 s, ort-cpu 10 s, optimum 11 s end to end (medians)
+    text = render_markdown(_verdict_report(runs=3, warmup=1))
+    rows = _summary_rows(text, "64x64")
+    assert set(rows) == {"torch", "ort-cpu", "optimum"}
+    speedup = {name: row["speedup vs torch"] for name, row in rows.items()}
+    assert speedup == {"torch": "1.00x", "ort-cpu": "3.00x", "optimum": "2.73x"}
+    median = {name: row["end to end (median)"] for name, row in rows.items()}
+    assert median == {"torch": "30.00 s", "ort-cpu": "10.00 s", "optimum": "11.00 s"}
