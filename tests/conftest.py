@@ -45,7 +45,16 @@ def gpu_tier_asked(markexpr: str) -> bool:
 
 # Session and module fixtures whose build is a large share of the default run's CPU time
 # (each a minute or more of CPU on 2 cores): every test that uses one is in the heavy tier.
-HEAVY_FIXTURES = frozenset({"tiny_built_int8", "tiny_built_all_modes", "tiny_nncf", "modes_report"})
+HEAVY_FIXTURES = frozenset(
+    {
+        "tiny_built_int8",  # int8 calibration (tests/test_build_int8.py)
+        "tiny_nncf",  # NNCF int8 (tests/test_build_int8_nncf.py)
+        "tiny_built_all_modes",  # int8 + DeepCache + tiny VAE in one folder
+        "bench_report",  # `sdrt bench` end to end (tests/test_bench_cli.py)
+        "quick_report",
+        "modes_report",  # `sdrt bench` with fast-mode contenders
+    }
+)
 
 
 def pytest_collection_modifyitems(config, items):
