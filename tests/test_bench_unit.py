@@ -414,3 +414,25 @@ def test_an_earlier_report_is_kept_without_force(tmp_path, capsys, monkeypatch, 
     assert (tmp_path / existing).read_text() == "an earlier report"
     args = _args("--arch", "tiny", "--random-weights", "-o", str(tmp_path), "--force")
     assert _config(args).output_dir == tmp_path  # --force lets it through
+
+
+def _summary_rows(text: str, size: str) -> dict[str, dict[str, str]]:
+    """{contender: {column: cell}} of report.md's end-to-end table for ``size``."""
+    lines = text.splitlines()
+    start = lines.index(f"## {size}: end to end") + 2  # the heading, a blank line
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    header, _, *body = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]
+    ]
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in body}
+
+
+def test_the_summary_table_divides_torch_s_time_by_each_contender_s():
+    # torch 30 s, ort-cpu 10 s, optimum 11 s end to end (medians)
+    text = render_markdown(_verdict_report(runs=3, warmup=1))
+    rows = _summary_rows(text, "64x64")
+    assert set(rows) == {"torch", "ort-cpu", "optimum"}
+    speedup = {name: row["speedup vs torch"] for name, row in rows.items()}
+    assert speedup == {"torch": "1.00x", "ort-cpu": "3.00x", "optimum": "2.73x"}
+    median = {name: row["end to end (median)"] for name, row in rows.items()}
+    assert median == {"torch": "30.00 s", "ort-cpu": "10.00 s", "optimum": "11.00 s"}

@@ -164,6 +164,7 @@ def test_fused_build_records_the_loras(lora_built, lora_file, second_lora_file, 
     assert f"LoRA fused at scale {SECOND_SCALE:g}: {second_lora_file}" in info
 
 
+@pytest.mark.heavy
 def test_embedding_at_build_equals_embedding_at_run_time(tiny_source, tiny_built, tmp_path_factory):
     folder = tmp_path_factory.mktemp("embedding")
     vectors = np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)
@@ -190,6 +191,7 @@ def _sdrt_build(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.heavy
 def test_bad_adapter_files_exit_2_with_one_line_and_leave_nothing(tiny_source, tmp_path, lora_file):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")

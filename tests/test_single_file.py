@@ -36,13 +36,6 @@ diffusers = pytest.importorskip("diffusers")
 
 
 @pytest.fixture(scope="module")
-def tiny_xl_source(tmp_path_factory):
-    from sdrt.export.random_model import init_random_model
-
-    return init_random_model("tiny-xl", tmp_path_factory.mktemp("tiny-xl") / "tiny-xl", seed=0)
-
-
-@pytest.fixture(scope="module")
 def tiny_file(tiny_source, tmp_path_factory):
     path = tmp_path_factory.mktemp("single") / "tiny.safetensors"
     return write_single_file(tiny_source, path, {TOKENIZER_KEY: LOCAL_TOKENIZER})
