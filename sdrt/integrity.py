@@ -23,6 +23,15 @@ are mapped by loads too, so they are checked the same way, against the sha256 th
 folder's key record lists for its files as they were written. They are a cache derived from
 the verified graphs: a load removes a copy that does not match (or whose record lists no
 sha256) and says so, and the backend writes it again from its source graph.
+
+Engine plans (TensorRT's, under ``engines/tensorrt``) are checked the same way, against the
+sha256 that their engine record in sdrt.json lists, written when they were built. A plan
+cannot be written again at load (that is a build, on a GPU), and only the backend that maps
+it needs it: ``check_model_files`` warns about a plan that does not match,
+``check_engine_plan`` (the backend, before TensorRT deserializes it) refuses it, naming it
+and ``sdrt engines build``, and ``engine_plan_problem`` lets a build replace it. A plan
+recorded without a sha256 (by an older sdrt) is not checked, and ``sdrt info --verify`` says
+so.
 """
 
 from __future__ import annotations
@@ -38,7 +47,14 @@ from typing import Any
 
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.files import atomic_write
-from sdrt.manifest import MANIFEST_NAME, Manifest, component_files, read_manifest, sha256_file
+from sdrt.manifest import (
+    MANIFEST_NAME,
+    Engine,
+    Manifest,
+    component_files,
+    read_manifest,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +125,12 @@ def record_saved_graph(folder: str | os.PathLike, saved: str | os.PathLike) -> N
     _record_as_verified(folder, {f"{rel}/{name}": digest for name, digest in listed.items()})
 
 
+def record_engine_plan(folder: str | os.PathLike, engine: Engine) -> None:
+    """Record ``engine``'s plan as it is now as matching its record's sha256 (the builder just
+    hashed it), so that loads need not hash it again."""
+    _record_as_verified(Path(folder), {engine.path: engine.sha256})
+
+
 def _record_as_verified(folder: Path, files: dict[str, str]) -> None:
     with _record_lock:
         record = _read_record(folder)
@@ -165,6 +187,7 @@ class FileCheck:
     sha256: str | None = None  # what it hashes to now; None when it was not hashed
     verified_size: int | None = None  # its size when it last hashed as expected, if on record
     saved_graph: bool = False  # a saved ORT graph: a cache that a load writes again
+    engine_plan: bool = False  # an engine plan: its backend refuses it, a build replaces it
 
     @property
     def ok(self) -> bool:
@@ -179,6 +202,8 @@ class FileCheck:
             return "MISSING"
         if self.sha256 is not None and not self.expected_sha256:
             return "MISMATCH (no sha256 recorded)"
+        if not self.expected_sha256 and self.engine_plan:
+            return "not checked (built before sdrt recorded plan sha256s)"
         if not self.expected_sha256:
             return "no sha256 in " + MANIFEST_NAME
         if self.sha256 is None:
@@ -209,51 +234,63 @@ class FileCheck:
 def check_files(
     folder: str | os.PathLike, manifest: Manifest, mode: str | bool = "always"
 ) -> list[FileCheck]:
-    """Each component file's check, in manifest order, then each saved ORT graph file's;
-    raises nothing for a bad file.
+    """Each component file's check, in manifest order, then each saved ORT graph file's,
+    then each engine plan's; raises nothing for a bad file.
 
     ``"always"`` hashes every file, ``"changed"`` trusts those whose identity is on record,
     ``"never"`` hashes none (sizes and recorded sizes only). When every component file is
     present and every hashed one matched, the record is updated so that later loads trust
-    the files that matched (a saved ORT graph that did not keeps its entry: a load names it
-    as truncated, then writes it again).
+    the files that matched (a saved ORT graph or engine plan that did not keeps its entry:
+    it is named as truncated until it is written again).
     """
-    return _check_listed(Path(folder), component_files(manifest), verify_mode(mode))
+    return _check_listed(Path(folder), component_files(manifest), verify_mode(mode), manifest)
 
 
-def _check_listed(folder: Path, files: dict[str, str], mode: str) -> list[FileCheck]:
-    """check_files on ``files`` (relative path -> expected sha256), listed by the caller."""
+def _check_one(
+    folder: Path, rel: str, expected: str, on_record: dict, mode: str, **kind: Any
+) -> tuple[FileCheck, dict[str, Any] | None]:
+    """One file's check, and its identity to record if it matches (None when it is missing).
+    ``kind``: FileCheck's saved_graph or engine_plan, and for a plan ``built_size``, the size
+    its engine record lists (named when the plan is truncated and not on record here)."""
+    built_size = kind.pop("built_size", None)
+    verified_size = on_record.get("size") if on_record.get("sha256") == expected else None
+    if not isinstance(verified_size, int):
+        verified_size = built_size if expected else None
+    if not (folder / rel).is_file():
+        return FileCheck(rel, expected, None, None, verified_size, **kind), None
+    identity = _identity((folder / rel).stat())
+    entry = {"sha256": expected, **identity}
+    digest = None
+    # A saved graph with no sha256 on record is hashed too: it must not pass as checked.
+    hashable = expected or kind.get("saved_graph")
+    if hashable and mode != "never" and not (mode == "changed" and on_record == entry):
+        digest = sha256_file(folder / rel)
+    return FileCheck(rel, expected, identity["size"], digest, verified_size, **kind), entry
+
+
+def _check_listed(
+    folder: Path, files: dict[str, str], mode: str, manifest: Manifest
+) -> list[FileCheck]:
+    """check_files on ``files`` (relative path -> expected sha256, listed by the caller),
+    then on the saved graphs and the manifest's engine plans."""
     record = _read_record(folder)
     checks, verified = [], {}
-    saved = saved_graph_files(folder)
-    for rel, expected in {**files, **saved}.items():
+    listed = [(rel, expected, {}) for rel, expected in files.items()]
+    listed += [(rel, sha, {"saved_graph": True}) for rel, sha in saved_graph_files(folder).items()]
+    listed += [
+        (e.path, e.sha256, {"engine_plan": True, "built_size": e.size}) for e in manifest.engines
+    ]
+    for rel, expected, kind in listed:
         on_record = record.get(rel)
         if not isinstance(on_record, dict):
             on_record = {}
-        verified_size = on_record.get("size") if on_record.get("sha256") == expected else None
-        if not isinstance(verified_size, int):
-            verified_size = None
-        if not (folder / rel).is_file():
-            checks.append(
-                FileCheck(rel, expected, None, None, verified_size, saved_graph=rel in saved)
-            )
-            continue
-        identity = _identity((folder / rel).stat())
-        entry = {"sha256": expected, **identity}
-        digest = None
-        # A saved graph with no sha256 on record is hashed too: it must not pass as checked.
-        hashable = expected or rel in saved
-        if hashable and mode != "never" and not (mode == "changed" and on_record == entry):
-            digest = sha256_file(folder / rel)
-        check = FileCheck(
-            rel, expected, identity["size"], digest, verified_size, saved_graph=rel in saved
-        )
+        check, entry = _check_one(folder, rel, expected, on_record, mode, **kind)
         checks.append(check)
-        if expected and mode != "never" and check.ok:
+        if entry is not None and expected and mode != "never" and check.ok:
             verified[rel] = entry
-        elif check.saved_graph and on_record:  # what it was when it last matched, kept
-            verified[rel] = on_record
-    if mode != "never" and all(c.ok for c in checks if not c.saved_graph):
+        elif (check.saved_graph or check.engine_plan) and on_record:
+            verified[rel] = on_record  # what it was when it last matched, kept
+    if mode != "never" and all(c.ok for c in checks if not (c.saved_graph or c.engine_plan)):
         with _record_lock:
             if verified != _read_record(folder):
                 _write_record(folder, verified)
@@ -283,8 +320,8 @@ def check_model_files(
         raise ModelFolderError(
             f"{folder}: files named in {MANIFEST_NAME} are missing: {', '.join(missing)}"
         )
-    checks = _check_listed(folder, files, mode)
-    changed = [c for c in checks if not c.ok and not c.saved_graph]
+    checks = _check_listed(folder, files, mode, manifest)
+    changed = [c for c in checks if not c.ok and not (c.saved_graph or c.engine_plan)]
     if changed:
         raise ModelFolderError(
             f"{folder}: files do not match their sha256 in {MANIFEST_NAME}: "
@@ -292,6 +329,48 @@ def check_model_files(
             + " (rebuild, or restore the original files)"
         )
     _remove_bad_saved_graphs(folder, manifest, [c for c in checks if not c.ok and c.saved_graph])
+    for check in checks:
+        if not check.ok and check.engine_plan:  # not every backend maps it: its own refuses it
+            log.warning("%s: %s", folder, _plan_refusal(folder, check.problem()))
+
+
+def _plan_refusal(folder: Path, problem: str) -> str:
+    return (
+        f"the engine plan is not as it was built ({problem}): rebuild it with "
+        f"`sdrt engines build {folder}`"
+    )
+
+
+def engine_plan_problem(folder: str | os.PathLike, engine: Engine) -> str | None:
+    """What is wrong with ``engine``'s plan (missing, or not the sha256 recorded when it was
+    built), or None. Hashes it only if it changed since it last matched, and records a match;
+    a plan recorded without a sha256 (an older sdrt's) is not checked."""
+    folder = Path(folder)
+    on_record = _read_record(folder).get(engine.path)
+    if not isinstance(on_record, dict):
+        on_record = {}
+    check, _ = _check_one(
+        folder,
+        engine.path,
+        engine.sha256,
+        on_record,
+        "changed",
+        engine_plan=True,
+        built_size=engine.size,
+    )
+    if not check.ok:
+        return check.problem()
+    if check.sha256 is not None:  # hashed just now: the next load need not
+        _record_as_verified(folder, {engine.path: engine.sha256})
+    return None
+
+
+def check_engine_plan(folder: str | os.PathLike, engine: Engine) -> None:
+    """Raise ModelFolderError naming ``engine``'s plan unless engine_plan_problem finds it
+    sound: the backend calls this before it maps the plan."""
+    problem = engine_plan_problem(folder, engine)
+    if problem is not None:
+        raise ModelFolderError(f"{folder}: {_plan_refusal(Path(folder), problem)}")
 
 
 def _remove_bad_saved_graphs(folder: Path, manifest: Manifest, bad: list[FileCheck]) -> None:

@@ -261,6 +261,10 @@ class Engine:
     library_versions: Mapping[str, str]
     device: Mapping[str, Any]  # e.g. {"name": ..., "compute_capability": "9.0"}
     verification: Verification | None = None
+    # The plan as written (sdrt.integrity checks it before a load maps it); "" and None in
+    # records written before sdrt recorded them: such a plan is not checked.
+    sha256: str = ""
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -586,6 +590,8 @@ def _engine(i: int, r: _Reader) -> Engine:
         library_versions=dict(r.get("library_versions", Mapping)),
         device=dict(r.get("device", Mapping)),
         verification=_verification(r.sub("verification", optional=True)),
+        sha256=r.get("sha256", str, optional=True, default=""),
+        size=r.get("size", int, optional=True),
     )
 
 
@@ -837,3 +843,9 @@ def component_files(manifest: Manifest) -> dict[str, str]:
             files[comp.openvino.file] = comp.openvino.sha256
             files[comp.openvino.weights] = comp.openvino.weights_sha256
     return files
+
+
+def engine_files(manifest: Manifest) -> dict[str, str]:
+    """Relative path -> sha256 recorded when it was built ("" in older records) for every
+    engine plan the manifest records."""
+    return {engine.path: engine.sha256 for engine in manifest.engines}

@@ -3,8 +3,8 @@
 The "build check" column is the export's verification, measured once at build time and read
 from sdrt.json; it says nothing about the files as they are now. ``--verify`` hashes every
 file named in sdrt.json and compares it with its recorded sha256, and every file of the
-saved ONNX Runtime graphs with the sha256 recorded when it was written (exit 2 on a
-mismatch).
+saved ONNX Runtime graphs and every engine plan with the sha256 recorded when it was
+written (exit 2 on a mismatch).
 Without it, only the files' presence and sizes are looked at.
 """
 
@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify",
         action="store_true",
         help="hash every file and compare it with its sha256 in sdrt.json (and the saved ONNX "
-        "Runtime graphs with theirs, recorded when written); exit 2 on a mismatch",
+        "Runtime graphs and engine plans with theirs, recorded when written); exit 2 on a "
+        "mismatch",
     )
 
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.folder)
     if args.verify:
         print(
-            f"hashing the files named in {MANIFEST_NAME} and the saved graphs ...",
+            f"hashing the files named in {MANIFEST_NAME}, the saved graphs and the engine "
+            "plans ...",
             file=sys.stderr,
             flush=True,
         )
@@ -51,21 +53,28 @@ def run(args: argparse.Namespace) -> int:
         if not bad:
             raise
         # `sdrt info --verify X | head`: the reader went away, the mismatch is still said
-    graphs = [c for c in bad if not c.saved_graph]
+    graphs = [c for c in bad if not (c.saved_graph or c.engine_plan)]
     if graphs:
         raise ModelFolderError(
             f"{args.folder}: {len(bad)} of {len(checks)} files do not match their sha256 in "
             f"{MANIFEST_NAME}: "
             + "; ".join(c.problem() for c in graphs)
             + " (rebuild, or restore the original files)"
-            + "".join(f"; {c.problem()}" for c in bad if c.saved_graph)
+            + "".join(f"; {c.problem()}" for c in bad if c not in graphs)
         )
     if bad:
+        remedies = []
+        if any(c.saved_graph for c in bad):
+            remedies.append(
+                "saved ONNX Runtime graphs: the next load removes them and writes them again"
+            )
+        if any(c.engine_plan for c in bad):
+            remedies.append(f"engine plans: rebuild them with `sdrt engines build {args.folder}`")
         raise ModelFolderError(
             f"{args.folder}: {len(bad)} of {len(checks)} files do not match the sha256 recorded "
             "when they were written: "
             + "; ".join(c.problem() for c in bad)
-            + " (saved ONNX Runtime graphs: the next load removes them and writes them again)"
+            + f" ({'; '.join(remedies)})"
         )
     return 0
 
