@@ -844,8 +844,3 @@ def component_files(manifest: Manifest) -> dict[str, str]:
             files[comp.openvino.weights] = comp.openvino.weights_sha256
     return files
 
-
-def engine_files(manifest: Manifest) -> dict[str, str]:
-    """Relative path -> sha256 recorded when it was built ("" in older records) for every
-    engine plan the manifest records."""
-    return {engine.path: engine.sha256 for engine in manifest.engines}
