@@ -58,7 +58,7 @@ from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request, prompt_list
-from sdrt.schedulers import create_scheduler, load_scheduler_config
+from sdrt.schedulers import LCMScheduler, create_scheduler, load_scheduler_config
 from sdrt.stages import StageCallback, StageRecorder, StageTiming
 from sdrt.tokenizer import ClipTokenizer
 from sdrt.vae_choice import VaeRoute, vae_route
@@ -417,6 +417,16 @@ class Pipeline(LoraMethods):
 
     def _plan(self, request: Request):
         sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder)
+        lcm_img2img = (
+            request.guidance_embedding
+            and request.image is not None
+            and request.mask_image is None
+            and isinstance(sched, LCMScheduler)
+        )
+        if lcm_img2img:  # as LatentConsistencyModelImg2ImgPipeline: strength in the schedule
+            return sched, sched.consistency_img2img_plan(
+                request.num_inference_steps, request.strength
+            )
         return sched, sched.plan(request.num_inference_steps, strength=request.strength)
 
     def _run(

@@ -18,6 +18,7 @@ import sdrt
 from sdrt.cli import main
 from sdrt.errors import InputError
 from sdrt.guidance_embedding import GUIDANCE_EMBEDDING_INPUT, guidance_scale_embedding
+from sdrt.schedulers import create_scheduler
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -155,6 +156,68 @@ def test_txt2img_equals_diffusers_lcm_pipeline(lcm, reference, monkeypatch):
     # The guidance scale matters through the embedding: another one gives another image.
     other = lcm(PROMPTS, latents=latents, seed=seed, **{**settings, "guidance_scale": 2.0})
     assert _max_diff(other.images, theirs) > MAX_IMAGE_DIFF
+
+
+def _test_image(width: int, height: int):
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def test_img2img_equals_diffusers_lcm_img2img_pipeline(lcm, reference, monkeypatch):
+    """LCM img2img puts strength into LCMScheduler's schedule: all steps run, from a
+    shortened distillation grid (not the last steps of the full schedule)."""
+    from diffusers.pipelines.latent_consistency_models import (
+        pipeline_latent_consistency_img2img as module,
+    )
+    from diffusers.schedulers import scheduling_lcm
+
+    height, width, seed, strength = 64, 128, 3, 0.5
+    noise = _latents(lcm, 1, height, width, seed=4)
+    rng = np.random.default_rng(seed)
+    step_noises = [rng.standard_normal(noise.shape, dtype=np.float32) for _ in range(STEPS - 1)]
+    _inject_noise(monkeypatch, module, [noise])  # the image latents' forward noise
+    _inject_noise(monkeypatch, scheduling_lcm, step_noises)
+    original = module.retrieve_latents  # the VAE encoder's mode, as sdrt takes it
+    monkeypatch.setattr(
+        module,
+        "retrieve_latents",
+        lambda output, generator=None, sample_mode="sample": original(output, None, "argmax"),
+    )
+    img2img = diffusers.LatentConsistencyModelImg2ImgPipeline(**reference.components)
+    img2img.set_progress_bar_config(disable=True)
+    image = _test_image(width, height)
+    settings = dict(
+        num_inference_steps=STEPS, guidance_scale=8.5, strength=strength, output_type="np"
+    )
+    theirs = img2img(PROMPTS[0], image=image, **settings).images
+    expected_timesteps = [int(t) for t in img2img.scheduler.timesteps]
+    request = lcm.request(PROMPTS[0], image=image, latents=noise, seed=seed, **settings)
+    assert [int(t) for t in lcm.plan(request)[1].timesteps] == expected_timesteps
+    ours = lcm(PROMPTS[0], image=image, latents=noise, seed=seed, **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    # The StableDiffusionImg2ImgPipeline schedule (the last steps of the full one) differs.
+    assert len(create_scheduler("lcm").plan(STEPS, strength).timesteps) == STEPS // 2
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength", "original_steps"),
+    [(4, 0.5, 50), (2, 0.3, 50), (8, 0.8, 100), (4, 1.0, 50)],
+)
+def test_consistency_img2img_plan_equals_diffusers_set_timesteps(steps, strength, original_steps):
+    config = {"original_inference_steps": original_steps}
+    theirs = diffusers.LCMScheduler(**config)
+    theirs.set_timesteps(steps, strength=strength)
+    plan = create_scheduler("lcm", config).consistency_img2img_plan(steps, strength)
+    assert plan.timesteps.tolist() == theirs.timesteps.tolist()
+
+
+def test_lcm_img2img_needs_a_grid_as_long_as_the_steps(lcm):
+    image = _test_image(64, 64)
+    with pytest.raises(InputError, match="must be at most original_inference_steps"):
+        lcm.plan(lcm.request("a fox", image=image, num_inference_steps=20, strength=0.2))
 
 
 def test_negative_prompt_is_refused(lcm):
