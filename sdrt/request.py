@@ -21,6 +21,7 @@ import numpy as np
 from sdrt.arrays import namespace_of
 from sdrt.deep_cache import DeepCacheSettings, check_deep_cache
 from sdrt.errors import InputError, ParameterError
+from sdrt.guidance_embedding import check_guidance_embedding
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
 from sdrt.vae_choice import check_vae_choice
@@ -53,6 +54,8 @@ class Request:
     negative_pooled_prompt_embeds: Any = None
     deep_cache: DeepCacheSettings | None = None  # deep_cache_interval/_branch; None: off
     vae: str = "full"  # "full" or "tiny" (sdrt/vae_choice.py)
+    # The U-Net embeds the guidance scale (LCM; sdrt/guidance_embedding.py): no CFG batch.
+    guidance_embedding: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -60,7 +63,7 @@ class Request:
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self.guidance_scale > 1.0
+        return self.guidance_scale > 1.0 and not self.guidance_embedding
 
 
 def prompt_list(value: Any, name: str) -> list[str]:
@@ -202,6 +205,9 @@ def make_request(
         **given.repeated(per_prompt).as_request_fields(),
         deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
         vae=check_vae_choice(manifest, vae),
+        guidance_embedding=check_guidance_embedding(
+            manifest, negative_prompt, negative_prompt_embeds
+        ),
     )
 
 

@@ -232,6 +232,22 @@ def test_full_size_configs_give_published_parameter_counts(arch):
         assert count == pytest.approx(expected, rel=PARAM_COUNT_RTOL), (arch, name, count)
 
 
+def test_lcm_sd15_is_sd15_with_a_guidance_embedding_projection():
+    """LCM's guidance embedding (time_cond_proj_dim 256) adds one bias-free 256 -> 320
+    projection into the time embedding of SD 1.5's U-Net; the rest is SD 1.5's."""
+    lcm, sd15 = ARCHITECTURES["lcm-sd15"], ARCHITECTURES["sd15"]
+    assert lcm.pipeline_class == "LatentConsistencyModelPipeline"
+    assert lcm.scheduler["_class_name"] == "LCMScheduler"
+    assert lcm.components["text_encoder"] == sd15.components["text_encoder"]
+    assert lcm.components["vae"] == sd15.components["vae"]
+    unet = lcm.components["unet"]
+    config = random_model.component_config(unet, tokenizer_vocab_size=1000)
+    with torch.device("meta"):
+        model = random_model.build_component(unet, config)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == SD15_UNET_PARAMS + 256 * 320
+
+
 def test_full_size_configs_match_the_published_specifics():
     sd15, sd21, sdxl = (ARCHITECTURES[a] for a in ("sd15", "sd21", "sdxl"))
     assert sd15.components["unet"].config["sample_size"] == 64
@@ -430,7 +446,8 @@ def test_cli_unknown_arch_lists_choices(capsys, tmp_path):
     err = _cli_error(capsys, ["init-model", "sd99", "--random-weights", str(tmp_path / "m")])
     assert err == (
         "sdrt init-model: error: unknown architecture 'sd99'; "
-        "expected one of: sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-xl, taesd, taesdxl, tiny-taesd"
+        "expected one of: sd15, lcm-sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-lcm, tiny-xl, taesd, "
+        "taesdxl, tiny-taesd"
     )
     assert not (tmp_path / "m").exists()
 
