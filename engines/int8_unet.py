@@ -68,7 +68,8 @@ def cpu_lacks_vnni(cpuinfo: str | None = None) -> bool:
     """Whether this is an x86 CPU without VNNI, where ONNX Runtime's u8 x s8 kernels
     (VPMADDUBSW) saturate their 16-bit sums: there ORT's advice is 7-bit weights
     (reduce_range). Measured on the tiny U-Net on an AVX2-only AMD EPYC: max rel error
-    0.52 with 8-bit weights (the gate fails), against 0.11 on an AVX-512 VNNI Xeon."""
+    0.52 with 8-bit weights (the gate fails), against 0.11 on an AVX-512 VNNI Xeon.
+    The NNCF method follows it too (engines/int8_unet_nncf.py: its overflow fix)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
         return False
     if cpuinfo is None:

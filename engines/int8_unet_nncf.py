@@ -5,8 +5,10 @@ run through sdrt's Pipeline on the same prompts and steps as the ONNX Runtime me
 (engines/int8_unet.py records the feeds); NNCF quantizes the fp32 U-Net as OpenVINO reads it:
 the transformer model type (SmoothQuant, attention Softmax and normalisations left fp32), the
 mixed preset (asymmetric activations), and the same first and last convolutions kept fp32.
-The result is checked against ONNX Runtime's fp32 U-Net on feeds of held-out prompts, under
-the same ``INT8_THRESHOLDS``, and written beside the fp32 graph as ``unet/openvino_model.xml``
+Where the build CPU lacks VNNI, weights get 7 bits in every layer (NNCF's overflow fix), as
+the ONNX Runtime method's ``reduce_range``: the same probe decides both. The result is checked
+against ONNX Runtime's fp32 U-Net on feeds of held-out prompts, under the same
+``INT8_THRESHOLDS``, and written beside the fp32 graph as ``unet/openvino_model.xml``
 and ``.bin`` (Optimum Intel's names). The ONNX graph stays fp32: ort-cpu runs it, exact;
 the openvino backend runs the IR.
 
@@ -32,6 +34,7 @@ from sdrt.engines.int8_unet import (
     held_out_feeds,
     kept_fp32_nodes,
     record_unet_feeds,
+    reduce_range_for,
     refuse_above_gate,
 )
 
@@ -55,7 +58,20 @@ def check_nncf_installed() -> None:
         )
 
 
-def quantize(onnx_file: Path, feeds: Sequence[Mapping[str, np.ndarray]], keep_fp32: list[str]):
+def overflow_fix_for(options: Int8Options) -> str:
+    """NNCF's overflow fix (an ``nncf.OverflowFix`` value): ``"enable"`` (7-bit weights in
+    every layer) where the ONNX Runtime method would take 7-bit weights (``reduce_range``: the
+    build CPU lacks VNNI, and OpenVINO's AVX2 u8 x s8 kernels saturate their 16-bit sums as
+    ONNX Runtime's do); NNCF's default, ``"first_layer_only"``, otherwise."""
+    return "enable" if reduce_range_for(options) else "first_layer_only"
+
+
+def quantize(
+    onnx_file: Path,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    keep_fp32: list[str],
+    overflow_fix: str = "first_layer_only",
+):
     """NNCF's quantized ov.Model of the fp32 graph (see the module docstring)."""
     import nncf
     import openvino as ov
@@ -68,6 +84,9 @@ def quantize(onnx_file: Path, feeds: Sequence[Mapping[str, np.ndarray]], keep_fp
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(feeds),
         ignored_scope=nncf.IgnoredScope(names=keep_fp32, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            overflow_fix=nncf.OverflowFix(overflow_fix)
+        ),
     )
 
 
@@ -107,7 +126,8 @@ def build_nncf_unet(
     check_feeds = held_out_feeds(folder, options)
     calibration = calibration_record(options, feeds)
     keep_fp32 = kept_fp32_nodes(fp32_file, options.keep_fp32_patterns)
-    model = quantize(fp32_file, feeds, keep_fp32)
+    overflow_fix = overflow_fix_for(options)
+    model = quantize(fp32_file, feeds, keep_fp32, overflow_fix)
     del feeds
     ir_file = fp32_file.parent / IR_FILE
     weights_file = ir_file.with_suffix(".bin")
@@ -123,6 +143,8 @@ def build_nncf_unet(
         "nncf_version": _version("nncf"),
         "activations": "uint8 (asymmetric)",
         "weights": "int8 per-channel (symmetric)",
+        # "enable": 7-bit weights in every layer, where the build CPU lacks VNNI
+        "overflow_fix": overflow_fix,
         "kept_fp32": {
             "op_types": "NNCF's transformer model type: Softmax, normalisations, elementwise",
             "nodes": keep_fp32,

@@ -8,7 +8,9 @@ import shutil
 import numpy as np
 import pytest
 from conftest import _build_tiny
+from sdrt.engines import int8_unet, int8_unet_nncf
 from sdrt.engines.compare import psnr
+from sdrt.engines.int8_unet import Int8Options, cpu_lacks_vnni
 from test_backend_openvino import FP32_MAX_PIXEL_DIFFERENCE
 from test_build_int8 import INT8_IMAGE_MIN_PSNR, SIZE
 
@@ -68,6 +70,7 @@ def test_the_ir_is_recorded_beside_the_fp32_graph(tiny_nncf):
     assert len(ir.verification.cases) == 4  # 2 held-out prompts, first and last step
     assert ir.quantization["method"].startswith("nncf quantize (OpenVINO)")
     assert ir.quantization["calibration"]["prompts"] == 2
+    assert ir.quantization["overflow_fix"] == ("enable" if cpu_lacks_vnni() else "first_layer_only")
     assert any("conv_in" in n for n in ir.quantization["kept_fp32"]["nodes"])
     for name, component in manifest.components.items():
         assert component.openvino is None or name == "unet"
@@ -115,6 +118,9 @@ def test_info_shows_the_ir_and_its_quantization(tiny_nncf, capsys):
     assert "the ONNX graph stays fp32" in out
     assert "quantization   unet: nncf quantize (OpenVINO), mixed preset" in out
     assert "checked against the fp32 U-Net on 4 held-out feeds" in out
+    assert ("7-bit range, NNCF overflow fix: built on a CPU without VNNI" in out) is (
+        cpu_lacks_vnni()
+    )
 
 
 def test_a_changed_ir_is_caught_at_load(tiny_nncf, tmp_path):
@@ -149,3 +155,18 @@ def test_without_nncf_installed_the_build_names_the_install(monkeypatch, tiny_so
         BuildConfig(
             source=str(tiny_source), output=tmp_path / "o", precision="int8", int8_method="nncf"
         )
+
+
+@pytest.mark.parametrize(("lacks_vnni", "expected"), [(True, "ENABLE"), (False, "FIRST_LAYER")])
+def test_the_overflow_fix_follows_the_vnni_probe(monkeypatch, lacks_vnni, expected):
+    """7-bit weights in every layer where the build CPU lacks VNNI (its AVX2 u8 x s8 kernels
+    saturate), NNCF's default elsewhere; and each choice is one NNCF knows."""
+    import nncf
+
+    monkeypatch.setattr(int8_unet, "cpu_lacks_vnni", lambda: lacks_vnni)
+    choice = int8_unet_nncf.overflow_fix_for(Int8Options())
+    assert nncf.OverflowFix(choice) is getattr(nncf.OverflowFix, expected)
+    # an explicit reduce_range wins over the probe, as for the ONNX Runtime method
+    assert int8_unet_nncf.overflow_fix_for(Int8Options(reduce_range=not lacks_vnni)) == (
+        "first_layer_only" if lacks_vnni else "enable"
+    )

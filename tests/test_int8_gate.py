@@ -87,12 +87,16 @@ def _ort_build(monkeypatch, folder, component, error):
     return int8_unet.build_int8_unet(folder, component, int8_unet.Int8Options())
 
 
-def _nncf_build(monkeypatch, folder, component, error):
+def _nncf_build(monkeypatch, folder, component, error, overflow_fixes=None):
+    """``overflow_fixes``: a list to which each quantize call's overflow fix is appended."""
     pytest.importorskip("openvino")
     from sdrt.engines import int8_unet_nncf
 
-    def quantize(onnx_file, feeds, keep_fp32):
+    def quantize(onnx_file, feeds, keep_fp32, overflow_fix):
         import openvino as ov
+
+        if overflow_fixes is not None:
+            overflow_fixes.append(overflow_fix)
 
         perturbed = onnx_file.parent / "perturbed.onnx"
         onnx.save(_perturbed(error), str(perturbed))
@@ -121,3 +125,19 @@ def test_an_int8_unet_under_the_default_gate_is_kept(monkeypatch, tmp_path, buil
     assert verification.passed
     assert verification.threshold_rel == DOCUMENTED_INT8_GATE.rel
     assert verification.max_rel_error == pytest.approx(UNDER_THE_GATE, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("lacks_vnni", "overflow_fix"), [(True, "enable"), (False, "first_layer_only")]
+)
+def test_the_nncf_build_takes_7_bit_weights_where_the_cpu_lacks_vnni(
+    monkeypatch, tmp_path, lacks_vnni, overflow_fix
+):
+    """The probe that decides the ONNX Runtime method's reduce_range decides NNCF's overflow
+    fix (7-bit weights in every layer), and sdrt.json records it."""
+    monkeypatch.setattr(int8_unet, "cpu_lacks_vnni", lambda: lacks_vnni)
+    folder, component = _fp32_folder(tmp_path)
+    asked: list[str] = []
+    record = _nncf_build(monkeypatch, folder, component, UNDER_THE_GATE, asked)
+    assert asked == [overflow_fix]
+    assert record.openvino.quantization["overflow_fix"] == overflow_fix

@@ -243,6 +243,16 @@ def _quantization_lines(manifest) -> list[str]:
     return lines
 
 
+def _seven_bit_note(q) -> str:
+    """The ONNX Runtime method's ``reduce_range`` and NNCF's ``overflow_fix: enable`` are
+    the same choice (7-bit weights), made where the build CPU lacks VNNI."""
+    if q.get("reduce_range"):
+        return " (7-bit range: built on a CPU without VNNI)"
+    if q.get("overflow_fix") == "enable":
+        return " (7-bit range, NNCF overflow fix: built on a CPU without VNNI)"
+    return ""
+
+
 def _quantized_lines(name: str, q, verification) -> list[str]:
     cal, kept = q.get("calibration", {}), q.get("kept_fp32", {})
     steps = cal.get("timesteps", [])
@@ -250,8 +260,7 @@ def _quantized_lines(name: str, q, verification) -> list[str]:
     lines = [
         f"quantization   {name}: {q.get('method')}; activations {q.get('activations')}, "
         f"weights {q.get('weights')}"
-        f"{' (7-bit range: built on a CPU without VNNI)' if q.get('reduce_range') else ''}"
-        + (f"; quantized {', '.join(op_types)}" if op_types else ""),
+        f"{_seven_bit_note(q)}" + (f"; quantized {', '.join(op_types)}" if op_types else ""),
         f"               calibrated on {cal.get('prompts')} prompts x {cal.get('steps')} steps "
         f"at {cal.get('size')} px ({cal.get('feeds')} feeds, timesteps "
         f"{steps[0] if steps else '-'}..{steps[-1] if steps else '-'})",
