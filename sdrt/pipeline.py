@@ -520,7 +520,7 @@ class Pipeline(LoraMethods):
             uncond, text = noise_pred[: request.batch_size], noise_pred[request.batch_size :]
             noise_pred = uncond + request.guidance_scale * (text - uncond)
         step_noise = None
-        if sched.needs_noise:
+        if sched.draws_noise(plan):
             step_noise = xp.asarray(source.step(x.shape))
         with stages.stage("scheduler_step", step=i):
             result = sched.step(plan, state, noise_pred, i, x, noise=step_noise)

@@ -229,3 +229,49 @@ def test_lms_coefficients_equal_numerical_integration():
                 expected = integrate.quad(basis, lower, upper, epsrel=1e-12)[0]
                 actual = lms_coefficient(sigmas, order, t, current)
                 assert actual == pytest.approx(expected, rel=1e-10, abs=1e-14)
+
+
+# eta (diffusers' pipeline argument, TCD's gamma) on the schedulers that take it: the noise
+# of each step is the same array on both sides. TCD's grid of original_inference_steps is
+# varied too; a small eta is where 1 - alpha_bar[t_prev] / alpha_bar[s] cancels.
+ETA_CASES = [
+    pytest.param(
+        alias,
+        model,
+        overrides,
+        steps,
+        strength,
+        eta,
+        id=f"{alias}-{model}-{i}-{steps}-{strength}-{eta}",
+    )
+    for i, (alias, model, overrides) in enumerate(
+        [
+            ("tcd", "sd15", {}),
+            ("tcd", "sd21", {"original_inference_steps": 100}),
+            ("tcd", "sdxl", {}),
+            # timestep_spacing is ignored by TCD (as by diffusers')
+            ("tcd", "sd21", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
+            ("TCDScheduler", "sd15", {"prediction_type": "sample"}),
+            ("ddim", "sd15", {}),
+            ("ddim", "sd21", {"timestep_spacing": "trailing", "set_alpha_to_one": True}),
+        ]
+    )
+    for steps in (1, 2, 4, 8)
+    for strength in STRENGTHS
+    for eta in (0.0, 0.01, 0.3, 1.0)
+    if allowed(alias, steps, strength)
+]
+
+
+@pytest.mark.parametrize(("alias", "model", "overrides", "steps", "strength", "eta"), ETA_CASES)
+def test_eta_matches_diffusers(alias, model, overrides, steps, strength, eta, monkeypatch):
+    config = {**MODEL_CONFIGS[model], **overrides}
+    initial, image, step_noises = loop_inputs(steps, seed=2)
+    expected, expected_timesteps, _ = run_diffusers(
+        alias, config, steps, strength, initial, image, step_noises, monkeypatch, eta=eta
+    )
+    actual, plan = run_sdrt(alias, config, steps, strength, initial, image, step_noises, eta=eta)
+    assert actual.dtype == np.float32
+    np.testing.assert_array_equal(plan.timesteps, expected_timesteps)
+    error = relative_error(actual, expected)
+    assert error <= LATENT_RTOL, f"relative error {error:.3g} > {LATENT_RTOL}"

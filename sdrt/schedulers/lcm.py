@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from sdrt.errors import InputError
 from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
 from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan, full_plan
+from sdrt.schedulers.schedule import Plan, consistency_timesteps, full_plan
 
 SIGMA_DATA = 0.5  # of the consistency-model boundary condition
 
@@ -54,11 +52,9 @@ class LCMScheduler(AlphaBarScheduler):
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         cfg = self.config
-        k = cfg.num_train_timesteps // cfg.original_inference_steps
-        origin = np.arange(1, cfg.original_inference_steps + 1) * k - 1  # the distillation grid
-        origin = origin[::-1].copy()
-        picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
-        timesteps = origin[np.floor(picks).astype(np.int64)].astype(np.int64)
+        timesteps = consistency_timesteps(
+            cfg.num_train_timesteps, cfg.original_inference_steps, num_inference_steps
+        )
         return full_plan(timesteps, num_inference_steps)
 
     def boundary_scalings(self, timestep: int) -> tuple[float, float]:
