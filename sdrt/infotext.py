@@ -30,6 +30,7 @@ A1111_SAMPLERS = {
     "UniPCMultistepScheduler": "UniPC",
     "LCMScheduler": "LCM",
     "DDPMScheduler": "DDPM",
+    "TCDScheduler": "TCD",
 }
 
 

@@ -53,6 +53,8 @@ class Request:
     negative_pooled_prompt_embeds: Any = None
     deep_cache: DeepCacheSettings | None = None  # deep_cache_interval/_branch; None: off
     vae: str = "full"  # "full" or "tiny" (sdrt/vae_choice.py)
+    # diffusers' eta: passed to the schedulers that take it (DDIM, TCD), ignored by others
+    eta: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -172,6 +174,7 @@ def make_request(
     deep_cache_interval: Any = None,
     deep_cache_branch: Any = None,
     vae: Any = None,
+    eta: Any = 0.0,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
     given = Embeddings(
@@ -202,7 +205,17 @@ def make_request(
         **given.repeated(per_prompt).as_request_fields(),
         deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
         vae=check_vae_choice(manifest, vae),
+        eta=_eta(eta),
     )
+
+
+def _eta(value: Any) -> float:
+    """diffusers' eta: a finite number >= 0 (the schedulers that take it check their range;
+    the others ignore it, as diffusers' pipelines do)."""
+    eta = _real(value, "eta")
+    if eta < 0:
+        raise ParameterError(f"{{eta}}: expected a number >= 0, got {eta:g}")
+    return eta
 
 
 # ------------------------------------------------------------------- given embeddings

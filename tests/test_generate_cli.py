@@ -267,6 +267,12 @@ BAD_ARGUMENTS = [
     (["--deep-cache-branch", "1"], r"error: --deep-cache-branch: 1 needs --deep-cache-interval"),
     (["--scheduler", "nope"], r"unknown scheduler 'nope'"),
     (["--guidance", "-1"], r"error: --guidance: expected a number >= 0 .*, got -1"),
+    (["--eta", "-0.5"], r"error: --eta: expected a number >= 0, got -0.5$"),
+    (["--eta", "nan"], r"error: --eta: expected a finite number, got nan$"),
+    (
+        ["--scheduler", "tcd", "--eta", "2"],
+        r"error: TCDScheduler: --eta must be in \[0, 1\]; got 2$",
+    ),
     (["--strength", "0.5"], r"--strength: applies to a start image; pass --image too"),
     (["--outpaint", "0,0,64,0"], r"--outpaint: applies to a start image; pass --image too"),
     (["--seed", "-2"], r"--seed: expected an integer >= 0, or -1 for a random seed, got -2"),

@@ -173,12 +173,12 @@ class Scheduler:
         """eta as a float: finite and >= 0 for every scheduler; at most 1 for those that
         take it (TCD's gamma is a fraction of the step, DDIM's eta 1 is DDPM's variance)."""
         if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
-            raise InputError(f"eta must be a number in [0, 1]; got {type(eta).__name__}")
+            raise ParameterError(f"{{eta}} must be a number in [0, 1]; got {type(eta).__name__}")
         eta = float(eta)
         if not (math.isfinite(eta) and eta >= 0.0):
-            raise InputError(f"eta must be a finite number >= 0; got {eta}")
+            raise ParameterError(f"{{eta}} must be a finite number >= 0; got {eta}")
         if self.takes_eta and eta > 1.0:
-            raise InputError(f"{self.name}: eta must be in [0, 1]; got {eta}")
+            raise ParameterError(f"{self.name}: {{eta}} must be in [0, 1]; got {eta:g}")
         return eta
 
     def draws_noise(self, plan: Plan) -> bool:
