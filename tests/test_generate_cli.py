@@ -104,6 +104,24 @@ def test_png_carries_a1111_parameters(tiny_built, tmp_path):
     assert read_parameters(out) == expected
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "eta", "recorded"),
+    [("tcd", "0.3", ", Eta: 0.3"), ("ddim", "0", ""), ("euler", "0.3", "")],  # euler: ignored
+)
+def test_eta_reaches_the_scheduler_and_the_parameters(
+    tiny_built, tmp_path, scheduler, eta, recorded
+):
+    out = tmp_path / "fox.png"
+    args = ["generate", str(tiny_built), "a fox", "-o", str(out), "--steps", "4"]
+    args += ["--size", "64x64", "--no-progress", "--scheduler", scheduler, "--eta", eta]
+    assert main(args) == 0
+    assert read_parameters(out).endswith(f"Version: sdrt {sdrt.__version__}{recorded}")
+    pipe = sdrt.Pipeline.load(tiny_built)
+    settings = dict(num_inference_steps=4, height=64, width=64, seed=0, scheduler=scheduler)
+    want = pipe("a fox", eta=float(eta), **settings).images[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(want))
+
+
 def test_img2img_parameters_name_the_strength_and_batch(tiny_built, inputs, tmp_path):
     out = tmp_path / "edit.png"
     args = ["generate", str(tiny_built), "a fox", "-o", str(out), *FAST, "--batch", "2"]
