@@ -173,7 +173,7 @@ class Scheduler:
         """eta as a float: finite and >= 0 for every scheduler; at most 1 for those that
         take it (TCD's gamma is a fraction of the step, DDIM's eta 1 is DDPM's variance)."""
         if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
-            raise ParameterError(f"{{eta}} must be a number in [0, 1]; got {type(eta).__name__}")
+            raise ParameterError(f"{{eta}} must be a number; got {type(eta).__name__}")
         eta = float(eta)
         if not (math.isfinite(eta) and eta >= 0.0):
             raise ParameterError(f"{{eta}} must be a finite number >= 0; got {eta}")

@@ -3,8 +3,9 @@
 The OpenAI Images API fields (``prompt``, ``n``, ``size`` "WxH" or "auto",
 ``response_format`` "b64_json", ``stream``) plus sdrt's own with diffusers' names
 (``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``seed``,
-``scheduler``, ``strength``, ``eta``, ``deep_cache_interval``, ``deep_cache_branch``). Everything the Pipeline checks is checked by the same code
-(``Pipeline.request`` -> sdrt.request), so the messages are the CLI's; what only the API
+``scheduler``, ``strength``, ``eta``, ``deep_cache_interval``, ``deep_cache_branch``).
+Everything the Pipeline checks is checked by the same code (``Pipeline.request`` ->
+sdrt.request), so the messages are the CLI's; what only the API
 has (``n``, ``size``, the deployer's limits) is checked here, and every message starts
 with the name of the field it is about.
 """
