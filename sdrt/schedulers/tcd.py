@@ -95,10 +95,7 @@ class TCDScheduler(AlphaBarScheduler):
         if not self.noise_needed(plan, index):
             prev_sample = pred_noised
         else:
-            # Forward from s to t_prev. In float32 as diffusers: 1 - ratio cancels when s
-            # is close to t_prev (a small eta), and its rounding is then what matters.
-            ratio = np.float32(alpha_prod_t_prev) / np.float32(alpha_prod_s)
-            keep = float(np.sqrt(ratio))
-            fresh = float(np.sqrt(np.float32(1.0) - ratio))
-            prev_sample = keep * pred_noised + fresh * noise
+            # Forward-diffuse the estimate from s to t_prev (alpha_bar[s] >= alpha_bar[t_prev]).
+            ratio = alpha_prod_t_prev / alpha_prod_s
+            prev_sample = ratio**0.5 * pred_noised + (1 - ratio) ** 0.5 * noise
         return StepResult(prev_sample=prev_sample, state=NoHistory(), denoised=pred_original)
