@@ -40,6 +40,10 @@ def _rejected(outcomes: list[Outcome]) -> list[Outcome]:
     return [o for o in outcomes if o.status == 429]
 
 
+# What write_report writes: `sdrt loadtest` refuses to replace them unasked.
+REPORT_FILES = ("loadtest.json", "loadtest.md", "loadtest-latency.png")
+
+
 def write_report(config: LoadConfig, outcomes: list[Outcome], wall: float, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(outcomes, wall)
@@ -58,9 +62,10 @@ def write_report(config: LoadConfig, outcomes: list[Outcome], wall: float, out: 
             {k: v for k, v in dataclasses.asdict(o).items() if k != "b64"} for o in outcomes
         ],
     }
-    (out / "loadtest.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "loadtest.md").write_text(markdown(settings, summary))
-    chart(outcomes, out / "loadtest-latency.png")
+    json_file, markdown_file, chart_file = REPORT_FILES
+    (out / json_file).write_text(json.dumps(report, indent=2) + "\n")
+    (out / markdown_file).write_text(markdown(settings, summary))
+    chart(outcomes, out / chart_file)
     return report
 
 

@@ -721,12 +721,16 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+# What write_report writes beside the charts: `sdrt bench` refuses to replace them unasked.
+REPORT_FILES = ("report.json", "report.md")
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write charts, report.json and report.md into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report["charts"] = write_charts(report, out_dir)
-    json_path = out_dir / "report.json"
+    json_path = out_dir / REPORT_FILES[0]
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    markdown_path = out_dir / "report.md"
+    markdown_path = out_dir / REPORT_FILES[1]
     markdown_path.write_text(render_markdown(report))
     return {"json": json_path, "markdown": markdown_path}

@@ -6,16 +6,18 @@ TensorRT plan, in process (Polygraphy's loaders over the TensorRT Python API):
 1. plan: for every component, the optimization profile (engines/profiles.py) and the cache
    key (sdrt/backends/engine_key.py) over graph, options, TensorRT version and GPU architecture;
 2. decide: an engine recorded in sdrt.json under the same key, verified, with its plan on
-   disk, is reused; any other (no record, another key, failed verification, missing plan)
-   is built, and the stale plan it replaces is deleted, never loaded;
+   disk as it was built (sdrt.integrity), is reused; any other (no record, another key,
+   failed verification, missing or changed plan) is built, and the stale plan it replaces
+   is deleted, never loaded;
 3. build: fp16 (TensorRT 10's FP16 flag; on TensorRT 11, which only builds strongly
    typed, from an fp16 copy of an fp32 graph), a timing cache kept beside the engines
    (reused across builds), refit if asked (a ``--lora-ready`` graph is built with its LoRA
    branches folded away: run-time LoRA refits the base weights); written to
    ``engines/tensorrt/<key>/<component>.plan`` through a temporary file;
 4. verify: the engine against ONNX Runtime fp32 on the CPU (engines/compare.py);
-5. record: an ``Engine`` entry per plan, written to sdrt.json atomically after each one;
-   a failed verification is recorded too (loaders refuse it) and fails the build.
+5. record: an ``Engine`` entry per plan, with the plan's sha256 and size (loads check the
+   plan against them), written to sdrt.json atomically after each one; a failed verification
+   is recorded too (loaders refuse it) and fails the build.
 
 The VAE decoder also gets an fp32 engine when its graph is fp32, for the runtime's NaN
 fallback (fp16 VAEs can overflow). Building and verifying are injected (``builder``,
@@ -45,12 +47,13 @@ from sdrt.backends.machine import probe_machine
 from sdrt.backends.tensorrt import NAME as TARGET
 from sdrt.backends.tensorrt import build_environment, find_record
 from sdrt.errors import BackendUnavailableError, InputError, SdrtError, VerificationError
-from sdrt.integrity import open_model_folder
+from sdrt.integrity import engine_plan_problem, open_model_folder, record_engine_plan
 from sdrt.manifest import (
     Component,
     Engine,
     Manifest,
     Verification,
+    sha256_file,
     write_manifest,
 )
 
@@ -154,6 +157,9 @@ def decide(record: Engine | None, cache_key: str, folder: Path) -> tuple[str, st
         return "build", "the recorded engine did not pass verification"
     if not (folder / record.path).is_file():
         return "build", f"the recorded plan {record.path} is missing"
+    problem = engine_plan_problem(folder, record)
+    if problem is not None:
+        return "build", f"the recorded plan is not as it was built ({problem})"
     return "reuse", f"engine {cache_key} is up to date"
 
 
@@ -305,9 +311,12 @@ def build_engines(
                 "compute_capability": environment.compute_capability,
             },
             verification=verification,
+            sha256=sha256_file(plan_path),
+            size=plan_path.stat().st_size,
         )
         manifest = _with_record(manifest, engine, plan.replaces)
         write_manifest(folder, manifest)
+        record_engine_plan(folder, engine)  # just hashed: the next load need not
         if plan.replaces is not None:
             _remove_stale(folder, plan.replaces, keep=plan.path)
         if verification.passed:

@@ -115,6 +115,30 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
 }
 
+# --- LCM (SD 1.5 distilled) ----------------------------------------------------------------
+
+# SimianLuo/LCM_Dreamshaper_v7: the SD 1.5 U-Net with a guidance-scale embedding input
+# (``timestep_cond``, 256 wide) added to the time embedding, and its LCMScheduler config.
+LCM_GUIDANCE_EMBED_DIM = 256
+LCM_SD15_UNET = {**SD15_UNET, "time_cond_proj_dim": LCM_GUIDANCE_EMBED_DIM}
+
+LCM_SCHEDULER = {
+    "_class_name": "LCMScheduler",
+    **_SCALED_LINEAR,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "original_inference_steps": 50,
+    "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "thresholding": False,
+    "timestep_scaling": 10.0,
+    "timestep_spacing": "leading",
+}
+
 # --- SD 2.1 ---------------------------------------------------------------------------------
 
 SD21_UNET = {
@@ -240,6 +264,9 @@ TINY_UNET = {
 }
 
 TINY_INPAINT_UNET = {**TINY_UNET, "in_channels": 9}
+
+# A guidance embedding as narrow as the tiny U-Net's channels.
+TINY_LCM_UNET = {**TINY_UNET, "time_cond_proj_dim": 8}
 
 TINY_VAE = {
     **SD15_VAE,
@@ -423,6 +450,16 @@ ARCHITECTURES: MappingProxyType = _frozen(
                 CLIP_VIT_L_TEXT,
             ),
             _sd(
+                "lcm-sd15",
+                "SD 1.5 distilled to a latent consistency model (SimianLuo/LCM_Dreamshaper_v7): "
+                "guidance embedding, LCMScheduler, 512 px",
+                LCM_SCHEDULER,
+                LCM_SD15_UNET,
+                SD15_VAE,
+                CLIP_VIT_L_TEXT,
+                pipeline_class="LatentConsistencyModelPipeline",
+            ),
+            _sd(
                 "sd21",
                 "Stable Diffusion 2.1 (stabilityai/stable-diffusion-2-1), v-prediction, 768 px",
                 SD21_SCHEDULER,
@@ -455,6 +492,15 @@ ARCHITECTURES: MappingProxyType = _frozen(
                 TINY_VAE,
                 TINY_TEXT,
                 pipeline_class="StableDiffusionInpaintPipeline",
+            ),
+            _sd(
+                "tiny-lcm",
+                "tiny with an LCM U-Net (guidance embedding) and LCMScheduler, 64 px (for tests)",
+                LCM_SCHEDULER,
+                TINY_LCM_UNET,
+                TINY_VAE,
+                TINY_TEXT,
+                pipeline_class="LatentConsistencyModelPipeline",
             ),
             _xl(
                 "tiny-xl",

@@ -46,6 +46,7 @@ from sdrt.export.staging import StaleBuild, commit, create_staging, discard, rem
 from sdrt.export.tome_options import TomeOptions
 
 from sdrt.errors import InputError, ModelFolderError
+from sdrt.files import check_output_folder
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
     MANIFEST_NAME,
@@ -195,6 +196,13 @@ def _build_into(
         from sdrt.export.deep_cache import check_branches
 
         check_branches(len(source.configs["unet"]["down_block_types"]), branches)
+        guidance_dim = source.configs["unet"].get("time_cond_proj_dim")
+        if guidance_dim:  # the shallow U-Nets' time embedding has no guidance input
+            raise InputError(
+                f"{source.path_or_id!r}: --deep-cache expects a U-Net without a guidance "
+                f"embedding; this one is LCM-distilled (time_cond_proj_dim {guidance_dim}): "
+                "build it without --deep-cache"
+            )
     for name in component_names(source, branches):
         t0 = time.perf_counter()
         export_options = {
@@ -345,19 +353,10 @@ def _make_parent(output: Path) -> None:
 
 def _check_output(output: Path, *, force: bool) -> Manifest | None:
     """Refuse to replace what should not be replaced; return the previous manifest to reuse."""
-    if not output.exists():
+    if not check_output_folder(
+        output, force=force, marker=MANIFEST_NAME, kind="an sdrt model folder"
+    ):
         return None
-    if not output.is_dir():
-        raise InputError(f"output {str(output)!r} exists and is not a folder")
-    if not any(output.iterdir()):
-        return None
-    if not (output / MANIFEST_NAME).is_file():
-        raise InputError(
-            f"output {str(output)!r} exists and is not an sdrt model folder (no {MANIFEST_NAME}); "
-            "refusing to replace it"
-        )
-    if not force:
-        raise InputError(f"output {str(output)!r} already exists; pass --force to replace it")
     try:
         return read_manifest(output)
     except ModelFolderError:

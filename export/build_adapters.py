@@ -1,7 +1,8 @@
 """``sdrt build --lora FILE[:SCALE] --embedding FILE[:TOKEN]``: adapters applied to the source.
 
-The source pipeline is loaded in diffusers, each LoRA loaded (``load_lora_weights``) and
-fused at its scale (``fuse_lora(lora_scale=...)``), each embedding added
+The source pipeline is loaded in diffusers, each LoRA loaded (``load_lora_weights``) as
+its own adapter, all of them activated at their scales (``set_adapters``) and fused in one
+``fuse_lora``, each embedding added
 (``load_textual_inversion``), and the changed components (U-Net, text encoders, tokenizers)
 saved into a scratch folder inside the build's staging folder, beside links to the
 unchanged rest. The build then exports and verifies from that folder, so its ONNX-vs-eager
@@ -18,7 +19,7 @@ from pathlib import Path
 from sdrt.export.source import SourceModel, inspect_folder
 
 from sdrt.adapters.options import EmbeddingOption, LoraOption
-from sdrt.adapters.textual_inversion import check_width, read_embeddings
+from sdrt.adapters.textual_inversion import check_new_tokens, check_width, read_embeddings
 from sdrt.errors import InputError
 from sdrt.manifest import BuiltAdapter, sha256_file
 
@@ -35,9 +36,7 @@ def apply_adapters(
     import torch
 
     pipe = _load_pipeline(source)
-    records = [_fuse_lora(pipe, lora, i) for i, lora in enumerate(loras)]
-    if loras:
-        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    records = _fuse_loras(pipe, loras)
     records += [_add_embedding(pipe, option, torch) for option in embeddings]
     changed = set(source.text_encoders)
     if loras:
@@ -66,8 +65,24 @@ def _load_pipeline(source: SourceModel):
     return cls.from_pretrained(source.folder, torch_dtype=torch.float32, **extra)
 
 
-def _fuse_lora(pipe, option: LoraOption, index: int) -> BuiltAdapter:
-    name = f"build_lora_{index}"
+def _fuse_loras(pipe, loras: Sequence[LoraOption]) -> list[BuiltAdapter]:
+    """Fuse the LoRAs as diffusers' ``set_adapters(names, scales)`` applies them together.
+
+    In one step: a ``load_lora_weights`` after a ``fuse_lora`` restores the base weights
+    (diffusers/peft), so fusing one file at a time would keep only the last."""
+    if not loras:
+        return []
+    names = [_load_lora(pipe, lora, f"build_lora_{i}") for i, lora in enumerate(loras)]
+    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+    pipe.fuse_lora(lora_scale=1.0, adapter_names=names)  # the scales are set_adapters'
+    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    return [
+        BuiltAdapter("lora", str(lora.path), sha256_file(lora.path), scale=lora.scale)
+        for lora in loras
+    ]
+
+
+def _load_lora(pipe, option: LoraOption, name: str) -> str:
     try:
         pipe.load_lora_weights(str(option.path), adapter_name=name)
     except Exception as e:  # diffusers and peft raise many kinds for files they cannot use
@@ -82,8 +97,7 @@ def _fuse_lora(pipe, option: LoraOption, index: int) -> BuiltAdapter:
             f"--lora {option.path}: none of its keys match this model's layers "
             "(a LoRA for another architecture?)"
         )
-    pipe.fuse_lora(lora_scale=option.scale, adapter_names=[name])
-    return BuiltAdapter("lora", str(option.path), sha256_file(option.path), scale=option.scale)
+    return name
 
 
 def _add_embedding(pipe, option: EmbeddingOption, torch) -> BuiltAdapter:
@@ -97,12 +111,15 @@ def _add_embedding(pipe, option: EmbeddingOption, torch) -> BuiltAdapter:
                 "model does not have"
             )
         check_width(embedding, encoder.get_input_embeddings().weight.shape[-1], embedding.encoder)
+        tokenizer = getattr(pipe, f"tokenizer{suffix}")
+        # sdrt's checks, as at run time: diffusers' below would let a vocabulary word through
+        check_new_tokens([embedding], {embedding.encoder: set(tokenizer.get_vocab())})
         try:
             pipe.load_textual_inversion(
                 torch.from_numpy(embedding.vectors.copy()),
                 token=embedding.token,
                 text_encoder=encoder,
-                tokenizer=getattr(pipe, f"tokenizer{suffix}"),
+                tokenizer=tokenizer,
             )
         except ValueError as e:  # diffusers' checks: a token already in the vocabulary
             raise InputError(f"--embedding {option.path}: {e}") from None

@@ -7,10 +7,13 @@ Optimum's ONNX layout and names:
     text_encoder(_2)  input_ids -> last_hidden_state, pooler_output   (CLIPTextModel)
                       input_ids -> text_embeds, last_hidden_state      (...WithProjection)
                       SDXL also returns hidden_states.0 .. hidden_states.N, as Optimum does
-    unet              sample, timestep, encoder_hidden_states[, text_embeds, time_ids] -> out_sample
+    unet              sample, timestep, encoder_hidden_states[, text_embeds, time_ids]
+                      [, timestep_cond] -> out_sample
     vae_decoder       latent_sample -> sample
     vae_encoder       sample -> latent_sample, latent_parameters
 
+``timestep_cond`` is an LCM U-Net's guidance embedding (config ``time_cond_proj_dim``), as
+Optimum names it: (batch, time_cond_proj_dim), computed by the runtime from the guidance scale.
 ``timestep`` has shape ("steps",): one value broadcast over the batch (what Optimum's ORT
 pipeline feeds) or one per sample. The VAE encoder returns both the distribution's mode
 (``latent_sample``, deterministic, our contract) and its ``latent_parameters`` (mean and
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from sdrt.export.source import SourceModel
 
+from sdrt.guidance_embedding import GUIDANCE_EMBEDDING_INPUT
 from sdrt.manifest import shallow_unet_name
 
 
@@ -116,8 +120,11 @@ class UNetExport(ExportWrapper):
         self.sequence_length = sequence_length
         self.vae_scale_factor = vae_scale_factor
         self.text_time = config.addition_embed_type == "text_time"
-        self.input_names = ("sample", "timestep", "encoder_hidden_states") + (
-            ("text_embeds", "time_ids") if self.text_time else ()
+        self.guidance_embed_dim = config.time_cond_proj_dim
+        self.input_names = (
+            ("sample", "timestep", "encoder_hidden_states")
+            + (("text_embeds", "time_ids") if self.text_time else ())
+            + ((GUIDANCE_EMBEDDING_INPUT,) if self.guidance_embed_dim else ())
         )
         self.output_names = ("out_sample",)
         if self.text_time:
@@ -128,10 +135,18 @@ class UNetExport(ExportWrapper):
                 config.projection_class_embeddings_input_dim - text_embeds_dim
             ) // config.addition_time_embed_dim
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-        added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.text_time else None
+    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+        named = dict(zip(self.input_names[3:], extra, strict=True))
+        added = None
+        if self.text_time:
+            added = {"text_embeds": named["text_embeds"], "time_ids": named["time_ids"]}
         return self.unet(
-            sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+            sample,
+            timestep,
+            encoder_hidden_states,
+            timestep_cond=named.get(GUIDANCE_EMBEDDING_INPUT),
+            added_cond_kwargs=added,
+            return_dict=False,
         )[0]
 
     def dynamic_axes(self):
@@ -144,6 +159,8 @@ class UNetExport(ExportWrapper):
         }
         if self.text_time:
             axes |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
+        if self.guidance_embed_dim:
+            axes[GUIDANCE_EMBEDDING_INPUT] = {0: "batch"}
         return axes
 
     def sample_inputs(self, case, generator):
@@ -168,6 +185,10 @@ class UNetExport(ExportWrapper):
                 (case.batch, self.text_embeds_dim), generator=generator
             )
             inputs["time_ids"] = size.repeat(case.batch, 1)
+        if self.guidance_embed_dim:
+            inputs[GUIDANCE_EMBEDDING_INPUT] = torch.randn(
+                (case.batch, self.guidance_embed_dim), generator=generator
+            )
         return inputs
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import shutil
 import tempfile
 import zlib
@@ -28,6 +29,7 @@ from sdrt.export import clip_bpe
 from sdrt.export.architectures import ARCHITECTURES, Architecture, Component
 
 from sdrt.errors import InputError
+from sdrt.files import check_output_folder, with_umask_mode
 
 __all__ = ["ARCHITECTURES", "init_random_model"]
 
@@ -37,6 +39,8 @@ __all__ = ["ARCHITECTURES", "init_random_model"]
 ZERO_WEIGHT_REDRAW_STD = 0.02
 # Write each diffusers model as one safetensors file, as the Hub repos have them.
 MAX_SHARD_SIZE = "100GB"
+# What makes a folder one init-model may replace (with --force): a diffusers pipeline's index.
+PIPELINE_MARKER = "model_index.json"
 
 
 def init_random_model(
@@ -51,7 +55,8 @@ def init_random_model(
 
     The folder is written beside ``out_dir`` under a temporary name and renamed into place
     when complete, so an interrupted run leaves nothing that looks like a model. An existing
-    non-empty ``out_dir`` is replaced only with ``force``. Returns the folder's path.
+    non-empty ``out_dir`` is replaced only with ``force``, and only if it is a model folder
+    (it holds model_index.json). Returns the folder's path.
     """
     if arch not in ARCHITECTURES:
         raise InputError(
@@ -63,24 +68,28 @@ def init_random_model(
         seed,
         force,
         lambda staging: _write_model(ARCHITECTURES[arch], staging, seed, report),
+        marker=PIPELINE_MARKER,
     )
     report(f"wrote {arch} with random weights (seed {seed}) to {out_dir}")
     return out_dir
 
 
-def write_staged(out_dir: str | Path, seed, force: bool, write: Callable[[Path], None]) -> Path:
+def write_staged(
+    out_dir: str | Path, seed, force: bool, write: Callable[[Path], None], *, marker: str
+) -> Path:
     """Check ``seed`` and ``out_dir``, run ``write(staging)`` on a temporary folder beside
     ``out_dir`` and rename it into place when complete, so an interrupted run leaves nothing
-    that looks like a model; an existing non-empty ``out_dir`` is replaced only with
-    ``force``. Returns ``out_dir`` as a Path."""
+    that looks like a model. An existing non-empty ``out_dir`` is replaced only with
+    ``force``, and only if it holds ``marker`` (a model ``write`` makes): nothing else of the
+    user's is ever deleted. Returns ``out_dir`` as a Path."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    out_dir = Path(out_dir)
-    _check_output(out_dir, force)
+    out_dir = check_model_output(out_dir, force, marker)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         write(staging)
+        with_umask_mode(staging)  # mkdtemp's folder and safetensors' files are private
         _replace(out_dir, staging, force)
     finally:
         if staging.exists():
@@ -88,15 +97,15 @@ def write_staged(out_dir: str | Path, seed, force: bool, write: Callable[[Path],
     return out_dir
 
 
-def _check_output(out_dir: Path, force: bool) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise InputError(f"output {out_dir} exists and is not a folder")
-    if any(out_dir.iterdir()) and not force:
-        raise InputError(
-            f"output folder {out_dir} exists and is not empty; pass --force to replace it"
-        )
+def check_model_output(out_dir: str | Path, force: bool, marker: str = PIPELINE_MARKER) -> Path:
+    """``out_dir`` as an absolute path (so that ``.`` is renamed by its name) once it is
+    known that it may be written: absent, empty, or with ``force`` a model folder holding
+    ``marker``. Cheap: the CLI calls it before importing torch."""
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir == Path(out_dir.anchor):
+        raise InputError(f"output {str(out_dir)!r} is the root folder; expected a model folder")
+    check_output_folder(out_dir, force=force, marker=marker, kind="a model folder")
+    return out_dir
 
 
 def _replace(out_dir: Path, staging: Path, force: bool) -> None:
@@ -105,7 +114,7 @@ def _replace(out_dir: Path, staging: Path, force: bool) -> None:
         staging.rename(out_dir)  # succeeds where out_dir is absent or an empty folder
         return
     except OSError as e:
-        if not force:  # out_dir was filled by another process after _check_output
+        if not force:  # out_dir was filled by another process after the check
             raise InputError(
                 f"output folder {out_dir} was filled by another process while this model was "
                 "being written; pass --force to replace it"

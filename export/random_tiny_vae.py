@@ -30,6 +30,8 @@ from typing import Any
 from sdrt.errors import InputError
 
 CLASS_NAME = "AutoencoderTiny"
+# What makes a folder one init-model may replace (with --force): a diffusers model's weights.
+TINY_VAE_MARKER = "diffusion_pytorch_model.safetensors"
 # What the random decoder's images ([0, 1], before diffusers' x2-1) and the random
 # encoder's latents are calibrated to, per channel, on CALIBRATION_* inputs.
 TARGET_IMAGE_MEAN, TARGET_IMAGE_STD = 0.5, 0.2
@@ -89,7 +91,8 @@ def init_random_tiny_vae(
     """Write tiny VAE ``arch`` with random weights from ``seed`` into ``out_dir``.
 
     Written under a temporary name beside ``out_dir`` and renamed into place when complete;
-    an existing non-empty ``out_dir`` is replaced only with ``force``.
+    an existing non-empty ``out_dir`` is replaced only with ``force``, and only if it is a
+    diffusers model folder (it holds TINY_VAE_MARKER).
     """
     import torch
     from diffusers import AutoencoderTiny
@@ -109,7 +112,7 @@ def init_random_tiny_vae(
             _calibrate(model)
         model.eval().save_pretrained(staging, safe_serialization=True)
 
-    out_dir = write_staged(out_dir, seed, force, write)
+    out_dir = write_staged(out_dir, seed, force, write, marker=TINY_VAE_MARKER)
     if progress is not None:
         progress(f"wrote {arch} ({CLASS_NAME}) with random weights (seed {seed}) to {out_dir}")
     return out_dir

@@ -17,6 +17,7 @@ from sdrt.export.ldm_keys import pipeline_to_ldm
 from sdrt.export.source import inspect_folder
 
 from sdrt.errors import InputError
+from sdrt.files import with_umask_mode
 
 SUFFIXES = (".safetensors", ".ckpt")
 # Header metadata of files sdrt makes: they were made with sdrt's locally learned tokenizer,
@@ -74,6 +75,7 @@ def write_single_file(
             import torch
 
             torch.save({"state_dict": checkpoint, "sdrt": dict(metadata)}, partial)
+        with_umask_mode(partial)  # mkstemp's file is private (0o600)
         os.replace(partial, out_file)
     finally:
         if os.path.exists(partial):

@@ -26,6 +26,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdrt.files import with_umask_mode
+
 MARKER_NAME = ".sdrt-partial-build.json"
 MARKER_FORMAT = 1
 BUILD_FOLDER = "build"  # becomes OUT
@@ -80,6 +82,7 @@ def create_staging(output: Path) -> Staging:
 def commit(staging: Staging) -> None:
     """Put the finished build in place of the output (replacing it if it exists)."""
     output = staging.output
+    with_umask_mode(staging.folder)  # onnx writes external data files as 0o600
     if output.exists():
         os.replace(output, staging.root / REPLACED_FOLDER)
     os.replace(staging.folder, output)

@@ -261,6 +261,10 @@ class Engine:
     library_versions: Mapping[str, str]
     device: Mapping[str, Any]  # e.g. {"name": ..., "compute_capability": "9.0"}
     verification: Verification | None = None
+    # The plan as written (sdrt.integrity checks it before a load maps it); "" and None in
+    # records written before sdrt recorded them: such a plan is not checked.
+    sha256: str = ""
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +344,15 @@ class Manifest:
     @property
     def default_image_size(self) -> int:
         return self.sample_size * self.vae_scale_factor
+
+    @property
+    def defaulted_scheduler_keys(self) -> frozenset[str]:
+        """Scheduler keys the source's config lacked, written by a correction: diffusers
+        keeps them in ``_use_default_values``, so its ``from_config`` (a scheduler swap)
+        drops them and the new class takes its own default."""
+        return frozenset(
+            c.key for c in self.config_corrections if c.component == "scheduler" and c.old is None
+        )
 
     def with_engines(self, engines: tuple[Engine, ...]) -> Manifest:
         return dataclasses.replace(self, engines=tuple(engines))
@@ -577,6 +590,8 @@ def _engine(i: int, r: _Reader) -> Engine:
         library_versions=dict(r.get("library_versions", Mapping)),
         device=dict(r.get("device", Mapping)),
         verification=_verification(r.sub("verification", optional=True)),
+        sha256=r.get("sha256", str, optional=True, default=""),
+        size=r.get("size", int, optional=True),
     )
 
 
@@ -629,7 +644,6 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         tiny_vae=_tiny_vae(r.sub("tiny_vae", optional=True)),
         tome=r.get("tome", Mapping, optional=True, default=None),
     )
-
 
     _check_deep_cache(manifest, where)
     return manifest
@@ -829,3 +843,4 @@ def component_files(manifest: Manifest) -> dict[str, str]:
             files[comp.openvino.file] = comp.openvino.sha256
             files[comp.openvino.weights] = comp.openvino.weights_sha256
     return files
+

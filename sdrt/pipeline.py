@@ -8,7 +8,10 @@
 
 The loop follows diffusers' StableDiffusionPipeline, ...Img2ImgPipeline and
 ...InpaintPipeline step for step (and StableDiffusionXLPipeline's conditioning for SDXL
-folders), so the same weights, initial noise, scheduler and settings give the same image. Its array code runs in the namespace of the session outputs
+folders), so the same weights, initial noise, scheduler and settings give the same image. A
+folder whose U-Net takes LCM's guidance embedding runs LatentConsistencyModelPipeline's
+loop instead: no CFG batch, the guidance scale fed as an embedding
+(sdrt/guidance_embedding.py). Its array code runs in the namespace of the session outputs
 (numpy; cupy on a GPU backend) and copies to the host only for the final image.
 
 Random numbers come from one numpy Generator per call (``seed``), drawn in this order:
@@ -36,6 +39,11 @@ from sdrt.arrays import namespace_of, to_host
 from sdrt.backends import Selection, Session, select_backend
 from sdrt.deep_cache import DeepCacheLoop
 from sdrt.errors import InputError, ModelFolderError, NumericsError
+from sdrt.guidance_embedding import (
+    GUIDANCE_EMBEDDING_INPUT,
+    guidance_embedding_width,
+    guidance_scale_embedding,
+)
 from sdrt.images import mask_to_latent_size, postprocess, preprocess_image, preprocess_mask, to_pil
 from sdrt.integrity import open_model_folder
 from sdrt.interpolation import (
@@ -50,7 +58,12 @@ from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.request import Request, make_request, prompt_list
-from sdrt.schedulers import create_scheduler, load_scheduler_config
+from sdrt.schedulers import (
+    LCMScheduler,
+    create_scheduler,
+    load_scheduler_config,
+    scheduler_class_name,
+)
 from sdrt.stages import StageCallback, StageRecorder, StageTiming
 from sdrt.tokenizer import ClipTokenizer
 from sdrt.vae_choice import VaeRoute, vae_route
@@ -411,7 +424,17 @@ class Pipeline(LoraMethods):
     # ------------------------------------------------------------------------------ loop
 
     def _plan(self, request: Request):
-        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder)
+        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder, self.manifest)
+        lcm_img2img = (
+            request.guidance_embedding
+            and request.image is not None
+            and request.mask_image is None
+            and isinstance(sched, LCMScheduler)
+        )
+        if lcm_img2img:  # as LatentConsistencyModelImg2ImgPipeline: strength in the schedule
+            return sched, sched.consistency_img2img_plan(
+                request.num_inference_steps, request.strength
+            )
         plan = sched.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
         return sched, plan
 
@@ -550,17 +573,16 @@ class Pipeline(LoraMethods):
             embeddings = xp.concatenate([uncond, xp.asarray(embeddings)], axis=0)
             if pooled is not None:
                 pooled = xp.concatenate([uncond_pooled, xp.asarray(pooled)], axis=0)
-        unet_weights = weights.of("unet")
-        if not self.is_xl:
-            return Conditioning(embeddings, {}, unet_weights)
-        return Conditioning(
-            embeddings,
-            {
-                "text_embeds": pooled,
-                "time_ids": _time_ids(request.height, request.width, len(embeddings), xp),
-            },
-            unet_weights,
-        )
+        added = {}
+        if self.is_xl:
+            added["text_embeds"] = pooled
+            added["time_ids"] = _time_ids(request.height, request.width, len(embeddings), xp)
+        if request.guidance_embedding:  # LCM: the guidance scale goes in as an embedding
+            width = guidance_embedding_width(self.manifest)
+            added[GUIDANCE_EMBEDDING_INPUT] = guidance_scale_embedding(
+                request.guidance_scale, len(embeddings), width, xp
+            )
+        return Conditioning(embeddings, added, weights.of("unet"))
 
     def _prompt_side(self, request: Request, stages: StageRecorder, encoders, weights):
         """(embeddings, pooled or None) of the prompts: given, or encoded."""
@@ -650,6 +672,7 @@ class Pipeline(LoraMethods):
                 specs["encoder_hidden_states"].dtype
             ),
         }
+        _check_guidance_embedding(specs, conditioning)
         for name, value in conditioning.added.items():
             feeds[name] = value.astype(specs[name].dtype)
         feeds.update(conditioning.weights)  # run-time LoRA's weights; none without adapters
@@ -725,7 +748,8 @@ class Conditioning:
     (``Pipeline.condition`` makes it, ``Pipeline.predict_noise`` takes it)."""
 
     embeddings: Any  # encoder hidden states (2B rows under CFG: uncond first)
-    added: dict[str, Any]  # SDXL's text_embeds and time_ids; empty for SD 1.x/2.x
+    # SDXL's text_embeds and time_ids, an LCM U-Net's timestep_cond; else empty
+    added: dict[str, Any]
     weights: Mapping[str, Any]  # the U-Net's LoRA weight feeds (sdrt/adapters); often empty
 
 
@@ -773,13 +797,24 @@ def _as_float32(value):
     return None if value is None else namespace_of(value).asarray(value, dtype="float32")
 
 
-def make_scheduler(name: str | None, scheduler_config: dict[str, Any], folder: Path):
-    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own."""
-    name = name or scheduler_config.get("_class_name")
+def make_scheduler(
+    name: str | None, scheduler_config: dict[str, Any], folder: Path, manifest: Manifest
+):
+    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own.
+
+    A scheduler of another class is made as diffusers' ``Class.from_config(pipe.scheduler
+    .config)`` makes it: without the keys the build's corrections added to a config that
+    lacked them (``Manifest.defaulted_scheduler_keys``), so they take the class's default.
+    The folder's own class, named or not, keeps its corrected config."""
+    own = scheduler_config.get("_class_name")
+    name = name or own
     if name is None:
         raise ModelFolderError(
             f"{folder}: scheduler/scheduler_config.json names no _class_name; pass scheduler="
         )
+    defaulted = manifest.defaulted_scheduler_keys
+    if defaulted and scheduler_class_name(name) != own:
+        scheduler_config = {k: v for k, v in scheduler_config.items() if k not in defaulted}
     return create_scheduler(name, scheduler_config)
 
 
@@ -822,6 +857,24 @@ def _prompt_encoders(manifest, sessions, tokenizers, cache_size) -> tuple[Prompt
             "family_options.pooled_prompt_embeds_output"
         )
     return tuple(encoders)
+
+
+def _check_guidance_embedding(specs: Mapping[str, TensorSpec], conditioning: Conditioning):
+    """InputError where a Conditioning and the U-Net disagree on LCM's guidance embedding
+    (one made by another folder's Pipeline.condition, say), before the graph runs."""
+    wanted = GUIDANCE_EMBEDDING_INPUT in specs
+    if wanted == (GUIDANCE_EMBEDDING_INPUT in conditioning.added):
+        return
+    if wanted:
+        raise InputError(
+            f"conditioning: expected the guidance embedding ({GUIDANCE_EMBEDDING_INPUT}) this "
+            "LCM-distilled U-Net takes, as Pipeline.condition of its folder makes it; got a "
+            "Conditioning without one"
+        )
+    raise InputError(
+        f"conditioning: expected no guidance embedding ({GUIDANCE_EMBEDDING_INPUT}): this "
+        "U-Net is not LCM-distilled and has no such input; got a Conditioning with one"
+    )
 
 
 def _timestep_feed(spec: TensorSpec, timestep, batch: int, xp):

@@ -21,6 +21,7 @@ import numpy as np
 from sdrt.arrays import namespace_of
 from sdrt.deep_cache import DeepCacheSettings, check_deep_cache
 from sdrt.errors import InputError, ParameterError
+from sdrt.guidance_embedding import check_guidance_embedding
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
 from sdrt.vae_choice import check_vae_choice
@@ -55,6 +56,8 @@ class Request:
     vae: str = "full"  # "full" or "tiny" (sdrt/vae_choice.py)
     # diffusers' eta: passed to the schedulers that take it (DDIM, TCD), ignored by others
     eta: float = 0.0
+    # The U-Net embeds the guidance scale (LCM; sdrt/guidance_embedding.py): no CFG batch.
+    guidance_embedding: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +65,7 @@ class Request:
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self.guidance_scale > 1.0
+        return self.guidance_scale > 1.0 and not self.guidance_embedding
 
 
 def prompt_list(value: Any, name: str) -> list[str]:
@@ -206,6 +209,9 @@ def make_request(
         deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
         vae=check_vae_choice(manifest, vae),
         eta=_eta(eta),
+        guidance_embedding=check_guidance_embedding(
+            manifest, negative_prompt, negative_prompt_embeds
+        ),
     )
 
 

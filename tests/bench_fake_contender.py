@@ -2,12 +2,16 @@
 
 Run as a script: ``python bench_fake_contender.py MODEL_DIR THREADS NAME LOG [FAIL_AT]
 [--no-saved-graphs]``; with FAIL_AT it raises on that request (counted from 1), as a broken
-runtime would; with the flag it logs its load as one without saved graphs.
+runtime would; with the flag it logs its load as one without saved graphs. With
+``SDRT_FAKE_STAGE_S`` and ``SDRT_FAKE_OTHER_S`` in its environment each request sleeps that
+long in each model stage and outside them (the work a pipeline does between its models).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -40,9 +44,11 @@ class FakeContender:
             raise RuntimeError(f"{self.name} broke on request {self.requests}")
         with open(self.log, "a") as log:
             log.write(f"{self.name} {workload.width}x{workload.height}\n")
+        stage_s = float(os.environ.get("SDRT_FAKE_STAGE_S", "0"))
+        time.sleep(float(os.environ.get("SDRT_FAKE_OTHER_S", "0")))
         for stage in ("text_encoder", "unet", "unet", "vae_decode"):
             with clock.measure(stage):
-                pass
+                time.sleep(stage_s)
         return np.zeros((1, workload.height, workload.width, 3), dtype=np.float32)
 
     def settings(self, workload: Workload) -> dict[str, Any]:

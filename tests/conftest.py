@@ -1,5 +1,10 @@
-"""Test tiers: unit (no model), export/runtime on the tiny random model, slow, gpu.
+"""Test tiers: unit (no model), export/runtime on the tiny random model, heavy, slow, gpu.
 
+``heavy`` tests (tiny models, but builds of their own that take minutes of CPU: int8 and
+NNCF calibration, every fast mode at once, fused adapters, the benchmark end to end, Ray)
+run only when selected with ``-m heavy``; CI (.ci/run) runs them after the default run. A
+test that asks for one of ``HEAVY_FIXTURES`` is heavy without a marker of its own, so that
+a fixture's build is paid in one tier only.
 ``slow`` tests (full-size architectures) run only when selected with ``-m slow``.
 ``gpu`` tests skip cleanly where CUDA is absent, unless the gpu tier is asked for
 (``-m gpu``, or any marker expression naming gpu other than ``not gpu``): then a machine
@@ -38,12 +43,33 @@ def gpu_tier_asked(markexpr: str) -> bool:
     return re.search(r"(?<!not )\bgpu\b", " ".join(markexpr.split())) is not None
 
 
+# Session and module fixtures whose build is a large share of the default run's CPU time
+# (each a minute or more of CPU on 2 cores): every test that uses one is in the heavy tier.
+HEAVY_FIXTURES = frozenset(
+    {
+        "tiny_built_int8",  # int8 calibration (tests/test_build_int8.py)
+        "tiny_nncf",  # NNCF int8 (tests/test_build_int8_nncf.py)
+        "tiny_built_all_modes",  # int8 + DeepCache + tiny VAE in one folder
+        "bench_report",  # `sdrt bench` end to end (tests/test_bench_cli.py)
+        "quick_report",
+        "modes_report",  # `sdrt bench` with fast-mode contenders
+    }
+)
+
+
 def pytest_collection_modifyitems(config, items):
     markexpr = config.getoption("markexpr") or ""
     skip_slow = pytest.mark.skip(reason="slow: run with -m slow")
+    skip_heavy = pytest.mark.skip(reason="heavy: run with -m heavy")
+    for item in items:
+        if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker("heavy")
+    # -m is applied after this hook, so the marks added above take part in it
     for item in items:
         if "slow" in item.keywords and "slow" not in markexpr:
             item.add_marker(skip_slow)
+        if "heavy" in item.keywords and "heavy" not in markexpr:
+            item.add_marker(skip_heavy)
         if "gpu" in item.keywords and not gpu_tier_asked(markexpr) and not cuda_available():
             item.add_marker(pytest.mark.skip(reason=f"gpu: {cuda_problem()}"))
 
@@ -69,6 +95,14 @@ def tiny_source(tmp_path_factory):
     return init_random_model("tiny", tmp_path_factory.mktemp("tiny-source") / "tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_xl_source(tmp_path_factory):
+    """The `tiny-xl` random-weight diffusers folder (made once per test session)."""
+    from sdrt.export.random_model import init_random_model
+
+    return init_random_model("tiny-xl", tmp_path_factory.mktemp("tiny-xl") / "tiny-xl", seed=0)
+
+
 def _build_tiny(tiny_source, tmp_path_factory, folder: str, **options):
     from sdrt.export.build import BuildConfig, build
 
@@ -86,6 +120,12 @@ def _build_tiny(tiny_source, tmp_path_factory, folder: str, **options):
 def tiny_built(tiny_source, tmp_path_factory):
     """`tiny_source` built to an fp32 sdrt model folder (made once per test session)."""
     return _build_tiny(tiny_source, tmp_path_factory, "tiny-built")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_built(tiny_xl_source, tmp_path_factory):
+    """`tiny_xl_source` built to an fp32 sdrt model folder (made once per test session)."""
+    return _build_tiny(tiny_xl_source, tmp_path_factory, "tiny-xl-built")
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,29 @@ def write_peft_file(folder: Path, source: Path, seed: int, **options) -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
+def write_peft_file_with_metadata(
+    folder: Path, source: Path, seed: int, unet_config: dict, text_config: dict
+) -> Path:
+    """A LoRA folder as diffusers' save_lora_weights writes it with peft's LoraConfig
+    (``LoraConfig(**unet_config).to_dict()``, ...) as ``lora_adapter_metadata``, the way
+    peft-trained files carry their lora_alpha; returns the file."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    unet, text = peft_state_dicts(source, seed)
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=unet,
+        text_encoder_lora_layers=text,
+        unet_lora_adapter_metadata=LoraConfig(target_modules=UNET_TARGETS, **unet_config).to_dict(),
+        text_encoder_lora_adapter_metadata=LoraConfig(
+            target_modules=TEXT_TARGETS, **text_config
+        ).to_dict(),
+        safe_serialization=True,
+    )
+    return folder / "pytorch_lora_weights.safetensors"
+
+
 def kohya_key(key: str) -> str:
     """diffusers' 'unet.<m>.lora_A.weight' -> kohya's 'lora_unet_<m_>.lora_down.weight'."""
     component, _, rest = key.partition(".")

@@ -23,15 +23,8 @@ SDRT_FILES = ("sdrt.json", ".sdrt-verified.json", "engines")
 
 
 @pytest.fixture(scope="module")
-def xl_built(tmp_path_factory):
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.random_model import init_random_model
-
-    work = tmp_path_factory.mktemp("xl")
-    source = init_random_model("tiny-xl", work / "src", seed=0)
-    return build(
-        BuildConfig(source=str(source), output=work / "built", min_size=64, max_size=256)
-    ).output
+def xl_built(tiny_xl_built):
+    return tiny_xl_built  # conftest's shared build: 64..256 px, seed 0
 
 
 def _onnx_only(built, folder):

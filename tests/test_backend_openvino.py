@@ -100,7 +100,9 @@ def test_bf16_is_close_and_not_exact_where_the_cpu_has_it(tiny_built, both):
     assert psnr(fast, exact) >= BF16_IMAGE_MIN_PSNR
 
 
-def test_int8_deep_cache_and_tiny_vae_run_as_on_ort_cpu(tiny_built_all_modes, tiny_built_deep_cache):
+def test_int8_deep_cache_and_tiny_vae_run_as_on_ort_cpu(
+    tiny_built_all_modes, tiny_built_deep_cache
+):
     """Each mode gives an image within the int8 gate's PSNR of exact fp32 (ort-cpu on the
     fp32 DeepCache folder), and the tiny VAE changes the image as it does on ort-cpu."""
     ort = sdrt.Pipeline.load(tiny_built_all_modes, backend="ort-cpu")
@@ -121,6 +123,7 @@ def test_int8_deep_cache_and_tiny_vae_run_as_on_ort_cpu(tiny_built_all_modes, ti
     assert np.abs(_image(openvino, vae="tiny") - _image(openvino)).max() > 0.05  # it ran
 
 
+@pytest.mark.heavy  # a ToMe build of its own
 def test_token_merging_folder_equals_ort_cpu(tiny_source, tmp_path_factory):
     from sdrt.export.tome_options import TomeOptions
 

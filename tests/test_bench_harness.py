@@ -136,3 +136,22 @@ def test_a_failing_contender_is_recorded_and_the_others_go_on(tmp_path, monkeypa
     # the rounds record who ran: a is gone from the first round on
     assert [r["order"] for r in bench.rounds] == [["b"]] * 4
     assert b.status == "ok" and len(b.runs["24x24"]) == 2
+
+
+def test_end_to_end_is_the_whole_timed_call_not_the_model_stages(tmp_path, monkeypatch):
+    # each request: 4 model stages of 20 ms and 150 ms outside them (fake_contender's sleeps)
+    stage_s, other_s = 0.02, 0.15
+    monkeypatch.setenv("SDRT_FAKE_STAGE_S", str(stage_s))
+    monkeypatch.setenv("SDRT_FAKE_OTHER_S", str(other_s))
+    bench, _ = _benchmark(tmp_path, monkeypatch, ("a",))
+    (state,) = bench.states
+    record = bench._contender_record(state, {"status": "skipped"}, reference=None)
+    for result in record["results"]:
+        stages = result["stages"]
+        models = sum(stages[f"{s}_s"]["median"] for s in ("text_encoder", "unet", "vae_decode"))
+        assert models >= 4 * stage_s
+        end_to_end = stages["end_to_end_s"]["median"]
+        assert end_to_end >= models + other_s
+        assert stages["other_s"]["median"] >= other_s
+        assert result["other_fraction"] >= other_s / end_to_end * 0.99
+        assert result["images_per_s"] == bench.config.batch / end_to_end

@@ -392,3 +392,47 @@ def test_a_busy_machine_is_said_to_be_busy():
     assert "Other work" not in quiet
     report["machine"]["load_average"]["start"] = [11.0, 9.0, 6.0]
     assert "**Other work was running beside the benchmark**" in render_markdown(report)
+
+
+@pytest.mark.parametrize("existing", ["report.json", "report.md"])
+def test_an_earlier_report_is_kept_without_force(tmp_path, capsys, monkeypatch, existing):
+    from sdrt.benchmarks import harness
+
+    from sdrt.cli import main
+
+    def run_benchmark(*args, **kwargs):
+        raise AssertionError("benchmarked before the output was checked")
+
+    monkeypatch.setattr(harness, "run_benchmark", run_benchmark)
+    (tmp_path / existing).write_text("an earlier report")
+    code = main(["bench", "--arch", "tiny", "--random-weights", "-o", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"sdrt bench: error: -o: {str(tmp_path / existing)!r} already exists; pass --force to "
+        "replace it\n"
+    )
+    assert (tmp_path / existing).read_text() == "an earlier report"
+    args = _args("--arch", "tiny", "--random-weights", "-o", str(tmp_path), "--force")
+    assert _config(args).output_dir == tmp_path  # --force lets it through
+
+
+def _summary_rows(text: str, size: str) -> dict[str, dict[str, str]]:
+    """{contender: {column: cell}} of report.md's end-to-end table for ``size``."""
+    lines = text.splitlines()
+    start = lines.index(f"## {size}: end to end") + 2  # the heading, a blank line
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    header, _, *body = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]
+    ]
+    return {cells[0]: dict(zip(header, cells, strict=True)) for cells in body}
+
+
+def test_the_summary_table_divides_torch_s_time_by_each_contender_s():
+    # torch 30 s, ort-cpu 10 s, optimum 11 s end to end (medians)
+    text = render_markdown(_verdict_report(runs=3, warmup=1))
+    rows = _summary_rows(text, "64x64")
+    assert set(rows) == {"torch", "ort-cpu", "optimum"}
+    speedup = {name: row["speedup vs torch"] for name, row in rows.items()}
+    assert speedup == {"torch": "1.00x", "ort-cpu": "3.00x", "optimum": "2.73x"}
+    median = {name: row["end to end (median)"] for name, row in rows.items()}
+    assert median == {"torch": "30.00 s", "ort-cpu": "10.00 s", "optimum": "11.00 s"}

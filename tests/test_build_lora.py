@@ -1,8 +1,9 @@
 """sdrt build --lora / --embedding: adapters applied to the source before export.
 
 A random PEFT LoRA (attention and resnet convolutions of the U-Net, attention of the text
-encoder) is made here and saved with diffusers' ``save_lora_weights``; the folder built
-with it must give diffusers' images with the same LoRA fused, and record it. An embedding
+encoder) is made here and saved with diffusers' ``save_lora_weights``, beside a second one;
+the folder built with both must give diffusers' images with both set at their scales
+(``set_adapters``), and record them. An embedding
 added at build time must give the images of the same embedding loaded at run time.
 """
 
@@ -14,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from lora_helpers import write_peft_file
 
 import sdrt
 from sdrt.adapters.options import EmbeddingOption, LoraOption, parse_lora_option
@@ -30,6 +32,7 @@ MAX_IMAGE_DIFF = 2 / 255
 # The LoRA (and the embedding) must move the image by more than this, or nothing is tested.
 MIN_ADAPTER_EFFECT = 1e-2
 LORA_SCALE = 0.7
+SECOND_SCALE = 0.4
 STEPS = 3
 PROMPT = "a red fox in the snow"
 
@@ -113,27 +116,42 @@ def _build(tiny_source, output, **options):
 
 
 @pytest.fixture(scope="module")
-def lora_built(tiny_source, lora_file, tmp_path_factory):
+def second_lora_file(tiny_source, tmp_path_factory):
+    """Another random LoRA (U-Net and text encoder attention), as save_lora_weights writes it."""
+    return write_peft_file(tmp_path_factory.mktemp("lora-b"), tiny_source, seed=4)
+
+
+@pytest.fixture(scope="module")
+def lora_built(tiny_source, lora_file, second_lora_file, tmp_path_factory):
+    """The tiny model built with both LoRAs fused (--lora a:0.7 --lora b:0.4)."""
     output = tmp_path_factory.mktemp("lora-built") / "tiny"
-    return _build(tiny_source, output, loras=(LoraOption(lora_file, LORA_SCALE),))
+    loras = (LoraOption(lora_file, LORA_SCALE), LoraOption(second_lora_file, SECOND_SCALE))
+    return _build(tiny_source, output, loras=loras)
 
 
-def test_fused_build_equals_diffusers_with_the_lora_fused(
-    lora_built, lora_file, tiny_built, tiny_source
+def test_fused_build_equals_diffusers_with_both_loras_set(
+    lora_built, lora_file, second_lora_file, tiny_built, tiny_source
 ):
     theirs = _reference(tiny_source)
-    theirs.load_lora_weights(str(lora_file))
-    theirs.fuse_lora(lora_scale=LORA_SCALE)
+    theirs.load_lora_weights(str(lora_file), adapter_name="a")
+    theirs.load_lora_weights(str(second_lora_file), adapter_name="b")
+    theirs.set_adapters(["a", "b"], adapter_weights=[LORA_SCALE, SECOND_SCALE])
     ours = _ours(lora_built)
     assert np.abs(ours - _theirs(theirs)).max() <= MAX_IMAGE_DIFF
     assert np.abs(ours - _ours(tiny_built)).max() > MIN_ADAPTER_EFFECT
+    # Each LoRA counts: with either one alone diffusers gives another image.
+    for name, scale in (("a", LORA_SCALE), ("b", SECOND_SCALE)):
+        theirs.set_adapters(name, adapter_weights=scale)
+        assert np.abs(ours - _theirs(theirs)).max() > MIN_ADAPTER_EFFECT
 
 
-def test_fused_build_records_the_lora(lora_built, lora_file, tiny_source):
+def test_fused_build_records_the_loras(lora_built, lora_file, second_lora_file, tiny_source):
     manifest = read_manifest(lora_built)
-    (adapter,) = manifest.adapters
-    assert (adapter.kind, adapter.file, adapter.scale) == ("lora", str(lora_file), LORA_SCALE)
-    assert adapter.sha256 == sha256_file(lora_file)
+    recorded = [(a.kind, a.file, a.scale, a.sha256) for a in manifest.adapters]
+    assert recorded == [
+        ("lora", str(lora_file), LORA_SCALE, sha256_file(lora_file)),
+        ("lora", str(second_lora_file), SECOND_SCALE, sha256_file(second_lora_file)),
+    ]
     assert manifest.source.path_or_id == str(tiny_source)
     assert not (lora_built / ".adapters").exists()
     info = subprocess.run(
@@ -143,8 +161,10 @@ def test_fused_build_records_the_lora(lora_built, lora_file, tiny_source):
         check=True,
     ).stdout
     assert f"LoRA fused at scale {LORA_SCALE:g}: {lora_file}" in info
+    assert f"LoRA fused at scale {SECOND_SCALE:g}: {second_lora_file}" in info
 
 
+@pytest.mark.heavy
 def test_embedding_at_build_equals_embedding_at_run_time(tiny_source, tiny_built, tmp_path_factory):
     folder = tmp_path_factory.mktemp("embedding")
     vectors = np.random.default_rng(3).standard_normal((2, 32)).astype(np.float32)
@@ -171,6 +191,7 @@ def _sdrt_build(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.heavy
 def test_bad_adapter_files_exit_2_with_one_line_and_leave_nothing(tiny_source, tmp_path, lora_file):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
@@ -180,12 +201,16 @@ def test_bad_adapter_files_exit_2_with_one_line_and_leave_nothing(tiny_source, t
     )
     wide = tmp_path / "wide.safetensors"
     safetensors_torch.save_file({"<w>": torch.zeros(768)}, wide)
+    fits = tmp_path / "fits.safetensors"
+    safetensors_torch.save_file({"<f>": torch.zeros(32)}, fits)
     cases = [
         (["--lora", f"{corrupt}:0.5"], "corrupt.safetensors"),
         (["--lora", str(foreign)], "foreign.safetensors"),
         (["--lora", f"{lora_file}:strong"], "SCALE a number"),
-        (["--lora", str(tmp_path / "missing.safetensors")], "no such file"),
+        (["--lora", str(tmp_path / "missing.safetensors")], "does not exist"),
         (["--embedding", str(wide)], "width 768"),
+        # "tree</w>" is a word of the tiny vocabulary (diffusers would take the token)
+        (["--embedding", f"{fits}:tree"], "Token tree is a word of the tokenizer vocabulary"),
     ]
     for extra, expected in cases:
         output = tmp_path / "out" / "tiny"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
@@ -222,3 +224,17 @@ def test_target_ort_cpu_saves_the_optimised_graphs_the_first_load_uses(
     assert f"saved {len(saved)} optimised ONNX Runtime CPU graphs" in stdout
     pipe = sdrt.Pipeline.load(out, backend="ort-cpu")
     assert pipe._session("unet").model_path in saved
+
+
+def test_built_files_and_folders_follow_the_umask(tiny_built):
+    """onnx writes external data files private (0o600); the build's output is not."""
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {
+        p.relative_to(tiny_built).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in tiny_built.rglob("*")
+        if p.relative_to(tiny_built).parts[0] != "engines"  # later loads' (test_integrity.py)
+    }
+    assert modes["text_encoder/model.onnx_data"] == 0o666 & ~mask
+    assert {m for p, m in modes.items() if (tiny_built / p).is_file()} == {0o666 & ~mask}
+    assert {m for p, m in modes.items() if (tiny_built / p).is_dir()} == {0o777 & ~mask}

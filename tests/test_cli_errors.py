@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sdrt import cli
+from sdrt.integrity import saved_graph_files
 from sdrt.manifest import component_files, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,8 +153,8 @@ def test_the_extras_table_follows_pyproject():
     assert core == set(cli.CORE_MODULES)
     expected: dict[str, list[str]] = {}
     for extra, requirements in project["optional-dependencies"].items():
-        if extra == "dev":
-            continue  # test tools: not needed by any command
+        if extra in ("dev", "docs"):
+            continue  # test tools and the docs site: not needed by any command
         for module in map(_module, requirements):
             if module not in core:  # onnxruntime-gpu stands in for the core onnxruntime
                 expected.setdefault(module, []).append(extra)
@@ -286,7 +287,8 @@ def test_verify_hashes_every_file(tiny_built, capsys):
     assert cli.main(["info", "--verify", str(tiny_built)]) == 0
     out = capsys.readouterr().out
     manifest = read_manifest(tiny_built)
-    files = len(component_files(manifest))  # 4 graphs + the text encoder's token table
+    # 4 graphs + the text encoder's token table, and the saved ORT graphs other tests' loads wrote
+    files = len(component_files(manifest)) + len(saved_graph_files(tiny_built))
     assert f"file check     all {files} files match their sha256" in out
     for comp in manifest.components.values():
         row = _row(out, comp.file)
@@ -313,6 +315,32 @@ def test_verify_names_a_truncated_unet(copy, capsys):
     )
     assert f"; {size // 2} bytes where it had {size} when it last matched (truncated)" in error
     assert "text_encoder" not in error
+
+
+def test_verify_names_a_changed_saved_onnx_runtime_graph(copy, capsys):
+    import sdrt
+
+    sdrt.Pipeline.load(copy, backend="ort-cpu")  # saves the optimised graphs
+    (data,) = (copy / "engines" / "ort-cpu").glob("unet-*/model.onnx_data")
+    rel = data.relative_to(copy).as_posix()
+    content = bytearray(data.read_bytes())
+    content[len(content) // 2] ^= 1  # one mantissa bit: the image would change, nothing fail
+    data.write_bytes(bytes(content))
+
+    assert cli.main(["info", "--verify", str(copy)]) == 2
+    captured = capsys.readouterr()
+    files = len(component_files(read_manifest(copy))) + len(saved_graph_files(copy))
+    assert f"file check     1 of {files} files do NOT match their sha256" in captured.out
+    assert _row(captured.out, rel).endswith(" MISMATCH")
+    error = captured.err.splitlines()[-1]
+    assert error.startswith(
+        f"sdrt info: error: {copy}: 1 of {files} files do not match the sha256 recorded when "
+        f"they were written: {rel}: expected sha256 "
+    )
+    assert error.endswith(
+        "(saved ONNX Runtime graphs: the next load removes them and writes them again)"
+    )
+    assert data.read_bytes() == bytes(content)  # info only reports
 
 
 def test_verify_names_a_missing_file(copy, capsys):

@@ -23,6 +23,7 @@ from sdrt.manifest import (
     manifest_from_dict,
     manifest_to_dict,
     read_manifest,
+    sha256_file,
     write_manifest,
 )
 
@@ -223,3 +224,18 @@ def test_unknown_component_is_refused(tmp_path):
 
     with pytest.raises(InputError, match=r"components \['vae_encoder'\] are not in this model"):
         build(folder, components=("vae_encoder",))
+
+
+def test_a_plan_changed_since_it_was_built_is_rebuilt(tmp_path):
+    folder = tmp_path / "model"
+    make_folder(folder)
+    manifest = build(folder).manifest
+    unet = next(e for e in manifest.engines if e.component == "unet")
+    (folder / unet.path).write_text("not the plan that was built")
+    builder = FakeBuilder()
+    report = build(folder, builder=builder)
+    assert [r.onnx_path.parent.name for r in builder.requests] == ["unet"]
+    plan = next(p for p in report.plans if p.component == "unet" and p.action == "build")
+    assert f"{unet.path}: expected sha256 {unet.sha256}" in plan.reason
+    rebuilt = next(e for e in read_manifest(folder).engines if e.component == "unet")
+    assert rebuilt.sha256 == sha256_file(folder / rebuilt.path)

@@ -12,6 +12,7 @@ VAE decoder NaN-guarded with its fp32 engine as the fallback), ``_fp32_fallback`
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from test_engines_build import ENV, FakeVerifier
 
 from sdrt.backends.engine_key import BuildEnvironment
 from sdrt.backends.machine import Machine
-from sdrt.errors import BackendUnavailableError, SdrtError
+from sdrt.errors import BackendUnavailableError, ModelFolderError, SdrtError
 from sdrt.manifest import Component, TensorSpec, read_manifest
 
 MACHINE = Machine("10.3.0", "14.2.0", 1, ("CPUExecutionProvider",), "8.9", "NVIDIA L4")
@@ -402,3 +403,167 @@ def test_the_verifier_compares_the_engine_with_onnxruntime(fakes, tmp_path):
     FakeTrtRuntime._plans[b"right"] = lambda: unet_like_engine(dtype=np.float16)
     assert not TensorRTVerifier().verify(tmp_path, component, plan, profile, FP32).passed
     assert TensorRTVerifier().verify(tmp_path, component, plan, profile, FP16).passed
+
+
+# ---------------------------------------------------------------------------- plan integrity
+# A plan is checked against the sha256 its engine record lists (sdrt.integrity) before
+# TensorRT deserializes it: garbage would otherwise reach TensorRT, or fail naming no file.
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The names of the files sdrt.integrity hashes, in order."""
+    import sdrt.integrity as integrity
+
+    calls, real = [], integrity.sha256_file
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(integrity, "sha256_file", counting)
+    return calls
+
+
+def _unet_record(manifest):
+    return next(e for e in manifest.engines if e.component == "unet")
+
+
+def _unet_plan(folder: Path, manifest) -> Path:
+    return folder / _unet_record(manifest).path
+
+
+def test_a_plan_with_flipped_bits_is_refused_naming_it(fakes, tmp_path):
+    from sdrt.backends.tensorrt import BACKEND
+
+    folder, manifest = built_folder(tmp_path)
+    plan = _unet_plan(folder, manifest)
+    data = bytearray(plan.read_bytes())
+    data[len(data) // 2] ^= 0x10  # same size
+    plan.write_bytes(bytes(data))
+    rel = plan.relative_to(folder).as_posix()
+    with pytest.raises(ModelFolderError) as e:
+        BACKEND.open_sessions(folder, manifest, ("text_encoder", "unet"), MACHINE)
+    message = str(e.value)
+    assert f"{rel}: expected sha256 {_unet_record(manifest).sha256}, got " in message
+    assert message.endswith(f"rebuild it with `sdrt engines build {folder}`")
+    assert "truncated" not in message
+    assert plan_bytes("unet", "fp16") not in FakeTrtRuntime._deserialized  # never mapped
+
+
+def test_a_truncated_plan_is_named_as_truncated(fakes, tmp_path):
+    from sdrt.backends.tensorrt import BACKEND
+
+    folder, manifest = built_folder(tmp_path)
+    plan = _unet_plan(folder, manifest)
+    size = plan.stat().st_size
+    plan.write_bytes(plan.read_bytes()[: size // 2])
+    with pytest.raises(ModelFolderError, match=r"unet\.plan: expected sha256 .*\(truncated\)"):
+        BACKEND.open_sessions(folder, manifest, ("unet",), MACHINE)
+    # Also in a copied folder, whose identity record is not this one: the engine record's size.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(".sdrt-verified.json"))
+    with pytest.raises(ModelFolderError, match=rf"{size // 2} bytes where it had {size} .*"):
+        BACKEND.open_sessions(copy, manifest, ("unet",), MACHINE)
+    assert FakeTrtRuntime._deserialized == []
+
+
+def test_a_plan_is_hashed_once_then_trusted_while_unchanged(fakes, tmp_path, hashed):
+    import sdrt.integrity as integrity
+    from sdrt.backends.tensorrt import BACKEND
+
+    folder, manifest = built_folder(tmp_path)
+    assert all(e.sha256 and e.size == (folder / e.path).stat().st_size for e in manifest.engines)
+    hashed.clear()  # the build hashed what it wrote, and recorded it
+    BACKEND.open_sessions(folder, manifest, ("unet",), MACHINE)
+    assert hashed == []
+    copy = tmp_path / "copy"  # new inodes: each plan a load maps is hashed, once
+    shutil.copytree(folder, copy)
+    integrity.open_model_folder(copy)
+    assert sorted(hashed) == sorted(
+        [Path(c.file).name for c in manifest.components.values()]
+        + [Path(e.path).name for e in manifest.engines]
+    )
+    hashed.clear()
+    integrity.open_model_folder(copy)
+    BACKEND.open_sessions(copy, manifest, ("text_encoder", "unet", "vae_decoder"), MACHINE)
+    assert hashed == []  # the second load hashes nothing
+
+
+def test_a_copied_plan_is_hashed_when_the_backend_maps_it(fakes, tmp_path, hashed):
+    from sdrt.backends.tensorrt import BACKEND
+
+    folder, manifest = built_folder(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    hashed.clear()
+    BACKEND.open_sessions(copy, manifest, ("unet",), MACHINE)  # verify_files="never"'s path
+    assert hashed == ["unet.plan"]
+    BACKEND.open_sessions(copy, manifest, ("unet",), MACHINE)
+    assert hashed == ["unet.plan"]
+
+
+def test_a_bad_plan_does_not_stop_a_load_that_does_not_map_it(fakes, tmp_path, caplog):
+    import sdrt.integrity as integrity
+
+    folder, manifest = built_folder(tmp_path)
+    plan = _unet_plan(folder, manifest)
+    plan.write_bytes(plan.read_bytes()[:-1])
+    with caplog.at_level(logging.WARNING, logger="sdrt.integrity"):
+        integrity.open_model_folder(folder)  # an ort-cpu load, say
+    assert "unet.plan: expected sha256" in caplog.text
+    assert "sdrt engines build" in caplog.text
+
+
+def test_a_plan_recorded_without_sha256_is_loaded_unchecked_and_said_so(fakes, tmp_path, capsys):
+    import json
+
+    from sdrt import cli
+    from sdrt.backends.tensorrt import BACKEND
+
+    folder, _ = built_folder(tmp_path)
+    data = json.loads((folder / "sdrt.json").read_text())
+    for engine in data["engines"]:  # as an older sdrt wrote them
+        del engine["sha256"], engine["size"]
+    (folder / "sdrt.json").write_text(json.dumps(data))
+    manifest = read_manifest(folder)
+    BACKEND.open_sessions(folder, manifest, ("unet",), MACHINE)
+    assert cli.main(["info", "--verify", str(folder)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(_unet_record(manifest).path))
+    assert row.endswith("not checked (built before sdrt recorded plan sha256s)")
+
+
+def test_info_verify_reports_the_plans(fakes, tmp_path, capsys):
+    from sdrt import cli
+
+    folder, manifest = built_folder(tmp_path)
+    assert cli.main(["info", "--verify", str(folder)]) == 0
+    out = capsys.readouterr().out
+    for engine in manifest.engines:
+        row = next(line for line in out.splitlines() if line.startswith(engine.path + " "))
+        assert row.count(engine.sha256[:16]) == 2 and row.endswith(" ok")
+    plan = _unet_plan(folder, manifest)
+    plan.write_bytes(plan.read_bytes()[: plan.stat().st_size // 2])
+    assert cli.main(["info", "--verify", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert next(
+        line for line in captured.out.splitlines() if line.startswith(_unet_record(manifest).path)
+    ).endswith("MISMATCH (truncated)")
+    error = captured.err.splitlines()[-1]
+    assert f"{_unet_record(manifest).path}: expected sha256 " in error
+    assert error.endswith(f"(engine plans: rebuild them with `sdrt engines build {folder}`)")
+
+
+def test_a_bad_fp32_fallback_plan_is_refused_at_load_not_at_the_first_overflow(fakes, tmp_path):
+    from sdrt.backends.tensorrt import BACKEND
+
+    folder, manifest = built_folder(tmp_path)
+    record = next(
+        e
+        for e in manifest.engines
+        if e.component == "vae_decoder" and e.options["precision"] == "fp32"
+    )
+    (folder / record.path).write_bytes(b"x" * (record.size or 0))
+    with pytest.raises(ModelFolderError, match=f"{record.path}: expected sha256 {record.sha256}"):
+        BACKEND.open_sessions(folder, manifest, ("vae_decoder",), MACHINE)

@@ -164,7 +164,7 @@ def test_random_seed_is_printed_and_reproduces_the_image(tiny_built, tmp_path, c
     assert f"Seed: {seed}," in Image.open(first).text["parameters"]
     assert main([*args, "-o", str(second), "--seed", seed]) == 0
     np.testing.assert_array_equal(_pixels(first), _pixels(second))
-    assert main([*args, "-o", str(second), "--seed", str(int(seed) + 1)]) == 0
+    assert main([*args, "-o", str(second), "--seed", str(int(seed) + 1), "--force"]) == 0
     assert np.abs(_pixels(first) - _pixels(second)).max() > 0
 
 
@@ -383,6 +383,35 @@ def test_no_prompt_exits_2(tiny_built, tmp_path, capsys, no_load):
     assert capsys.readouterr().err == (
         "sdrt generate: error: expected a PROMPT or --prompt-file, got neither\n"
     )
+
+
+def test_an_existing_output_is_kept_without_force_and_refused_before_loading(
+    tiny_built, tmp_path, capsys, no_load
+):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"the user's picture")
+    code = main(["generate", str(tiny_built), "a fox", "-o", str(out), *FAST])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"sdrt generate: error: -o: {str(out)!r} already exists; pass --force to replace it\n"
+    )
+    assert out.read_bytes() == b"the user's picture"
+
+
+def test_a_numbered_output_that_exists_is_named(tiny_built, tmp_path, capsys, no_load):
+    (tmp_path / "out-01.png").write_bytes(b"mine")
+    args = ["generate", str(tiny_built), "a fox", "-o", str(tmp_path / "out.png"), *FAST]
+    assert main(args + ["--batch", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o: {str(tmp_path / 'out-01.png')!r} already exists; pass --force" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out-01.png"]
+
+
+def test_force_replaces_an_existing_output(tiny_built, tmp_path):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"old")
+    assert main(["generate", str(tiny_built), "a fox", "-o", str(out), *FAST, "--force"]) == 0
+    assert Image.open(out).size == (64, 64)
 
 
 def test_not_a_model_folder_exits_2(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 
 import pytest
 
@@ -156,3 +157,142 @@ def test_open_model_folder_names_a_missing_file(copy, hashed):
 def test_open_model_folder_checks_the_mode_before_the_folder(tmp_path):
     with pytest.raises(InputError, match="verify_files: expected one of"):
         integrity.open_model_folder(tmp_path / "none", "sometimes")
+
+
+# --- external data and the saved ONNX Runtime graphs ------------------------------------------
+
+FAST = dict(num_inference_steps=2, height=64, width=64, seed=0, output_type="np")
+
+
+def _flip_bits(path, count=100):
+    """Flip ``count`` low mantissa bits of float32 words in place (same size, new mtime)."""
+    data = bytearray(path.read_bytes())
+    step = max(4, (len(data) // count) & ~3)
+    for i in range(count):
+        data[(i * step) % len(data) & ~3] ^= 1 << (i % 8)
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.fixture
+def external_unet(copy):
+    """The copy with its U-Net's weights in unet/model.onnx_data, as a full-size U-Net has."""
+    import dataclasses
+
+    import onnx
+
+    from sdrt.manifest import sha256_file, write_manifest
+
+    manifest = read_manifest(copy)
+    graph = copy / "unet" / "model.onnx"
+    onnx.save_model(
+        onnx.load(str(graph)),
+        str(graph),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx_data",
+        size_threshold=1024,
+    )
+    unet = dataclasses.replace(
+        manifest.components["unet"],
+        sha256=sha256_file(graph),
+        external_data="unet/model.onnx_data",
+        external_data_sha256=sha256_file(graph.with_name("model.onnx_data")),
+    )
+    components = {**manifest.components, "unet": unet}
+    write_manifest(copy, dataclasses.replace(manifest, components=components))
+    check_model_files(copy, read_manifest(copy), "always")
+    return copy
+
+
+def test_flipped_bits_in_the_unet_s_external_data_are_refused(external_unet):
+    manifest = read_manifest(external_unet)
+    _flip_bits(external_unet / "unet" / "model.onnx_data")
+    with pytest.raises(ModelFolderError, match=r"sha256 in sdrt.json: unet/model.onnx_data: ") as e:
+        sdrt.Pipeline.load(external_unet)
+    assert "unet/model.onnx:" not in str(e.value)
+    assert [c.path for c in integrity.check_files(external_unet, manifest) if not c.ok] == [
+        "unet/model.onnx_data"
+    ]
+
+
+def test_a_truncated_unet_external_data_file_is_named(external_unet):
+    _truncate(external_unet / "unet" / "model.onnx_data")
+    with pytest.raises(ModelFolderError, match=r"unet/model.onnx_data: .* \(truncated\)") as e:
+        sdrt.Pipeline.load(external_unet)
+    assert "unet/model.onnx:" not in str(e.value)
+
+
+@pytest.fixture
+def saved(copy):
+    """The copy after a first load, which saved ONNX Runtime's optimised graphs; the U-Net's
+    saved copy and the image that load made."""
+    image = sdrt.Pipeline.load(copy, backend="ort-cpu")("a fox", **FAST).images[0]
+    (unet_copy,) = (copy / "engines" / "ort-cpu").glob("unet-*")
+    assert (unet_copy / "model.onnx_data").is_file()  # ORT writes weights over 1 KiB there
+    return unet_copy, image
+
+
+def test_saved_graphs_are_recorded_so_the_next_load_hashes_nothing(copy, saved, hashed):
+    files = integrity.saved_graph_files(copy)
+    assert f"engines/ort-cpu/{saved[0].name}/model.onnx_data" in files
+    assert all(len(digest) == 64 for digest in files.values())
+    sdrt.Pipeline.load(copy, backend="ort-cpu")
+    assert hashed == []
+
+
+@pytest.mark.parametrize("damage", [_flip_bits, _truncate])
+def test_a_changed_saved_graph_is_written_again_from_the_verified_graph(
+    copy, saved, damage, caplog
+):
+    unet_copy, image = saved
+    damage(unet_copy / "model.onnx_data")
+    rel = f"engines/ort-cpu/{unet_copy.name}/model.onnx_data"
+    problems = [c for c in integrity.check_files(copy, read_manifest(copy)) if not c.ok]
+    assert [(c.path, c.saved_graph) for c in problems] == [(rel, True)]
+    with caplog.at_level("WARNING", logger="sdrt.integrity"):
+        pipe = sdrt.Pipeline.load(copy, backend="ort-cpu")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert rel in warning and "ort-cpu writes it again from the verified unet/model.onnx" in warning
+    assert ("(truncated)" in warning) == (damage is _truncate)
+    assert pipe._session("unet").model_path == unet_copy / "model.onnx"  # written again
+    assert pipe("a fox", **FAST).images[0].tobytes() == image.tobytes()
+    assert all(c.ok for c in integrity.check_files(copy, read_manifest(copy)))
+
+
+def test_a_saved_graph_loaded_unchecked_is_named_when_it_fails(copy, saved):
+    unet_copy, _ = saved
+    _truncate(unet_copy / "model.onnx_data")
+    with pytest.raises(ModelFolderError) as e:
+        sdrt.Pipeline.load(copy, backend="ort-cpu", verify_files="never")._session("unet")
+    message = str(e.value)
+    assert f"cannot load engines/ort-cpu/{unet_copy.name}/model.onnx (the saved" in message
+    assert not message.split(": ONNX Runtime")[1].startswith(" cannot load unet/model.onnx:")
+
+
+def test_a_saved_graph_without_recorded_sha256_is_written_again(copy, saved, caplog):
+    unet_copy, _ = saved
+    key = json.loads((unet_copy / "key.json").read_text())
+    del key["files"]  # as sdrt wrote them before it recorded them
+    (unet_copy / "key.json").write_text(json.dumps(key))
+    with caplog.at_level("WARNING", logger="sdrt.integrity"):
+        sdrt.Pipeline.load(copy, backend="ort-cpu")
+    assert "no sha256 was recorded when it was written" in caplog.text
+    assert "files" in json.loads((unet_copy / "key.json").read_text())
+
+
+def test_saved_graphs_follow_the_umask(copy):
+    old = os.umask(0o022)
+    try:
+        sdrt.Pipeline.load(copy, backend="ort-cpu")
+    finally:
+        os.umask(old)
+    saved = list((copy / "engines").rglob("*"))
+    assert saved and {oct(stat.S_IMODE(p.stat().st_mode)) for p in saved if p.is_dir()} == {
+        oct(0o755)
+    }
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in saved if p.is_file()} == {oct(0o644)}

@@ -200,3 +200,40 @@ def test_not_a_model_folder_exits_2(tmp_path, capsys):
     code = main(["interpolate", str(tmp_path), "a", "b", "-o", str(tmp_path / "w.gif")])
     assert code == 2
     assert "is not an sdrt model folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["walk.gif", "walk.webp", "walk.mp4"])
+def test_an_existing_animation_is_kept_without_force(tiny_built, tmp_path, capsys, no_load, name):
+    if name.endswith(".mp4"):
+        pytest.importorskip("imageio_ffmpeg")  # the video extra, checked before the file
+    out = tmp_path / name
+    out.write_bytes(b"the user's walk")
+    assert _walk(tiny_built, out) == 2
+    assert capsys.readouterr().err == (
+        f"sdrt interpolate: error: -o: {str(out)!r} already exists; pass --force to replace it\n"
+    )
+    assert out.read_bytes() == b"the user's walk"
+
+
+def test_existing_frames_are_kept_without_force(tiny_built, tmp_path, capsys, no_load):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "frame-03.png").write_bytes(b"an earlier walk's frame")
+    assert _walk(tiny_built, frames) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sdrt interpolate: error: -o: {str(frames / 'frame-03.png')!r} already exists; "
+        "pass --force to replace it\n"
+    )
+    assert [p.name for p in frames.iterdir()] == ["frame-03.png"]
+
+
+def test_force_replaces_existing_frames_and_other_files_stay(tiny_built, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "frame-03.png").write_bytes(b"an earlier walk's frame")
+    (frames / "notes.txt").write_text("mine")
+    assert _walk(tiny_built, frames, "--force") == 0
+    assert Image.open(frames / "frame-03.png").size == (64, 64)
+    assert (frames / "notes.txt").read_text() == "mine"
+    assert len(list(frames.glob("frame-*.png"))) == FRAMES

@@ -57,3 +57,19 @@ def test_loadtest_under_overload_writes_its_report(server, tiny_built, tmp_path)
 def test_loadtest_names_a_bad_url(capsys):
     assert main(["loadtest", "ftp://127.0.0.1"]) == 2
     assert "URL: expected http://HOST[:PORT]" in capsys.readouterr().err
+
+
+def test_an_earlier_report_is_kept_without_force(tmp_path, capsys, monkeypatch):
+    from sdrt.benchmarks import loadtest
+
+    def run_load(*args, **kwargs):
+        raise AssertionError("the load was sent before the output was checked")
+
+    monkeypatch.setattr(loadtest, "run_load", run_load)
+    (tmp_path / "loadtest.md").write_text("an earlier report")
+    assert main(["loadtest", "http://127.0.0.1:9", "-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"sdrt loadtest: error: -o: {str(tmp_path / 'loadtest.md')!r} already exists; pass "
+        "--force to replace it\n"
+    )
+    assert (tmp_path / "loadtest.md").read_text() == "an earlier report"

@@ -87,6 +87,34 @@ def test_bad_lora_file_exits_2_before_loading(tiny_built_lora_ready, tmp_path, c
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("scale", ["nan", "inf"])
+def test_non_finite_scale_exits_2_before_loading(
+    tiny_built_lora_ready, lora, tmp_path, capsys, monkeypatch, scale
+):
+    def load(*args, **kwargs):
+        raise RuntimeError("the model was loaded before the --lora scale was checked")
+
+    monkeypatch.setattr(sdrt.Pipeline, "load", load)
+    out = tmp_path / "x.png"
+    code = main(
+        [
+            "generate",
+            str(tiny_built_lora_ready),
+            "a fox",
+            "-o",
+            str(out),
+            "--lora",
+            f"{lora}:{scale}",
+            *FAST,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"--lora: expected a finite SCALE, got '{scale}' (from '{lora}:{scale}')"
+    assert err == [f"sdrt generate: error: {expected}"]
+    assert not out.exists()
+
+
 def test_lora_that_matches_nothing_exits_2(tiny_built_lora_ready, tmp_path, capsys):
     from safetensors.numpy import save_file
 

@@ -17,8 +17,8 @@ from sdrt.adapters.lora_files import (
     read_lora_file,
 )
 from sdrt.adapters.lora_match import match_lora
-from sdrt.adapters.lora_option import parse_lora_option
 from sdrt.adapters.lora_state import LoraState
+from sdrt.adapters.options import parse_lora_option
 from sdrt.adapters.safetensors_file import read_safetensors
 from sdrt.errors import InputError
 from sdrt.manifest import LoraBranch
@@ -153,6 +153,13 @@ def test_lora_option(tmp_path):
     assert parse_lora_option(str(path)).scale == 1.0
     with pytest.raises(InputError, match="does not exist"):
         parse_lora_option(str(tmp_path / "nope.safetensors:0.5"))
+    folder = tmp_path / "diffusers-folder"
+    folder.mkdir()
+    (folder / DEFAULT_WEIGHT_NAME).write_bytes(path.read_bytes())
+    assert parse_lora_option(f"{folder}:0.5").path == folder / DEFAULT_WEIGHT_NAME
+    for scale in ("nan", "inf", "-inf"):
+        with pytest.raises(InputError, match=f"--lora: expected a finite SCALE, got '{scale}'"):
+            parse_lora_option(f"{path}:{scale}")
 
 
 # Concatenated factors against the sum of the deltas they stand for, in float32.

@@ -84,6 +84,7 @@ def test_sgm_file_matches_diffusers_load_lora_weights(xl, latents):
     assert _close(theirs, base_theirs) > 3 * IMAGE_TOLERANCE
 
 
+@pytest.mark.heavy
 def test_a_fused_build_of_the_sgm_file_equals_it_at_run_time(xl, latents):
     from sdrt.export.build import BuildConfig, build
 

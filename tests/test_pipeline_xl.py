@@ -18,19 +18,11 @@ PROMPTS = ["a red fox in the snow", "an astronaut riding a horse"]
 
 
 @pytest.fixture(scope="module")
-def tiny_xl(tmp_path_factory):
+def tiny_xl(tiny_xl_source, tiny_xl_built):
     """(sdrt pipeline, diffusers pipeline) on the tiny SDXL architecture's weights."""
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.random_model import init_random_model
-
-    source = init_random_model("tiny-xl", tmp_path_factory.mktemp("xl") / "src")
-    config = BuildConfig(
-        source=str(source), output=source.parent / "built", min_size=64, max_size=128
-    )
-    built = build(config).output
-    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(str(source))
+    reference = diffusers.StableDiffusionXLPipeline.from_pretrained(str(tiny_xl_source))
     reference.set_progress_bar_config(disable=True)
-    return sdrt.Pipeline.load(built), reference
+    return sdrt.Pipeline.load(tiny_xl_built), reference
 
 
 @pytest.mark.parametrize(

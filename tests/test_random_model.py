@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 from sdrt.export import clip_bpe, random_model
 from sdrt.export.architectures import ARCHITECTURES, CLIP_VOCAB_SIZE
 from sdrt.export.random_model import init_random_model
+from sdrt.export.random_tiny_vae import init_random_tiny_vae
 
 from sdrt import cli
 from sdrt.errors import InputError
@@ -229,6 +232,22 @@ def test_full_size_configs_give_published_parameter_counts(arch):
         assert count == pytest.approx(expected, rel=PARAM_COUNT_RTOL), (arch, name, count)
 
 
+def test_lcm_sd15_is_sd15_with_a_guidance_embedding_projection():
+    """LCM's guidance embedding (time_cond_proj_dim 256) adds one bias-free 256 -> 320
+    projection into the time embedding of SD 1.5's U-Net; the rest is SD 1.5's."""
+    lcm, sd15 = ARCHITECTURES["lcm-sd15"], ARCHITECTURES["sd15"]
+    assert lcm.pipeline_class == "LatentConsistencyModelPipeline"
+    assert lcm.scheduler["_class_name"] == "LCMScheduler"
+    assert lcm.components["text_encoder"] == sd15.components["text_encoder"]
+    assert lcm.components["vae"] == sd15.components["vae"]
+    unet = lcm.components["unet"]
+    config = random_model.component_config(unet, tokenizer_vocab_size=1000)
+    with torch.device("meta"):
+        model = random_model.build_component(unet, config)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == SD15_UNET_PARAMS + 256 * 320
+
+
 def test_full_size_configs_match_the_published_specifics():
     sd15, sd21, sdxl = (ARCHITECTURES[a] for a in ("sd15", "sd21", "sdxl"))
     assert sd15.components["unet"].config["sample_size"] == 64
@@ -339,15 +358,60 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
 def test_existing_folder_needs_force(tmp_path):
     out = tmp_path / "model"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
-    with pytest.raises(InputError, match="exists and is not empty"):
+    init_random_model("tiny", out, seed=1)
+    (out / "old.txt").write_text("old")
+    with pytest.raises(InputError, match="already exists; pass --force to replace it"):
         init_random_model("tiny", out)
-    assert (out / "keep.txt").exists()
+    assert (out / "old.txt").exists()
     init_random_model("tiny", out, force=True)
-    assert not (out / "keep.txt").exists()
+    assert not (out / "old.txt").exists()
     assert (out / "model_index.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_model(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    before = out.stat().st_mode
+    with pytest.raises(InputError, match="is not a model folder .no model_index.json.; refusing"):
+        init_random_model("tiny", out, force=True)
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+    assert (out / "precious.txt").read_text() == "keep me" and out.stat().st_mode == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_cli_force_in_the_current_folder_refuses_cleanly(capsys, tmp_path, monkeypatch):
+    (tmp_path / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    err = _cli_error(capsys, ["init-model", "tiny", "--random-weights", ".", "--force"])
+    assert err == (
+        f"sdrt init-model: error: output {str(tmp_path)!r} exists and is not a model folder "
+        "(no model_index.json); refusing to replace it"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
+
+
+def test_cli_force_replaces_the_model_in_the_current_folder(capsys, tmp_path, monkeypatch):
+    init_random_tiny_vae("tiny-taesd", tmp_path / "vae", seed=1)
+    monkeypatch.chdir(tmp_path / "vae")
+    argv = ["init-model", "tiny-taesd", "--random-weights", ".", "--force", "--seed", "2"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "vae" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
+
+
+def test_written_files_and_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = init_random_model("tiny", tmp_path / "model")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert modes["unet/diffusion_pytorch_model.safetensors"] == 0o644  # safetensors: 0o600
+    assert {m for p, m in modes.items() if (out / p).is_dir()} == {0o755}
+    assert {m for p, m in modes.items() if (out / p).is_file()} == {0o644}
 
 
 def test_folder_filled_by_another_process_meanwhile_is_not_overwritten(tmp_path, monkeypatch):
@@ -382,7 +446,8 @@ def test_cli_unknown_arch_lists_choices(capsys, tmp_path):
     err = _cli_error(capsys, ["init-model", "sd99", "--random-weights", str(tmp_path / "m")])
     assert err == (
         "sdrt init-model: error: unknown architecture 'sd99'; "
-        "expected one of: sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-xl, taesd, taesdxl, tiny-taesd"
+        "expected one of: sd15, lcm-sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-lcm, tiny-xl, taesd, "
+        "taesdxl, tiny-taesd"
     )
     assert not (tmp_path / "m").exists()
 
@@ -398,8 +463,8 @@ def test_cli_refuses_existing_folder_without_force(capsys, tmp_path):
     (out / "x").write_text("x")
     err = _cli_error(capsys, ["init-model", "tiny", "--random-weights", str(out)])
     assert err == (
-        f"sdrt init-model: error: output folder {out} exists and is not empty; "
-        "pass --force to replace it"
+        f"sdrt init-model: error: output {str(out)!r} exists and is not a model folder "
+        "(no model_index.json); refusing to replace it"
     )
 
 

@@ -107,6 +107,12 @@ def test_a_large_image_is_scaled_into_the_built_range(pipe):
         (dict(eta=float("inf")), r"^eta: expected a finite number, got inf$"),
         (dict(eta="0.3"), r"^eta: expected a finite number, got '0.3'$"),
         (dict(scheduler="ddim", eta=1.5), r"^DDIMScheduler: eta must be in \[0, 1\]; got 1.5$"),
+        (  # the tiny folder's PNDM, steps_offset 1: timestep 1000 was an IndexError
+            dict(num_inference_steps=1000),
+            r"^PNDMScheduler: num_inference_steps=1000 plans timestep 1000, outside the "
+            r"training timesteps 0 to 999 .*; expected num_inference_steps <= 999$",
+        ),
+        (dict(num_inference_steps=1001), r"num_inference_steps must be in \[1, 1000\]; got 1001"),
     ],
 )
 def test_rejected_before_any_graph_runs(pipe, monkeypatch, overrides, message):
@@ -117,6 +123,32 @@ def test_rejected_before_any_graph_runs(pipe, monkeypatch, overrides, message):
     kwargs = {"prompt": "a fox", "height": 64, "width": 64, **FAST, **overrides}
     with pytest.raises(InputError, match=message):
         pipe.generate(pipe.request(**kwargs))
+
+
+def test_steps_the_scheduler_cannot_run_are_a_400_under_a_high_server_limit(pipe):
+    """`sdrt serve --max-steps 1000`: 1000 steps on the folder's scheduler were a 500."""
+    pytest.importorskip("fastapi")
+    from sdrt.service.config import Limits
+    from sdrt.service.errors import ApiError
+    from sdrt.service.params import make_generation
+
+    body = {"prompt": "a fox", "size": "64x64", "num_inference_steps": 1000}
+    with pytest.raises(ApiError) as refused:
+        make_generation(pipe, body, Limits(max_steps=1000))
+    assert refused.value.status == 400
+    assert "num_inference_steps=1000 plans timestep 1000" in refused.value.message
+    body["num_inference_steps"] = 999
+    assert make_generation(pipe, body, Limits(max_steps=1000)).request.num_inference_steps == 999
+
+
+def test_the_cli_refuses_steps_the_scheduler_cannot_run_with_exit_2(tiny_built, tmp_path, capsys):
+    from sdrt.cli import main
+
+    out = tmp_path / "x.png"
+    assert main(["generate", str(tiny_built), "a fox", "--steps", "1000", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "num_inference_steps=1000 plans timestep 1000" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_guidance_zero_is_accepted(pipe):

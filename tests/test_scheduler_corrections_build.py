@@ -95,3 +95,56 @@ def test_images_equal_diffusers_corrected_pipeline(outdated):
     reference.scheduler = diffusers.DDIMScheduler.from_config(OUTDATED_DDIM)
     uncorrected = reference(PROMPT, latents=torch.from_numpy(latents), **settings).images
     assert float(np.abs(ours - uncorrected).max()) > MIN_UNCORRECTED_DIFF
+
+
+@pytest.fixture(scope="module")
+def without_offset(tiny_source, tiny_built, tmp_path_factory):
+    """(source, built) of the tiny model whose PNDM config has no steps_offset at all:
+    diffusers fills in PNDM's default 0 (noting it in ``_use_default_values``) and its
+    pipeline corrects that to 1. The build reuses tiny_built's graphs."""
+    root = tmp_path_factory.mktemp("no-offset")
+    source = root / "source"
+    shutil.copytree(tiny_source, source)
+    path = source / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    del config["steps_offset"]
+    path.write_text(json.dumps(config))
+    built = root / "built"
+    shutil.copytree(tiny_built, built)
+    from sdrt.export.build import BuildConfig, build
+
+    build(BuildConfig(source=str(source), output=built, min_size=64, max_size=256, force=True))
+    return source, built
+
+
+def test_a_swapped_scheduler_drops_the_defaulted_key_as_diffusers(without_offset):
+    source, built = without_offset
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(source), safety_checker=None, requires_safety_checker=False
+    )
+    reference.set_progress_bar_config(disable=True)
+    corrected = dict(reference.scheduler.config)
+    assert corrected["steps_offset"] == 1 and "steps_offset" in corrected["_use_default_values"]
+    recorded = read_manifest(built).config_corrections
+    assert [(c.key, c.old, c.new) for c in recorded] == [("steps_offset", None, 1)]
+    pipe = sdrt.Pipeline.load(built)
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    settings = dict(num_inference_steps=STEPS, guidance_scale=7.5, output_type="np")
+
+    def theirs():
+        return reference(PROMPT, latents=torch.from_numpy(latents), **settings).images
+
+    # The folder's own scheduler (PNDM) keeps the corrected steps_offset, as diffusers'.
+    assert float(np.abs(pipe(PROMPT, latents=latents, **settings).images - theirs()).max()) <= (
+        MAX_IMAGE_DIFF
+    )
+    # A swap takes DDIM's default 0, as diffusers' from_config of the corrected config does.
+    reference.scheduler = diffusers.DDIMScheduler.from_config(reference.scheduler.config)
+    assert reference.scheduler.config.steps_offset == 0
+    ours = pipe(PROMPT, latents=latents, scheduler="DDIMScheduler", **settings).images
+    assert float(np.abs(ours - theirs()).max()) <= MAX_IMAGE_DIFF
+    # Keeping the corrected value would give another image.
+    kept = {k: v for k, v in corrected.items() if k != "_use_default_values"}
+    reference.scheduler = diffusers.DDIMScheduler.from_config(kept)
+    assert reference.scheduler.config.steps_offset == 1
+    assert float(np.abs(ours - theirs()).max()) > MIN_UNCORRECTED_DIFF

@@ -63,6 +63,40 @@ def test_the_queue_holds_exactly_max_queue_jobs_beside_the_running_one(max_queue
     assert all(job.finished.is_set() for job in waiting)
 
 
+def test_max_queue_0_admits_a_job_only_while_a_worker_is_free():
+    """--max-queue 0 means no waiting room, not "refuse everything": a job enters the queue
+    before a worker takes it, and that must not count as waiting."""
+    admission = Admission(workers=1, max_queue=0)
+    admission.start()
+    running = _running(admission)  # accepted by the idle worker
+    with pytest.raises(QueueFull) as refused:
+        admission.submit(BlockedJob())  # the worker is busy and nothing may wait: 429
+    assert refused.value.retry_after >= 1
+    assert "queues no requests" in str(refused.value)
+    assert (admission.in_flight, admission.depth) == (1, 0)
+    running.release.set()
+    assert admission.wait_idle(WAIT)
+    _running(admission).release.set()  # the worker is free again: accepted again
+    assert admission.wait_idle(WAIT)
+
+
+@pytest.mark.parametrize(("workers", "max_queue"), [(1, 0), (2, 0), (1, 1), (2, 2)])
+def test_back_to_back_submits_fill_the_free_workers_and_the_queue_exactly(workers, max_queue):
+    """Submitted before any worker has taken a job, or after: either way exactly
+    workers + max_queue are admitted (a free worker is promised to one job only)."""
+    admission = Admission(workers=workers, max_queue=max_queue)
+    admission.start()
+    jobs = [BlockedJob() for _ in range(workers + max_queue)]
+    for job in jobs:
+        admission.submit(job)
+    with pytest.raises(QueueFull):
+        admission.submit(BlockedJob())
+    for job in jobs:
+        job.release.set()
+    assert admission.wait_idle(WAIT)
+    assert all(job.finished.is_set() for job in jobs)
+
+
 def test_wait_idle_waits_for_running_jobs_not_only_queued_ones():
     admission = Admission(workers=1, max_queue=2)
     admission.start()

@@ -44,6 +44,7 @@ def test_a_private_network_has_loopback_only_and_it_is_up(private_network):
     assert run.stdout.split("\n")[:2] == ["['lo']", "connected"]
 
 
+@pytest.mark.heavy
 def test_two_ray_replicas_serve_the_pipeline_s_images_and_drain_on_sigterm(
     private_network, tiny_built, tmp_path
 ):

@@ -36,13 +36,6 @@ diffusers = pytest.importorskip("diffusers")
 
 
 @pytest.fixture(scope="module")
-def tiny_xl_source(tmp_path_factory):
-    from sdrt.export.random_model import init_random_model
-
-    return init_random_model("tiny-xl", tmp_path_factory.mktemp("tiny-xl") / "tiny-xl", seed=0)
-
-
-@pytest.fixture(scope="module")
 def tiny_file(tiny_source, tmp_path_factory):
     path = tmp_path_factory.mktemp("single") / "tiny.safetensors"
     return write_single_file(tiny_source, path, {TOKENIZER_KEY: LOCAL_TOKENIZER})
@@ -347,3 +340,17 @@ def test_init_model_single_file_needs_a_checkpoint_suffix(tmp_path, capsys):
     )
     _one_line_error(code, capsys.readouterr().err.strip(), "must end in .safetensors or .ckpt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_written_file_follows_the_umask(tiny_source, tmp_path):
+    """mkstemp makes a private (0o600) file; the checkpoint gets what open() would give."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_single_file(tiny_source, tmp_path / "tiny.safetensors", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]

@@ -163,6 +163,12 @@ def test_token_already_in_vocabulary_is_refused(tiny_built, files):
     before = pipe.prompt_encoders
     with pytest.raises(InputError, match="Token photo</w> already in tokenizer vocabulary"):
         pipe.load_textual_inversion(files["cat"], token="photo</w>")
+    # "tree</w>" is a word of the tiny vocabulary (diffusers lets "tree" through): an
+    # embedding under that token would replace the word in every prompt.
+    for word in ("tree", "Tree"):
+        with pytest.raises(InputError, match=f"Token {word} is a word of the tokenizer vocabulary"):
+            pipe.load_textual_inversion(files["cat"], token=word)
+    assert pipe.prompt_encoders is before
     pipe.load_textual_inversion(files["cat"])
     after_first = pipe.prompt_encoders
     with pytest.raises(InputError, match=r"Token <cat> already in tokenizer vocabulary"):

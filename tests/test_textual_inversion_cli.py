@@ -54,6 +54,9 @@ def test_bad_embedding_option_is_one_line_and_exit_2(tiny_built, embedding, tmp_
     assert main([*args, "--embedding", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sdrt generate: error:") and "bad.safetensors" in err[-1]
+    assert main([*args, "--embedding", f"{embedding}:tree"]) == 2  # "tree</w>": a word
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Token tree is a word of the tokenizer vocabulary" in err[0]
     twice = [*args, "--embedding", str(embedding), "--embedding", str(embedding)]
     assert main(twice) == 2
     assert "Token <cat> already in tokenizer vocabulary" in capsys.readouterr().err

@@ -21,15 +21,8 @@ PROMPT = "a <xl> in the snow"
 
 
 @pytest.fixture(scope="module")
-def tiny_xl(tmp_path_factory):
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.random_model import init_random_model
-
-    source = init_random_model("tiny-xl", tmp_path_factory.mktemp("ti-xl") / "src")
-    config = BuildConfig(
-        source=str(source), output=source.parent / "built", min_size=64, max_size=64
-    )
-    return source, build(config).output
+def tiny_xl(tiny_xl_source, tiny_xl_built):
+    return tiny_xl_source, tiny_xl_built
 
 
 def _width(source, encoder: str) -> int:

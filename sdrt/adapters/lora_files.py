@@ -13,7 +13,9 @@ kohya / A1111 (sd-scripts)::
 
 A module's delta is ``scale * up @ down`` with ``scale = alpha / rank`` where the file gives
 an alpha, else 1 (PEFT's ``lora_alpha`` defaulting to the rank, as diffusers loads such
-files; kohya likewise). Conv LoRA factors (rank, in, 1, 1) are read as matrices.
+files; kohya likewise), unless the file's metadata holds peft's LoraConfig
+(``lora_adapter_metadata``, lora_metadata.py): then its ``lora_alpha / r`` and patterns.
+Conv LoRA factors (rank, in, 1, 1) are read as matrices.
 kohya names are resolved against the model's own module names (``module_lookup``), since
 ``_`` cannot be split back into ``.`` without them; kohya's SDXL files name U-Net blocks in
 the SGM layout (``input_blocks_4_1_…``), mapped first by lora_sgm_blocks.py.
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdrt.adapters.lora_metadata import METADATA_KEY, AdapterConfig, adapter_configs
 from sdrt.adapters.safetensors_file import read_safetensors
 from sdrt.errors import InputError
 
@@ -73,7 +76,7 @@ class LoraModule:
     key: str  # the module as the file names it (dotted for PEFT, underscored for kohya)
     down: np.ndarray  # (rank, in), float32
     up: np.ndarray  # (out, rank), float32
-    scale: float  # alpha / rank, or 1 without an alpha
+    scale: float  # alpha / rank (the metadata's where it has peft's config), or 1
     file_key: str | None = None  # the file's own name where ``key`` was mapped (SGM blocks)
 
     @property
@@ -112,10 +115,16 @@ def lora_file_path(path_or_folder: str | os.PathLike, weight_name: str | None) -
 
 def read_lora_file(path: Path) -> LoraFile:
     """Parse a LoRA .safetensors file; InputError naming the file for anything it cannot use."""
-    tensors, _ = read_safetensors(path)
+    tensors, metadata = read_safetensors(path)
     if not tensors:
         raise InputError(f"{path}: the file holds no tensors")
     layout = _layout(path, tensors)
+    configs = adapter_configs(path, metadata, tuple(PEFT_PREFIXES.values()))
+    if configs and layout == "kohya":
+        raise InputError(
+            f"{path}: kohya keys with peft's {METADATA_KEY}; expected one or the other "
+            "(diffusers refuses both alphas and adapter metadata)"
+        )
     key_pattern, prefixes = (
         (PEFT_KEY, PEFT_PREFIXES) if layout == "peft" else (KOHYA_KEY, KOHYA_PREFIXES)
     )
@@ -132,7 +141,7 @@ def read_lora_file(path: Path) -> LoraFile:
             f"{path}: keys {_few(unknown)} are not LoRA factors of the {layout} layout "
             f"(expected {_expected(layout)}); LoHa/LoKr/DoRA files are not supported"
         )
-    modules = [_module(path, key, found, prefixes) for key, found in sorted(parts.items())]
+    modules = [_module(path, key, found, prefixes, configs) for key, found in sorted(parts.items())]
     return LoraFile(path, layout, tuple(modules))
 
 
@@ -149,7 +158,13 @@ def _layout(path: Path, tensors: dict[str, np.ndarray]) -> str:
     )
 
 
-def _module(path: Path, key: str, found: dict[str, np.ndarray], prefixes) -> LoraModule:
+def _module(
+    path: Path,
+    key: str,
+    found: dict[str, np.ndarray],
+    prefixes,
+    configs: dict[str, AdapterConfig],
+) -> LoraModule:
     missing = [p for p in ("down", "up") if p not in found]
     if missing:
         raise InputError(f"{path}: module {key!r} has no {' or '.join(missing)} factor")
@@ -171,13 +186,28 @@ def _module(path: Path, key: str, found: dict[str, np.ndarray], prefixes) -> Lor
             "kernel; only 1x1 ones can be applied at run time (fuse others with sdrt build --lora)"
         )
     rank = down.shape[0]
+    component, module = prefixes[prefix], key[len(prefix) :]
     alpha = found.get("alpha")
-    scale = (
-        1.0 if alpha is None else float(np.asarray(alpha, dtype=np.float64).reshape(-1)[0]) / rank
-    )
+    config = configs.get(component)
+    if config is not None:
+        if alpha is not None:
+            raise InputError(
+                f"{path}: module {key!r} has an alpha and {component} has {METADATA_KEY}; "
+                "expected one or the other (diffusers refuses both)"
+            )
+        r, scale = config.rank_and_scale(module)
+        if r != rank:
+            raise InputError(
+                f"{path}: {METADATA_KEY} gives module {key!r} rank {r}; its factors have rank "
+                f"{rank}"
+            )
+    elif alpha is None:
+        scale = 1.0
+    else:
+        scale = float(np.asarray(alpha, dtype=np.float64).reshape(-1)[0]) / rank
     return LoraModule(
-        component=prefixes[prefix],
-        key=key[len(prefix) :],
+        component=component,
+        key=module,
         down=down.reshape(rank, -1),
         up=up.reshape(up.shape[0], rank),
         scale=scale,

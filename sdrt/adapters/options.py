@@ -1,7 +1,9 @@
 """The command line's adapter options: ``--lora FILE[:SCALE]`` and ``--embedding FILE[:TOKEN]``.
 
-The suffix after the last ``:`` is the scale (a number) or the token, unless the whole text
-names an existing file (a path with a colon in it).
+One parser per option for every command that takes it (build fuses the LoRA, generate
+applies it at run time), so a value is accepted or refused the same way everywhere, before
+any model loads. The suffix after the last ``:`` is the scale (a number) or the token,
+unless the whole text names an existing path (a path with a colon in it).
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdrt.adapters.lora_files import lora_file_path
 from sdrt.errors import InputError
 
 
 @dataclass(frozen=True)
 class LoraOption:
-    path: Path
+    path: Path  # the .safetensors file (diffusers' file name resolved in a folder)
     scale: float = 1.0
 
 
@@ -26,7 +29,7 @@ class EmbeddingOption:
 
 
 def _split(text: str) -> tuple[str, str | None]:
-    if Path(text).is_file() or ":" not in text:
+    if Path(text).exists() or ":" not in text:
         return text, None
     path, _, suffix = text.rpartition(":")
     return path, suffix
@@ -39,7 +42,8 @@ def _existing(path: str, option: str, text: str) -> Path:
 
 
 def parse_lora_option(text: str, option: str = "--lora") -> LoraOption:
-    """``"style.safetensors:0.8"`` -> LoraOption(Path("style.safetensors"), 0.8)."""
+    """``"style.safetensors:0.8"`` -> LoraOption(Path("style.safetensors"), 0.8); a folder
+    stands for diffusers' pytorch_lora_weights.safetensors in it."""
     path, suffix = _split(text)
     scale = 1.0
     if suffix is not None:
@@ -50,8 +54,14 @@ def parse_lora_option(text: str, option: str = "--lora") -> LoraOption:
                 f"{option}: expected FILE[:SCALE] with SCALE a number, got {text!r}"
             ) from None
         if not math.isfinite(scale):
-            raise InputError(f"{option}: expected a finite SCALE, got {suffix!r}")
-    return LoraOption(_existing(path, option, text), scale)
+            raise InputError(f"{option}: expected a finite SCALE, got {suffix!r} (from {text!r})")
+    if not path:
+        raise InputError(f"{option}: expected FILE[:SCALE], got {text!r}")
+    try:
+        resolved = lora_file_path(path, None)
+    except InputError as e:
+        raise InputError(f"{option}: {e}") from None
+    return LoraOption(resolved, scale)
 
 
 def parse_embedding_option(text: str, option: str = "--embedding") -> EmbeddingOption:
@@ -60,3 +70,17 @@ def parse_embedding_option(text: str, option: str = "--embedding") -> EmbeddingO
     if token is not None and not token.strip():
         raise InputError(f"{option}: expected FILE[:TOKEN] with a non-empty TOKEN, got {text!r}")
     return EmbeddingOption(_existing(path, option, text), token)
+
+
+def apply_loras(pipe, options: tuple[LoraOption, ...]) -> list[str]:
+    """Load each file into ``pipe`` as an adapter named after it and activate them all with
+    their scales (run-time LoRA: sdrt generate --lora)."""
+    names: list[str] = []
+    for option in options:
+        name = option.path.stem
+        while name in names:
+            name += "_"
+        names.append(pipe.load_lora_weights(option.path, adapter_name=name))
+    if names:
+        pipe.set_adapters(names, [o.scale for o in options])
+    return names

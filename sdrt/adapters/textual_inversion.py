@@ -31,6 +31,8 @@ from sdrt.errors import InputError
 TOKEN_EMBEDDING_INPUT = "token_embedding"
 # diffusers' file names in a folder, in the order it tries them.
 WEIGHT_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
+# CLIP's BPE marks a word's last symbol; "fox</w>" is the whole word "fox".
+END_OF_WORD = "</w>"
 # SDXL embeddings (A1111/kohya): one tensor per text encoder.
 SDXL_KEYS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
 
@@ -130,7 +132,9 @@ def _vectors(value: Any, where: str, key: str) -> np.ndarray:
 
 def check_new_tokens(embeddings: Sequence[Embedding], vocabulary: Mapping[str, set[str]]) -> None:
     """diffusers' checks, per text encoder: no token given twice, none already known
-    (``vocabulary``: encoder -> its tokenizer's tokens, added ones included)."""
+    (``vocabulary``: encoder -> its tokenizer's tokens, added ones included); and one more
+    than diffusers makes: no token that is a whole word of the vocabulary (``fox</w>``),
+    which the added token would silently replace in every prompt."""
     for encoder, known in vocabulary.items():
         mine = [e for e in embeddings if e.encoder == encoder]
         names = [e.token for e in mine]
@@ -142,6 +146,13 @@ def check_new_tokens(embeddings: Sequence[Embedding], vocabulary: Mapping[str, s
                     f"{e.source}: Token {e.token} already in tokenizer vocabulary. Please choose "
                     f"a different token name or remove {e.token} and embedding from the "
                     "tokenizer and text encoder."
+                )
+            word = f"{e.token.lower()}{END_OF_WORD}"  # added tokens match lower-cased text
+            if word in known:
+                raise InputError(
+                    f"{e.source}: Token {e.token} is a word of the tokenizer vocabulary "
+                    f"({word!r}): the embedding would replace it in every prompt. Please "
+                    f"choose a token that is not a word, such as '<{e.token}>'."
                 )
             if f"{e.token}_1" in known:
                 taken = [t for t in known if t == e.token or t.startswith(f"{e.token}_")]

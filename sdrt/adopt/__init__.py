@@ -31,6 +31,7 @@ from sdrt.adopt.graphs import GraphInfo, read_graph
 from sdrt.adopt.probe import run_forward_checks
 from sdrt.adopt.tree import folder_content_sha256, link_tree, replace_folder, staging_beside
 from sdrt.errors import InputError
+from sdrt.files import check_output_folder
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
     MANIFEST_NAME,
@@ -124,19 +125,7 @@ def _target(source: Path, output, *, in_place: bool, force: bool) -> Path:
     output = Path(output)
     if output.exists() and output.resolve() == source.resolve():
         raise InputError(f"output {str(output)!r} is the source folder; use --in-place for that")
-    if output.exists():
-        if not output.is_dir():
-            raise InputError(f"output {str(output)!r} exists and is not a folder")
-        if any(output.iterdir()):
-            if not (output / MANIFEST_NAME).is_file():
-                raise InputError(
-                    f"output {str(output)!r} exists and is not an sdrt model folder (no "
-                    f"{MANIFEST_NAME}); refusing to replace it"
-                )
-            if not force:
-                raise InputError(
-                    f"output {str(output)!r} already exists; pass --force to replace it"
-                )
+    check_output_folder(output, force=force, marker=MANIFEST_NAME, kind="an sdrt model folder")
     return output
 
 

@@ -4,7 +4,9 @@ Sessions are created once and run from any thread. The options (and why they are
 defaults) are in sdrt/backends/ort_cpu_options.py. On a folder's first load the optimised
 graph of each component is written under ``engines/ort-cpu/`` (ort_saved_graphs.py, which
 needs only onnxruntime) and mapped by every later load; a read-only folder is optimised in
-memory on every load instead.
+memory on every load instead. Loads check those copies as they check the graphs
+(sdrt.integrity, in ``Pipeline.load``), which removes a copy that changed: it is written
+again here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sdrt.backends.ort_cpu_options import (
 )
 from sdrt.backends.protocol import Session, check_feeds, options_of_type
 from sdrt.errors import BackendUnavailableError, ModelFolderError, SdrtError
+from sdrt.integrity import record_saved_graph
 from sdrt.manifest import Component, Manifest
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class OrtSession:
             raise ModelFolderError(
                 f"{folder}: the {component.name} graph {component.file} is missing"
             )
+        self.model_path = source
         try:
             self.model_path = self._model_to_load(folder, component, source)
             so = session_options(options, component.name)
@@ -83,8 +87,11 @@ class OrtSession:
                 str(self.model_path), so, providers=list(options.providers)
             )
         except LOAD_ERRORS as e:
+            loaded = self.model_path.relative_to(folder).as_posix()
+            if self.model_path != source:  # a load with verify_files="never" mapped it as is
+                loaded += f" (the saved optimised graph of {component.file}; remove it)"
             raise ModelFolderError(
-                f"{folder}: ONNX Runtime {ort.__version__} cannot load {component.file}: {e}"
+                f"{folder}: ONNX Runtime {ort.__version__} cannot load {loaded}: {e}"
             ) from None
         self._output_names = [o.name for o in self._session.get_outputs()]
         if component.openvino is not None:
@@ -108,6 +115,7 @@ class OrtSession:
         except OSError as e:  # a read-only folder: optimise in memory on every load instead
             log.info("not caching the optimised %s graph (%s)", component.name, e)
             return source
+        record_saved_graph(folder, target.parent)  # just hashed: the next load need not
         return target
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from sdrt.integrity import SAVED_GRAPH_RECORD, SAVED_GRAPHS_DIR
 from sdrt.manifest import Component
 
 # The folder under <model>/engines/ that holds the saved graphs: the backend's name.
+# sdrt.integrity checks what lies in its SAVED_GRAPHS_DIR, engines/ort-cpu.
 SAVED_GRAPHS_TARGET = "ort-cpu"
 GRAPH_OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -37,8 +39,9 @@ GRAPH_OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-# Written beside each saved graph: what it was made from, so that superseded copies can go.
-KEY_RECORD = "key.json"
+# Written beside each saved graph: what it was made from, so that superseded copies can go,
+# and its files' sha256, which loads check it against (sdrt.integrity).
+KEY_RECORD = SAVED_GRAPH_RECORD
 # Initializers at least this large go to the optimised model's external data file, so that
 # models over protobuf's 2 GiB limit (an fp32 SD U-Net) can be saved.
 EXTERNAL_INITIALIZER_MIN_BYTES = 1024
@@ -142,7 +145,7 @@ def optimized_model_path(folder: Path, component: Component, options: OrtOptions
         ]
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    return folder / "engines" / SAVED_GRAPHS_TARGET / f"{component.name}-{key}" / "model.onnx"
+    return folder / SAVED_GRAPHS_DIR / f"{component.name}-{key}" / "model.onnx"
 
 
 def saves_prepacked_weights(options: OrtOptions, component: str) -> bool:

@@ -27,7 +27,8 @@ from sdrt.backends.ort_cpu_options import (
     saves_prepacked_weights,
     session_options,
 )
-from sdrt.manifest import Component, Manifest
+from sdrt.files import with_umask_mode
+from sdrt.manifest import Component, Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ def write_optimized_model(
                 "session.save_external_prepacked_constant_initializers", "1"
             )
         ort.InferenceSession(str(source), so, providers=list(options.providers))
-        record = key_record(component)
+        # What loads check the copy against (sdrt.integrity): they map it, never re-derive it.
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        record = {**key_record(component), "files": files}
         (staging / KEY_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        with_umask_mode(staging)  # mkdtemp's folder is private (0o700)
         try:
             os.replace(staging, target.parent)
         except OSError:

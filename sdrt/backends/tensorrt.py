@@ -3,7 +3,8 @@
 Activation (``load``) is separate from building (engines/tensorrt.py builds the plans and
 records them in sdrt.json). An engine loads only if its record's cache key, recomputed for
 this TensorRT version and GPU (sdrt/backends/engine_key.py), matches: a stale plan is never
-loaded. A session:
+loaded; nor is a plan that is not the one built (sdrt.integrity.check_engine_plan: its
+sha256, hashed only when it changed since it last matched). A session:
 
 - deserializes the plan once and allocates its input and output buffers once, at the
   largest shape of its optimization profile; each call uses the leading part of them;
@@ -42,6 +43,7 @@ from sdrt.backends.protocol import Session, check_feeds, options_of_type
 from sdrt.backends.shapes import broadcast_named_dims
 from sdrt.backends.tensorrt_refit import RefitReport, refit_engine
 from sdrt.errors import BackendUnavailableError, InputError
+from sdrt.integrity import check_engine_plan
 from sdrt.manifest import Engine, Manifest, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -371,6 +373,7 @@ def _fp32_fallback(folder: Path, manifest, name: str, environment, memory):
         logger.warning("%s: no fp32 fallback for fp16 overflow: %s", name, e)
         return None
     component = manifest.components[name]
+    check_engine_plan(folder, record)  # at load, not at the first overflow
 
     def make_fallback():
         return TensorRTSession.load(
@@ -425,6 +428,7 @@ class TensorRTBackend:
         for name in names:
             component = manifest.components[name]
             record = usable_engine(manifest, name, "fp16", environment)
+            check_engine_plan(folder, record)
             session = TensorRTSession.load(
                 name,
                 folder / record.path,

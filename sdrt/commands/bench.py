@@ -15,7 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source", nargs="?", help="diffusers folder or Hub id (or use --arch --random-weights)"
     )
-    parser.add_argument("-o", "--output", type=Path, help="report folder, e.g. reports/sd15-cpu")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="report folder, e.g. reports/sd15-cpu; an earlier report in it is replaced only "
+        "with --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the report in -o (default: refuse)"
+    )
     parser.add_argument(
         "--backends",
         default="torch,ort-cpu",
@@ -112,6 +121,11 @@ def _check_sources(args: argparse.Namespace) -> None:
 
     if args.output is None:
         raise InputError("expected -o/--output: the report folder")
+    from sdrt.benchmarks.report import REPORT_FILES
+    from sdrt.files import check_output_file
+
+    for name in REPORT_FILES:  # before minutes of benchmarking
+        check_output_file(args.output / name, force=args.force)
     if args.random_weights != (args.arch is not None):
         raise InputError("--arch and --random-weights go together")
     if args.source is not None and args.arch is not None:

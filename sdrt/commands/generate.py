@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sdrt.backends.registry import BACKENDS
 from sdrt.errors import InputError
+from sdrt.files import check_output_file
 from sdrt.image_files import DEFAULT_QUALITY, FORMATS, check_writable, image_format, numbered_paths
 from sdrt.sizes import add_size_arguments, size_from_options
 
@@ -61,11 +62,12 @@ class GenerateConfig:
     backend: str
     progress: bool
     embeddings: tuple = ()  # sdrt.adapters.options.EmbeddingOption, loaded in order
-    loras: tuple = ()  # LoraChoice each (sdrt/adapters/lora_option.py)
+    loras: tuple = ()  # sdrt.adapters.options.LoraOption, applied at run time
     deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
     deep_cache_branch: int | None = None
     vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
     eta: float = 0.0  # diffusers' eta (DDIM, TCD); ignored by other schedulers
+    force: bool = False  # replace existing output files
 
 
 def _epilog() -> str:
@@ -105,7 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         default="out.png",
         help=f"image to write; its suffix picks the format: {', '.join(FORMATS)} "
-        "(default: out.png)",
+        "(default: out.png); an existing file is replaced only with --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing output files (default: refuse)"
     )
     parser.add_argument(
         "--negative-prompt",
@@ -304,12 +309,13 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
             f"--seed: expected an integer >= 0, or -1 for a random seed, got {args.seed}"
         )
     quality = _quality(args.quality, output)
-    from sdrt.adapters.options import parse_embedding_option
+    from sdrt.adapters.lora_files import read_lora_file
+    from sdrt.adapters.options import parse_embedding_option, parse_lora_option
 
     embeddings = tuple(parse_embedding_option(text) for text in args.embedding)
-    from sdrt.adapters.lora_option import parse_lora_option
-
     loras = tuple(parse_lora_option(text) for text in args.lora)
+    for lora in loras:
+        read_lora_file(lora.path)  # a corrupt or unknown file fails before the model loads
     return GenerateConfig(
         folder=Path(args.folder),
         prompts=tuple(prompts),
@@ -335,6 +341,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         deep_cache_branch=args.deep_cache_branch,
         vae=args.vae,
         eta=args.eta,
+        force=args.force,
     )
 
 
@@ -397,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     for embedding in config.embeddings:
         pipe.load_textual_inversion(embedding.path, token=embedding.token)
     if config.loras:
-        from sdrt.adapters.lora_option import apply_loras
+        from sdrt.adapters.options import apply_loras
 
         apply_loras(pipe, config.loras)
     config.output.parent.mkdir(parents=True, exist_ok=True)
@@ -447,12 +454,13 @@ def prepare(config: GenerateConfig) -> Prepared:
         )
         for prompt in config.prompts
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
     first = requests[0]
     scheduler.plan(first.num_inference_steps, strength=first.strength, eta=first.eta)
     paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
     for path in paths:
         check_writable(path)
+        check_output_file(path, force=config.force)
     if config.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
     _note_resize(config, image, requests[0], manifest.build.size_multiple)

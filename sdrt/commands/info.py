@@ -2,7 +2,9 @@
 
 The "build check" column is the export's verification, measured once at build time and read
 from sdrt.json; it says nothing about the files as they are now. ``--verify`` hashes every
-file named in sdrt.json and compares it with its recorded sha256 (exit 2 on a mismatch).
+file named in sdrt.json and compares it with its recorded sha256, and every file of the
+saved ONNX Runtime graphs and every engine plan with the sha256 recorded when it was
+written (exit 2 on a mismatch).
 Without it, only the files' presence and sizes are looked at.
 """
 
@@ -23,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="hash every file and compare it with its sha256 in sdrt.json (exit 2 on a mismatch)",
+        help="hash every file and compare it with its sha256 in sdrt.json (and the saved ONNX "
+        "Runtime graphs and engine plans with theirs, recorded when written); exit 2 on a "
+        "mismatch",
     )
 
 
@@ -34,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.folder)
     if args.verify:
-        print(f"hashing the files named in {MANIFEST_NAME} ...", file=sys.stderr, flush=True)
+        print(
+            f"hashing the files named in {MANIFEST_NAME}, the saved graphs and the engine "
+            "plans ...",
+            file=sys.stderr,
+            flush=True,
+        )
     checks = check_files(args.folder, manifest, "always" if args.verify else "never")
     bad = [c for c in checks if not c.ok] if args.verify else []
     try:
@@ -44,12 +53,28 @@ def run(args: argparse.Namespace) -> int:
         if not bad:
             raise
         # `sdrt info --verify X | head`: the reader went away, the mismatch is still said
-    if bad:
+    graphs = [c for c in bad if not (c.saved_graph or c.engine_plan)]
+    if graphs:
         raise ModelFolderError(
             f"{args.folder}: {len(bad)} of {len(checks)} files do not match their sha256 in "
             f"{MANIFEST_NAME}: "
-            + "; ".join(c.problem() for c in bad)
+            + "; ".join(c.problem() for c in graphs)
             + " (rebuild, or restore the original files)"
+            + "".join(f"; {c.problem()}" for c in bad if c not in graphs)
+        )
+    if bad:
+        remedies = []
+        if any(c.saved_graph for c in bad):
+            remedies.append(
+                "saved ONNX Runtime graphs: the next load removes them and writes them again"
+            )
+        if any(c.engine_plan for c in bad):
+            remedies.append(f"engine plans: rebuild them with `sdrt engines build {args.folder}`")
+        raise ModelFolderError(
+            f"{args.folder}: {len(bad)} of {len(checks)} files do not match the sha256 recorded "
+            "when they were written: "
+            + "; ".join(c.problem() for c in bad)
+            + f" ({'; '.join(remedies)})"
         )
     return 0
 
@@ -285,7 +310,7 @@ def _file_lines(checks, verified: bool) -> list[str]:
         if not bad
         else f"{bad} of {len(checks)} files do NOT match their sha256"
     )
-    rows = [("file", "size", "sha256 (sdrt.json)", "sha256 (now)", "file check")]
+    rows = [("file", "size", "sha256 (recorded)", "sha256 (now)", "file check")]
     for c in checks:
         rows.append(
             (

@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random weights (default 0)"
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing OUT_DIR (only a model folder: any other folder is refused)",
+    )
     parser.add_argument(
         "--single-file",
         action="store_true",
@@ -58,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
             "pretrained weights cannot be downloaded here; "
             f"pass --random-weights OUT_DIR to make {args.arch} with random weights"
         )
+
+    if not args.single_file:  # the output before seconds of imports: nothing of the user's goes
+        from sdrt.export.random_model import PIPELINE_MARKER, check_model_output
+        from sdrt.export.random_tiny_vae import TINY_VAE_MARKER
+
+        marker = TINY_VAE_MARKER if args.arch in TINY_VAE_ARCHITECTURES else PIPELINE_MARKER
+        check_model_output(args.random_weights, args.force, marker)
 
     # Without the export extra, fail here, before seconds of tokenizer learning; sdrt.cli
     # turns the ModuleNotFoundError into "needs the 'export' extra".

@@ -5,7 +5,8 @@ an MP4 video (the ``video`` extra) or a folder of numbered PNG frames.
 The options mean what they mean in ``sdrt generate`` (--size, --steps, --guidance,
 --scheduler, --negative-prompt, --image/--strength). Every input is checked before the
 model loads: the -o place and format (and, for .mp4, that the video extra is installed),
-the keyframes, the walk's settings for the folder, the scheduler.
+that it replaces no existing file without --force, the keyframes, the walk's settings for
+the folder, the scheduler.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from sdrt.animation_files import (
     FOLDER,
     check_frames_held,
     check_output,
+    frame_paths,
     output_kind,
 )
 from sdrt.backends.registry import BACKENDS
 from sdrt.commands.generate import IMG2IMG_STRENGTH, read_image
 from sdrt.errors import InputError
+from sdrt.files import check_output_file
 from sdrt.interpolation import DEFAULT_FRAMES, METHODS
 from sdrt.sizes import add_size_arguments, size_from_options
 
@@ -55,6 +58,7 @@ class InterpolateConfig:
     frames_per_call: int | None  # None: the folder's max batch
     backend: str
     progress: bool
+    force: bool = False  # replace an existing animation or frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         metavar="PATH",
         default="walk.gif",
-        help=f"{', '.join(ANIMATIONS)}, or a folder for PNG frames (default: walk.gif)",
+        help=f"{', '.join(ANIMATIONS)}, or a folder for PNG frames (default: walk.gif); an "
+        "existing file or frame is replaced only with --force",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing animation or existing frames (default: refuse)",
     )
     parser.add_argument(
         "--fps",
@@ -164,6 +174,8 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
     output = Path(args.output)
     kind = output_kind(output)
     check_output(output, kind, args.fps)
+    if kind != FOLDER:  # a folder's frames are checked once their count is known (prepare)
+        check_output_file(output, force=args.force)
     if args.strength is not None and args.image is None:
         raise InputError("--strength: applies to a start image; pass --image too, or drop it")
     width, height = size_from_options(args.size, args.width, args.height)
@@ -187,11 +199,13 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
         frames_per_call=args.frames_per_call,
         backend=args.backend,
         progress=not args.no_progress,
+        force=args.force,
     )
 
 
 def prepare(config: InterpolateConfig):
-    """The checked Walk, before the model loads: folder, keyframes, settings, scheduler."""
+    """The checked Walk, before the model loads: folder, keyframes, settings, scheduler,
+    and that no frame it writes would replace an existing file (without --force)."""
     from sdrt.interpolation import make_walk
     from sdrt.manifest import read_manifest
     from sdrt.pipeline import make_scheduler
@@ -216,9 +230,12 @@ def prepare(config: InterpolateConfig):
         image=read_image(config.image, "--image"),
         strength=IMG2IMG_STRENGTH if config.strength is None else config.strength,
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder)
+    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
     scheduler.plan(walk.request.num_inference_steps, strength=walk.request.strength)
     check_frames_held(config.kind, len(walk.positions), walk.request.width, walk.request.height)
+    if config.kind == FOLDER:
+        for path in frame_paths(config.output, len(walk.positions)):
+            check_output_file(path, force=config.force)
     if RANDOM_SEED in config.seeds:
         print(f"seeds: {','.join(map(str, walk.seeds))}", file=sys.stderr)
     return walk

@@ -65,13 +65,18 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         default=Path("reports/loadtest"),
-        help="report folder (default: reports/loadtest)",
+        help="report folder (default: reports/loadtest); an earlier report in it is replaced "
+        "only with --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace the report in -o (default: refuse)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from sdrt.benchmarks.loadtest import LoadConfig, check_pixels, parse_url, run_load
-    from sdrt.benchmarks.loadtest_report import write_report
+    from sdrt.benchmarks.loadtest_report import REPORT_FILES, write_report
+    from sdrt.files import check_output_file
     from sdrt.sizes import parse_size
 
     parse_url(args.url)
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value < 1:
             raise InputError(f"{option}: expected an integer >= 1, got {value}")
+    for name in REPORT_FILES:  # before the load is sent
+        check_output_file(args.output / name, force=args.force)
     config = LoadConfig(
         url=args.url,
         concurrency=args.concurrency,

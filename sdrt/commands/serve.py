@@ -59,7 +59,8 @@ def _add_admission_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=8,
         metavar="N",
-        help="generations that may wait for a worker; more get 429 (default: 8)",
+        help="generations that may wait for a busy worker; more get 429 (0: accept only "
+        "while a worker is free; default: 8)",
     )
     parser.add_argument(
         "--timeout",

@@ -98,6 +98,7 @@ __all__ = [
     "StepResult",
     "create_scheduler",
     "load_scheduler_config",
+    "scheduler_class_name",
     *SCHEDULER_CLASSES,
 ]
 
@@ -119,12 +120,16 @@ def create_scheduler(name: str, config: dict[str, Any] | None = None, **override
         config = {}
     if not isinstance(config, dict):
         raise InputError(f"scheduler config must be a dict; got {type(config).__name__}")
+    class_name = scheduler_class_name(name)
+    overrides = {**ALIAS_OVERRIDES.get(name.strip().lower(), {}), **overrides}
+    return SCHEDULER_CLASSES[class_name].from_config(config, **overrides)
+
+
+def scheduler_class_name(name: str) -> str:
+    """The diffusers class a scheduler name or alias stands for; InputError if none."""
     alias = name.strip().lower()
     if alias in SCHEDULERS:
-        class_name = SCHEDULERS[alias]
-        overrides = {**ALIAS_OVERRIDES.get(alias, {}), **overrides}
-    elif name in SCHEDULER_CLASSES:
-        class_name = name
-    else:
-        raise InputError(f"unknown scheduler {name!r}; expected one of {_valid_names()}")
-    return SCHEDULER_CLASSES[class_name].from_config(config, **overrides)
+        return SCHEDULERS[alias]
+    if name in SCHEDULER_CLASSES:
+        return name
+    raise InputError(f"unknown scheduler {name!r}; expected one of {_valid_names()}")

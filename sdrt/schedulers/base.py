@@ -27,6 +27,7 @@ from sdrt.schedulers.schedule import (
     Plan,
     alphas_cumprod_for,
     full_plan,
+    repeated_noise_level,
 )
 
 
@@ -152,6 +153,14 @@ class Scheduler:
             raise InputError(f"strength must be in (0, 1]; got {strength}")
         eta = self.check_eta(eta)
         full = self.full_schedule(num_inference_steps)
+        problem = self.schedule_problem(full)
+        if problem is not None:
+            raise InputError(
+                f"{self.name}: num_inference_steps={num_inference_steps} {problem} "
+                f"(timestep_spacing={self.config.timestep_spacing!r}, steps_offset="
+                f"{self.config.steps_offset}); expected num_inference_steps <= "
+                f"{self._most_steps_below(num_inference_steps)}"
+            )
         # img2img, as diffusers' StableDiffusionImg2ImgPipeline.get_timesteps does it.
         init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
         t_start = max(num_inference_steps - init_timestep, 0)
@@ -202,6 +211,24 @@ class Scheduler:
             return steps
         warm_up = max(total_calls - steps * self.order, 0)
         return min(max(calls // self.order - warm_up // self.order, 0), steps)
+
+    def schedule_problem(self, full: Plan) -> str | None:
+        """Why the algorithm cannot run this whole schedule, or None. Near as many steps as
+        training timesteps, the spacing can plan a timestep past the training range or
+        two steps at one noise level; diffusers plans them too, then fails in ``step``
+        (IndexError) or returns NaN. The base runs every schedule."""
+        return None
+
+    def _most_steps_below(self, num_inference_steps: int) -> int:
+        """The largest step count under ``num_inference_steps`` whose schedule runs (0: none;
+        only for the error message, so a plain search)."""
+        for steps in range(num_inference_steps - 1, 0, -1):
+            try:
+                if self.schedule_problem(self.full_schedule(steps)) is None:
+                    return steps
+            except InputError:  # too few steps for the algorithm (PNDM's Runge-Kutta start)
+                return 0
+        return 0
 
     def initial_state(self, plan: Plan):
         return self.State()
@@ -272,6 +299,18 @@ class AlphaBarScheduler(Scheduler):
             raise ValueError("timestep < 0 needs final_alpha_cumprod")
         return final_alpha_cumprod
 
+    def schedule_problem(self, full: Plan) -> str | None:
+        # These index alpha_bar by timestep: one outside [0, N) has no noise level.
+        timesteps = full.schedule_timesteps
+        n_train = self.config.num_train_timesteps
+        outside = timesteps[(timesteps < 0) | (timesteps >= n_train)]
+        if len(outside):
+            return (
+                f"plans timestep {int(outside[0])}, outside the training timesteps "
+                f"0 to {n_train - 1}"
+            )
+        return None
+
     def final_alpha_cumprod(self) -> float:
         """alpha_bar "after" the last step by set_alpha_to_one (DDIM, PNDM, LCM): 1, or
         alpha_bar at timestep 0."""
@@ -338,6 +377,9 @@ class SigmaScheduler(Scheduler):
 class VPSigmaScheduler(Scheduler):
     """Multistep solvers that keep sigmas but noise as x = alpha * x0 + sigma_t * eps
     (DPM-Solver, UniPC): unscaled model input, init_noise_sigma 1."""
+
+    def schedule_problem(self, full: Plan) -> str | None:
+        return repeated_noise_level(full.schedule_timesteps, full.sigmas)
 
     @staticmethod
     def alpha_sigma(sigma: float) -> tuple[float, float]:

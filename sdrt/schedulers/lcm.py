@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdrt.errors import InputError
+import numpy as np
+
+from sdrt.errors import InputError, ParameterError
 from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
 from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan, consistency_timesteps, full_plan
+from sdrt.schedulers.schedule import Plan, full_plan
 
 SIGMA_DATA = 0.5  # of the consistency-model boundary condition
 
@@ -51,11 +53,36 @@ class LCMScheduler(AlphaBarScheduler):
         return self.config.original_inference_steps
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
+        return full_plan(self._timesteps(num_inference_steps, 1.0), num_inference_steps)
+
+    def consistency_img2img_plan(self, num_inference_steps: int, strength: float) -> Plan:
+        """The plan of diffusers' LatentConsistencyModelImg2ImgPipeline, which passes
+        ``strength`` to LCMScheduler.set_timesteps: it shortens the distillation grid to its
+        first ``original_inference_steps * strength`` timesteps and all
+        ``num_inference_steps`` steps run on that, where plan(steps, strength) (the
+        StableDiffusionImg2ImgPipeline way) drops the first steps of the full schedule."""
+        self.plan(num_inference_steps)  # the common checks of the steps
+        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)):
+            raise InputError(f"strength must be a number in (0, 1]; got {type(strength).__name__}")
+        if not 0.0 < strength <= 1.0:
+            raise InputError(f"strength must be in (0, 1]; got {strength}")
+        grid = int(self.config.original_inference_steps * strength)
+        if grid < num_inference_steps:
+            raise ParameterError(
+                f"{self.name}: {{num_inference_steps}} must be at most original_inference_steps "
+                f"* {{strength}} = {self.config.original_inference_steps} * {strength} = {grid} "
+                f"for LCM img2img; got {num_inference_steps}"
+            )
+        return full_plan(self._timesteps(num_inference_steps, strength), num_inference_steps)
+
+    def _timesteps(self, num_inference_steps: int, strength: float) -> np.ndarray:
         cfg = self.config
-        timesteps = consistency_timesteps(
-            cfg.num_train_timesteps, cfg.original_inference_steps, num_inference_steps
-        )
-        return full_plan(timesteps, num_inference_steps)
+        k = cfg.num_train_timesteps // cfg.original_inference_steps
+        grid = int(cfg.original_inference_steps * strength)
+        origin = np.arange(1, grid + 1) * k - 1  # the distillation grid (the part strength keeps)
+        origin = origin[::-1].copy()
+        picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
+        return origin[np.floor(picks).astype(np.int64)].astype(np.int64)
 
     def boundary_scalings(self, timestep: int) -> tuple[float, float]:
         """c_skip, c_out: make the estimate equal the sample at timestep 0."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from sdrt.schedulers.base import SigmaScheduler, StepResult
 from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan, sigma_schedule
+from sdrt.schedulers.schedule import Plan, repeated_noise_level, sigma_schedule
 
 LMS_ORDER = 4  # diffusers' default `order` argument of step()
 # Gauss-Legendre nodes and weights on [-1, 1], as Python floats: the integrals are a few
@@ -60,6 +60,10 @@ class LMSDiscreteScheduler(SigmaScheduler):
     name = "LMSDiscreteScheduler"
     Config = LMSConfig
     State = LMSState
+
+    def schedule_problem(self, full: Plan) -> str | None:
+        # The Lagrange coefficients divide by differences of the planned sigmas.
+        return repeated_noise_level(full.schedule_timesteps, full.sigmas)
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         timesteps, sigmas = sigma_schedule(self.config, self.alphas_cumprod, num_inference_steps)

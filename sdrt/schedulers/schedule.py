@@ -205,6 +205,18 @@ def consistency_timesteps(
     return origin[np.floor(picks).astype(np.int64)].astype(np.int64)
 
 
+def repeated_noise_level(timesteps: np.ndarray, sigmas: np.ndarray) -> str | None:
+    """Where two planned steps share a noise level (a timestep past the training range
+    takes the last one's sigma): the problem, for the samplers that divide by the
+    difference (LMS, DPM-Solver, UniPC); None where every sigma is below the one before."""
+    planned = sigmas[: len(timesteps)]
+    same = np.flatnonzero(np.diff(planned) >= 0)
+    if len(same) == 0:
+        return None
+    first, second = timesteps[same[0]], timesteps[same[0] + 1]
+    return f"plans two steps at one noise level (timesteps {first:g} and {second:g})"
+
+
 # --- the plan of one call -----------------------------------------------------------------
 
 

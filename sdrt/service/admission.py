@@ -2,8 +2,10 @@
 
 A job is anything with ``run()`` (called on a worker), ``cancelled`` (a threading.Event;
 a job cancelled while it waits is dropped without running) and ``cancel(reason)``. ``submit``
-never blocks: when ``max_queue`` jobs already wait it raises QueueFull with how many
-seconds to wait before trying again, estimated from the recent jobs' durations.
+never blocks: it admits a job that a free worker will take, or that finds one of the
+``max_queue`` places in the waiting room (so ``max_queue=0``: accepted only while a worker
+is free); otherwise it raises QueueFull with how many seconds to wait before trying again,
+estimated from the recent jobs' durations.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ log = logging.getLogger("sdrt.service")
 
 class QueueFull(Exception):
     def __init__(self, depth: int, retry_after: int):
-        super().__init__(f"{depth} requests are waiting, the most this server queues")
+        if depth:
+            message = f"{depth} requests are waiting, the most this server queues"
+        else:  # --max-queue 0: no waiting room
+            message = "every worker is busy and this server queues no requests"
+        super().__init__(message)
         self.depth = depth
         self.retry_after = retry_after
 
@@ -32,6 +38,7 @@ class Admission:
         self.batcher = batcher
         self._waiting: deque = deque()
         self._running: list = []  # the jobs on a worker now (a batch's each)
+        self._busy = 0  # workers that hold a job (or a batch), gathering or running it
         self._cond = threading.Condition()
         self._durations: deque[float] = deque(maxlen=32)
         self._threads: list[threading.Thread] = []
@@ -54,8 +61,11 @@ class Admission:
 
     def submit(self, job) -> None:
         with self._cond:
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(len(self._waiting), self._retry_after())
+            # A job sits in _waiting until a worker takes it, even when one is free: the
+            # free workers' jobs are not counted against the waiting room.
+            free = self.workers - self._busy
+            if len(self._waiting) >= free + self.max_queue:
+                raise QueueFull(max(0, len(self._waiting) - free), self._retry_after())
             self._waiting.append(job)
             self._cond.notify()
 
@@ -97,6 +107,7 @@ class Admission:
                     self._cond.notify_all()
                     continue
                 self._running.append(job)  # running while it gathers: wait_idle sees it
+                self._busy += 1
                 jobs = self._gather(job)
                 self._running.extend(jobs[1:])
             start = time.monotonic()
@@ -108,6 +119,7 @@ class Admission:
                 with self._cond:
                     for done in jobs:
                         self._running.remove(done)
+                    self._busy -= 1
                     self._durations.append(time.monotonic() - start)
                     self._cond.notify_all()
 

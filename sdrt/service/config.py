@@ -30,7 +30,7 @@ class ServeConfig:
     # measured no better on 2 cores). Capped at the folder's --max-batch.
     max_batch: int = 1
     batch_wait_ms: float = 0.0  # how long a worker waits for more requests to batch
-    max_queue: int = 8  # requests waiting for a worker; more are answered 429
+    max_queue: int = 8  # requests waiting for a busy worker (0: none); more are answered 429
     timeout: float | None = None  # seconds from arrival; then 504 and the work is cancelled
     api_key: str | None = None  # bearer token required on /v1/* when set
     grace: float = 30.0  # seconds SIGTERM waits for queued and in-flight work

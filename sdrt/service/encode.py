@@ -16,7 +16,7 @@ from sdrt.pipeline import make_scheduler
 def encode_images(pipe, generation, images) -> list[str]:
     """One base64 PNG per image of a batch (float32 NHWC in [0, 1])."""
     request = generation.request
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler_config, pipe.folder)
+    scheduler = make_scheduler(request.scheduler, pipe.scheduler_config, pipe.folder, pipe.manifest)
     pictures = to_pil(images)
     encoded = []
     for index, picture in enumerate(pictures):

@@ -135,7 +135,9 @@ def _checked_request(pipe, prompt: str, arguments: dict):
             message = f"size: {message}"
         raise bad_request(message) from None
     try:
-        scheduler = make_scheduler(request.scheduler, pipe.scheduler_config, pipe.folder)
+        scheduler = make_scheduler(
+            request.scheduler, pipe.scheduler_config, pipe.folder, pipe.manifest
+        )
         scheduler.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
     except InputError as e:
         # eta's range depends on the scheduler (DDIM and TCD take [0, 1]): name both
