@@ -100,6 +100,7 @@ PARAMETER_ARGUMENTS = {
         "deep_cache_interval": "--deep-cache-interval",
         "deep_cache_branch": "--deep-cache-branch",
         "vae": "--vae",
+        "eta": "--eta",
     },
     "interpolate": {
         **_CALL_ARGUMENTS,

@@ -30,6 +30,7 @@ A1111_SAMPLERS = {
     "UniPCMultistepScheduler": "UniPC",
     "LCMScheduler": "LCM",
     "DDPMScheduler": "DDPM",
+    "TCDScheduler": "TCD",
 }
 
 
@@ -74,6 +75,7 @@ class GenerationParameters:
     batch_pos: int = 0
     version: str | None = None
     deep_cache: str | None = None  # "interval N, branch B" where DeepCache ran
+    eta: float | None = None  # where the scheduler takes eta (DDIM, TCD) and it is not 0
 
     @classmethod
     def of_request(
@@ -118,6 +120,7 @@ class GenerationParameters:
                 else f"interval {request.deep_cache.interval}, "
                 f"branch {request.deep_cache.branch.branch}"
             ),
+            eta=(request.eta if scheduler.takes_eta and request.eta != 0.0 else None),
         )
 
     def text(self) -> str:
@@ -137,6 +140,7 @@ class GenerationParameters:
             ),
             "Version": self.version,
             "DeepCache": self.deep_cache,
+            "Eta": None if self.eta is None else f"{self.eta:g}",
         }
         line = ", ".join(f"{k}: {quote(v)}" for k, v in fields.items() if v is not None)
         negative = f"\nNegative prompt: {self.negative_prompt}" if self.negative_prompt else ""

@@ -240,6 +240,7 @@ class Pipeline(LoraMethods):
         deep_cache_interval: int | None = None,
         deep_cache_branch: int | None = None,
         vae: str | None = None,
+        eta: float = 0.0,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
@@ -251,7 +252,9 @@ class Pipeline(LoraMethods):
         the backend's outputs (numpy; cupy on a GPU backend). ``deep_cache_interval`` (and
         ``deep_cache_branch``) run DeepCache on a folder built with ``--deep-cache``
         (sdrt/deep_cache.py). ``vae="tiny"`` decodes (and encodes) with the folder's tiny
-        VAE (``sdrt build --tiny-vae``; sdrt/vae_choice.py), None or "full" with its own."""
+        VAE (``sdrt build --tiny-vae``; sdrt/vae_choice.py), None or "full" with its own.
+        ``eta`` is diffusers': the stochasticity of DDIM (0: deterministic) and TCD (its
+        gamma), in [0, 1]; other schedulers ignore it, as diffusers' pipelines do."""
         # Every argument but the two callbacks, by name, as make_request takes them.
         arguments = {k: v for k, v in locals().items() if k in CALL_DEFAULTS or k == "prompt"}
         request = make_request(self.manifest, **arguments)
@@ -432,7 +435,8 @@ class Pipeline(LoraMethods):
             return sched, sched.consistency_img2img_plan(
                 request.num_inference_steps, request.strength
             )
-        return sched, sched.plan(request.num_inference_steps, strength=request.strength)
+        plan = sched.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
+        return sched, plan
 
     def _run(
         self,
@@ -543,7 +547,7 @@ class Pipeline(LoraMethods):
             uncond, text = noise_pred[: request.batch_size], noise_pred[request.batch_size :]
             noise_pred = uncond + request.guidance_scale * (text - uncond)
         step_noise = None
-        if sched.needs_noise:
+        if sched.draws_noise(plan):
             step_noise = xp.asarray(source.step(x.shape))
         with stages.stage("scheduler_step", step=i):
             result = sched.step(plan, state, noise_pred, i, x, noise=step_noise)

@@ -54,6 +54,8 @@ class Request:
     negative_pooled_prompt_embeds: Any = None
     deep_cache: DeepCacheSettings | None = None  # deep_cache_interval/_branch; None: off
     vae: str = "full"  # "full" or "tiny" (sdrt/vae_choice.py)
+    # diffusers' eta: passed to the schedulers that take it (DDIM, TCD), ignored by others
+    eta: float = 0.0
     # The U-Net embeds the guidance scale (LCM; sdrt/guidance_embedding.py): no CFG batch.
     guidance_embedding: bool = False
 
@@ -175,6 +177,7 @@ def make_request(
     deep_cache_interval: Any = None,
     deep_cache_branch: Any = None,
     vae: Any = None,
+    eta: Any = 0.0,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
     given = Embeddings(
@@ -205,10 +208,20 @@ def make_request(
         **given.repeated(per_prompt).as_request_fields(),
         deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
         vae=check_vae_choice(manifest, vae),
+        eta=_eta(eta),
         guidance_embedding=check_guidance_embedding(
             manifest, negative_prompt, negative_prompt_embeds
         ),
     )
+
+
+def _eta(value: Any) -> float:
+    """diffusers' eta: a finite number >= 0 (the schedulers that take it check their range;
+    the others ignore it, as diffusers' pipelines do)."""
+    eta = _real(value, "eta")
+    if eta < 0:
+        raise ParameterError(f"{{eta}}: expected a number >= 0, got {eta:g}")
+    return eta
 
 
 # ------------------------------------------------------------------- given embeddings

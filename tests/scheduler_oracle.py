@@ -4,6 +4,7 @@ U-Net, and the same denoising loop run in sdrt and in diffusers (the oracle)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ DIFFUSERS_MODULES = {
     "UniPCMultistepScheduler": "scheduling_unipc_multistep",
     "LCMScheduler": "scheduling_lcm",
     "DDPMScheduler": "scheduling_ddpm",
+    "TCDScheduler": "scheduling_tcd",
 }
 
 # What an alias means in diffusers terms (mirrors sdrt's ALIAS_OVERRIDES on purpose:
@@ -110,8 +112,11 @@ def img2img_start(num_inference_steps: int, strength: float, order: int) -> int:
     return max(num_inference_steps - init_timestep, 0) * order
 
 
-def run_diffusers(alias, config, steps, strength, initial, image, step_noises, monkeypatch):
-    """diffusers' StableDiffusion(Img2Img)Pipeline loop around the stand-in U-Net.
+def run_diffusers(
+    alias, config, steps, strength, initial, image, step_noises, monkeypatch, eta=0.0
+):
+    """diffusers' StableDiffusion(Img2Img)Pipeline loop around the stand-in U-Net, with
+    ``eta`` passed to a step that takes it, as the pipeline's prepare_extra_step_kwargs.
 
     Returns (final latents, timesteps used, full sigmas or None).
     """
@@ -128,6 +133,9 @@ def run_diffusers(alias, config, steps, strength, initial, image, step_noises, m
     if hasattr(module, "randn_tensor"):  # deterministic samplers do not import it
         monkeypatch.setattr(module, "randn_tensor", injected_noise)
 
+    extra_step_kwargs = {}
+    if "eta" in inspect.signature(scheduler.step).parameters:
+        extra_step_kwargs["eta"] = eta
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
     if strength < 1.0:
@@ -144,16 +152,16 @@ def run_diffusers(alias, config, steps, strength, initial, image, step_noises, m
         current["i"] = i
         x = scheduler.scale_model_input(latents, t)
         eps = torch.from_numpy(fake_unet(x.numpy(), t))
-        latents = scheduler.step(eps, t, latents).prev_sample
+        latents = scheduler.step(eps, t, latents, **extra_step_kwargs).prev_sample
     sigmas = getattr(scheduler, "sigmas", None)
     sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float32)
     return latents.numpy(), np.asarray(timesteps), sigmas
 
 
-def run_sdrt(alias, config, steps, strength, initial, image, step_noises):
+def run_sdrt(alias, config, steps, strength, initial, image, step_noises, eta=0.0):
     """The loop sdrt's pipeline runs. Returns (final latents, plan)."""
     scheduler = create_scheduler(alias, config)
-    plan = scheduler.plan(steps, strength=strength)
+    plan = scheduler.plan(steps, strength=strength, eta=eta)
     if strength < 1.0:
         latents = scheduler.add_noise(plan, image, initial, 0)
     else:
@@ -162,7 +170,7 @@ def run_sdrt(alias, config, steps, strength, initial, image, step_noises):
     for i, t in enumerate(plan.timesteps):
         x = scheduler.scale_model_input(plan, latents, i)
         eps = fake_unet(x, t)
-        noise = step_noises[i] if scheduler.needs_noise else None
+        noise = step_noises[i] if scheduler.draws_noise(plan) else None
         result = scheduler.step(plan, state, eps, i, latents, noise=noise)
         latents, state = result.prev_sample, result.state
     return latents, plan

@@ -104,6 +104,24 @@ def test_png_carries_a1111_parameters(tiny_built, tmp_path):
     assert read_parameters(out) == expected
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "eta", "recorded"),
+    [("tcd", "0.3", ", Eta: 0.3"), ("ddim", "0", ""), ("euler", "0.3", "")],  # euler: ignored
+)
+def test_eta_reaches_the_scheduler_and_the_parameters(
+    tiny_built, tmp_path, scheduler, eta, recorded
+):
+    out = tmp_path / "fox.png"
+    args = ["generate", str(tiny_built), "a fox", "-o", str(out), "--steps", "4"]
+    args += ["--size", "64x64", "--no-progress", "--scheduler", scheduler, "--eta", eta]
+    assert main(args) == 0
+    assert read_parameters(out).endswith(f"Version: sdrt {sdrt.__version__}{recorded}")
+    pipe = sdrt.Pipeline.load(tiny_built)
+    settings = dict(num_inference_steps=4, height=64, width=64, seed=0, scheduler=scheduler)
+    want = pipe("a fox", eta=float(eta), **settings).images[0]
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(want))
+
+
 def test_img2img_parameters_name_the_strength_and_batch(tiny_built, inputs, tmp_path):
     out = tmp_path / "edit.png"
     args = ["generate", str(tiny_built), "a fox", "-o", str(out), *FAST, "--batch", "2"]
@@ -267,6 +285,12 @@ BAD_ARGUMENTS = [
     (["--deep-cache-branch", "1"], r"error: --deep-cache-branch: 1 needs --deep-cache-interval"),
     (["--scheduler", "nope"], r"unknown scheduler 'nope'"),
     (["--guidance", "-1"], r"error: --guidance: expected a number >= 0 .*, got -1"),
+    (["--eta", "-0.5"], r"error: --eta: expected a number >= 0, got -0.5$"),
+    (["--eta", "nan"], r"error: --eta: expected a finite number, got nan$"),
+    (
+        ["--scheduler", "tcd", "--eta", "2"],
+        r"error: TCDScheduler: --eta must be in \[0, 1\]; got 2$",
+    ),
     (["--strength", "0.5"], r"--strength: applies to a start image; pass --image too"),
     (["--outpaint", "0,0,64,0"], r"--outpaint: applies to a start image; pass --image too"),
     (["--seed", "-2"], r"--seed: expected an integer >= 0, or -1 for a random seed, got -2"),

@@ -148,6 +148,47 @@ def test_txt2img_ancestral_with_injected_noise(sd, reference, monkeypatch):
     assert _max_diff(other.images, theirs) > MAX_IMAGE_DIFF
 
 
+@pytest.mark.parametrize(
+    ("scheduler", "eta", "steps", "guidance", "draws"),
+    [
+        ("TCDScheduler", 0.3, 4, 1.0, 3),  # TCD draws no noise at its last step
+        ("TCDScheduler", 0.0, 4, 7.5, 0),
+        ("DDIMScheduler", 0.5, STEPS, 7.5, STEPS),  # DDIM draws at every step
+        ("EulerDiscreteScheduler", 0.7, STEPS, 7.5, 0),  # takes no eta: ignored by both
+    ],
+)
+def test_txt2img_eta_with_injected_noise(
+    sd, reference, monkeypatch, scheduler, eta, steps, guidance, draws
+):
+    """diffusers' ``eta`` (passed to a step that takes it), with sdrt's step noise."""
+    from diffusers.schedulers import scheduling_ddim, scheduling_tcd
+
+    height, width, seed = 64, 128, 11
+    latents = _latents(sd, 1, height, width, seed=4)
+    # sdrt draws one noise array per U-Net call from the call's seed where the step adds
+    # noise (latents are given); diffusers draws only for the steps that use it.
+    rng = np.random.default_rng(seed)
+    step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(draws)]
+    for module in (scheduling_ddim, scheduling_tcd):
+        _inject_noise(monkeypatch, module, step_noises)
+    settings = dict(
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        eta=eta,
+        output_type="np",
+    )
+    theirs = _scheduled(reference, scheduler)(
+        PROMPTS[0], latents=torch.from_numpy(latents), **settings
+    ).images
+    ours = sd(PROMPTS[0], latents=latents, seed=seed, scheduler=scheduler, **settings).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    # With noise, the noise mattered (another seed, another image); without, eta is inert.
+    other = sd(PROMPTS[0], latents=latents, seed=seed + 1, scheduler=scheduler, **settings)
+    assert (_max_diff(other.images, theirs) > MAX_IMAGE_DIFF) == (draws > 0)
+
+
 def _test_image(width: int, height: int) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1)

@@ -103,6 +103,10 @@ def test_a_large_image_is_scaled_into_the_built_range(pipe):
             dict(image=Image.new("RGB", (64, 64)), num_inference_steps=3, strength=0.3),
             r"int\(3 \* 0.3\) = 0",
         ),
+        (dict(eta=-0.1), r"^eta: expected a number >= 0, got -0.1$"),
+        (dict(eta=float("inf")), r"^eta: expected a finite number, got inf$"),
+        (dict(eta="0.3"), r"^eta: expected a finite number, got '0.3'$"),
+        (dict(scheduler="ddim", eta=1.5), r"^DDIMScheduler: eta must be in \[0, 1\]; got 1.5$"),
         (  # the tiny folder's PNDM, steps_offset 1: timestep 1000 was an IndexError
             dict(num_inference_steps=1000),
             r"^PNDMScheduler: num_inference_steps=1000 plans timestep 1000, outside the "

@@ -44,6 +44,7 @@ def test_aliases_name_the_diffusers_classes():
         "unipc",
         "lcm",
         "ddpm",
+        "tcd",
     }
     for alias, class_name in SCHEDULERS.items():
         assert create_scheduler(alias, SD15_CONFIG).name == class_name
@@ -53,6 +54,53 @@ def test_aliases_name_the_diffusers_classes():
 def test_needs_noise_marks_the_samplers_that_draw_noise():
     drawing = {alias for alias in SCHEDULERS if create_scheduler(alias).needs_noise}
     assert drawing == {"euler_a", "lcm", "ddpm"}
+
+
+def test_draws_noise_follows_eta_where_the_scheduler_takes_it():
+    takers = {alias for alias in SCHEDULERS if create_scheduler(alias).takes_eta}
+    assert takers == {"ddim", "tcd"}
+    for alias in SCHEDULERS:
+        sched = create_scheduler(alias, SD15_CONFIG)
+        plan = sched.plan(4, eta=0.5)
+        # diffusers' pipelines pass eta only to a step that takes it: the others ignore it
+        assert plan.eta == (0.5 if sched.takes_eta else 0.0)
+        assert sched.draws_noise(plan) == (sched.needs_noise or sched.takes_eta)
+        assert sched.draws_noise(sched.plan(4)) == sched.needs_noise
+
+
+@pytest.mark.parametrize("alias", ["ddim", "tcd", "euler"])
+@pytest.mark.parametrize(
+    ("eta", "message"),
+    [
+        (-0.1, "eta must be a finite number >= 0; got -0.1"),
+        (float("nan"), "eta must be a finite number >= 0; got nan"),
+        (float("inf"), "eta must be a finite number >= 0; got inf"),
+        ("0.3", "eta must be a number; got str"),
+        (True, "eta must be a number; got bool"),
+    ],
+)
+def test_bad_eta_is_an_input_error(alias, eta, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        create_scheduler(alias, SD15_CONFIG).plan(4, eta=eta)
+
+
+@pytest.mark.parametrize("alias", ["ddim", "tcd"])
+def test_eta_above_one_is_refused_where_taken(alias):
+    sched = create_scheduler(alias, SD15_CONFIG)
+    with pytest.raises(
+        InputError, match=re.escape(f"{sched.name}: eta must be in [0, 1]; got 1.5")
+    ):
+        sched.plan(4, eta=1.5)
+    assert create_scheduler("euler", SD15_CONFIG).plan(4, eta=1.5).eta == 0.0
+
+
+def test_tcd_last_step_takes_no_noise():
+    sched = create_scheduler("tcd", SD15_CONFIG)
+    plan = sched.plan(2, eta=0.3)
+    x = np.ones((1, 4, 2, 2), np.float32)
+    with pytest.raises(InputError, match="needs a `noise` array"):
+        sched.step(plan, sched.initial_state(plan), x, 0, x)
+    sched.step(plan, sched.initial_state(plan), x, 1, x)  # the last step: no noise
 
 
 def test_karras_alias_turns_karras_sigmas_on_and_plain_alias_off():

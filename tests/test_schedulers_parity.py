@@ -229,3 +229,65 @@ def test_lms_coefficients_equal_numerical_integration():
                 expected = integrate.quad(basis, lower, upper, epsrel=1e-12)[0]
                 actual = lms_coefficient(sigmas, order, t, current)
                 assert actual == pytest.approx(expected, rel=1e-10, abs=1e-14)
+
+
+# eta (diffusers' pipeline argument, TCD's gamma) on the schedulers that take it: the noise
+# of each step is the same array on both sides. TCD's grid of original_inference_steps is
+# varied too, and a small eta (s close to t_prev).
+ETA_CASES = [
+    pytest.param(
+        alias,
+        model,
+        overrides,
+        steps,
+        strength,
+        eta,
+        id=f"{alias}-{model}-{i}-{steps}-{strength}-{eta}",
+    )
+    for i, (alias, model, overrides) in enumerate(
+        [
+            ("tcd", "sd15", {}),
+            ("tcd", "sd21", {"original_inference_steps": 100}),
+            ("tcd", "sdxl", {}),
+            # timestep_spacing is ignored by TCD (as by diffusers')
+            ("tcd", "sd21", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
+            ("TCDScheduler", "sd15", {"prediction_type": "sample"}),
+            ("ddim", "sd15", {}),
+            ("ddim", "sd21", {"timestep_spacing": "trailing", "set_alpha_to_one": True}),
+        ]
+    )
+    for steps in (1, 2, 4, 8)
+    for strength in STRENGTHS
+    for eta in (0.0, 0.01, 0.3, 1.0)
+    if allowed(alias, steps, strength)
+]
+
+
+@pytest.mark.parametrize(("alias", "model", "overrides", "steps", "strength", "eta"), ETA_CASES)
+def test_eta_matches_diffusers(alias, model, overrides, steps, strength, eta, monkeypatch):
+    config = {**MODEL_CONFIGS[model], **overrides}
+    initial, image, step_noises = loop_inputs(steps, seed=2)
+    expected, expected_timesteps, _ = run_diffusers(
+        alias, config, steps, strength, initial, image, step_noises, monkeypatch, eta=eta
+    )
+    actual, plan = run_sdrt(alias, config, steps, strength, initial, image, step_noises, eta=eta)
+    assert actual.dtype == np.float32
+    np.testing.assert_array_equal(plan.timesteps, expected_timesteps)
+    error = relative_error(actual, expected)
+    assert error <= LATENT_RTOL, f"relative error {error:.3g} > {LATENT_RTOL}"
+
+
+@pytest.mark.parametrize("eta", [0.3, 0.9])
+def test_tcd_floors_its_intermediate_timestep_in_float32(eta, monkeypatch):
+    """diffusers floors (1 - eta) * t_prev in float32: at t_prev = 90 (11 steps on a grid of
+    1000) that is 63 for eta 0.3 where float64 gives 62 (and 9, not 8, for eta 0.9)."""
+    config = {**MODEL_CONFIGS["sd15"], "original_inference_steps": 1000}
+    initial, image, step_noises = loop_inputs(11, seed=3)
+    expected, expected_timesteps, _ = run_diffusers(
+        "tcd", config, 11, 1.0, initial, image, step_noises, monkeypatch, eta=eta
+    )
+    actual, plan = run_sdrt("tcd", config, 11, 1.0, initial, image, step_noises, eta=eta)
+    assert 90 in plan.timesteps
+    np.testing.assert_array_equal(plan.timesteps, expected_timesteps)
+    error = relative_error(actual, expected)
+    assert error <= LATENT_RTOL, f"relative error {error:.3g} > {LATENT_RTOL}"

@@ -116,6 +116,16 @@ def test_a_generation_equals_the_pipeline_s_image(server, pipe):
         assert np.array_equal(decode_png(item["b64_json"]), want)
 
 
+def test_eta_reaches_the_scheduler(server, pipe):
+    body = {**FAST, "prompt": "a fox", "seed": 3, "scheduler": "tcd", "eta": 0.3}
+    reply = generate(server.port, body)
+    assert reply.status == 200, reply.body
+    got = decode_png(reply.json()["data"][0]["b64_json"])
+    settings = dict(seed=3, height=64, width=64, num_inference_steps=4, scheduler="tcd")
+    assert np.array_equal(got, _pixels(pipe, "a fox", eta=0.3, **settings)[0])
+    assert not np.array_equal(got, _pixels(pipe, "a fox", **settings)[0])  # eta mattered
+
+
 def test_the_png_carries_its_parameters(server):
     import base64
     import io
@@ -225,6 +235,13 @@ def _error(reply, status, param=None, code=None):
         ({"prompt": "x", "n": 5}, "n", "n: expected an integer from 1 to 4"),
         ({"prompt": "x", "seed": -3}, "seed", "seed: expected an integer >= 0, got -3"),
         ({"prompt": "x", "scheduler": "nope"}, "scheduler", "scheduler: unknown scheduler 'nope'"),
+        ({"prompt": "x", "eta": -1}, "eta", "eta: expected a number >= 0, got -1"),
+        ({"prompt": "x", "eta": "0.3"}, "eta", "eta: expected a finite number, got '0.3'"),
+        (
+            {"prompt": "x", "scheduler": "tcd", "eta": 1.5},
+            "eta",
+            "eta: TCDScheduler: eta must be in [0, 1]; got 1.5",
+        ),
         (
             {"prompt": "x", "response_format": "url"},
             "response_format",

@@ -82,6 +82,7 @@ def _alone(pipe, body):
         width=size,
         num_inference_steps=body["num_inference_steps"],
         scheduler=body["scheduler"],
+        eta=body.get("eta", 0.0),
     ).images
     return [np.asarray(i) for i in images]
 
@@ -123,13 +124,21 @@ def test_concurrent_requests_share_a_call_and_keep_their_own_pixels(
             assert np.array_equal(g, w)
 
 
-def test_incompatible_requests_run_apart(server, pipe, calls, release):
+@pytest.mark.parametrize(
+    "differences",
+    [
+        ({"num_inference_steps": 4, "scheduler": "euler"}, {"num_inference_steps": 3}),
+        ({"eta": 0.5}, {"eta": 0.0}),  # DDIM's eta is the scheduler's, not the rows'
+    ],
+)
+def test_incompatible_requests_run_apart(server, pipe, calls, release, differences):
     bodies = [
-        {"prompt": "four steps", "seed": 5, "size": "64x64", "num_inference_steps": 4},
-        {"prompt": "three steps", "seed": 6, "size": "64x64", "num_inference_steps": 3},
+        {"prompt": "first", "seed": 5, "size": "64x64", "num_inference_steps": 3},
+        {"prompt": "second", "seed": 6, "size": "64x64", "num_inference_steps": 3},
     ]
-    for body in bodies:
-        body["scheduler"] = "euler"
+    for body, difference in zip(bodies, differences, strict=True):
+        body["scheduler"] = "ddim"
+        body.update(difference)
     calls.clear()
     replies = _send_queued(server, release, bodies)
     assert [r.status for r in replies] == [200, 200]

@@ -66,6 +66,7 @@ class GenerateConfig:
     deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
     deep_cache_branch: int | None = None
     vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
+    eta: float = 0.0  # diffusers' eta (DDIM, TCD); ignored by other schedulers
     force: bool = False  # replace existing output files
 
 
@@ -167,6 +168,14 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         default=None,
         help="scheduler class name or alias, listed below (default: the folder's own)",
+    )
+    parser.add_argument(
+        "--eta",
+        type=float,
+        metavar="ETA",
+        default=0.0,
+        help="stochasticity of DDIM and TCD (TCD's gamma; its LoRAs' cards use 0.3), in "
+        "[0, 1]; other schedulers ignore it, as diffusers' pipelines do (default: 0.0)",
     )
     parser.add_argument(
         "--seed",
@@ -331,6 +340,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         deep_cache_interval=args.deep_cache_interval,
         deep_cache_branch=args.deep_cache_branch,
         vae=args.vae,
+        eta=args.eta,
         force=args.force,
     )
 
@@ -440,11 +450,13 @@ def prepare(config: GenerateConfig) -> Prepared:
             deep_cache_interval=config.deep_cache_interval,
             deep_cache_branch=config.deep_cache_branch,
             vae=config.vae,
+            eta=config.eta,
         )
         for prompt in config.prompts
     )
     scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
-    scheduler.plan(requests[0].num_inference_steps, strength=requests[0].strength)
+    first = requests[0]
+    scheduler.plan(first.num_inference_steps, strength=first.strength, eta=first.eta)
     paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
     for path in paths:
         check_writable(path)

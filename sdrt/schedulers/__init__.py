@@ -2,12 +2,12 @@
 
     config = load_scheduler_config(model_folder)
     sched = create_scheduler("euler_a", config, **overrides)
-    plan = sched.plan(num_inference_steps, strength=1.0)
+    plan = sched.plan(num_inference_steps, strength=1.0, eta=0.0)
     state = sched.initial_state(plan)
     for i, t in enumerate(plan.timesteps):
         x = sched.scale_model_input(plan, latents, i)
         eps = unet(x, t)
-        res = sched.step(plan, state, eps, i, latents, noise=... if sched.needs_noise else None)
+        res = sched.step(plan, state, eps, i, latents, noise=... if sched.draws_noise(plan) else None)
         latents, state = res.prev_sample, res.state
 
 Any diffusers scheduler config is accepted by any scheduler, as diffusers' from_config
@@ -20,8 +20,9 @@ none (PNDM, DPM-Solver with algorithm_type="dpmsolver", UniPC with predict_x0=Fa
 Not implemented (InputError naming the supported values): dynamic thresholding,
 exponential / beta / Lu-lambda / flow sigmas, Euler's log_linear interpolation and
 continuous timesteps, the SDE variants of DPM-Solver, learned DDPM variances, custom
-timestep lists, Euler's s_churn and DDIM's eta > 0 (both draw noise diffusers' default
-pipelines do not). Where diffusers yields NaN, sdrt either rejects the config (UniPC
+timestep lists, Euler's s_churn (noise diffusers' default pipelines do not draw). ``eta``
+(a ``plan`` argument, diffusers' pipeline argument) is taken by DDIM and TCD, in [0, 1],
+and ignored by the others, as diffusers' pipelines ignore it. Where diffusers yields NaN, sdrt either rejects the config (UniPC
 with predict_x0=False or lower_order_final=False and a final sigma of 0) or takes the
 limit (UniPC bh1 with a final sigma of 0: the last step returns the x0 estimate).
 """
@@ -43,6 +44,7 @@ from sdrt.schedulers.lcm import LCMScheduler
 from sdrt.schedulers.lms import LMSDiscreteScheduler
 from sdrt.schedulers.pndm import PNDMScheduler
 from sdrt.schedulers.schedule import Plan
+from sdrt.schedulers.tcd import TCDScheduler
 from sdrt.schedulers.unipc import UniPCMultistepScheduler
 
 # alias -> diffusers class name
@@ -58,6 +60,7 @@ SCHEDULERS: dict[str, str] = {
     "unipc": "UniPCMultistepScheduler",
     "lcm": "LCMScheduler",
     "ddpm": "DDPMScheduler",
+    "tcd": "TCDScheduler",
 }
 
 # What an alias fixes beyond the class (user overrides still win).
@@ -83,6 +86,7 @@ SCHEDULER_CLASSES: dict[str, type[Scheduler]] = {
         UniPCMultistepScheduler,
         LCMScheduler,
         DDPMScheduler,
+        TCDScheduler,
     )
 }
 

@@ -76,7 +76,8 @@ class Scheduler:
 
     Subclasses set ``name`` (the diffusers class name), ``Config``, ``State`` (the
     multistep history ``step`` passes on; NoHistory for single-step samplers), ``order``
-    (U-Net calls per step, as diffusers' ``scheduler.order``), ``needs_noise``, and
+    (U-Net calls per step, as diffusers' ``scheduler.order``), ``needs_noise`` (draws noise
+    whatever the eta), ``takes_eta``, and
     implement ``full_schedule``, ``_update`` (the algorithm's step, on the arguments
     ``step`` has checked) and, where they differ from the defaults, the rest.
     """
@@ -86,6 +87,9 @@ class Scheduler:
     State: ClassVar[type] = NoHistory
     order: ClassVar[int] = 1
     needs_noise: ClassVar[bool] = False
+    # Whether step takes diffusers' `eta` (DDIM, TCD). diffusers' pipelines pass eta only
+    # to a step that accepts it (prepare_extra_step_kwargs): the others ignore it.
+    takes_eta: ClassVar[bool] = False
 
     def __init__(self, config: NoiseScheduleConfig):
         if not isinstance(config, self.Config):
@@ -126,7 +130,9 @@ class Scheduler:
     def max_inference_steps(self) -> int:
         return self.config.num_train_timesteps
 
-    def plan(self, num_inference_steps: int, strength: float = 1.0) -> Plan:
+    def plan(self, num_inference_steps: int, strength: float = 1.0, eta: float = 0.0) -> Plan:
+        """The call's schedule; ``eta`` as diffusers' pipelines pass it to ``step`` (kept by
+        the schedulers that take it, ignored by the others, as in diffusers)."""
         if isinstance(num_inference_steps, bool) or not isinstance(
             num_inference_steps, (int, np.integer)
         ):
@@ -145,6 +151,7 @@ class Scheduler:
         strength = float(strength)
         if not 0.0 < strength <= 1.0:
             raise InputError(f"strength must be in (0, 1]; got {strength}")
+        eta = self.check_eta(eta)
         full = self.full_schedule(num_inference_steps)
         problem = self.schedule_problem(full)
         if problem is not None:
@@ -164,7 +171,30 @@ class Scheduler:
                 f"strength={strength} with num_inference_steps={num_inference_steps} leaves no "
                 f"denoising step; expected num_inference_steps * strength >= 1"
             )
-        return dataclasses.replace(full, timesteps=timesteps, begin_index=begin_index)
+        return dataclasses.replace(
+            full,
+            timesteps=timesteps,
+            begin_index=begin_index,
+            eta=eta if self.takes_eta else 0.0,
+        )
+
+    def check_eta(self, eta) -> float:
+        """eta as a float: finite and >= 0 for every scheduler; at most 1 for those that
+        take it (TCD's gamma is a fraction of the step, DDIM's eta 1 is DDPM's variance)."""
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
+            raise ParameterError(f"{{eta}} must be a number; got {type(eta).__name__}")
+        eta = float(eta)
+        if not (math.isfinite(eta) and eta >= 0.0):
+            raise ParameterError(f"{{eta}} must be a finite number >= 0; got {eta}")
+        if self.takes_eta and eta > 1.0:
+            raise ParameterError(f"{self.name}: {{eta}} must be in [0, 1]; got {eta:g}")
+        return eta
+
+    def draws_noise(self, plan: Plan) -> bool:
+        """Whether a loop over ``plan`` draws one noise array per U-Net call for ``step``
+        (sdrt/noise.py): the samplers that always add noise, and those that take eta with
+        an eta > 0."""
+        return self.needs_noise or plan.eta > 0
 
     def steps_in(self, plan: Plan) -> int:
         """The denoising steps ``plan`` runs, counted as the user asked for them (as
@@ -232,7 +262,7 @@ class Scheduler:
 
     def noise_needed(self, plan: Plan, index: int) -> bool:
         """Whether the step at this schedule index adds the caller's noise."""
-        return self.needs_noise
+        return self.draws_noise(plan)
 
     def check_step_inputs(self, state, model_output, sample, noise, noise_needed: bool):
         if not isinstance(state, self.State):

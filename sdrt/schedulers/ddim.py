@@ -1,4 +1,5 @@
-"""DDIM (Song et al., 2020), deterministic (eta = 0), as diffusers' DDIMScheduler."""
+"""DDIM (Song et al., 2020), as diffusers' DDIMScheduler: deterministic at eta = 0 (the
+default), at eta > 0 part of the step is fresh noise the caller draws (eta = 1: DDPM's)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class DDIMConfig(NoiseScheduleConfig):
 class DDIMScheduler(AlphaBarScheduler):
     name = "DDIMScheduler"
     Config = DDIMConfig
+    takes_eta = True
 
     def full_schedule(self, num_inference_steps: int) -> Plan:
         timesteps = spaced_timesteps(self.config, num_inference_steps).round().astype(np.int64)
@@ -54,7 +56,13 @@ class DDIMScheduler(AlphaBarScheduler):
 
         pred_original = clip_predicted_original(cfg, pred_original)
 
-        # eta = 0: no variance term, the direction to x_t is all predicted noise.
-        direction = (1 - alpha_prod_t_prev) ** 0.5 * pred_epsilon
+        # sigma_t(eta) of the paper's formula (16); eta = 0: no variance term, the
+        # direction to x_t is all predicted noise.
+        beta_prod_t_prev = 1 - alpha_prod_t_prev
+        variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+        std_dev_t = plan.eta * variance**0.5
+        direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * pred_epsilon
         prev_sample = alpha_prod_t_prev**0.5 * pred_original + direction
+        if plan.eta > 0:  # diffusers draws it at every step, the last one too
+            prev_sample = prev_sample + std_dev_t * noise
         return StepResult(prev_sample=prev_sample, state=NoHistory(), denoised=pred_original)

@@ -193,6 +193,18 @@ def sigma_schedule(
     return timesteps, sigmas
 
 
+def consistency_timesteps(
+    num_train_timesteps: int, original_inference_steps: int, num_inference_steps: int
+) -> np.ndarray:
+    """Descending int64 timesteps of the consistency samplers (LCM, TCD): evenly spaced
+    picks from the grid of ``original_inference_steps`` the model was distilled on."""
+    k = num_train_timesteps // original_inference_steps
+    origin = np.arange(1, original_inference_steps + 1) * k - 1  # the distillation grid
+    origin = origin[::-1].copy()
+    picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
+    return origin[np.floor(picks).astype(np.int64)].astype(np.int64)
+
+
 def repeated_noise_level(timesteps: np.ndarray, sigmas: np.ndarray) -> str | None:
     """Where two planned steps share a noise level (a timestep past the training range
     takes the last one's sigma): the problem, for the samplers that divide by the
@@ -222,7 +234,9 @@ class Plan:
     ``begin_index`` is where it starts in the full schedule (``schedule_timesteps``).
     ``sigmas`` is the full schedule's noise levels, one more than its timesteps (the
     final level), for the samplers that keep them as diffusers' do; None for those
-    that index alpha_bar by timestep. Holding arrays, plans compare by identity.
+    that index alpha_bar by timestep. ``eta`` is the call's stochasticity, as diffusers'
+    pipelines pass it to ``step`` (DDIM, TCD); 0 for the schedulers that take none.
+    Holding arrays, plans compare by identity.
     """
 
     timesteps: np.ndarray
@@ -231,6 +245,7 @@ class Plan:
     begin_index: int
     schedule_timesteps: np.ndarray
     sigmas: np.ndarray | None = None
+    eta: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", _read_only(self.timesteps))

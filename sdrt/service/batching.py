@@ -44,6 +44,7 @@ def batch_key(request) -> tuple | None:
         request.guidance_scale,
         request.scheduler,
         request.strength,
+        request.eta,
         request.output_type,
         request.deep_cache,
         request.vae,

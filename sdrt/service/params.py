@@ -3,8 +3,9 @@
 The OpenAI Images API fields (``prompt``, ``n``, ``size`` "WxH" or "auto",
 ``response_format`` "b64_json", ``stream``) plus sdrt's own with diffusers' names
 (``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``seed``,
-``scheduler``, ``strength``, ``deep_cache_interval``, ``deep_cache_branch``). Everything the Pipeline checks is checked by the same code
-(``Pipeline.request`` -> sdrt.request), so the messages are the CLI's; what only the API
+``scheduler``, ``strength``, ``eta``, ``deep_cache_interval``, ``deep_cache_branch``).
+Everything the Pipeline checks is checked by the same code (``Pipeline.request`` ->
+sdrt.request), so the messages are the CLI's; what only the API
 has (``n``, ``size``, the deployer's limits) is checked here, and every message starts
 with the name of the field it is about.
 """
@@ -42,6 +43,7 @@ GENERATION_FIELDS = frozenset(
         "deep_cache_interval",
         "deep_cache_branch",
         "vae",  # "full" / "tiny" (sdrt/vae_choice.py)
+        "eta",  # diffusers' eta (DDIM, TCD); other schedulers ignore it
     }
 )
 EDIT_FIELDS = GENERATION_FIELDS | {"strength", "image", "mask"}
@@ -110,6 +112,7 @@ def make_generation(pipe, body: dict, limits: Limits, image=None, mask=None) -> 
         "deep_cache_interval": body.get("deep_cache_interval"),
         "deep_cache_branch": body.get("deep_cache_branch"),
         "vae": body.get("vae"),
+        "eta": body.get("eta", 0.0),
     }
     request = _checked_request(pipe, prompt, arguments)
     if request.width * request.height > limits.max_pixels:
@@ -135,9 +138,11 @@ def _checked_request(pipe, prompt: str, arguments: dict):
         scheduler = make_scheduler(
             request.scheduler, pipe.scheduler_config, pipe.folder, pipe.manifest
         )
-        scheduler.plan(request.num_inference_steps, strength=request.strength)
+        scheduler.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
     except InputError as e:
-        raise bad_request(f"scheduler: {e}", param="scheduler") from None
+        # eta's range depends on the scheduler (DDIM and TCD take [0, 1]): name both
+        field = "eta" if "{eta}" in getattr(e, "template", "") else "scheduler"
+        raise bad_request(f"{field}: {e}", param=field) from None
     return request
 
 
