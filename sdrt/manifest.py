@@ -843,4 +843,3 @@ def component_files(manifest: Manifest) -> dict[str, str]:
             files[comp.openvino.file] = comp.openvino.sha256
             files[comp.openvino.weights] = comp.openvino.weights_sha256
     return files
-
