@@ -203,7 +203,7 @@ def test_generate_cli(tiny_built, tiny_built_deep_cache, tmp_path, capsys):
     with Image.open(out) as image:
         assert "DeepCache" not in image.info["parameters"]
     code = main(
-        ["generate", str(tiny_built_deep_cache), *args, "-o", str(out)]
+        ["generate", str(tiny_built_deep_cache), *args, "-o", str(out), "--force"]
         + ["--deep-cache-interval", "2", "--deep-cache-branch", "1"]
     )
     assert code == 0
