@@ -151,3 +151,12 @@ def load_scheduler_config(model_folder: str | os.PathLike) -> dict[str, Any]:
             f"scheduler config {path} must hold a JSON object; got {type(config).__name__}"
         )
     return config
+
+
+def check_original_inference_steps(config, scheduler: str) -> None:
+    """The consistency samplers' (LCM, TCD) distillation grid fits the training timesteps."""
+    if not 1 <= config.original_inference_steps <= config.num_train_timesteps:
+        raise InputError(
+            f"{scheduler}: original_inference_steps must be in [1, "
+            f"{config.num_train_timesteps}]; got {config.original_inference_steps}"
+        )

@@ -13,8 +13,8 @@ import numpy as np
 
 from sdrt.errors import InputError, ParameterError
 from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult, clip_predicted_original
-from sdrt.schedulers.config import NoiseScheduleConfig
-from sdrt.schedulers.schedule import Plan, full_plan
+from sdrt.schedulers.config import NoiseScheduleConfig, check_original_inference_steps
+from sdrt.schedulers.schedule import Plan, consistency_timesteps, full_plan
 
 SIGMA_DATA = 0.5  # of the consistency-model boundary condition
 
@@ -37,11 +37,7 @@ class LCMConfig(NoiseScheduleConfig):
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
-        if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
-            raise InputError(
-                f"{scheduler}: original_inference_steps must be in [1, "
-                f"{self.num_train_timesteps}]; got {self.original_inference_steps}"
-            )
+        check_original_inference_steps(self, scheduler)
 
 
 class LCMScheduler(AlphaBarScheduler):
@@ -77,12 +73,9 @@ class LCMScheduler(AlphaBarScheduler):
 
     def _timesteps(self, num_inference_steps: int, strength: float) -> np.ndarray:
         cfg = self.config
-        k = cfg.num_train_timesteps // cfg.original_inference_steps
-        grid = int(cfg.original_inference_steps * strength)
-        origin = np.arange(1, grid + 1) * k - 1  # the distillation grid (the part strength keeps)
-        origin = origin[::-1].copy()
-        picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
-        return origin[np.floor(picks).astype(np.int64)].astype(np.int64)
+        return consistency_timesteps(
+            cfg.num_train_timesteps, cfg.original_inference_steps, num_inference_steps, strength
+        )
 
     def boundary_scalings(self, timestep: int) -> tuple[float, float]:
         """c_skip, c_out: make the estimate equal the sample at timestep 0."""

@@ -194,12 +194,17 @@ def sigma_schedule(
 
 
 def consistency_timesteps(
-    num_train_timesteps: int, original_inference_steps: int, num_inference_steps: int
+    num_train_timesteps: int,
+    original_inference_steps: int,
+    num_inference_steps: int,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Descending int64 timesteps of the consistency samplers (LCM, TCD): evenly spaced
-    picks from the grid of ``original_inference_steps`` the model was distilled on."""
+    picks from the grid of ``original_inference_steps`` the model was distilled on (the
+    part of it that ``strength`` keeps, as LCM's img2img passes it to set_timesteps)."""
     k = num_train_timesteps // original_inference_steps
-    origin = np.arange(1, original_inference_steps + 1) * k - 1  # the distillation grid
+    grid = int(original_inference_steps * strength)
+    origin = np.arange(1, grid + 1) * k - 1  # the distillation grid
     origin = origin[::-1].copy()
     picks = np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)
     return origin[np.floor(picks).astype(np.int64)].astype(np.int64)

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdrt.errors import InputError
 from sdrt.schedulers.base import AlphaBarScheduler, NoHistory, StepResult
-from sdrt.schedulers.config import NoiseScheduleConfig
+from sdrt.schedulers.config import NoiseScheduleConfig, check_original_inference_steps
 from sdrt.schedulers.schedule import Plan, consistency_timesteps, full_plan
 
 
@@ -37,11 +36,7 @@ class TCDConfig(NoiseScheduleConfig):
 
     def validate(self, scheduler: str) -> None:
         super().validate(scheduler)
-        if not 1 <= self.original_inference_steps <= self.num_train_timesteps:
-            raise InputError(
-                f"{scheduler}: original_inference_steps must be in [1, "
-                f"{self.num_train_timesteps}]; got {self.original_inference_steps}"
-            )
+        check_original_inference_steps(self, scheduler)
 
 
 class TCDScheduler(AlphaBarScheduler):
