@@ -13,7 +13,7 @@ from sdrt.export.source import local_folder_or_hub_id
 from sdrt.export.tome_options import TomeOptions
 
 from sdrt.adapters.options import EmbeddingOption, LoraOption
-from sdrt.errors import InputError
+from sdrt.errors import InputError, ParameterError
 from sdrt.manifest import PRECISIONS
 
 # The legacy exporter needs opset 14 for scaled_dot_product_attention; 20 is its maximum.
@@ -79,24 +79,41 @@ class BuildConfig:
         for name in ("precision", "vae_precision"):
             value = getattr(self, name)
             if value is not None and value not in PRECISIONS:
-                raise InputError(f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+                raise ParameterError(
+                    "{" + name + "} must be one of {choices}, got {value!r}",
+                    choices=", ".join(PRECISIONS),
+                    value=value,
+                )
         for name in ("min_size", "max_size", "opt_size"):
             value = getattr(self, name)
             if value is not None and (value <= 0 or value % SIZE_STEP):
-                raise InputError(
-                    f"{name} must be a positive multiple of {SIZE_STEP} pixels, got {value}"
+                raise ParameterError(
+                    "{" + name + "} must be a positive multiple of {step} pixels, got {value}",
+                    step=SIZE_STEP,
+                    value=value,
                 )
         if self.min_size > self.max_size:
-            raise InputError(f"min_size {self.min_size} is above max_size {self.max_size}")
+            raise ParameterError(
+                "{min_size} {low} is above {max_size} {high}", low=self.min_size, high=self.max_size
+            )
         if self.opt_size is not None and not self.min_size <= self.opt_size <= self.max_size:
-            raise InputError(
-                f"opt_size {self.opt_size} is outside min_size..max_size "
-                f"({self.min_size}..{self.max_size})"
+            raise ParameterError(
+                "{opt_size} {value} is outside {min_size}..{max_size} ({low}..{high})",
+                value=self.opt_size,
+                low=self.min_size,
+                high=self.max_size,
             )
         if self.max_batch < 1:
-            raise InputError(f"max_batch must be at least 1, got {self.max_batch}")
+            raise ParameterError(
+                "{max_batch} must be at least 1, got {value}", value=self.max_batch
+            )
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise InputError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
+            raise ParameterError(
+                "{opset} must be between {low} and {high}, got {value}",
+                low=MIN_OPSET,
+                high=MAX_OPSET,
+                value=self.opset,
+            )
 
 
 def _check_deep_cache_branches(config: BuildConfig) -> None:

@@ -102,6 +102,17 @@ PARAMETER_ARGUMENTS = {
         "vae": "--vae",
         "eta": "--eta",
     },
+    # sdrt build: export/build_config.py's BuildConfig fields
+    "build": {
+        "precision": "--precision",
+        "vae_precision": "--vae-precision",
+        "min_size": "--min-size",
+        "max_size": "--max-size",
+        "opt_size": "--opt-size",
+        "max_batch": "--max-batch",
+        "opset": "--opset",
+    },
+    "adopt": {"min_size": "--min-size", "max_size": "--max-size", "max_batch": "--max-batch"},
     "interpolate": {
         **_CALL_ARGUMENTS,
         "prompts": "PROMPT",

@@ -122,7 +122,7 @@ def test_refuses_to_replace_a_folder_that_is_not_sdrts(tmp_path, capsys):
 def test_bad_range_is_an_input_error(tmp_path, capsys):
     folder = copy_export(tmp_path)
     err = _refused(["adopt", str(folder), "-o", str(tmp_path / "o"), "--min-size", "60"], capsys)
-    assert "min_size must be a positive multiple of 8 pixels, got 60" in err
+    assert "--min-size must be a positive multiple of 8 pixels, got 60" in err
 
 
 def test_a_diffusers_folder_is_sent_to_sdrt_build(tiny_source, capsys):

@@ -15,6 +15,7 @@ from sdrt.export.build import BuildConfig, build
 from sdrt.export.source import FolderHasher
 
 from sdrt import cli
+from sdrt.errors import InputError
 from sdrt.manifest import MANIFEST_NAME, read_manifest
 
 EXIT_USAGE = 2
@@ -60,17 +61,25 @@ def test_unsupported_family(tmp_path, capsys, tiny_source):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--min-size", "512", "--max-size", "256"], "min_size 512 is above max_size 256"),
-        (["--min-size", "100"], "min_size must be a positive multiple of 8 pixels, got 100"),
-        (["--max-size", "1020"], "max_size must be a positive multiple of 8 pixels, got 1020"),
-        (["--opt-size", "2048"], "opt_size 2048 is outside min_size..max_size"),
-        (["--max-batch", "0"], "max_batch must be at least 1, got 0"),
-        (["--opset", "11"], "opset must be between 14 and 20, got 11"),
+        (["--min-size", "512", "--max-size", "256"], "--min-size 512 is above --max-size 256"),
+        (["--min-size", "100"], "--min-size must be a positive multiple of 8 pixels, got 100"),
+        (["--max-size", "1020"], "--max-size must be a positive multiple of 8 pixels, got 1020"),
+        (["--opt-size", "2048"], "--opt-size 2048 is outside --min-size..--max-size"),
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["--opset", "11"], "--opset must be between 14 and 20, got 11"),
     ],
 )
 def test_bad_options(tmp_path, capsys, tiny_source, args, message):
     code, err = run_cli(capsys, tiny_source, "-o", tmp_path / "out", *args)
     assert_one_line_error(code, err, message)
+
+
+def test_the_python_api_names_its_own_fields(tmp_path, tiny_source):
+    # the CLI spells BuildConfig's fields as its flags; Python callers see the field names
+    with pytest.raises(InputError, match=r"^opset must be between 14 and 20, got 11$"):
+        BuildConfig(str(tiny_source), tmp_path / "out", opset=11)
+    with pytest.raises(InputError, match=r"^min_size 512 is above max_size 256$"):
+        BuildConfig(str(tiny_source), tmp_path / "out", min_size=512, max_size=256)
 
 
 @pytest.mark.parametrize("output", [".", ".."])

@@ -42,12 +42,12 @@ def test_build_checks_every_argument_before_torch_loads(tmp_path):
     source.mkdir()
     common = [str(source), "-o", str(tmp_path / "out")]
     cases = [
-        (["--opset", "99"], "opset must be between 14 and 20, got 99"),
+        (["--opset", "99"], "--opset must be between 14 and 20, got 99"),
         (["--tiny-vae", "/nope"], "--tiny-vae '/nope' does not exist"),
         (["--tiny-vae", str(tmp_path / "out.txt")], "is a file; expected a diffusers"),
         (["--lora", "garbage"], "--lora: LoRA file 'garbage' does not exist"),
         (["--embedding", str(tmp_path / "missing.pt")], "missing.pt"),
-        (["--max-batch", "0"], "max_batch must be at least 1, got 0"),
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
         (["--precision", "int8", "--calibration-prompts", str(tmp_path / "none.txt")], "none.txt"),
         (["--deep-cache-branches", "1"], "--deep-cache-branches: expected with --deep-cache"),
     ]

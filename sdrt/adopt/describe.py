@@ -16,7 +16,7 @@ from typing import Any
 
 from sdrt.adopt.folder import OnnxFolder
 from sdrt.adopt.graphs import GraphInfo
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import InputError, ModelFolderError, ParameterError
 from sdrt.families import detect_family
 from sdrt.manifest import PREDICTION_TYPES
 
@@ -44,13 +44,19 @@ class AdoptOptions:
         for name in ("min_size", "max_size"):
             value = getattr(self, name)
             if value <= 0 or value % SIZE_STEP:
-                raise InputError(
-                    f"{name} must be a positive multiple of {SIZE_STEP} pixels, got {value}"
+                raise ParameterError(
+                    "{" + name + "} must be a positive multiple of {step} pixels, got {value}",
+                    step=SIZE_STEP,
+                    value=value,
                 )
         if self.min_size > self.max_size:
-            raise InputError(f"min_size {self.min_size} is above max_size {self.max_size}")
+            raise ParameterError(
+                "{min_size} {low} is above {max_size} {high}", low=self.min_size, high=self.max_size
+            )
         if self.max_batch < 1:
-            raise InputError(f"max_batch must be at least 1, got {self.max_batch}")
+            raise ParameterError(
+                "{max_batch} must be at least 1, got {value}", value=self.max_batch
+            )
 
 
 @dataclass(frozen=True)
