@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 
 
@@ -30,6 +31,12 @@ class ParameterError(InputError):
     def spelled(self, names: Mapping[str, str]) -> str:
         """The message with each parameter named as ``names`` says (as Python elsewhere)."""
         return self.template.format_map(_Spelling(names, self.values))
+
+    def parameters(self) -> tuple[str, ...]:
+        """The parameters the message names, in order (each once, without ``=``)."""
+        fields = (field for _, field, _, _ in string.Formatter().parse(self.template) if field)
+        names = (field.removesuffix("=") for field in fields if field not in self.values)
+        return tuple(dict.fromkeys(names))
 
     def __reduce__(self):  # pickled (Ray) as made: the template and values, not the text
         return _rebuild_parameter_error, (type(self), self.template, self.values)

@@ -137,8 +137,22 @@ def test_steps_the_scheduler_cannot_run_are_a_400_under_a_high_server_limit(pipe
         make_generation(pipe, body, Limits(max_steps=1000))
     assert refused.value.status == 400
     assert "num_inference_steps=1000 plans timestep 1000" in refused.value.message
+    assert refused.value.param == "num_inference_steps"  # the field, not "scheduler"
     body["num_inference_steps"] = 999
     assert make_generation(pipe, body, Limits(max_steps=1000)).request.num_inference_steps == 999
+
+
+def test_steps_beyond_the_schedulers_range_name_the_steps_field(pipe):
+    pytest.importorskip("fastapi")
+    from sdrt.service.config import Limits
+    from sdrt.service.errors import ApiError
+    from sdrt.service.params import make_generation
+
+    body = {"prompt": "a fox", "size": "64x64", "num_inference_steps": 1001}
+    with pytest.raises(ApiError) as refused:
+        make_generation(pipe, body, Limits(max_steps=2000))
+    assert refused.value.param == "num_inference_steps"
+    assert refused.value.message.startswith("num_inference_steps: PNDMScheduler: num_inference")
 
 
 def test_the_cli_refuses_steps_the_scheduler_cannot_run_with_exit_2(tiny_built, tmp_path, capsys):
@@ -147,7 +161,8 @@ def test_the_cli_refuses_steps_the_scheduler_cannot_run_with_exit_2(tiny_built, 
     out = tmp_path / "x.png"
     assert main(["generate", str(tiny_built), "a fox", "--steps", "1000", "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "num_inference_steps=1000 plans timestep 1000" in err and "Traceback" not in err
+    assert "--steps=1000 plans timestep 1000" in err and "Traceback" not in err
+    assert err.rstrip().endswith("expected --steps <= 999")
     assert not out.exists()
 
 

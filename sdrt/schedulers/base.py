@@ -155,11 +155,15 @@ class Scheduler:
         full = self.full_schedule(num_inference_steps)
         problem = self.schedule_problem(full)
         if problem is not None:
-            raise InputError(
-                f"{self.name}: num_inference_steps={num_inference_steps} {problem} "
-                f"(timestep_spacing={self.config.timestep_spacing!r}, steps_offset="
-                f"{self.config.steps_offset}); expected num_inference_steps <= "
-                f"{self._most_steps_below(num_inference_steps)}"
+            raise ParameterError(
+                "{scheduler}: {num_inference_steps}={steps} {problem} (timestep_spacing="
+                "{spacing!r}, steps_offset={offset}); expected {num_inference_steps} <= {most}",
+                scheduler=self.name,
+                steps=num_inference_steps,
+                problem=problem,
+                spacing=self.config.timestep_spacing,
+                offset=self.config.steps_offset,
+                most=self._most_steps_below(num_inference_steps),
             )
         # img2img, as diffusers' StableDiffusionImg2ImgPipeline.get_timesteps does it.
         init_timestep = min(int(num_inference_steps * strength), num_inference_steps)

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sdrt.errors import InputError
+from sdrt.errors import InputError, ParameterError
 from sdrt.pipeline import make_scheduler
 from sdrt.service.config import Limits
 from sdrt.service.errors import bad_request
@@ -140,8 +140,10 @@ def _checked_request(pipe, prompt: str, arguments: dict):
         )
         scheduler.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
     except InputError as e:
-        # eta's range depends on the scheduler (DDIM and TCD take [0, 1]): name both
-        field = "eta" if "{eta}" in getattr(e, "template", "") else "scheduler"
+        # the limits depend on the scheduler (its most steps, DDIM's and TCD's eta range):
+        # name the field the scheduler refused, else the scheduler itself
+        named = e.parameters() if isinstance(e, ParameterError) else ()
+        field = named[0] if named else "scheduler"
         raise bad_request(f"{field}: {e}", param=field) from None
     return request
 
