@@ -25,6 +25,30 @@ SUPPORTED_PIPELINES = {
 }
 
 
+# Pipelines that feed the U-Net LCM's guidance embedding unconditionally (diffusers'
+# get_guidance_scale_embedding with the config's time_cond_proj_dim, which must be set).
+GUIDANCE_EMBEDDING_PIPELINES = (
+    "LatentConsistencyModelPipeline",
+    "LatentConsistencyModelImg2ImgPipeline",
+)
+
+
+def check_guidance_embedding_unet(
+    pipeline_class: str, unet_config: Mapping[str, Any], *, where: str
+) -> None:
+    """InputError for an LCM pipeline whose U-Net has no guidance embedding: diffusers'
+    LatentConsistencyModelPipeline cannot run it (it embeds the guidance scale at a width
+    of None). A plain U-Net with LCMScheduler belongs in a StableDiffusion(XL)Pipeline
+    folder, which runs it with classifier-free guidance (as for LCM-LoRA)."""
+    if pipeline_class in GUIDANCE_EMBEDDING_PIPELINES and not unet_config.get("time_cond_proj_dim"):
+        raise InputError(
+            f"{where!r}: a {pipeline_class} expects an LCM-distilled U-Net (unet/config.json "
+            "time_cond_proj_dim, the width of its guidance embedding); this U-Net has none. "
+            "For a plain U-Net with LCMScheduler, make model_index.json's _class_name "
+            "StableDiffusionPipeline"
+        )
+
+
 def detect_family(configs: Mapping[str, Mapping[str, Any]], *, is_xl: bool, where: str) -> str:
     """sdxl from the U-Net's text_time embedding; sd2 (OpenCLIP, gelu) vs sd1 (CLIP, quick_gelu)."""
     unet = configs["unet"]
