@@ -325,6 +325,7 @@ class Pipeline(LoraMethods):
         batch_size: int | None = None,
         callback=None,
         stage_callback: StageCallback | None = None,
+        eta: float = 0.0,
     ) -> InterpolationOutput:
         """The frames of a walk between keyframes, one per prompt and/or seed (or given
         ``latents``, one row each), ``num_frames`` in all, keyframes included; ``method``
