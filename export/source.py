@@ -176,8 +176,8 @@ def inspect_folder(folder: Path, path_or_id: str, revision: str | None = None) -
                 )
             text_encoder_classes[name] = class_name
 
-    family = detect_family(configs, is_xl=is_xl, where=path_or_id)
     check_guidance_embedding_unet(pipeline_class, configs["unet"], where=path_or_id)
+    family = detect_family(configs, is_xl=is_xl, where=path_or_id)
     return SourceModel(
         folder=folder,
         path_or_id=path_or_id,

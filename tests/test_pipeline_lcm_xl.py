@@ -223,3 +223,23 @@ def test_conditioning_and_unet_must_agree_on_the_guidance_embedding(lcm_xl, tiny
     with pytest.raises(InputError, match="expected the guidance embedding"):
         lcm_xl.predict_noise(sample, timestep, without)
     assert lcm_xl.predict_noise(sample, timestep, conditioning).shape == sample.shape
+
+
+def test_an_lcm_pipeline_folder_with_an_sdxl_unet_is_refused_at_build(lcm_xl_source, tmp_path):
+    """LatentConsistencyModelPipeline runs SD 1.x U-Nets only (it passes no SDXL added
+    conditioning): such a folder is refused, naming the class an LCM SDXL folder has."""
+    import json
+    import shutil
+
+    from sdrt.export.source import inspect_folder
+
+    source = tmp_path / "src"
+    shutil.copytree(lcm_xl_source, source)
+    index = json.loads((source / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert inspect_folder(source, str(source)).family == "sdxl"
+    index["_class_name"] = "LatentConsistencyModelPipeline"
+    (source / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="expects an SD 1.x U-Net; this one is SDXL's") as e:
+        inspect_folder(source, str(source))
+    assert "An LCM SDXL folder is a StableDiffusionXLPipeline" in str(e.value)
