@@ -312,6 +312,28 @@ TINY_XL_UNET = {
 
 TINY_XL_VAE = {**TINY_VAE, "force_upcast": True, "scaling_factor": 0.13025}
 
+# --- LCM SDXL -------------------------------------------------------------------------------
+
+# latent-consistency/lcm-sdxl: SDXL base's U-Net with LCM's guidance embedding (256 wide, as
+# for SD 1.5). Its card runs it in a StableDiffusionXLPipeline with
+# ``LCMScheduler.from_config(pipe.scheduler.config)``: LCMScheduler on SDXL's Euler config,
+# whose leftover keys (interpolation_type, skip_prk_steps, use_karras_sigmas) a saved folder
+# keeps, as the published copies of that scheduler config show.
+LCM_SDXL_UNET = {**SDXL_UNET, "time_cond_proj_dim": LCM_GUIDANCE_EMBED_DIM}
+
+LCM_SDXL_SCHEDULER = {
+    **SDXL_SCHEDULER,
+    "_class_name": "LCMScheduler",
+    "clip_sample_range": 1.0,
+    "dynamic_thresholding_ratio": 0.995,
+    "original_inference_steps": 50,
+    "rescale_betas_zero_snr": False,
+    "thresholding": False,
+    "timestep_scaling": 10.0,
+}
+
+TINY_LCM_XL_UNET = {**TINY_XL_UNET, "time_cond_proj_dim": TINY_LCM_UNET["time_cond_proj_dim"]}
+
 
 # --- the catalogue --------------------------------------------------------------------------
 
@@ -419,13 +441,15 @@ def _xl(
     vae: dict[str, Any],
     text: dict[str, Any],
     text_2: dict[str, Any],
+    *,
+    scheduler: dict[str, Any] = SDXL_SCHEDULER,
 ) -> Architecture:
     """An SDXL pipeline: two text encoders (the second with its projection), a U-Net, a VAE."""
     return _architecture(
         name,
         description,
         "StableDiffusionXLPipeline",
-        SDXL_SCHEDULER,
+        scheduler,
         {
             "text_encoder": ("transformers", "CLIPTextModel", text),
             "text_encoder_2": ("transformers", "CLIPTextModelWithProjection", text_2),
@@ -509,6 +533,27 @@ ARCHITECTURES: MappingProxyType = _frozen(
                 TINY_XL_VAE,
                 TINY_TEXT,
                 TINY_XL_TEXT_2,
+            ),
+            # diffusers has no LCM SDXL pipeline class: StableDiffusionXLPipeline runs it
+            # (no CFG batch where the U-Net has time_cond_proj_dim).
+            _xl(
+                "lcm-sdxl",
+                "SDXL base distilled to a latent consistency model (latent-consistency/lcm-sdxl): "
+                "guidance embedding, LCMScheduler, 1024 px",
+                LCM_SDXL_UNET,
+                SDXL_VAE,
+                CLIP_VIT_L_TEXT,
+                OPENCLIP_BIGG_TEXT,
+                scheduler=LCM_SDXL_SCHEDULER,
+            ),
+            _xl(
+                "tiny-lcm-xl",
+                "tiny-xl with an LCM U-Net (guidance embedding) and LCMScheduler, 64 px (for tests)",
+                TINY_LCM_XL_UNET,
+                TINY_XL_VAE,
+                TINY_TEXT,
+                TINY_XL_TEXT_2,
+                scheduler=LCM_SDXL_SCHEDULER,
             ),
         ]
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.errors import InputError, ModelFolderError
-from sdrt.families import SUPPORTED_PIPELINES, detect_family
+from sdrt.families import SUPPORTED_PIPELINES, check_guidance_embedding_unet, detect_family
 from sdrt.manifest import sha256_file
 
 TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -176,6 +176,7 @@ def inspect_folder(folder: Path, path_or_id: str, revision: str | None = None) -
                 )
             text_encoder_classes[name] = class_name
 
+    check_guidance_embedding_unet(pipeline_class, configs["unet"], where=path_or_id)
     family = detect_family(configs, is_xl=is_xl, where=path_or_id)
     return SourceModel(
         folder=folder,

@@ -90,6 +90,7 @@ _CALL_ARGUMENTS = {
     "scheduler": "--scheduler",
     "image": "--image",
     "strength": "--strength",
+    "eta": "--eta",
 }
 PARAMETER_ARGUMENTS = {
     "generate": {
@@ -100,7 +101,6 @@ PARAMETER_ARGUMENTS = {
         "deep_cache_interval": "--deep-cache-interval",
         "deep_cache_branch": "--deep-cache-branch",
         "vae": "--vae",
-        "eta": "--eta",
     },
     # sdrt build: export/build_config.py's BuildConfig fields
     "build": {

@@ -217,7 +217,7 @@ def make_walk(
 ) -> Walk:
     """The checked Walk, or InputError. ``settings`` are ``Pipeline.__call__``'s
     num_inference_steps, guidance_scale, height, width, scheduler, image, strength,
-    mask_image and output_type, with its defaults; every frame runs with them."""
+    mask_image, output_type and eta, with its defaults; every frame runs with them."""
     prompts = prompt_list(prompts, "prompts")
     seeds = _seed_list(seeds)
     count = _keyframe_count(len(prompts), seeds, latents)
@@ -330,6 +330,7 @@ FRAME_SETTINGS = {
     "strength": 0.8,
     "mask_image": None,
     "output_type": "pil",
+    "eta": 0.0,
 }
 
 

@@ -10,9 +10,10 @@ The loop follows diffusers' StableDiffusionPipeline, ...Img2ImgPipeline and
 ...InpaintPipeline step for step (and StableDiffusionXLPipeline's conditioning for SDXL
 folders), so the same weights, initial noise, scheduler and settings give the same image. A
 folder whose U-Net takes LCM's guidance embedding runs LatentConsistencyModelPipeline's
-loop instead: no CFG batch, the guidance scale fed as an embedding
-(sdrt/guidance_embedding.py). Its array code runs in the namespace of the session outputs
-(numpy; cupy on a GPU backend) and copies to the host only for the final image.
+loop instead (SDXL: StableDiffusionXLPipeline's with such a U-Net): no CFG batch, the
+guidance scale fed as an embedding (sdrt/guidance_embedding.py). Its array code runs in
+the namespace of the session outputs (numpy; cupy on a GPU backend) and copies to the host
+only for the final image.
 
 Random numbers come from one numpy Generator per call (``seed``), drawn in this order:
 the initial noise (unless ``latents`` is given), then, for schedulers that need it, one
@@ -324,6 +325,7 @@ class Pipeline(LoraMethods):
         batch_size: int | None = None,
         callback=None,
         stage_callback: StageCallback | None = None,
+        eta: float = 0.0,
     ) -> InterpolationOutput:
         """The frames of a walk between keyframes, one per prompt and/or seed (or given
         ``latents``, one row each), ``num_frames`` in all, keyframes included; ``method``
@@ -425,8 +427,11 @@ class Pipeline(LoraMethods):
 
     def _plan(self, request: Request):
         sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder, self.manifest)
+        # Only LatentConsistencyModelImg2ImgPipeline (SD 1.x) passes strength to LCMScheduler;
+        # StableDiffusionXLImg2ImgPipeline, which runs LCM SDXL, keeps the common schedule.
         lcm_img2img = (
             request.guidance_embedding
+            and not self.is_xl
             and request.image is not None
             and request.mask_image is None
             and isinstance(sched, LCMScheduler)

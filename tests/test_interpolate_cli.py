@@ -77,6 +77,25 @@ def test_a_folder_of_numbered_pngs_whose_keyframes_are_generate_s_images(
     assert np.abs(middle - np.asarray(Image.open(frames / names[0]), dtype=np.int16)).max() > 0
 
 
+def test_eta_reaches_every_frame_as_generate_s(tiny_built, tmp_path):
+    """--eta under DDIM: the keyframes are `sdrt generate --eta`'s images, and the walk
+    differs from eta 0's (DDIM then draws noise at every step)."""
+    args = ["--scheduler", "ddim", "--eta", "0.8"]
+    noisy, plain = tmp_path / "noisy", tmp_path / "plain"
+    assert _walk(tiny_built, noisy, *args) == 0
+    assert _walk(tiny_built, plain, "--scheduler", "ddim") == 0
+    names = [f"frame-{i:02d}.png" for i in range(FRAMES)]
+    for name in names:
+        a = np.asarray(Image.open(noisy / name), dtype=np.int16)
+        b = np.asarray(Image.open(plain / name), dtype=np.int16)
+        assert np.abs(a - b).max() > 0, name
+    single = tmp_path / "2.png"
+    generate = ["generate", str(tiny_built), "a blue cat", "--seed", "2", "-o", str(single)]
+    assert main([*generate, *FAST, *args]) == 0
+    expected = np.asarray(Image.open(single).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(Image.open(noisy / names[-1])), expected)
+
+
 def test_frames_go_to_the_writer_as_they_come_and_are_not_held(tiny_built, tmp_path, monkeypatch):
     # The writer keeps weak references only: the frames alive at once are what the command
     # and the pipeline hold. They stay within one call's frames (2), whatever --frames says.
@@ -158,6 +177,9 @@ BAD_ARGUMENTS = [
     (["--steps", "0"], r"error: --steps: expected an integer >= 1, got 0"),
     (["--scheduler", "nope"], r"unknown scheduler 'nope'"),
     (["--guidance", "-1"], r"error: --guidance: expected a number >= 0"),
+    (["--eta", "-0.5"], r"error: --eta: expected a number >= 0, got -0.5$"),
+    (["--eta", "nan"], r"error: --eta: expected a finite number, got nan$"),
+    (["--scheduler", "ddim", "--eta", "2"], r"error: DDIMScheduler: --eta must be in \[0, 1\]"),
     (["--strength", "0.5"], r"--strength: applies to a start image; pass --image too"),
     (["--image", "{tmp}/missing.png"], r"--image: no such file"),
     (

@@ -253,6 +253,8 @@ BAD_WALKS = [
     (dict(prompts=[]), r"prompts: expected a string or a non-empty list of strings, got \[\]"),
     (dict(num_inference_steps=0), r"num_inference_steps: expected an integer >= 1, got 0"),
     (dict(height=60), r"height: expected a multiple of 8"),
+    (dict(eta=-0.5), r"eta: expected a number >= 0, got -0.5"),
+    (dict(scheduler="ddim", eta=2), r"DDIMScheduler: eta must be in \[0, 1\]; got 2"),
     (
         dict(latents=np.zeros((3, 4, 8, 8), np.float32)),
         r"prompts: expected 1 or 3 \(one per keyframe; seeds: 2, latents: 3\), got 2",
@@ -275,6 +277,16 @@ def test_bad_walks_are_input_errors_before_any_work(pipe, overrides, message):
         pipe.walk(**arguments)
     with pytest.raises(InputError, match=message):
         pipe.interpolate(**arguments)
+
+
+def test_eta_is_every_frame_s_as_a_plain_call_s(pipe, plain):
+    """DDIM's eta > 0 draws noise at every step: each keyframe's stream, slerped between."""
+    settings = dict(FAST, scheduler="ddim", eta=0.5)
+    out = pipe.interpolate(PROMPTS, seeds=SEEDS, num_frames=3, **settings)
+    expected = plain(PROMPTS[1], seed=SEEDS[1], **settings).images[0]
+    np.testing.assert_array_equal(out.images[-1], expected)
+    without = plain(PROMPTS[1], seed=SEEDS[1], **{**settings, "eta": 0.0})
+    assert np.abs(without.images[0] - expected).max() > 0
 
 
 def test_walk_names_an_unknown_argument(pipe):

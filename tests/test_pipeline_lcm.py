@@ -272,3 +272,60 @@ def test_deep_cache_build_is_refused_before_export(lcm_source, tmp_path):
     )
     with pytest.raises(InputError, match="--deep-cache expects a U-Net without a guidance"):
         build(config)
+
+
+def test_lcm_scheduler_on_a_plain_unet_runs_with_cfg_as_diffusers(
+    tiny_source, tiny_built, monkeypatch
+):
+    """A U-Net without a guidance embedding asked for LCMScheduler (LCM-LoRA's recipe) is
+    no error: StableDiffusionPipeline runs it with a CFG batch, and so does sdrt."""
+    from diffusers.schedulers import scheduling_lcm
+
+    sd = sdrt.Pipeline.load(tiny_built)
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(tiny_source), safety_checker=None, requires_safety_checker=False
+    )
+    reference.scheduler = diffusers.LCMScheduler.from_config(reference.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    height, width, seed, guidance = 64, 64, 7, 1.5
+    latents = _latents(sd, 1, height, width, seed=6)
+    rng = np.random.default_rng(seed)
+    step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS - 1)]
+    _inject_noise(monkeypatch, scheduling_lcm, step_noises)
+    settings = dict(
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        output_type="np",
+    )
+    theirs = reference(PROMPTS[0], latents=torch.from_numpy(latents), **settings).images
+    recorder = _BatchRecorder(sd.session("unet"))
+    sd.replace_session("unet", recorder)
+    ours = sd(PROMPTS[0], latents=latents, seed=seed, scheduler="LCMScheduler", **settings)
+    assert _max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
+    assert [batch for batch, _ in recorder.calls] == [2] * STEPS  # uncond + cond rows
+    assert not any(GUIDANCE_EMBEDDING_INPUT in names for _, names in recorder.calls)
+
+
+def test_lcm_pipeline_folder_without_guidance_embedding_is_refused_at_build(
+    tiny_source, tmp_path, capsys
+):
+    """model_index.json says LatentConsistencyModelPipeline but the U-Net has no
+    time_cond_proj_dim: diffusers' pipeline fails at its first call (a TypeError from a
+    None embedding width); sdrt build says why in one line and exits 2."""
+    import json
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_source, source)
+    index = json.loads((source / "model_index.json").read_text())
+    index["_class_name"] = "LatentConsistencyModelPipeline"
+    (source / "model_index.json").write_text(json.dumps(index))
+    out = tmp_path / "out"
+    assert main(["build", str(source), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "a LatentConsistencyModelPipeline expects an LCM-distilled U-Net" in err
+    assert "time_cond_proj_dim" in err
+    assert not out.exists()

@@ -248,6 +248,25 @@ def test_lcm_sd15_is_sd15_with_a_guidance_embedding_projection():
     assert count == SD15_UNET_PARAMS + 256 * 320
 
 
+def test_lcm_sdxl_is_sdxl_with_a_guidance_embedding_projection():
+    """latent-consistency/lcm-sdxl: SDXL base's U-Net plus the same bias-free 256 -> 320
+    projection of the guidance embedding; its scheduler is LCMScheduler made from SDXL's
+    config, in a StableDiffusionXLPipeline folder (diffusers has no LCM SDXL class)."""
+    lcm, sdxl = ARCHITECTURES["lcm-sdxl"], ARCHITECTURES["sdxl"]
+    assert lcm.pipeline_class == "StableDiffusionXLPipeline"
+    assert lcm.scheduler["_class_name"] == "LCMScheduler"
+    assert lcm.scheduler["original_inference_steps"] == 50
+    assert lcm.scheduler["set_alpha_to_one"] is False  # SDXL's, kept by from_config
+    for name in ("text_encoder", "text_encoder_2", "vae"):
+        assert lcm.components[name] == sdxl.components[name]
+    unet = lcm.components["unet"]
+    config = random_model.component_config(unet, tokenizer_vocab_size=1000)
+    with torch.device("meta"):
+        model = random_model.build_component(unet, config)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == SDXL_UNET_PARAMS + 256 * 320
+
+
 def test_full_size_configs_match_the_published_specifics():
     sd15, sd21, sdxl = (ARCHITECTURES[a] for a in ("sd15", "sd21", "sdxl"))
     assert sd15.components["unet"].config["sample_size"] == 64
@@ -446,8 +465,8 @@ def test_cli_unknown_arch_lists_choices(capsys, tmp_path):
     err = _cli_error(capsys, ["init-model", "sd99", "--random-weights", str(tmp_path / "m")])
     assert err == (
         "sdrt init-model: error: unknown architecture 'sd99'; "
-        "expected one of: sd15, lcm-sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-lcm, tiny-xl, taesd, "
-        "taesdxl, tiny-taesd"
+        "expected one of: sd15, lcm-sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-lcm, tiny-xl, "
+        "lcm-sdxl, tiny-lcm-xl, taesd, taesdxl, tiny-taesd"
     )
     assert not (tmp_path / "m").exists()
 

@@ -162,14 +162,10 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scheduler",
-        metavar="NAME",
-        default=None,
-        help="scheduler class name or alias, listed below (default: the folder's own)",
-    )
-    parser.add_argument(
+def add_eta_argument(add) -> None:
+    """--eta, as `sdrt generate` and `sdrt interpolate` take it (checked by make_request
+    and the scheduler's plan, as the call checks ``eta``)."""
+    add(
         "--eta",
         type=float,
         metavar="ETA",
@@ -177,6 +173,16 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="stochasticity of DDIM and TCD (TCD's gamma; its LoRAs' cards use 0.3), in "
         "[0, 1]; other schedulers ignore it, as diffusers' pipelines do (default: 0.0)",
     )
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        metavar="NAME",
+        default=None,
+        help="scheduler class name or alias, listed below (default: the folder's own)",
+    )
+    add_eta_argument(parser.add_argument)
     parser.add_argument(
         "--seed",
         type=int,

@@ -3,7 +3,7 @@ a smooth walk between prompts and seeds (sdrt.interpolation), as a GIF, an anima
 an MP4 video (the ``video`` extra) or a folder of numbered PNG frames.
 
 The options mean what they mean in ``sdrt generate`` (--size, --steps, --guidance,
---scheduler, --negative-prompt, --image/--strength). Every input is checked before the
+--scheduler, --eta, --negative-prompt, --image/--strength). Every input is checked before the
 model loads: the -o place and format (and, for .mp4, that the video extra is installed),
 that it replaces no existing file without --force, the keyframes, the walk's settings for
 the folder, the scheduler.
@@ -26,7 +26,7 @@ from sdrt.animation_files import (
     output_kind,
 )
 from sdrt.backends.registry import BACKENDS
-from sdrt.commands.generate import IMG2IMG_STRENGTH, read_image
+from sdrt.commands.generate import IMG2IMG_STRENGTH, add_eta_argument, read_image
 from sdrt.errors import InputError
 from sdrt.files import check_output_file
 from sdrt.interpolation import DEFAULT_FRAMES, METHODS
@@ -59,6 +59,7 @@ class InterpolateConfig:
     backend: str
     progress: bool
     force: bool = False  # replace an existing animation or frames
+    eta: float = 0.0  # diffusers' eta (DDIM, TCD), as sdrt generate's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +136,7 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--scheduler", metavar="NAME", default=None, help="as sdrt generate (default: the folder's)"
     )
+    add_eta_argument(add)
     add("--steps", type=int, metavar="N", default=20, help="denoising steps (default: 20)")
     add(
         "--guidance",
@@ -200,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
         backend=args.backend,
         progress=not args.no_progress,
         force=args.force,
+        eta=args.eta,
     )
 
 
@@ -229,9 +232,11 @@ def prepare(config: InterpolateConfig):
         scheduler=config.scheduler,
         image=read_image(config.image, "--image"),
         strength=IMG2IMG_STRENGTH if config.strength is None else config.strength,
+        eta=config.eta,
     )
     scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
-    scheduler.plan(walk.request.num_inference_steps, strength=walk.request.strength)
+    request = walk.request
+    scheduler.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
     check_frames_held(config.kind, len(walk.positions), walk.request.width, walk.request.height)
     if config.kind == FOLDER:
         for path in frame_paths(config.output, len(walk.positions)):
