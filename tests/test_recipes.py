@@ -148,6 +148,13 @@ def test_arguments_given_win_over_the_recipe(turbo):
     assert turbo.request("a fox", num_inference_steps=20).num_inference_steps == 20
 
 
+def test_walks_take_the_recipe_too(turbo):
+    request = turbo.walk(["a fox", "a cat"], num_frames=3).request
+    assert (request.num_inference_steps, request.guidance_scale) == (1, 0.0)
+    assert dict(request.scheduler_config) == {"timestep_spacing": "trailing"}
+    assert turbo.walk(["a fox", "a cat"], num_inference_steps=2).request.num_inference_steps == 2
+
+
 def test_img2img_whose_steps_times_strength_leaves_no_step_names_the_recipe(turbo):
     image = Image.new("RGB", (64, 64), "gray")
     # diffusers' img2img runs int(steps * strength) steps: 1 * 0.8 leaves none (the SDXL

@@ -30,6 +30,7 @@ from sdrt.commands.generate import IMG2IMG_STRENGTH, read_image
 from sdrt.errors import InputError
 from sdrt.files import check_output_file
 from sdrt.interpolation import DEFAULT_FRAMES, METHODS
+from sdrt.recipes import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.sizes import add_size_arguments, size_from_options
 
 HELP = "Walk between prompts and seeds: frames as a GIF, WebP, MP4 or a folder of numbered PNGs."
@@ -135,13 +136,20 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--scheduler", metavar="NAME", default=None, help="as sdrt generate (default: the folder's)"
     )
-    add("--steps", type=int, metavar="N", default=20, help="denoising steps (default: 20)")
+    add(
+        "--steps",
+        type=int,
+        metavar="N",
+        default=DEFAULT_STEPS,
+        help="denoising steps (default: the folder's recipe (sdrt info), else 20)",
+    )
     add(
         "--guidance",
         type=float,
         metavar="SCALE",
-        default=7.5,
-        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: 7.5)",
+        default=DEFAULT_GUIDANCE_SCALE,
+        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: the "
+        "folder's recipe, else 7.5)",
     )
     add_size_arguments(add, "the model folder's default size, as sdrt generate")
     add(
@@ -230,8 +238,11 @@ def prepare(config: InterpolateConfig):
         image=read_image(config.image, "--image"),
         strength=IMG2IMG_STRENGTH if config.strength is None else config.strength,
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
-    scheduler.plan(walk.request.num_inference_steps, strength=walk.request.strength)
+    request = walk.request  # the recipe's scheduler where --scheduler was left out
+    scheduler = make_scheduler(
+        request.scheduler, scheduler_config, config.folder, manifest, request.scheduler_config
+    )
+    scheduler.plan(request.num_inference_steps, strength=request.strength)
     check_frames_held(config.kind, len(walk.positions), walk.request.width, walk.request.height)
     if config.kind == FOLDER:
         for path in frame_paths(config.output, len(walk.positions)):
