@@ -181,6 +181,18 @@ def test_guidance_the_recipe_does_not_allow_warns_once(turbo, tmp_path_factory, 
     )
 
 
+def test_generate_says_the_guidance_warning_in_one_line(turbo, tmp_path, capsys):
+    out = tmp_path / "fox.png"
+    command = ["generate", str(turbo.folder), "a fox", "a cat", "-o", str(out), "--no-progress"]
+    assert main([*command, "--guidance", "7.5"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert lines == [
+        "sdrt generate: warning: guidance_scale 7.5: this folder's sd-turbo recipe uses 0 and "
+        "allows at most 1 (stabilityai/sd-turbo's card); a larger scale runs classifier-free "
+        "guidance the model was not distilled for"
+    ]
+
+
 def test_lcm_lora_warns_above_its_cards_range():
     from sdrt.recipes import warn_guidance
 
