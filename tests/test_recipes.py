@@ -367,3 +367,37 @@ def test_the_call_with_defaults_equals_the_call_with_the_recipes_values(turbo_bu
     assert np.array_equal(default, explicit)
     twenty = pipe("a fox", latents=latents, num_inference_steps=20, output_type="np").images
     assert not np.allclose(default, twenty, atol=1e-3)
+
+
+def test_xl_turbo_img2img_as_the_turbo_guide_runs_it_matches_diffusers(
+    tiny_xl_built, reference_xl, tmp_path_factory, monkeypatch
+):
+    """SDXL Turbo's img2img (diffusers' guide: 2 steps, strength 0.5, guidance 0): one
+    step from trailing timestep 499, on diffusers' noise and the VAE's mode."""
+    from diffusers.pipelines.stable_diffusion_xl import (
+        pipeline_stable_diffusion_xl_img2img as module,
+    )
+
+    sd = sdrt.Pipeline.load(_with_recipe(tiny_xl_built, tmp_path_factory, RECIPES["sdxl-turbo"]))
+    y, x = np.mgrid[0:64, 0:64]
+    image = Image.fromarray(np.stack([x * 4, y * 4, (x + y) % 256], -1).astype(np.uint8))
+    noise = _latents(1, seed=4)
+    original = module.retrieve_latents
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == noise.shape
+        return torch.from_numpy(noise.copy())
+
+    def retrieve_latents(encoder_output, generator=None, sample_mode="sample"):
+        return original(encoder_output, generator=generator, sample_mode="argmax")
+
+    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
+    monkeypatch.setattr(module, "retrieve_latents", retrieve_latents)
+    pipe = _trailing(
+        reference_xl, "EulerAncestralDiscreteScheduler", diffusers.StableDiffusionXLImg2ImgPipeline
+    )
+    pipe.set_progress_bar_config(disable=True)
+    settings = dict(image=image, num_inference_steps=2, strength=0.5, output_type="np")
+    theirs = pipe(PROMPTS[0], guidance_scale=0.0, **settings).images
+    ours = sd(PROMPTS[0], latents=noise, **settings).images  # guidance and scheduler: the recipe's
+    assert float(np.abs(ours - theirs).max()) <= MAX_IMAGE_DIFF
