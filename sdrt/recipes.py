@@ -24,13 +24,14 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from sdrt.errors import InputError, SdrtWarning
 from sdrt.manifest import Recipe
 from sdrt.schedulers import ALIAS_OVERRIDES, create_scheduler, scheduler_class_name
 
-_TRAILING = {"timestep_spacing": "trailing"}
+_TRAILING = MappingProxyType({"timestep_spacing": "trailing"})  # shared, so read-only
 
 
 def _named(name: str, source: str, **settings: Any) -> Recipe:
@@ -76,47 +77,49 @@ def _lightning(steps: int) -> Recipe:
     )
 
 
-RECIPES: Mapping[str, Recipe] = {
-    r.name: r
-    for r in (
-        _named("sd-turbo", "stabilityai/sd-turbo's card", **_TURBO),
-        _named("sdxl-turbo", "stabilityai/sdxl-turbo's card", **_TURBO),
-        _lightning(2),
-        _lightning(4),
-        _lightning(8),
-        _named(
-            "lcm",
-            "diffusers' LatentConsistencyModelPipeline defaults",
-            steps=4,
-            guidance_scale=8.5,
-            scheduler="LCMScheduler",
-        ),
-        _named(
-            "lcm-lora",
-            "diffusers' LCM-LoRA guide",
-            steps=4,
-            guidance_scale=1.0,
-            scheduler="LCMScheduler",
-            max_guidance_scale=2.0,
-        ),
-        _named(
-            "tcd",
-            "h1t/TCD-SD15-LoRA's card",
-            steps=4,
-            guidance_scale=0.0,
-            scheduler="TCDScheduler",
-            eta=0.3,
-        ),
-        _named(
-            "hyper-sd",
-            "ByteDance/Hyper-SD's card (1-step unified LoRA)",
-            steps=1,
-            guidance_scale=0.0,
-            scheduler="TCDScheduler",
-            eta=1.0,
-        ),
-    )
-}
+RECIPES: Mapping[str, Recipe] = MappingProxyType(
+    {
+        r.name: r
+        for r in (
+            _named("sd-turbo", "stabilityai/sd-turbo's card", **_TURBO),
+            _named("sdxl-turbo", "stabilityai/sdxl-turbo's card", **_TURBO),
+            _lightning(2),
+            _lightning(4),
+            _lightning(8),
+            _named(
+                "lcm",
+                "diffusers' LatentConsistencyModelPipeline defaults",
+                steps=4,
+                guidance_scale=8.5,
+                scheduler="LCMScheduler",
+            ),
+            _named(
+                "lcm-lora",
+                "diffusers' LCM-LoRA guide",
+                steps=4,
+                guidance_scale=1.0,
+                scheduler="LCMScheduler",
+                max_guidance_scale=2.0,
+            ),
+            _named(
+                "tcd",
+                "h1t/TCD-SD15-LoRA's card",
+                steps=4,
+                guidance_scale=0.0,
+                scheduler="TCDScheduler",
+                eta=0.3,
+            ),
+            _named(
+                "hyper-sd",
+                "ByteDance/Hyper-SD's card (1-step unified LoRA)",
+                steps=1,
+                guidance_scale=0.0,
+                scheduler="TCDScheduler",
+                eta=1.0,
+            ),
+        )
+    }
+)
 
 # Hub ids whose configs do not tell their recipe (a Turbo folder looks like SD 2.1 or SDXL).
 HUB_RECIPES = {"stabilityai/sd-turbo": "sd-turbo", "stabilityai/sdxl-turbo": "sdxl-turbo"}
