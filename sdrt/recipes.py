@@ -236,9 +236,10 @@ def resolve_recipe(
             config = dict(option.settings.get("scheduler_config", {}))  # another class's keys
         settings = {k: v for k, v in option.settings.items() if k != "scheduler_config"}
         base = dataclasses.replace(base, **settings, scheduler_config=config)
-    if base is not None:
-        check_recipe(base, configs)
-    return base
+    if base is None:
+        return None
+    check_recipe(base, configs)
+    return dataclasses.replace(base, scheduler_config=dict(base.scheduler_config))  # picklable
 
 
 def recipe_of_source(
@@ -378,7 +379,8 @@ def call_settings(
     eta = take("eta", eta, recipe and recipe.eta)
     scheduler_config: Mapping[str, Any] = {}
     if scheduler is None and recipe is not None and (recipe.scheduler or recipe.scheduler_config):
-        scheduler, scheduler_config = recipe.scheduler, recipe.scheduler_config
+        # a plain dict: a Request travels pickled (Ray), which a MappingProxyType cannot
+        scheduler, scheduler_config = recipe.scheduler, dict(recipe.scheduler_config)
         filled.add("scheduler")
     return CallSettings(steps, guidance, scheduler, scheduler_config, eta, frozenset(filled))
 
