@@ -303,6 +303,15 @@ def test_the_build_cli_refuses_bad_recipe_text_with_exit_2(tiny_source, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_build_of_an_onnx_folder_refuses_a_recipe(tmp_path, capsys):
+    from pathlib import Path
+
+    onnx_folder = Path(__file__).parent / "data" / "optimum_tiny"
+    code = main(["build", str(onnx_folder), "-o", str(tmp_path / "out"), "--recipe", "sd-turbo"])
+    assert code == 2
+    assert "--recipe apply only to exporting a diffusers folder" in capsys.readouterr().err
+
+
 def test_folders_without_a_recipe_load_and_recipes_round_trip(tiny_built):
     data = json.loads((tiny_built / "sdrt.json").read_text())
     data.pop("recipe", None)  # as written before recipes

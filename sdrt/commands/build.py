@@ -364,6 +364,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "revision": None,
         "tiny_vae": None,
         "calibration_prompts": None,
+        "recipe": None,  # recorded from a diffusers source's configs; adopt has none
     }
     given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
     if given or args.target != "onnx":
