@@ -8,7 +8,8 @@ guidance 7.5, the folder's scheduler). ``sdrt build`` records a recipe in sdrt.j
 - the source's model_index.json ``_sdrt_recipe`` (what ``sdrt init-model`` writes for its
   Turbo architectures; diffusers ignores keys that start with ``_``), or its Hub id;
 - the source's configs, where they say it unambiguously: an LCM-distilled U-Net
-  (``time_cond_proj_dim``) or an LCMScheduler config is ``lcm``, a TCDScheduler one ``tcd``.
+  (``time_cond_proj_dim``) is ``lcm``; an LCMScheduler config with a plain U-Net (an
+  LCM-LoRA fused into it) ``lcm-lora``; a TCDScheduler config ``tcd``.
 
 A call that leaves ``num_inference_steps``, ``guidance_scale``, ``scheduler`` or ``eta`` at
 its default (``DEFAULT_STEPS`` and the others: numbers a caller's own 20 or 7.5 is told
@@ -256,8 +257,9 @@ def recipe_of_source(
     if configs.get("unet", {}).get("time_cond_proj_dim"):
         source = "the U-Net config's time_cond_proj_dim (an LCM-distilled U-Net)"
         return dataclasses.replace(RECIPES["lcm"], source=source)
-    if scheduler == "LCMScheduler":
-        return dataclasses.replace(RECIPES["lcm"], source="the source's LCMScheduler config")
+    if scheduler == "LCMScheduler":  # without a guidance embedding: an LCM-LoRA's base
+        source = "the source's LCMScheduler config (a U-Net without LCM's guidance embedding)"
+        return dataclasses.replace(RECIPES["lcm-lora"], source=source)
     if scheduler == "TCDScheduler":
         return dataclasses.replace(RECIPES["tcd"], source="the source's TCDScheduler config")
     return None

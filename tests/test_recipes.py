@@ -228,8 +228,11 @@ def _configs(name: str) -> dict:
     return {**configs, "scheduler": dict(arch.scheduler)}
 
 
-def test_the_source_configs_give_lcm_and_tcd_and_nothing_else():
+def test_the_source_configs_give_lcm_lcm_lora_and_tcd_and_nothing_else():
     assert recipe_of_source(_configs("tiny-lcm"), {}, "x").name == "lcm"
+    lcm_scheduler = {**_configs("tiny"), "scheduler": _configs("tiny-lcm")["scheduler"]}
+    assert recipe_of_source(lcm_scheduler, {}, "x").name == "lcm-lora"  # no embedding
+    assert resolve_recipe(None, lcm_scheduler, {}, "x").guidance_scale == 1.0
     tcd = {**_configs("tiny"), "scheduler": {"_class_name": "TCDScheduler"}}
     assert recipe_of_source(tcd, {}, "x").name == "tcd"
     assert recipe_of_source(_configs("tiny"), {}, "x") is None
