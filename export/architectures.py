@@ -251,6 +251,28 @@ SDXL_SCHEDULER = {
     "use_karras_sigmas": False,
 }
 
+# --- Turbo (adversarial diffusion distillation) -------------------------------------------
+
+# stabilityai/sd-turbo (SD 2.1 distilled, 512 px) and stabilityai/sdxl-turbo (SDXL distilled,
+# 512 px): the architectures of their teachers at 512 px, and their scheduler configs
+# (Euler and Euler a, both with trailing timesteps; written from the Hub files as we know
+# them, not fetched here: no downloads). Their recipe (1 step, guidance 0; sdrt/recipes.py)
+# is not in any config: init-model names it in model_index.json (``_sdrt_recipe``).
+SD_TURBO_SCHEDULER = {
+    **SD15_SCHEDULER,
+    "_class_name": "EulerDiscreteScheduler",
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "timestep_spacing": "trailing",
+    "use_karras_sigmas": False,
+}
+SDXL_TURBO_SCHEDULER = {**SD_TURBO_SCHEDULER, "_class_name": "EulerAncestralDiscreteScheduler"}
+SD_TURBO_UNET = {**SD21_UNET, "sample_size": 64}
+SD_TURBO_VAE = {**SD21_VAE, "sample_size": 512}
+SDXL_TURBO_UNET = {**SDXL_UNET, "sample_size": 64}
+SDXL_TURBO_VAE = {**SDXL_VAE, "sample_size": 512}
+
 # --- tiny variants --------------------------------------------------------------------------
 
 TINY_UNET = {
@@ -363,6 +385,9 @@ class Architecture:
     components: MappingProxyType  # folder name -> Component (text encoders, unet, vae)
     tokenizers: MappingProxyType  # folder name -> Tokenizer
     pipeline_options: MappingProxyType  # extra model_index.json entries
+    # The recipe (a name in sdrt/recipes.py) its configs do not tell, written into
+    # model_index.json for `sdrt build` to record; None: none, or the configs tell it (LCM).
+    recipe: str | None = None
 
 
 def _frozen(mapping: dict[str, Any]) -> MappingProxyType:
@@ -377,6 +402,7 @@ def _architecture(
     components: dict[str, tuple[str, str, dict[str, Any]]],
     tokenizers: dict[str, str],
     pipeline_options: dict[str, Any],
+    recipe: str | None = None,
 ) -> Architecture:
     return Architecture(
         name=name,
@@ -391,6 +417,7 @@ def _architecture(
         ),
         tokenizers=_frozen({folder: Tokenizer(pad) for folder, pad in tokenizers.items()}),
         pipeline_options=_frozen(pipeline_options),
+        recipe=recipe,
     )
 
 
@@ -417,6 +444,7 @@ def _sd(
     *,
     pipeline_class: str = "StableDiffusionPipeline",
     tokenizer_pad: str = _EOS_PAD,
+    recipe: str | None = None,
 ) -> Architecture:
     """An SD 1.x/2.x pipeline: one CLIP text encoder, a U-Net, a VAE, no safety checker."""
     return _architecture(
@@ -431,6 +459,7 @@ def _sd(
         },
         {"tokenizer": tokenizer_pad},
         _NO_SAFETY_CHECKER,
+        recipe,
     )
 
 
@@ -443,6 +472,7 @@ def _xl(
     text_2: dict[str, Any],
     *,
     scheduler: dict[str, Any] = SDXL_SCHEDULER,
+    recipe: str | None = None,
 ) -> Architecture:
     """An SDXL pipeline: two text encoders (the second with its projection), a U-Net, a VAE."""
     return _architecture(
@@ -458,6 +488,7 @@ def _xl(
         },
         {"tokenizer": _EOS_PAD, "tokenizer_2": _BANG_PAD},
         _XL_OPTIONS,
+        recipe,
     )
 
 
@@ -554,6 +585,47 @@ ARCHITECTURES: MappingProxyType = _frozen(
                 TINY_TEXT,
                 TINY_XL_TEXT_2,
                 scheduler=LCM_SDXL_SCHEDULER,
+            ),
+            _sd(
+                "sd-turbo",
+                "SD-Turbo (stabilityai/sd-turbo): SD 2.1 distilled, Euler trailing, 512 px; "
+                "recipe sd-turbo (1 step, guidance 0)",
+                SD_TURBO_SCHEDULER,
+                SD_TURBO_UNET,
+                SD_TURBO_VAE,
+                OPENCLIP_H_TEXT,
+                tokenizer_pad=_BANG_PAD,
+                recipe="sd-turbo",
+            ),
+            _xl(
+                "sdxl-turbo",
+                "SDXL-Turbo (stabilityai/sdxl-turbo): SDXL distilled, Euler a trailing, 512 px; "
+                "recipe sdxl-turbo (1 step, guidance 0)",
+                SDXL_TURBO_UNET,
+                SDXL_TURBO_VAE,
+                CLIP_VIT_L_TEXT,
+                OPENCLIP_BIGG_TEXT,
+                scheduler=SDXL_TURBO_SCHEDULER,
+                recipe="sdxl-turbo",
+            ),
+            _sd(
+                "tiny-turbo",
+                "tiny with SD-Turbo's scheduler config and recipe, 64 px (for tests)",
+                SD_TURBO_SCHEDULER,
+                TINY_UNET,
+                TINY_VAE,
+                TINY_TEXT,
+                recipe="sd-turbo",
+            ),
+            _xl(
+                "tiny-xl-turbo",
+                "tiny-xl with SDXL-Turbo's scheduler config and recipe, 64 px (for tests)",
+                TINY_XL_UNET,
+                TINY_XL_VAE,
+                TINY_TEXT,
+                TINY_XL_TEXT_2,
+                scheduler=SDXL_TURBO_SCHEDULER,
+                recipe="sdxl-turbo",
             ),
         ]
     }

@@ -65,6 +65,7 @@ from sdrt.manifest import (
     shallow_unet_name,
     write_manifest,
 )
+from sdrt.recipes import resolve_recipe
 
 # Bump when the exporter's output changes for the same inputs: invalidates reuse.
 EXPORTER_VERSION = 1
@@ -203,6 +204,8 @@ def _build_into(
                 f"embedding; this one is LCM-distilled (time_cond_proj_dim {guidance_dim}): "
                 "build it without --deep-cache"
             )
+    # Before any export: a recipe the source cannot run fails at once (sdrt/recipes.py).
+    recipe = resolve_recipe(config.recipe, source.configs, source.model_index, source.path_or_id)
     for name in component_names(source, branches):
         t0 = time.perf_counter()
         export_options = {
@@ -252,6 +255,7 @@ def _build_into(
         deep_cache=_deep_cache_record(branches),
         tiny_vae=tiny_record,
         tome=config.tome.as_record() if config.tome else None,
+        recipe=recipe,
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)

@@ -15,6 +15,7 @@ from sdrt.export.tome_options import TomeOptions
 from sdrt.adapters.options import EmbeddingOption, LoraOption
 from sdrt.errors import InputError, ParameterError
 from sdrt.manifest import PRECISIONS
+from sdrt.recipes import RecipeOption
 
 # The legacy exporter needs opset 14 for scaled_dot_product_attention; 20 is its maximum.
 MIN_OPSET, MAX_OPSET = 14, 20
@@ -58,6 +59,8 @@ class BuildConfig:
     int8_method: str = "onnxruntime"
     # token merging (ToMe for SD) baked into the U-Net graph (export/tome.py); None: off
     tome: TomeOptions | None = None
+    # --recipe (sdrt/recipes.py): settings recorded in sdrt.json; None: what the source says
+    recipe: RecipeOption | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))

@@ -30,6 +30,7 @@ from sdrt.export.architectures import ARCHITECTURES, Architecture, Component
 
 from sdrt.errors import InputError
 from sdrt.files import check_output_folder, with_umask_mode
+from sdrt.recipes import MODEL_INDEX_KEY
 
 __all__ = ["ARCHITECTURES", "init_random_model"]
 
@@ -163,6 +164,8 @@ def model_index(arch: Architecture) -> dict[str, Any]:
         **copy.deepcopy(dict(arch.pipeline_options)),
         "scheduler": ["diffusers", arch.scheduler["_class_name"]],
     }
+    if arch.recipe is not None:  # for `sdrt build` to record (diffusers skips "_" keys)
+        index[MODEL_INDEX_KEY] = arch.recipe
     for name in arch.tokenizers:
         index[name] = ["transformers", "CLIPTokenizer"]
     for name, component in arch.components.items():

@@ -61,6 +61,7 @@ from sdrt.arrays import namespace_of
 from sdrt.errors import InputError, ParameterError
 from sdrt.manifest import Manifest
 from sdrt.noise import SeedNoise
+from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.request import Request, make_request, prompt_list
 
 METHODS = ("slerp", "lerp")
@@ -319,10 +320,11 @@ def _keyframes_request(manifest, prompts, latents, negative_prompt, settings) ->
 
 # make_walk's own arguments, besides the prompts and FRAME_SETTINGS.
 WALK_ARGUMENTS = ("seeds", "latents", "num_frames", "negative_prompt", "method", "batch_size")
-# The settings every frame's call takes, and their defaults (Pipeline.__call__'s).
+# The settings every frame's call takes, and their defaults (Pipeline.__call__'s: steps,
+# guidance and scheduler left at them take the folder's recipe, sdrt/recipes.py).
 FRAME_SETTINGS = {
-    "num_inference_steps": 20,
-    "guidance_scale": 7.5,
+    "num_inference_steps": DEFAULT_STEPS,
+    "guidance_scale": DEFAULT_GUIDANCE_SCALE,
     "height": None,
     "width": None,
     "scheduler": None,
@@ -330,7 +332,7 @@ FRAME_SETTINGS = {
     "strength": 0.8,
     "mask_image": None,
     "output_type": "pil",
-    "eta": 0.0,
+    "eta": DEFAULT_ETA,
 }
 
 

@@ -314,6 +314,25 @@ class DeepCacheBuild:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """The settings a distilled model is meant to run with (its card's, or its configs'),
+    recorded by ``sdrt build`` (sdrt/recipes.py makes them); a call that leaves an argument
+    at its default takes the recipe's. None: the call's usual default."""
+
+    name: str  # "sd-turbo", "lcm", ...; "custom" for --recipe KEY=VALUE alone
+    source: str  # where it came from, in words ("--recipe sd-turbo", "the U-Net config ...")
+    steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None  # a diffusers class name; None: the folder's own
+    # Keys set on that scheduler's config, as diffusers' from_config(..., key=value) sets them
+    scheduler_config: Mapping[str, Any] = field(default_factory=dict)
+    eta: float | None = None
+    # Above this the model's card says guidance breaks it (Turbo: CFG it was not trained
+    # for): a call's larger guidance_scale gets a warning. None: no such limit.
+    max_guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     source: Source
     family: str
@@ -340,6 +359,7 @@ class Manifest:
     adoption: Adoption | None = None  # set for adopted folders (sdrt adopt), None when built
     deep_cache: DeepCacheBuild | None = None  # sdrt build --deep-cache; None without
     tiny_vae: TinyVae | None = None  # sdrt build --tiny-vae
+    recipe: Recipe | None = None  # a distilled model's steps, guidance, scheduler; None: none
 
     @property
     def default_image_size(self) -> int:
@@ -643,6 +663,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         deep_cache=_deep_cache(r.sub("deep_cache", optional=True)),
         tiny_vae=_tiny_vae(r.sub("tiny_vae", optional=True)),
         tome=r.get("tome", Mapping, optional=True, default=None),
+        recipe=_recipe(r.sub("recipe", optional=True)),
     )
 
     _check_deep_cache(manifest, where)
@@ -663,6 +684,21 @@ def _tiny_vae(r: _Reader | None) -> TinyVae | None:
         scaling_factor=r.get("scaling_factor", float),
         decoder=r.choice("decoder", TINY_VAE_COMPONENTS),
         encoder=r.get("encoder", str, optional=True),
+    )
+
+
+def _recipe(r: _Reader | None) -> Recipe | None:
+    if r is None:
+        return None
+    return Recipe(
+        name=r.get("name", str),
+        source=r.get("source", str),
+        steps=r.get("steps", int, optional=True),
+        guidance_scale=r.get("guidance_scale", float, optional=True),
+        scheduler=r.get("scheduler", str, optional=True),
+        scheduler_config=dict(r.get("scheduler_config", Mapping, optional=True, default={})),
+        eta=r.get("eta", float, optional=True),
+        max_guidance_scale=r.get("max_guidance_scale", float, optional=True),
     )
 
 

@@ -58,6 +58,7 @@ from sdrt.interpolation import (
 from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
+from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.request import Request, make_request, prompt_list
 from sdrt.schedulers import (
     LCMScheduler,
@@ -220,8 +221,8 @@ class Pipeline(LoraMethods):
         self,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         height: int | None = None,
         width: int | None = None,
         num_images_per_prompt: int = 1,
@@ -241,7 +242,7 @@ class Pipeline(LoraMethods):
         deep_cache_interval: int | None = None,
         deep_cache_branch: int | None = None,
         vae: str | None = None,
-        eta: float = 0.0,
+        eta: float = DEFAULT_ETA,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
@@ -255,7 +256,10 @@ class Pipeline(LoraMethods):
         (sdrt/deep_cache.py). ``vae="tiny"`` decodes (and encodes) with the folder's tiny
         VAE (``sdrt build --tiny-vae``; sdrt/vae_choice.py), None or "full" with its own.
         ``eta`` is diffusers': the stochasticity of DDIM (0: deterministic) and TCD (its
-        gamma), in [0, 1]; other schedulers ignore it, as diffusers' pipelines do."""
+        gamma), in [0, 1]; other schedulers ignore it, as diffusers' pipelines do.
+        ``num_inference_steps``, ``guidance_scale``, ``scheduler`` and ``eta`` left at their
+        defaults (20, 7.5, the folder's scheduler, 0) take the folder's recipe where it has
+        one (a distilled model's, recorded by ``sdrt build``; sdrt/recipes.py)."""
         # Every argument but the two callbacks, by name, as make_request takes them.
         arguments = {k: v for k, v in locals().items() if k in CALL_DEFAULTS or k == "prompt"}
         request = make_request(self.manifest, **arguments)
@@ -313,8 +317,8 @@ class Pipeline(LoraMethods):
         num_frames: int = DEFAULT_FRAMES,
         negative_prompt: str | None = None,
         method: str = "slerp",
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         height: int | None = None,
         width: int | None = None,
         scheduler: str | None = None,
@@ -325,7 +329,7 @@ class Pipeline(LoraMethods):
         batch_size: int | None = None,
         callback=None,
         stage_callback: StageCallback | None = None,
-        eta: float = 0.0,
+        eta: float = DEFAULT_ETA,
     ) -> InterpolationOutput:
         """The frames of a walk between keyframes, one per prompt and/or seed (or given
         ``latents``, one row each), ``num_frames`` in all, keyframes included; ``method``
@@ -426,7 +430,13 @@ class Pipeline(LoraMethods):
     # ------------------------------------------------------------------------------ loop
 
     def _plan(self, request: Request):
-        sched = make_scheduler(request.scheduler, self.scheduler_config, self.folder, self.manifest)
+        sched = make_scheduler(
+            request.scheduler,
+            self.scheduler_config,
+            self.folder,
+            self.manifest,
+            request.scheduler_config,
+        )
         # Only LatentConsistencyModelImg2ImgPipeline (SD 1.x) passes strength to LCMScheduler;
         # StableDiffusionXLImg2ImgPipeline, which runs LCM SDXL, keeps the common schedule.
         lcm_img2img = (
@@ -803,9 +813,14 @@ def _as_float32(value):
 
 
 def make_scheduler(
-    name: str | None, scheduler_config: dict[str, Any], folder: Path, manifest: Manifest
+    name: str | None,
+    scheduler_config: dict[str, Any],
+    folder: Path,
+    manifest: Manifest,
+    overrides: Mapping[str, Any] | None = None,
 ):
-    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own.
+    """The scheduler a call runs: ``name`` (class name or alias), or the folder's own, with
+    ``overrides`` (``Request.scheduler_config``: a recipe's keys) set on its config.
 
     A scheduler of another class is made as diffusers' ``Class.from_config(pipe.scheduler
     .config)`` makes it: without the keys the build's corrections added to a config that
@@ -820,7 +835,7 @@ def make_scheduler(
     defaulted = manifest.defaulted_scheduler_keys
     if defaulted and scheduler_class_name(name) != own:
         scheduler_config = {k: v for k, v in scheduler_config.items() if k not in defaulted}
-    return create_scheduler(name, scheduler_config)
+    return create_scheduler(name, scheduler_config, **(overrides or {}))
 
 
 def _time_ids(height: int, width: int, rows: int, xp):

@@ -11,6 +11,7 @@ its embeddings, not both; SDXL embeddings come with their pooled ones.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sdrt.errors import InputError, ParameterError
 from sdrt.guidance_embedding import check_guidance_embedding
 from sdrt.images import image_size
 from sdrt.manifest import Manifest
+from sdrt.recipes import DEFAULT_ETA, call_settings, warn_guidance
 from sdrt.vae_choice import check_vae_choice
 
 OUTPUT_TYPES = ("pil", "np")
@@ -38,7 +40,7 @@ class Request:
     guidance_scale: float
     height: int
     width: int
-    scheduler: str | None  # None: the folder's scheduler
+    scheduler: str | None  # None: the folder's scheduler (or its recipe's, sdrt/recipes.py)
     strength: float
     output_type: str
     image: Any = None
@@ -58,6 +60,9 @@ class Request:
     eta: float = 0.0
     # The U-Net embeds the guidance scale (LCM; sdrt/guidance_embedding.py): no CFG batch.
     guidance_embedding: bool = False
+    # Keys set on the scheduler's config: the folder recipe's, where the call left
+    # ``scheduler`` to it (timestep_spacing="trailing" for Turbo); else empty.
+    scheduler_config: Any = dataclasses.field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -177,27 +182,37 @@ def make_request(
     deep_cache_interval: Any = None,
     deep_cache_branch: Any = None,
     vae: Any = None,
-    eta: Any = 0.0,
+    eta: Any = DEFAULT_ETA,
 ) -> Request:
-    """The checked Request for ``Pipeline.__call__``'s arguments, or InputError."""
+    """The checked Request for ``Pipeline.__call__``'s arguments, or InputError. Steps,
+    guidance, scheduler and eta left at their defaults (sdrt.recipes.DEFAULT_STEPS, ...,
+    scheduler None) take the folder's recipe where it has one."""
+    recipe = manifest.recipe
+    settings = call_settings(recipe, num_inference_steps, guidance_scale, scheduler, eta)
     given = Embeddings(
         prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
     )
     prompts, negatives = _prompt_lists(manifest, prompt, negative_prompt, given)
     per_prompt = _integer(num_images_per_prompt, "num_images_per_prompt", 1)
-    steps = _integer(num_inference_steps, "num_inference_steps", 1)
-    _check_names(output_type, scheduler)
-    strength = _check_images(manifest, image, mask_image, strength, steps)
+    steps = _integer(settings.num_inference_steps, "num_inference_steps", 1)
+    _check_names(output_type, settings.scheduler)
+    steps_note = ""
+    if "num_inference_steps" in settings.from_recipe:
+        steps_note = f" (this folder's {recipe.name} recipe)"
+    strength = _check_images(manifest, image, mask_image, strength, steps, steps_note)
     height, width = _image_size(manifest, image, height, width)
     seed, latents = _noise(manifest, seed, latents, len(negatives) * per_prompt, height, width)
+    guidance_embedding = check_guidance_embedding(manifest, negative_prompt, negative_prompt_embeds)
+    guidance = _guidance(settings.guidance_scale)
+    warn_guidance(recipe, guidance, guidance_embedding)
     return Request(
         prompts=tuple(p for p in prompts for _ in range(per_prompt)),
         negative_prompts=tuple(n for n in negatives for _ in range(per_prompt)),
         num_inference_steps=steps,
-        guidance_scale=_guidance(guidance_scale),
+        guidance_scale=guidance,
         height=height,
         width=width,
-        scheduler=scheduler,
+        scheduler=settings.scheduler,
         strength=strength,
         output_type=output_type,
         image=image,
@@ -208,10 +223,9 @@ def make_request(
         **given.repeated(per_prompt).as_request_fields(),
         deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
         vae=check_vae_choice(manifest, vae),
-        eta=_eta(eta),
-        guidance_embedding=check_guidance_embedding(
-            manifest, negative_prompt, negative_prompt_embeds
-        ),
+        eta=_eta(settings.eta),
+        guidance_embedding=guidance_embedding,
+        scheduler_config=settings.scheduler_config,
     )
 
 
@@ -419,8 +433,11 @@ def _guidance(guidance_scale: Any) -> float:
     return guidance
 
 
-def _check_images(manifest: Manifest, image: Any, mask_image: Any, strength: Any, steps: int):
-    """The img2img / inpainting inputs; returns the strength (1.0 for txt2img)."""
+def _check_images(
+    manifest: Manifest, image: Any, mask_image: Any, strength: Any, steps: int, steps_note: str = ""
+):
+    """The img2img / inpainting inputs; returns the strength (1.0 for txt2img).
+    ``steps_note`` says where the steps came from (a folder's recipe), or is empty."""
     if mask_image is not None and image is None:
         raise ParameterError(
             "{mask_image}: inpainting needs the image to repaint; pass {image=} too"
@@ -431,7 +448,7 @@ def _check_images(manifest: Manifest, image: Any, mask_image: Any, strength: Any
             raise ParameterError(f"{{strength}}: expected a number in (0, 1], got {strength}")
         if int(steps * strength) < 1:  # diffusers' get_timesteps: int(steps * strength) steps
             raise ParameterError(
-                f"{{strength}}: {strength:g} of {{num_inference_steps}} {steps} leaves no "
+                f"{{strength}}: {strength:g} of {{num_inference_steps}} {steps}{steps_note} leaves no "
                 f"denoising step (int({steps} * {strength:g}) = 0); expected "
                 "{num_inference_steps} * {strength} >= 1"
             )

@@ -267,6 +267,24 @@ def test_lcm_sdxl_is_sdxl_with_a_guidance_embedding_projection():
     assert count == SDXL_UNET_PARAMS + 256 * 320
 
 
+@pytest.mark.parametrize(("turbo", "teacher"), [("sd-turbo", "sd21"), ("sdxl-turbo", "sdxl")])
+def test_turbo_is_its_teacher_at_512_px_with_trailing_euler_and_its_recipe(turbo, teacher):
+    """SD-Turbo and SDXL-Turbo: their teachers' networks (same components, classes and
+    widths), at 512 px, on trailing Euler (a); their recipe named in model_index.json."""
+    turbo_arch, teacher_arch = ARCHITECTURES[turbo], ARCHITECTURES[teacher]
+    assert turbo_arch.components.keys() == teacher_arch.components.keys()
+    for name, component in turbo_arch.components.items():
+        ours, theirs = dict(component.config), dict(teacher_arch.components[name].config)
+        assert {k: v for k, v in ours.items() if k != "sample_size"} == {
+            k: v for k, v in theirs.items() if k != "sample_size"
+        }
+    assert turbo_arch.components["unet"].config["sample_size"] * 8 == 512
+    assert turbo_arch.scheduler["timestep_spacing"] == "trailing"
+    assert turbo_arch.scheduler["prediction_type"] == "epsilon"
+    assert random_model.model_index(turbo_arch)["_sdrt_recipe"] == turbo
+    assert "_sdrt_recipe" not in random_model.model_index(teacher_arch)
+
+
 def test_full_size_configs_match_the_published_specifics():
     sd15, sd21, sdxl = (ARCHITECTURES[a] for a in ("sd15", "sd21", "sdxl"))
     assert sd15.components["unet"].config["sample_size"] == 64
@@ -466,7 +484,8 @@ def test_cli_unknown_arch_lists_choices(capsys, tmp_path):
     assert err == (
         "sdrt init-model: error: unknown architecture 'sd99'; "
         "expected one of: sd15, lcm-sd15, sd21, sdxl, tiny, tiny-inpaint, tiny-lcm, tiny-xl, "
-        "lcm-sdxl, tiny-lcm-xl, taesd, taesdxl, tiny-taesd"
+        "lcm-sdxl, tiny-lcm-xl, sd-turbo, sdxl-turbo, tiny-turbo, tiny-xl-turbo, taesd, taesdxl, "
+        "tiny-taesd"
     )
     assert not (tmp_path / "m").exists()
 

@@ -140,6 +140,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "vae='tiny' (`sdrt generate --vae tiny`); `sdrt init-model tiny-taesd` makes a random one",
     )
     parser.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME|KEY=VALUE,...",
+        help="record the steps, guidance and scheduler this distilled model runs with, which "
+        "calls that leave them out take: a name (sd-turbo, sdxl-turbo, sdxl-lightning-4step, "
+        "lcm, lcm-lora, tcd, hyper-sd, ...) and/or settings (steps=4,guidance=1.0,"
+        "scheduler=LCMScheduler,timestep_spacing=trailing,eta=0.3) (default: from the "
+        "source's configs: LCM and TCD folders, Turbo init-models)",
+    )
+    parser.add_argument(
         "--target",
         choices=("onnx", "ort-cpu", "tensorrt"),
         default="onnx",
@@ -236,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     from sdrt.export.build_config import BuildConfig
     from sdrt.export.single_file import SingleFileOptions
     from sdrt.export.source import local_folder_or_hub_id
+    from sdrt.recipes import parse_recipe_option
 
     if not Path(args.source).expanduser().is_file():  # a single-file checkpoint is a file
         local_folder_or_hub_id(args.source, "source", "a diffusers folder or a Hub id")
@@ -260,6 +271,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,
         tome=_tome_options(args),
+        recipe=None if args.recipe is None else parse_recipe_option(args.recipe),
     )
 
 
@@ -352,6 +364,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "revision": None,
         "tiny_vae": None,
         "calibration_prompts": None,
+        "recipe": None,  # recorded from a diffusers source's configs; adopt has none
     }
     given = [f"--{k.replace('_', '-')}" for k, v in export_only.items() if getattr(args, k) != v]
     if given or args.target != "onnx":

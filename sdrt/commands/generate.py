@@ -21,6 +21,7 @@ from sdrt.backends.registry import BACKENDS
 from sdrt.errors import InputError
 from sdrt.files import check_output_file
 from sdrt.image_files import DEFAULT_QUALITY, FORMATS, check_writable, image_format, numbered_paths
+from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.sizes import add_size_arguments, size_from_options
 
 HELP = (
@@ -66,7 +67,7 @@ class GenerateConfig:
     deep_cache_interval: int | None = None  # DeepCache (sdrt/deep_cache.py); None: off
     deep_cache_branch: int | None = None
     vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
-    eta: float = 0.0  # diffusers' eta (DDIM, TCD); ignored by other schedulers
+    eta: float = DEFAULT_ETA  # diffusers' eta (DDIM, TCD); ignored by other schedulers
     force: bool = False  # replace existing output files
 
 
@@ -169,9 +170,10 @@ def add_eta_argument(add) -> None:
         "--eta",
         type=float,
         metavar="ETA",
-        default=0.0,
+        default=DEFAULT_ETA,
         help="stochasticity of DDIM and TCD (TCD's gamma; its LoRAs' cards use 0.3), in "
-        "[0, 1]; other schedulers ignore it, as diffusers' pipelines do (default: 0.0)",
+        "[0, 1]; other schedulers ignore it, as diffusers' pipelines do (default: the "
+        "folder's recipe, else 0.0)",
     )
 
 
@@ -180,7 +182,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--scheduler",
         metavar="NAME",
         default=None,
-        help="scheduler class name or alias, listed below (default: the folder's own)",
+        help="scheduler class name or alias, listed below (default: the folder's recipe's, "
+        "else its own)",
     )
     add_eta_argument(parser.add_argument)
     parser.add_argument(
@@ -191,14 +194,19 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="random seed; -1 picks one at random and prints it to stderr (default: 0)",
     )
     parser.add_argument(
-        "--steps", type=int, metavar="N", default=20, help="denoising steps (default: 20)"
+        "--steps",
+        type=int,
+        metavar="N",
+        default=DEFAULT_STEPS,
+        help="denoising steps (default: the folder's recipe (sdrt info), else 20)",
     )
     parser.add_argument(
         "--guidance",
         type=float,
         metavar="SCALE",
-        default=7.5,
-        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: 7.5)",
+        default=DEFAULT_GUIDANCE_SCALE,
+        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: the "
+        "folder's recipe, else 7.5)",
     )
     add_size_arguments(
         parser.add_argument,
@@ -460,8 +468,10 @@ def prepare(config: GenerateConfig) -> Prepared:
         )
         for prompt in config.prompts
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
-    first = requests[0]
+    first = requests[0]  # the recipe's scheduler where --scheduler was left out
+    scheduler = make_scheduler(
+        first.scheduler, scheduler_config, config.folder, manifest, first.scheduler_config
+    )
     scheduler.plan(first.num_inference_steps, strength=first.strength, eta=first.eta)
     paths = tuple(numbered_paths(config.output, len(config.prompts) * config.batch))
     for path in paths:

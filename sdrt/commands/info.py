@@ -130,6 +130,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         f"{b.size_multiple}), batch {b.min_batch}..{b.max_batch} (opt {b.opt_batch}), "
         f"{b.precision} (VAE {b.vae_precision}), opset {b.opset}",
         f"tokenizers     {', '.join(manifest.tokenizers)}",
+        _recipe_line(manifest),
         *_adoption_lines(manifest.adoption),
         *_correction_lines(manifest),
         *_adapter_lines(manifest),
@@ -139,6 +140,17 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         *_tome_lines(manifest),
         "",
     ]
+
+
+def _recipe_line(manifest) -> str:
+    """The distilled model's recipe (sdrt build), which calls leaving settings out take."""
+    if manifest.recipe is None:
+        return (
+            "recipe         none (calls default to 20 steps, guidance 7.5, the folder's scheduler)"
+        )
+    from sdrt.recipes import describe
+
+    return f"recipe         {describe(manifest.recipe)}"
 
 
 def _deep_cache_line(manifest) -> str:

@@ -30,6 +30,7 @@ from sdrt.commands.generate import IMG2IMG_STRENGTH, add_eta_argument, read_imag
 from sdrt.errors import InputError
 from sdrt.files import check_output_file
 from sdrt.interpolation import DEFAULT_FRAMES, METHODS
+from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.sizes import add_size_arguments, size_from_options
 
 HELP = "Walk between prompts and seeds: frames as a GIF, WebP, MP4 or a folder of numbered PNGs."
@@ -59,7 +60,7 @@ class InterpolateConfig:
     backend: str
     progress: bool
     force: bool = False  # replace an existing animation or frames
-    eta: float = 0.0  # diffusers' eta (DDIM, TCD), as sdrt generate's
+    eta: float = DEFAULT_ETA  # diffusers' eta (DDIM, TCD), as sdrt generate's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,13 +138,20 @@ def _add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         "--scheduler", metavar="NAME", default=None, help="as sdrt generate (default: the folder's)"
     )
     add_eta_argument(add)
-    add("--steps", type=int, metavar="N", default=20, help="denoising steps (default: 20)")
+    add(
+        "--steps",
+        type=int,
+        metavar="N",
+        default=DEFAULT_STEPS,
+        help="denoising steps (default: the folder's recipe (sdrt info), else 20)",
+    )
     add(
         "--guidance",
         type=float,
         metavar="SCALE",
-        default=7.5,
-        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: 7.5)",
+        default=DEFAULT_GUIDANCE_SCALE,
+        help="classifier-free guidance scale, >= 0; <= 1 turns guidance off (default: the "
+        "folder's recipe, else 7.5)",
     )
     add_size_arguments(add, "the model folder's default size, as sdrt generate")
     add(
@@ -234,8 +242,10 @@ def prepare(config: InterpolateConfig):
         strength=IMG2IMG_STRENGTH if config.strength is None else config.strength,
         eta=config.eta,
     )
-    scheduler = make_scheduler(config.scheduler, scheduler_config, config.folder, manifest)
-    request = walk.request
+    request = walk.request  # the recipe's scheduler where --scheduler was left out
+    scheduler = make_scheduler(
+        request.scheduler, scheduler_config, config.folder, manifest, request.scheduler_config
+    )
     scheduler.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
     check_frames_held(config.kind, len(walk.positions), walk.request.width, walk.request.height)
     if config.kind == FOLDER:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sdrt.errors import InputError, ParameterError
 from sdrt.pipeline import make_scheduler
+from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.service.config import Limits
 from sdrt.service.errors import bad_request
 from sdrt.sizes import parse_size
@@ -47,7 +48,14 @@ GENERATION_FIELDS = frozenset(
     }
 )
 EDIT_FIELDS = GENERATION_FIELDS | {"strength", "image", "mask"}
-DEFAULTS = {"n": 1, "num_inference_steps": 20, "guidance_scale": 7.5}
+# Steps, guidance and eta a body leaves out take the folder's recipe (sdrt/recipes.py), else
+# these (numbers that say they are defaults; they read as 20, 7.5 and 0).
+DEFAULTS = {
+    "n": 1,
+    "num_inference_steps": DEFAULT_STEPS,
+    "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+    "eta": DEFAULT_ETA,
+}
 IMG2IMG_STRENGTH = 0.8  # diffusers' Img2Img default
 INPAINT_STRENGTH = 1.0  # diffusers' Inpaint default
 SEED_RANGE = 2**32
@@ -112,7 +120,7 @@ def make_generation(pipe, body: dict, limits: Limits, image=None, mask=None) -> 
         "deep_cache_interval": body.get("deep_cache_interval"),
         "deep_cache_branch": body.get("deep_cache_branch"),
         "vae": body.get("vae"),
-        "eta": body.get("eta", 0.0),
+        "eta": body.get("eta", DEFAULTS["eta"]),
     }
     request = _checked_request(pipe, prompt, arguments)
     if request.width * request.height > limits.max_pixels:
@@ -136,7 +144,11 @@ def _checked_request(pipe, prompt: str, arguments: dict):
         raise bad_request(message) from None
     try:
         scheduler = make_scheduler(
-            request.scheduler, pipe.scheduler_config, pipe.folder, pipe.manifest
+            request.scheduler,
+            pipe.scheduler_config,
+            pipe.folder,
+            pipe.manifest,
+            request.scheduler_config,
         )
         scheduler.plan(request.num_inference_steps, strength=request.strength, eta=request.eta)
     except InputError as e:
