@@ -136,10 +136,18 @@ def held_out_feeds(folder: Path, options: Int8Options) -> list[dict[str, np.ndar
 
 
 class _FeedReader:
-    """onnxruntime.quantization's CalibrationDataReader protocol over recorded feeds."""
+    """onnxruntime.quantization's CalibrationDataReader protocol over recorded feeds, with
+    the ``__len__``/``set_range`` its strided calibration (``CalibStridedMinMax``) asks for."""
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]):
-        self._feeds: Iterator = iter(feeds)
+        self._all = list(feeds)
+        self._feeds: Iterator = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._feeds = iter(self._all[start_index:end_index])
 
     def get_next(self):
         return next(self._feeds, None)
@@ -178,8 +186,12 @@ def quantize_unet(
         nodes_to_exclude=excluded,
         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD),
         use_external_data_format=True,
-        # ranges merged every few batches: the SD 1.5 U-Net's activations are ~1 GB a batch
-        extra_options={"CalibMaxIntermediateOutputs": 4},
+        # Ranges merged after every feed, so that no feed's activations pile up. Not
+        # CalibMaxIntermediateOutputs: onnxruntime (1.32 here) clears the collected outputs
+        # at that count without merging their ranges (onnxruntime issue 18893), so only the
+        # last len(feeds) % N feeds were calibrated, and a multiple of N (an LCM folder's
+        # 2 prompts x 6 steps, one U-Net call each) failed with "No data is collected".
+        extra_options={"CalibStridedMinMax": 1},
     )
     return excluded
 
