@@ -258,17 +258,3 @@ def test_folder_without_guidance_embedding_refuses_lcm_conditioning(lcm, tiny_bu
         sd.predict_noise(sample, 999, lcm.condition(request))
     # And a plain folder guides by CFG, with a negative prompt, as before.
     assert not sd.request("a fox", negative_prompt="blurry").guidance_embedding
-
-
-def test_deep_cache_build_is_refused_before_export(lcm_source, tmp_path):
-    from sdrt.export.build import BuildConfig, build
-
-    config = BuildConfig(
-        source=str(lcm_source),
-        output=tmp_path / "dc",
-        min_size=TINY_MIN_SIZE,
-        max_size=TINY_MAX_SIZE,
-        deep_cache_branches=(0,),
-    )
-    with pytest.raises(InputError, match="--deep-cache expects a U-Net without a guidance"):
-        build(config)
