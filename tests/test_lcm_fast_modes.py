@@ -256,6 +256,7 @@ def test_nncf_int8_runs_on_openvino_within_the_gate(lcm_nncf, pipe):
 # ---------------------------------------------------------------------------- ToMe
 
 
+@pytest.mark.heavy  # a ToMe build of its own (about a minute on the shared 2 cores)
 def test_tome_equals_tomesd_on_diffusers_lcm(lcm_source, pipe, monkeypatch):
     from sdrt.export.tome_options import TomeOptions
 
