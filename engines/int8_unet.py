@@ -40,7 +40,7 @@ CALIBRATION_PROMPTS = (
 )
 HELD_OUT_PROMPTS = ("a lighthouse on a cliff during a storm", "a cat asleep on a windowsill")
 CALIBRATION_STEPS = 6  # every step's feeds are recorded: a spread of timesteps
-GUIDANCE = 7.5  # batch 2 (cond + uncond), as a default call runs
+GUIDANCE = 7.5  # batch 2 (cond + uncond), as a default call runs; an LCM U-Net embeds it (batch 1)
 # The int8 U-Net's output against the fp32 graph's on held-out prompts: max abs error over
 # max |fp32| (the noise prediction's scale). Measured on the tiny random-weight U-Net
 # (benchmarks/studies/int8_cost.py, 64 px): 0.11 with conv_in/conv_out kept fp32, 0.40 with them
