@@ -40,7 +40,7 @@ CALIBRATION_PROMPTS = (
 )
 HELD_OUT_PROMPTS = ("a lighthouse on a cliff during a storm", "a cat asleep on a windowsill")
 CALIBRATION_STEPS = 6  # every step's feeds are recorded: a spread of timesteps
-GUIDANCE = 7.5  # batch 2 (cond + uncond), as a default call runs
+GUIDANCE = 7.5  # batch 2 (cond + uncond), as a default call runs; an LCM U-Net embeds it (batch 1)
 # The int8 U-Net's output against the fp32 graph's on held-out prompts: max abs error over
 # max |fp32| (the noise prediction's scale). Measured on the tiny random-weight U-Net
 # (benchmarks/studies/int8_cost.py, 64 px): 0.11 with conv_in/conv_out kept fp32, 0.40 with them
@@ -136,10 +136,18 @@ def held_out_feeds(folder: Path, options: Int8Options) -> list[dict[str, np.ndar
 
 
 class _FeedReader:
-    """onnxruntime.quantization's CalibrationDataReader protocol over recorded feeds."""
+    """onnxruntime.quantization's CalibrationDataReader protocol over recorded feeds, with
+    the ``__len__``/``set_range`` its strided calibration (``CalibStridedMinMax``) asks for."""
 
     def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]):
-        self._feeds: Iterator = iter(feeds)
+        self._all = list(feeds)
+        self._feeds: Iterator = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._feeds = iter(self._all[start_index:end_index])
 
     def get_next(self):
         return next(self._feeds, None)
@@ -178,8 +186,12 @@ def quantize_unet(
         nodes_to_exclude=excluded,
         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD),
         use_external_data_format=True,
-        # ranges merged every few batches: the SD 1.5 U-Net's activations are ~1 GB a batch
-        extra_options={"CalibMaxIntermediateOutputs": 4},
+        # Ranges merged after every feed, so that no feed's activations pile up. Not
+        # CalibMaxIntermediateOutputs: onnxruntime (1.32 here) clears the collected outputs
+        # at that count without merging their ranges (onnxruntime issue 18893), so only the
+        # last len(feeds) % N feeds were calibrated, and a multiple of N (an LCM folder's
+        # 2 prompts x 6 steps, one U-Net call each) failed with "No data is collected".
+        extra_options={"CalibStridedMinMax": 1},
     )
     return excluded
 

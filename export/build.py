@@ -197,13 +197,6 @@ def _build_into(
         from sdrt.export.deep_cache import check_branches
 
         check_branches(len(source.configs["unet"]["down_block_types"]), branches)
-        guidance_dim = source.configs["unet"].get("time_cond_proj_dim")
-        if guidance_dim:  # the shallow U-Nets' time embedding has no guidance input
-            raise InputError(
-                f"{source.path_or_id!r}: --deep-cache expects a U-Net without a guidance "
-                f"embedding; this one is LCM-distilled (time_cond_proj_dim {guidance_dim}): "
-                "build it without --deep-cache"
-            )
     # Before any export: a recipe the source cannot run fails at once (sdrt/recipes.py).
     recipe = resolve_recipe(config.recipe, source.configs, source.model_index, source.path_or_id)
     for name in component_names(source, branches):

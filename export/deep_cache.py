@@ -35,6 +35,7 @@ import torch
 from sdrt.export.components import ExportWrapper, ShapeCase, UNetExport
 
 from sdrt.errors import InputError
+from sdrt.guidance_embedding import GUIDANCE_EMBEDDING_INPUT
 from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, deep_cache_feature_output, shallow_unet_name
 
 LAYERS_PER_BLOCK_ID = 3  # DeepCache's cache_layer_id = cache_branch_id % 3
@@ -161,12 +162,20 @@ class ShallowUNetExport(ExportWrapper):
         self.capture = FeatureCapture(self.unet, (branch,))
 
     def forward(self, sample, timestep, encoder_hidden_states, *rest):
-        *added, feature = rest
+        *extra, feature = rest
+        named = dict(zip(self.base.input_names[3:], extra, strict=True))
         added_cond = None
         if self.base.text_time:
-            added_cond = {"text_embeds": added[0], "time_ids": added[1]}
+            added_cond = {"text_embeds": named["text_embeds"], "time_ids": named["time_ids"]}
         return shallow_forward(
-            self.unet, self.cut, sample, timestep, encoder_hidden_states, feature, added_cond
+            self.unet,
+            self.cut,
+            sample,
+            timestep,
+            encoder_hidden_states,
+            feature,
+            added_cond,
+            timestep_cond=named.get(GUIDANCE_EMBEDDING_INPUT),
         )
 
     def dynamic_axes(self):
@@ -187,11 +196,13 @@ def _feature_axes(branch: int) -> dict[int, str]:
     return {0: "batch", 2: f"deep_cache_{branch}_height", 3: f"deep_cache_{branch}_width"}
 
 
-def _embeddings(unet, sample, timestep, encoder_hidden_states, added_cond):
-    """The time embedding and the conditioning, as UNet2DConditionModel.forward makes them."""
+def _embeddings(unet, sample, timestep, encoder_hidden_states, added_cond, timestep_cond):
+    """The time embedding and the conditioning, as UNet2DConditionModel.forward makes them
+    (an LCM U-Net's guidance embedding, ``timestep_cond``, joins the time embedding)."""
     if unet.config.center_input_sample:
         sample = 2 * sample - 1.0
-    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+    t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
+    emb = unet.time_embedding(t_emb, timestep_cond)
     class_emb = unet.get_class_embed(sample=sample, class_labels=None)
     if class_emb is not None:
         concat = unet.config.class_embeddings_concat
@@ -217,9 +228,20 @@ def _layer(block, j, hidden, emb, states):
     return hidden
 
 
-def shallow_forward(unet, cut: BranchCut, sample, timestep, encoder_hidden_states, feature, added):
+def shallow_forward(
+    unet,
+    cut: BranchCut,
+    sample,
+    timestep,
+    encoder_hidden_states,
+    feature,
+    added,
+    timestep_cond=None,
+):
     """What DeepCache recomputes on a cached step, the cached feature given."""
-    sample, emb, states = _embeddings(unet, sample, timestep, encoder_hidden_states, added)
+    sample, emb, states = _embeddings(
+        unet, sample, timestep, encoder_hidden_states, added, timestep_cond
+    )
     hidden = unet.conv_in(sample)
     skips = [hidden]
     for block in unet.down_blocks[: cut.block]:

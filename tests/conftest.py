@@ -50,6 +50,8 @@ HEAVY_FIXTURES = frozenset(
         "tiny_built_int8",  # int8 calibration (tests/test_build_int8.py)
         "tiny_nncf",  # NNCF int8 (tests/test_build_int8_nncf.py)
         "tiny_built_all_modes",  # int8 + DeepCache + tiny VAE in one folder
+        "lcm_int8",  # tiny-lcm: int8 + DeepCache + tiny VAE (tests/test_lcm_fast_modes.py)
+        "lcm_nncf",  # tiny-lcm: NNCF int8 + DeepCache + tiny VAE
         "bench_report",  # `sdrt bench` end to end (tests/test_bench_cli.py)
         "quick_report",
         "modes_report",  # `sdrt bench` with fast-mode contenders

@@ -142,3 +142,38 @@ def test_the_quantization_record_says_whether_weights_had_7_bits(tiny_built_int8
 
     quantization = read_manifest(tiny_built_int8).components["unet"].quantization
     assert quantization["reduce_range"] is cpu_lacks_vnni()
+
+
+@pytest.mark.parametrize("count", [6, 8])  # not a multiple of 4, and one
+def test_calibration_ranges_cover_every_feed(tmp_path, count):
+    """The activation range comes from all recorded feeds: the largest value is in the
+    first one (onnxruntime's CalibMaxIntermediateOutputs dropped all but the last
+    ``count % 4`` feeds, and raised "No data is collected" for a multiple of 4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from sdrt.engines.int8_unet import Int8Options, quantize_unet
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")],
+        "calibration",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(fp32))
+    largest = 100.0
+    feeds = [{"x": np.full((1, 8), largest if i == 0 else 1.0, np.float32)} for i in range(count)]
+    quantize_unet(fp32, int8, feeds, Int8Options(reduce_range=False))
+    quantized = onnx.load(str(int8))
+    scales = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    x_scale = next(
+        float(scales[n.input[1]])
+        for n in quantized.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] == "x"
+    )
+    # uint8 over [0, largest] (MinMax takes 0 into the range): one step is largest / 255.
+    assert x_scale == pytest.approx(largest / 255, rel=1e-3)

@@ -260,20 +260,6 @@ def test_folder_without_guidance_embedding_refuses_lcm_conditioning(lcm, tiny_bu
     assert not sd.request("a fox", negative_prompt="blurry").guidance_embedding
 
 
-def test_deep_cache_build_is_refused_before_export(lcm_source, tmp_path):
-    from sdrt.export.build import BuildConfig, build
-
-    config = BuildConfig(
-        source=str(lcm_source),
-        output=tmp_path / "dc",
-        min_size=TINY_MIN_SIZE,
-        max_size=TINY_MAX_SIZE,
-        deep_cache_branches=(0,),
-    )
-    with pytest.raises(InputError, match="--deep-cache expects a U-Net without a guidance"):
-        build(config)
-
-
 def test_lcm_scheduler_on_a_plain_unet_runs_with_cfg_as_diffusers(
     tiny_source, tiny_built, monkeypatch
 ):
