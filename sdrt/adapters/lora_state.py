@@ -249,7 +249,11 @@ class LoraState:
             arrays = {}
             for branch, terms in branches.items():
                 dtype = np.dtype(branch.dtype)
-                down_t = np.concatenate([lora.down.T for _, lora in terms], axis=1)
+                if branch.spatial:  # the kxk conv weight [rank, in, kh, kw]
+                    down = np.concatenate([lora.down for _, lora in terms], axis=0)
+                    down_t = down.reshape(down.shape[0], -1, *branch.kernel)
+                else:
+                    down_t = np.concatenate([lora.down.T for _, lora in terms], axis=1)
                 up_t = np.concatenate([factor * lora.up.T for factor, lora in terms], axis=0)
                 for input_name, value in ((branch.down, down_t), (branch.up, up_t)):
                     value = np.ascontiguousarray(value, dtype=dtype)
