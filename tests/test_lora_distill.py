@@ -238,3 +238,28 @@ def test_refit_writes_the_3x3_conv_deltas(tiny_built_lora_ready_all, files, monk
     assert _diff(expected, base) > MIN_LORA_EFFECT
     refitted.unload_lora_weights()
     np.testing.assert_array_equal(_ours(refitted, "lcm"), base)
+
+
+def test_build_option_lora_ready_takes_the_scope(tiny_source, tmp_path, capsys):
+    from sdrt.cli import build_parser, main
+    from sdrt.commands.build import config_from_args
+
+    def config(*options):
+        argv = ["build", str(tiny_source), "-o", str(tmp_path / "out"), *options]
+        return config_from_args(build_parser().parse_args(argv))
+
+    assert not config().lora_ready
+    assert (config("--lora-ready").lora_ready, config("--lora-ready").lora_targets) == (
+        True,
+        "attention",
+    )
+    assert config("--lora-ready", "all").lora_targets == "all"
+    assert config("--lora-ready", "attention").lora_targets == "attention"
+    with pytest.raises(SystemExit) as exited:
+        main(["build", str(tiny_source), "-o", str(tmp_path / "out"), "--lora-ready", "most"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'most'" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"lora targets: expected one of attention, all"):
+        from sdrt.export.build import BuildConfig
+
+        BuildConfig(source=str(tiny_source), output=tmp_path / "o", lora_targets="most")
