@@ -263,3 +263,71 @@ def test_build_option_lora_ready_takes_the_scope(tiny_source, tmp_path, capsys):
         from sdrt.export.build import BuildConfig
 
         BuildConfig(source=str(tiny_source), output=tmp_path / "o", lora_targets="most")
+
+
+@pytest.fixture(scope="module")
+def lightning_xl(tiny_xl_source, tmp_path_factory):
+    """The tiny SDXL source with SDXL-Lightning's scheduler (Euler, trailing timesteps),
+    built ``--lora-ready all``, and a Lightning/Hyper-SD-style LoRA on every U-Net module
+    (ResNets, samplers, conv_in/out, time and added-condition embeddings) from peft +
+    diffusers' StableDiffusionXLPipeline.save_lora_weights."""
+    import json
+    import shutil
+
+    from sdrt.export.build import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("lightning-xl")
+    source = root / "src"
+    shutil.copytree(tiny_xl_source, source)
+    config_path = source / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(_class_name="EulerDiscreteScheduler", timestep_spacing="trailing")
+    config_path.write_text(json.dumps(config))
+    lora = write_distill_peft_file(root / "lora", source, 21, WHOLE_UNET_TARGETS, xl=True)
+    built = build(
+        BuildConfig(
+            source=str(source),
+            output=root / "built",
+            min_size=TINY_MIN_SIZE,
+            max_size=TINY_MAX_SIZE,
+            lora_ready=True,
+            lora_targets="all",
+        )
+    ).output
+    return source, built, lora
+
+
+def _xl_diffusers(source, lora, latents) -> np.ndarray:
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(source)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    with torch.no_grad():
+        return pipe(
+            PROMPT,
+            num_inference_steps=STEPS,
+            guidance_scale=0.0,  # SDXL-Lightning's card
+            latents=torch.from_numpy(latents),
+            output_type="np",
+            height=64,
+            width=64,
+        ).images
+
+
+@pytest.mark.heavy
+def test_sdxl_lightning_style_lora_at_run_time_equals_diffusers(lightning_xl):
+    source, built, lora = lightning_xl
+    latents = _latents()
+    pipe = sdrt.Pipeline.load(built, backend="ort-cpu")
+    assert any(b.spatial for b in pipe.manifest.components["unet"].lora_branches)
+    run = lambda: (
+        pipe(  # noqa: E731
+            PROMPT, num_inference_steps=STEPS, guidance_scale=0.0, latents=latents, output_type="np"
+        ).images
+    )
+    base, theirs = _xl_diffusers(source, None, latents), _xl_diffusers(source, lora, latents)
+    assert _diff(run(), base) <= MAX_IMAGE_DIFF
+    pipe.load_lora_weights(lora)
+    assert _diff(theirs, base) > MIN_LORA_EFFECT
+    assert _diff(run(), theirs) <= MAX_IMAGE_DIFF
