@@ -321,13 +321,42 @@ def test_sdxl_lightning_style_lora_at_run_time_equals_diffusers(lightning_xl):
     latents = _latents()
     pipe = sdrt.Pipeline.load(built, backend="ort-cpu")
     assert any(b.spatial for b in pipe.manifest.components["unet"].lora_branches)
-    run = lambda: (
-        pipe(  # noqa: E731
-            PROMPT, num_inference_steps=STEPS, guidance_scale=0.0, latents=latents, output_type="np"
-        ).images
-    )
+
+    def run():
+        settings = dict(num_inference_steps=STEPS, guidance_scale=0.0, output_type="np")
+        return pipe(PROMPT, latents=latents, **settings).images
+
     base, theirs = _xl_diffusers(source, None, latents), _xl_diffusers(source, lora, latents)
     assert _diff(run(), base) <= MAX_IMAGE_DIFF
     pipe.load_lora_weights(lora)
     assert _diff(theirs, base) > MIN_LORA_EFFECT
     assert _diff(run(), theirs) <= MAX_IMAGE_DIFF
+
+
+def test_sdrt_json_records_each_branch_kernel(tiny_built_lora_ready_all, tmp_path):
+    import json
+    import shutil
+
+    from sdrt.errors import ModelFolderError
+    from sdrt.manifest import read_manifest
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_built_lora_ready_all, folder)
+    data = json.loads((folder / "sdrt.json").read_text())
+    records = data["components"]["unet"]["lora_branches"]
+    conv1 = next(r for r in records if r["module"] == "down_blocks.0.resnets.0.conv1")
+    assert conv1["kernel"] == [3, 3]
+    branch = next(
+        b
+        for b in read_manifest(folder).components["unet"].lora_branches
+        if b.module == conv1["module"]
+    )
+    assert branch.specs[0].shape == ("rank of down_blocks.0.resnets.0.conv1", 32, 3, 3)
+    for record in records:  # folders written before kxk branches have no kernel: (1, 1)
+        record.pop("kernel")
+    (folder / "sdrt.json").write_text(json.dumps(data))
+    assert {b.kernel for b in read_manifest(folder).components["unet"].lora_branches} == {(1, 1)}
+    records[0]["kernel"] = [3]
+    (folder / "sdrt.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match=r"lora_branches\[0\]\.kernel: expected two"):
+        read_manifest(folder)
