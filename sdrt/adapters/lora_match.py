@@ -97,7 +97,7 @@ def covers_whole_unet(branches: Mapping[str, tuple[LoraBranch, ...]]) -> bool:
 
 
 def _shape(sizes: tuple[int, ...]) -> str:
-    """(out, in) or, for a conv, (out, in x kernel area, kh, kw) as the error shows it."""
+    """[out, in] or, for a kxk conv, [out, in, kh, kw], as the error shows it."""
     out, features_in, kh, kw = sizes
     if (kh, kw) == (1, 1):
         return f"[{out}, {features_in}]"
