@@ -209,6 +209,12 @@ def _build_into(
             "exporter": EXPORTER_VERSION,
             "token_embedding_input": name.startswith("text_encoder"),
             "lora_ready": ADAPTABLE_FORMAT if config.lora_ready else 0,
+            # recorded only where it differs, so that older builds' components are reused
+            **(
+                {"lora_targets": "all"}
+                if config.lora_ready and config.lora_targets == "all"
+                else {}
+            ),
             **({"deep_cache": list(branches)} if name == "unet" and branches else {}),
             **({"tome": config.tome.as_record()} if config.tome and name == "unet" else {}),
             **_library_versions(exporting=True),
@@ -229,6 +235,7 @@ def _build_into(
             source_sha256=source_sha256,
             report=report,
             lora_ready=config.lora_ready,
+            lora_targets=config.lora_targets,
             deep_cache_branches=branches,
             tome=config.tome if name == "unet" else None,
         )
@@ -486,6 +493,7 @@ def _export_component(
     source_sha256: str,
     report: ProgressCallback,
     lora_ready: bool = False,
+    lora_targets: str = "attention",
     deep_cache_branches: tuple[int, ...] = (),
     wrapper_loader: Callable[[], Any] | None = None,  # default: load_export_wrapper(source, name)
     config_file: Path | None = None,  # default: the source folder's config of the component
@@ -527,7 +535,9 @@ def _export_component(
 
         tomesd.remove_patch(wrapper.unet)
         apply_tome(wrapper.unet, tome)
-    adaptable_targets = adapt_wrapper(wrapper, name) if lora_ready else {}
+    adaptable_targets, kernels = (
+        adapt_wrapper(wrapper, name, lora_targets) if lora_ready else ({}, {})
+    )
     report(name, "exporting")
     scratch = staging / ".scratch" / name
     export_graph(wrapper, cases.trace, scratch / ONNX_FILE, opset=opset, seed=TRACE_SEED)
@@ -551,7 +561,7 @@ def _export_component(
         promoted = promote_token_embedding(
             model, config["vocab_size"], config["hidden_size"], EXTERNAL_DATA_FILE
         )
-    lora_branches = tuple(expose_branches(model, adaptable_targets))
+    lora_branches = tuple(expose_branches(model, adaptable_targets, kernels))
     report(name, "saving")
     saved = save_graph(model, staging / name)
     del model

@@ -20,6 +20,17 @@ from sdrt.recipes import RecipeOption
 # The legacy exporter needs opset 14 for scaled_dot_product_attention; 20 is its maximum.
 MIN_OPSET, MAX_OPSET = 14, 20
 SIZE_STEP = 8  # every SD VAE scales by 8; sizes are checked against the model's own later
+# What --lora-ready gives branches (export/adaptable.py); the first is the default.
+LORA_TARGETS = ("attention", "all")
+
+
+def _check_lora_targets(config: BuildConfig) -> None:
+    if config.lora_targets not in LORA_TARGETS:
+        raise InputError(
+            f"lora targets: expected one of {', '.join(LORA_TARGETS)}, got {config.lora_targets!r}"
+        )
+
+
 INT8_METHODS = ("onnxruntime", "nncf")
 
 
@@ -47,6 +58,9 @@ class BuildConfig:
     # U-Net and text-encoder modules LoRA touches get low-rank branches fed at run time
     # (export/adaptable.py); off by default: they cost a plain build some speed (README)
     lora_ready: bool = False
+    # with lora_ready: "attention" (the transformer blocks' modules) or "all" (every Linear
+    # and Conv2d of the U-Net: what LCM-LoRA, Hyper-SD and LoCon files train)
+    lora_targets: str = "attention"
     # DeepCache branches (cache_branch_id) to export shallow U-Nets for; () builds none
     deep_cache_branches: tuple[int, ...] = ()
     # a diffusers AutoencoderTiny folder or Hub id, exported beside the full VAE
@@ -70,6 +84,7 @@ class BuildConfig:
         _check_deep_cache_branches(self)
         object.__setattr__(self, "calibration_prompts", tuple(self.calibration_prompts))
         _check_int8(self)
+        _check_lora_targets(self)
         for option in (*self.loras, *self.embeddings):
             if not Path(option.path).is_file():
                 raise InputError(f"adapter file {str(option.path)!r} does not exist")
@@ -131,6 +146,17 @@ def _check_deep_cache_branches(config: BuildConfig) -> None:
     if branches and config.tome is not None:
         # the shallow U-Nets would run without the merging the full U-Net does
         raise InputError("--deep-cache and --tome-ratio cannot be combined yet")
+
+
+# What --lora-ready gives branches (export/adaptable.py); the first is the default.
+LORA_TARGETS = ("attention", "all")
+
+
+def _check_lora_targets(config: BuildConfig) -> None:
+    if config.lora_targets not in LORA_TARGETS:
+        raise InputError(
+            f"lora targets: expected one of {', '.join(LORA_TARGETS)}, got {config.lora_targets!r}"
+        )
 
 
 INT8_METHODS = ("onnxruntime", "nncf")

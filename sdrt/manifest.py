@@ -125,20 +125,35 @@ class BuiltAdapter:
 class LoraBranch:
     """A module run-time LoRA may change: it computes ``base(x) + (x @ down_t) @ up_t``
     with ``down_t`` [in, rank] and ``up_t`` [rank, out] graph inputs, zero-size by default
-    (export/adaptable.py)."""
+    (export/adaptable.py); a kxk conv ``up_t`` applied to a kxk conv of x by ``down``
+    [rank, in, kh, kw]."""
 
     module: str  # the diffusers/transformers module name, e.g. "down_blocks.0....attn1.to_q"
     down: str  # graph input names
     up: str
-    features_in: int
+    features_in: int  # the down factor's width: in channels x kernel area for a kxk conv
     features_out: int
     dtype: str
+    kernel: tuple[int, int] = (1, 1)  # a conv's kernel; (1, 1) for Linear and 1x1 convs
+
+    @property
+    def spatial(self) -> bool:
+        """A kxk conv (k > 1): ``down`` is its conv weight [rank, in, kh, kw], not a matrix."""
+        return self.kernel != (1, 1)
+
+    @property
+    def down_shape(self) -> tuple:
+        rank = f"rank of {self.module}"  # any size: the active adapters' ranks summed
+        if self.spatial:
+            kh, kw = self.kernel
+            return (rank, self.features_in // (kh * kw), kh, kw)
+        return (self.features_in, rank)
 
     @property
     def specs(self) -> tuple[TensorSpec, TensorSpec]:
-        rank = f"rank of {self.module}"  # any size: the active adapters' ranks summed
+        rank = f"rank of {self.module}"
         return (
-            TensorSpec(self.down, self.dtype, (self.features_in, rank)),
+            TensorSpec(self.down, self.dtype, self.down_shape),
             TensorSpec(self.up, self.dtype, (rank, self.features_out)),
         )
 
@@ -586,9 +601,20 @@ def _lora_branches(values: list, where: str) -> tuple[LoraBranch, ...]:
                 features_in=b.get("features_in", int),
                 features_out=b.get("features_out", int),
                 dtype=b.choice("dtype", DTYPES),
+                kernel=_kernel(b),
             )
         )
     return tuple(branches)
+
+
+def _kernel(b: _Reader) -> tuple[int, int]:
+    """A branch's conv kernel; (1, 1) in folders written before kxk convs had branches."""
+    kernel = b.get("kernel", list, optional=True, default=[1, 1])
+    if len(kernel) != 2 or not all(
+        isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in kernel
+    ):
+        raise ModelFolderError(f"{b.where}.kernel: expected two positive integers, got {kernel!r}")
+    return (kernel[0], kernel[1])
 
 
 def _engine(i: int, r: _Reader) -> Engine:

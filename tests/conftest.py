@@ -151,6 +151,19 @@ def tiny_built_lora_ready(tiny_source, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_built_lora_ready_all(tiny_source, tmp_path_factory):
+    """`tiny_source` built `--lora-ready all`: every Linear and conv of the U-Net gets a
+    branch (3x3 convs included), as distillation LoRAs need."""
+    return _build_tiny(
+        tiny_source,
+        tmp_path_factory,
+        "tiny-built-lora-ready-all",
+        lora_ready=True,
+        lora_targets="all",
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_built_deep_cache(tiny_source, tmp_path_factory):
     """`tiny_source` built with DeepCache's graphs for branches 0 and 1 (once per session)."""
     return _build_tiny(

@@ -239,3 +239,61 @@ def peft_and_kohya_files(folder: Path, source: Path) -> dict[str, Path]:
         "peft": write_peft_file(folder / "peft", source, seed=1),
         "kohya": write_kohya_file(folder / "kohya.safetensors", source, seed=2, alpha=3.0),
     }
+
+
+# What diffusers' LCM-LoRA training scripts (train_lcm_distill_lora_sd*.py) target by
+# default, as LCM-LoRA and TCD-LoRA were trained: the transformer blocks, and the ResNets'
+# 3x3 convs, shortcuts and time projections, and the samplers' 3x3 convs.
+LCM_LORA_TARGETS = [
+    *UNET_TARGETS,
+    "ff.net.0.proj",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+]
+# Some distillation LoRAs (and LoCon) train the modules outside the blocks as well.
+WHOLE_UNET_TARGETS = [*LCM_LORA_TARGETS, "conv_in", "conv_out", "linear_1", "linear_2"]
+
+
+def distill_lora_state_dict(source: Path, seed: int, targets, rank: int = 4, xl: bool = False):
+    """A U-Net LoRA state dict (diffusers' keys, no ``unet.`` prefix) made by peft on
+    ``source``'s U-Net with ``targets``, random nonzero factors (conv ones included)."""
+    import torch
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    kind = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    pipe = kind.from_pretrained(source, **({} if xl else {"safety_checker": None}))
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
+    )
+    state = get_peft_model_state_dict(pipe.unet)
+    return {k: v * DELTA_SCALE for k, v in state.items()}
+
+
+def write_distill_peft_file(folder: Path, source: Path, seed: int, targets, xl: bool = False):
+    """A LoRA folder as diffusers' save_lora_weights writes it (``unet.<module>.lora_A``),
+    with conv factors of shape (rank, in, 3, 3) / (out, rank, 1, 1); returns the file."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    state = distill_lora_state_dict(source, seed, targets, xl=xl)
+    kind = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    kind.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def write_distill_kohya_file(path: Path, source: Path, seed: int, targets) -> Path:
+    """The same kind of adapter converted by diffusers' convert_state_dict_to_kohya (the
+    ``lora_unet_<module>.lora_down/up`` + alpha layout LCM-LoRA's files use)."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    state = distill_lora_state_dict(source, seed, targets)
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(path))
+    return path

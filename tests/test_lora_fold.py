@@ -14,7 +14,15 @@ import pytest
 from onnx import numpy_helper
 from test_engines_build import build
 
-from sdrt.adapters.lora_fold import MATMUL, fold_branches, weight_slots, write_folded_copy
+from sdrt.adapters.lora_fold import (
+    CONV_1X1,
+    CONV_KXK,
+    GEMM_OUT_IN,
+    MATMUL,
+    fold_branches,
+    weight_slots,
+    write_folded_copy,
+)
 from sdrt.errors import ModelFolderError
 from sdrt.manifest import read_manifest
 
@@ -40,10 +48,14 @@ def run(model_or_path, feeds):
     return ort.InferenceSession(source).run(None, feeds)
 
 
-@pytest.mark.parametrize("name", ADAPTED)
-def test_the_folded_graph_is_the_base_model_exactly(tiny_built_lora_ready, name):
-    component = read_manifest(tiny_built_lora_ready).components[name]
-    path = tiny_built_lora_ready / component.file
+@pytest.mark.parametrize(
+    ("ready", "name"),
+    [*(("tiny_built_lora_ready", n) for n in ADAPTED), ("tiny_built_lora_ready_all", "unet")],
+)
+def test_the_folded_graph_is_the_base_model_exactly(request, ready, name):
+    folder = request.getfixturevalue(ready)
+    component = read_manifest(folder).components[name]
+    path = folder / component.file
     folded = write_folded_copy(path, component.lora_branches)
     try:
         assert folded.parent == path.parent and folded.name.startswith(".folded-")
@@ -51,7 +63,8 @@ def test_the_folded_graph_is_the_base_model_exactly(tiny_built_lora_ready, name)
         assert {i.name for i in graph.input} - {"token_embedding"} == {
             s.name for s in component.inputs
         }
-        assert not [n for n in graph.initializer if n.name.endswith(("lora_down_t", "lora_up_t"))]
+        factors = ("lora_down_t", "lora_up_t", "lora_down")
+        assert not [n for n in graph.initializer if n.name.endswith(factors)]
         feeds = feeds_for(component, np.random.default_rng(0))
         for ours, theirs in zip(run(str(folded), feeds), run(str(path), feeds), strict=True):
             np.testing.assert_array_equal(ours, theirs)
@@ -59,11 +72,11 @@ def test_the_folded_graph_is_the_base_model_exactly(tiny_built_lora_ready, name)
         folded.unlink()
 
 
-@pytest.mark.parametrize("name", ADAPTED)
-def test_each_slot_holds_its_modules_base_weight_in_its_layout(tiny_built_lora_ready, name):
-    """W + up @ down written into the slots computes what the branches fed the factors do."""
-    component = read_manifest(tiny_built_lora_ready).components[name]
-    path = tiny_built_lora_ready / component.file
+def _slots_hold_the_deltas(folder, name) -> set[str]:
+    """W + up @ down written into the slots computes what the branches fed the factors do;
+    the slots' layouts."""
+    component = read_manifest(folder).components[name]
+    path = folder / component.file
     model = onnx.load(str(path))
     slots = weight_slots(model, component.lora_branches)
     assert sorted(slots) == sorted(b.module for b in component.lora_branches)
@@ -74,7 +87,8 @@ def test_each_slot_holds_its_modules_base_weight_in_its_layout(tiny_built_lora_r
     for branch in component.lora_branches:
         down = 0.1 * rng.standard_normal((3, branch.features_in)).astype(np.float32)
         up = 0.1 * rng.standard_normal((branch.features_out, 3)).astype(np.float32)
-        fed[branch.down], fed[branch.up] = down.T.copy(), up.T.copy()
+        fed_down = down.reshape(3, *branch.down_shape[1:]) if branch.spatial else down.T.copy()
+        fed[branch.down], fed[branch.up] = fed_down, up.T.copy()
         slot = slots[branch.module]
         weights[slot.initializer] = slot.with_delta(
             numpy_helper.to_array(initializers[slot.initializer]), up @ down
@@ -87,8 +101,26 @@ def test_each_slot_holds_its_modules_base_weight_in_its_layout(tiny_built_lora_r
     ours, theirs = run(model, feeds)[0], run(str(path), fed)[0]
     assert np.abs(theirs - base).max() > 100 * WEIGHTS_VS_FEEDS  # the adapters do something
     np.testing.assert_allclose(ours, theirs, atol=WEIGHTS_VS_FEEDS)
-    layouts = {s.layout for s in slots.values()}
+    return {s.layout for s in slots.values()}
+
+
+@pytest.mark.parametrize("name", ADAPTED)
+def test_each_slot_holds_its_modules_base_weight_in_its_layout(tiny_built_lora_ready, name):
+    """W + up @ down written into the slots computes what the branches fed the factors do."""
+    layouts = _slots_hold_the_deltas(tiny_built_lora_ready, name)
     assert MATMUL in layouts and (name != "unet" or len(layouts) == 2)  # 1x1 convs too
+
+
+def test_kxk_conv_slots_take_the_delta_reshaped(tiny_built_lora_ready_all):
+    """``--lora-ready all``: the ResNets' and samplers' 3x3 convs too, their delta
+    up @ down [out, in * 9] reshaped to the conv weight [out, in, 3, 3], and the Linears on
+    2-D inputs (time embedding, time_emb_proj), which export as Gemm with W [out, in]."""
+    assert _slots_hold_the_deltas(tiny_built_lora_ready_all, "unet") == {
+        MATMUL,
+        GEMM_OUT_IN,
+        CONV_1X1,
+        CONV_KXK,
+    }
 
 
 def _unet(folder):

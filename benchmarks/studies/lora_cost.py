@@ -3,7 +3,7 @@ and a U-Net step with an adapter active against a build with plain constant weig
 
     python -m sdrt.benchmarks.studies.lora_cost READY_FOLDER PLAIN_FOLDER [--size 256] [--rank 16]
 
-READY_FOLDER is built with ``--lora-ready``, PLAIN_FOLDER from the same source without
+READY_FOLDER is built with ``--lora-ready`` (or ``--lora-ready all``), PLAIN_FOLDER from the same source without
 (the "fused build": every weight a constant). The adapters are random,
 PEFT-keyed, rank ``--rank``, on every LoRA-ready module of the U-Net and text encoder (the
 most a LoRA can touch). Steps are timed in interleaved rounds, so that the load of a shared
@@ -36,6 +36,9 @@ def random_lora(pipe, path: Path, rank: int, seed: int) -> Path:
             key = f"{component}.{branch.module}"
             down = rng.standard_normal((rank, branch.features_in), np.float32) * 0.01
             up = rng.standard_normal((branch.features_out, rank), np.float32) * 0.01
+            if branch.spatial:  # a kxk conv's LoRA as peft writes it (--lora-ready all)
+                down = down.reshape(rank, *branch.down_shape[1:])
+                up = up.reshape(*up.shape, 1, 1)
             tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = down, up
     save_file(tensors, str(path))
     return path
@@ -104,7 +107,8 @@ def main(argv=None) -> dict:
     # The defaults are zero-size (rank 0); rank-1 zeros fed everywhere is the alternative.
     zeros = {}
     for branch in pipe.manifest.components["unet"].lora_branches:
-        zeros[branch.down] = np.zeros((branch.features_in, 1), branch.dtype)
+        down_shape = [1 if isinstance(d, str) else d for d in branch.down_shape]
+        zeros[branch.down] = np.zeros(down_shape, branch.dtype)
         zeros[branch.up] = np.zeros((1, branch.features_out), branch.dtype)
     rank1_feeds = {**feeds, **zeros}
     contenders = {

@@ -15,7 +15,9 @@ A module's delta is ``scale * up @ down`` with ``scale = alpha / rank`` where th
 an alpha, else 1 (PEFT's ``lora_alpha`` defaulting to the rank, as diffusers loads such
 files; kohya likewise), unless the file's metadata holds peft's LoraConfig
 (``lora_adapter_metadata``, lora_metadata.py): then its ``lora_alpha / r`` and patterns.
-Conv LoRA factors (rank, in, 1, 1) are read as matrices.
+Conv LoRA factors are read as matrices: a 1x1 conv's (rank, in, 1, 1) as (rank, in), a kxk
+conv's down (rank, in, kh, kw) as (rank, in * kh * kw), its kernel kept (``up @ down``
+reshaped to (out, in, kh, kw) is then the conv's delta, as peft merges it).
 kohya names are resolved against the model's own module names (``module_lookup``), since
 ``_`` cannot be split back into ``.`` without them; kohya's SDXL files name U-Net blocks in
 the SGM layout (``input_blocks_4_1_…``), mapped first by lora_sgm_blocks.py.
@@ -74,10 +76,11 @@ class LoraModule:
 
     component: str  # "unet", "text_encoder", "text_encoder_2"
     key: str  # the module as the file names it (dotted for PEFT, underscored for kohya)
-    down: np.ndarray  # (rank, in), float32
+    down: np.ndarray  # (rank, in), float32; a kxk conv's (rank, in * kh * kw)
     up: np.ndarray  # (out, rank), float32
     scale: float  # alpha / rank (the metadata's where it has peft's config), or 1
     file_key: str | None = None  # the file's own name where ``key`` was mapped (SGM blocks)
+    kernel: tuple[int, int] = (1, 1)  # a conv LoRA's down kernel (kxk: a ResNet's 3x3 conv)
 
     @property
     def rank(self) -> int:
@@ -180,10 +183,10 @@ def _module(
             f"{path}: module {key!r} has factors of shapes {list(down.shape)} (down) and "
             f"{list(up.shape)} (up); expected (rank, in) and (out, rank)"
         )
-    if down.ndim == 4 and (down.shape[2:] != (1, 1) or up.shape[2:] != (1, 1)):
+    if down.ndim == 4 and up.shape[2:] != (1, 1):
         raise InputError(
-            f"{path}: module {key!r} is a convolution LoRA with a {down.shape[2]}x{down.shape[3]} "
-            "kernel; only 1x1 ones can be applied at run time (fuse others with sdrt build --lora)"
+            f"{path}: module {key!r} has an up factor with a {up.shape[2]}x{up.shape[3]} "
+            "kernel; expected 1x1 (peft's and kohya's conv LoRA: a kxk down, a 1x1 up)"
         )
     rank = down.shape[0]
     component, module = prefixes[prefix], key[len(prefix) :]
@@ -211,6 +214,7 @@ def _module(
         down=down.reshape(rank, -1),
         up=up.reshape(up.shape[0], rank),
         scale=scale,
+        kernel=tuple(down.shape[2:]) if down.ndim == 4 else (1, 1),
     )
 
 

@@ -13,9 +13,14 @@ The exported patterns, per branch (anything else is an error naming the module):
 
 - Linear: ``Add(base, MatMul(MatMul(x, down_t), up_t))`` with ``base`` = ``MatMul(x, W_t)``
   or ``Add(MatMul(x, W_t), bias)``; ``W_t`` is [in, out] (the exporter stores W transposed);
+  on a 2-D input (``--lora-ready all``: the time embedding) ``Gemm(x, W, bias)``, ``W``
+  [out, in] with transB (else [in, out]);
 - 1x1 Conv: ``Add(Conv(x, W, bias), Transpose(MatMul(MatMul(h, down_t), up_t)))`` with ``W``
   [out, in, 1, 1] (``h`` is x channels-last, however the exporter got there; what only the
-  branch used goes with it).
+  branch used goes with it);
+- kxk Conv (``--lora-ready all``): ``Add(Conv(x, W, bias), Transpose(MatMul(Transpose(Conv(x,
+  down)), up_t)))`` with ``W`` [out, in, kh, kw]; ``up @ down`` [out, in*kh*kw] reshaped is
+  its delta, as peft merges a conv LoRA.
 
 onnx is imported by the callers (engine builds, and the TensorRT backend's LoRA switch): it
 is not a runtime dependency of the ONNX Runtime backends.
@@ -34,7 +39,8 @@ from sdrt.manifest import LoraBranch
 
 # Bump when the folded graph or the slots change: the engines' cache key includes it.
 FOLD_FORMAT = 1
-MATMUL, CONV_1X1 = "matmul_in_out", "conv_out_in_1x1"
+MATMUL, CONV_1X1, CONV_KXK = "matmul_in_out", "conv_out_in_1x1", "conv_out_in_kh_kw"
+GEMM_OUT_IN = "gemm_out_in"  # a Gemm with transB: W as torch stores it
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,9 @@ class WeightSlot:
 
     module: str
     initializer: str  # the ONNX initializer (and TensorRT weights) name
-    layout: str  # MATMUL: W transposed, [in, out]; CONV_1X1: [out, in, 1, 1]
+    # MATMUL: W transposed, [in, out]; GEMM_OUT_IN: [out, in]; CONV_1X1: [out, in, 1, 1];
+    # CONV_KXK: [out, in, kh, kw]
+    layout: str
 
     def with_delta(self, base: np.ndarray, delta: np.ndarray | None) -> np.ndarray:
         """``base`` (in this slot's layout) plus ``delta`` [out, in], summed in fp32; with no
@@ -53,7 +61,7 @@ class WeightSlot:
         base = base.astype(np.float32, copy=False)
         if self.layout == MATMUL:
             return base + delta.T
-        return base + delta[:, :, None, None]
+        return base + delta.reshape(base.shape)  # [out, in(*kh*kw)] -> [out, in, kh, kw]
 
 
 @dataclass(frozen=True)
@@ -82,11 +90,17 @@ def _only(nodes: list, op_type: str, where: str):
 
 def _find_branch(graph, branch: LoraBranch, producers, consumers, initializers) -> _Branch:
     where = f"LoRA branch of {branch.module}"
-    first = _only(consumers.get(branch.down, []), "MatMul", where)
-    second = _only(consumers.get(first.output[0], []), "MatMul", where)
+    if branch.spatial:  # Conv(x, down) -> Transpose -> MatMul(up_t)
+        first = _only(consumers.get(branch.down, []), "Conv", where)
+        turn = _only(consumers.get(first.output[0], []), "Transpose", where)
+        second = _only(consumers.get(turn.output[0], []), "MatMul", where)
+        nodes = [first, turn, second]
+    else:
+        first = _only(consumers.get(branch.down, []), "MatMul", where)
+        second = _only(consumers.get(first.output[0], []), "MatMul", where)
+        nodes = [first, second]
     if branch.up not in second.input:
         raise ModelFolderError(f"{where}: the second MatMul does not take {branch.up}")
-    nodes = [first, second]
     joined = consumers.get(second.output[0], [])
     conv = len(joined) == 1 and joined[0].op_type == "Transpose"
     if conv:
@@ -98,19 +112,25 @@ def _find_branch(graph, branch: LoraBranch, producers, consumers, initializers) 
     base = producers.get(base_output)
     if base is not None and base.op_type == "Add" and not conv:
         base = producers.get(next((i for i in base.input if i not in initializers), ""))
-    expected = "Conv" if conv else "MatMul"
-    if base is None or base.op_type != expected or base.input[1] not in initializers:
+    expected = ("Conv",) if conv else ("MatMul", "Gemm")
+    if base is None or base.op_type not in expected or base.input[1] not in initializers:
         raise ModelFolderError(
-            f"{where}: its base is not a {expected} with a constant weight "
+            f"{where}: its base is not a {' or '.join(expected)} with a constant weight "
             f"({base.op_type if base is not None else 'a graph input'})"
         )
     weight = initializers[base.input[1]]
-    layout = CONV_1X1 if conv else MATMUL
-    want = (
-        [branch.features_out, branch.features_in, 1, 1]
-        if conv
-        else [branch.features_in, branch.features_out]
-    )
+    layout = (CONV_KXK if branch.spatial else CONV_1X1) if conv else MATMUL
+    if branch.spatial:
+        want = [branch.features_out, *branch.down_shape[1:]]
+    elif conv:
+        want = [branch.features_out, branch.features_in, 1, 1]
+    elif base.op_type == "Gemm":
+        layout = _gemm_layout(base, where)
+        want = [branch.features_in, branch.features_out]
+        if layout == GEMM_OUT_IN:
+            want.reverse()
+    else:
+        want = [branch.features_in, branch.features_out]
     if list(weight.dims) != want:
         raise ModelFolderError(
             f"{where}: its base weight {weight.name} has shape {list(weight.dims)}; {want} expected"
@@ -123,6 +143,17 @@ def _find_branch(graph, branch: LoraBranch, producers, consumers, initializers) 
         )
     slot = WeightSlot(branch.module, weight.name, layout)
     return _Branch(slot, add, base_output, tuple(nodes))
+
+
+def _gemm_layout(gemm, where: str) -> str:
+    """A Linear on a 2-D input (the time embedding's, time_emb_proj) exports as Gemm:
+    ``x @ W.T + b`` with transB=1 ([out, in], as torch stores it), or ``x @ W + b``."""
+    import onnx
+
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+    if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0:
+        raise ModelFolderError(f"{where}: its base Gemm has transA or alpha; not a Linear")
+    return GEMM_OUT_IN if attributes.get("transB", 0) else MATMUL
 
 
 def _branches(model, branches: Iterable[LoraBranch]) -> list[_Branch]:
@@ -143,11 +174,16 @@ def fold_branches(model, branches: tuple[LoraBranch, ...]) -> None:
     the branch nodes and the factor inputs and defaults go."""
     found = _branches(model, branches)
     graph = model.graph
-    renamed = {b.add.output[0]: b.base_output for b in found}
-    dropped = {id(n) for b in found for n in (*b.nodes, b.add)}
     outputs = {o.name for o in graph.output}
-    if outputs & set(renamed):
-        raise ModelFolderError("a LoRA branch's sum is a graph output; cannot fold it")
+    renamed = {}
+    for b in found:
+        if b.add.output[0] in outputs:  # conv_out's sum: the base now writes the output
+            renamed[b.base_output] = b.add.output[0]
+            for node in graph.node:
+                node.output[:] = [b.add.output[0] if o == b.base_output else o for o in node.output]
+        else:
+            renamed[b.add.output[0]] = b.base_output
+    dropped = {id(n) for b in found for n in (*b.nodes, b.add)}
     kept = [n for n in graph.node if id(n) not in dropped]
     for node in kept:
         for i, name in enumerate(node.input):

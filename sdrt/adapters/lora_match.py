@@ -54,10 +54,10 @@ def match_lora(
             mapped = f" (as {module.key})" if module.file_key else ""
             unmatched.append(f"{module.component}:{module.name_in_file}{mapped}")
             continue
-        expected = (branch.features_out, branch.features_in)
-        got = (module.up.shape[0], module.down.shape[1])
+        expected = (branch.features_out, branch.features_in, *branch.kernel)
+        got = (module.up.shape[0], module.down.shape[1], *module.kernel)
         if expected != got:
-            mismatched.append(f"{branch.module} (model {list(expected)}, file {list(got)})")
+            mismatched.append(f"{branch.module} (model {_shape(expected)}, file {_shape(got)})")
             continue
         matched.append(MatchedModule(module.component, branch, module))
     if mismatched:
@@ -72,13 +72,36 @@ def match_lora(
             f"(first: {_few(unmatched)}); a LoRA for another architecture?"
         )
     if unmatched:
+        if covers_whole_unet(branches):
+            covered = "every Linear and conv of the U-Net"
+            hint = "fuse the file at build time instead (sdrt build --lora)"
+        else:
+            covered = "the U-Net's transformer blocks"
+            hint = (
+                "rebuild with `sdrt build --lora-ready all` for LoRAs that also train the "
+                "ResNets and samplers (LCM-LoRA, TCD, Hyper-SD, Lightning, LoCon), or fuse "
+                "the file at build time (sdrt build --lora)"
+            )
         raise InputError(
             f"{lora.path}: {len(unmatched)} of {len(lora.modules)} modules match no module "
-            f"this folder takes at run time: {_few(unmatched)}. Run-time LoRA covers the "
-            "U-Net's transformer blocks and the text encoders' attention and MLP layers; "
-            "others (LoCon's ResNet convolutions) can be fused at build time (sdrt build --lora)"
+            f"this folder takes at run time: {_few(unmatched)}. This folder's run-time LoRA "
+            f"covers {covered} and the text encoders' attention and MLP layers; {hint}"
         )
     return tuple(matched)
+
+
+def covers_whole_unet(branches: Mapping[str, tuple[LoraBranch, ...]]) -> bool:
+    """Whether the folder was built ``--lora-ready all`` (U-Net branches outside the
+    transformer blocks)."""
+    return any(".attentions." not in b.module for b in branches.get("unet", ()))
+
+
+def _shape(sizes: tuple[int, ...]) -> str:
+    """[out, in] or, for a kxk conv, [out, in, kh, kw], as the error shows it."""
+    out, features_in, kh, kw = sizes
+    if (kh, kw) == (1, 1):
+        return f"[{out}, {features_in}]"
+    return f"[{out}, {features_in // (kh * kw)}, {kh}, {kw}]"
 
 
 def _few(items: list[str], count: int = 3) -> str:

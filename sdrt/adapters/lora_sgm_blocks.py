@@ -11,10 +11,14 @@ with ``layers_per_block`` (L) from the U-Net's config: ``input_blocks_i_k`` is l
 ``(i-1) // (L+1)``, layer ``(i-1) % (L+1)``, kind ``k`` (0 resnets, 1 attentions; ``_op``
 is the level's downsampler); ``output_blocks_i_k`` is level ``i // (L+1)``, layer
 ``i % (L+1)`` (kind 2, the upsampler, is layer 0); ``middle_block_0/1/2`` are resnet 0,
-attention 0, resnet 1. Names inside a block are left as they are (a transformer block's
-are the same in both layouts; a resnet's are not, but run-time LoRA has no branch for
-them). Modules outside the blocks (time_embed, label_emb, ``input_blocks_0_0``, ``out_2``)
-pass through unmapped, and so are named as unmatched.
+attention 0, resnet 1. A transformer block's inner names are the same in both layouts; a
+ResNet's and a sampler's are renamed as diffusers' ``_convert_unet_lora_key`` renames them
+(``in_layers_2`` conv1, ``out_layers_3`` conv2, ``emb_layers_1`` time_emb_proj,
+``skip_connection`` conv_shortcut, ``op`` the downsampler's conv), and so are the modules
+outside the blocks (``input_blocks_0_0`` conv_in, ``out_2`` conv_out, ``time_embed_0/2``
+and ``label_emb_0_0/0_2`` the time and added-condition embeddings' linear_1/2): what
+distillation LoRAs (SDXL-Lightning, Hyper-SD) and LoCon train, which a folder built
+``--lora-ready all`` takes at run time.
 
 diffusers maps only in SDXL pipelines (its SD 1.x and 2.x ones fail on such files), and in
 a file that also has diffusers-layout U-Net names it drops the SGM ones; so does this.
@@ -38,6 +42,22 @@ INNER_KINDS = ("resnets", "attentions", "upsamplers")  # an SGM block's inner in
 MIDDLE_LAYERS = {0: ("resnets", 0), 1: ("attentions", 0), 2: ("resnets", 1)}
 CONV_IN = "input_blocks_0_0"  # conv_in: outside the level structure
 DOWNSAMPLER = "op"
+# A ResNet's modules, SGM -> diffusers (inside a mapped block's name).
+RESNET_NAMES = {
+    "in_layers_2": "conv1",
+    "out_layers_3": "conv2",
+    "emb_layers_1": "time_emb_proj",
+    "skip_connection": "conv_shortcut",
+}
+# Modules outside the blocks, SGM -> diffusers (whole names).
+OUTSIDE_BLOCKS = {
+    CONV_IN: "conv_in",
+    "out_2": "conv_out",
+    "time_embed_0": "time_embedding_linear_1",
+    "time_embed_2": "time_embedding_linear_2",
+    "label_emb_0_0": "add_embedding_linear_1",
+    "label_emb_0_2": "add_embedding_linear_2",
+}
 
 
 def uses_sgm_blocks(lora: LoraFile) -> bool:
@@ -81,13 +101,23 @@ def map_sgm_blocks(lora: LoraFile, layers_per_block: int) -> LoraFile:
         )
         kept = tuple(m for m in lora.modules if not is_sgm_module(m))
         return dataclasses.replace(lora, modules=kept)
-    modules = tuple(
-        _mapped(lora, m, layers_per_block)
-        if is_sgm_module(m) and not m.key.startswith(CONV_IN)
-        else m
-        for m in lora.modules
-    )
+    modules = tuple(_mapped_module(lora, m, layers_per_block) for m in lora.modules)
     return dataclasses.replace(lora, modules=modules)
+
+
+def _mapped_module(lora: LoraFile, module: LoraModule, layers_per_block: int) -> LoraModule:
+    if module.component != "unet":
+        return module
+    if module.key in OUTSIDE_BLOCKS:
+        return _renamed(module, [OUTSIDE_BLOCKS[module.key]])
+    if not is_sgm_module(module):
+        return module
+    mapped = _mapped(lora, module, layers_per_block)
+    for sgm, diffusers in RESNET_NAMES.items():
+        if mapped.key.endswith("_" + sgm) and "_resnets_" in mapped.key:
+            key = mapped.key[: -len(sgm)] + diffusers
+            return dataclasses.replace(mapped, key=key)
+    return mapped
 
 
 def _mapped(lora: LoraFile, module: LoraModule, layers_per_block: int) -> LoraModule:

@@ -6,7 +6,8 @@ Each LoRA-ready module computes ``base(x) + (x @ down_t) @ up_t`` (export/adapta
     sum_i weight_i * scale_i * (up_i @ down_i)
 
 is fed as the active adapters' factors concatenated along the rank axis, each adapter's
-``weight * scale`` folded into its up factor: a few MB, no base weight read. Modules no
+``weight * scale`` folded into its up factor: a few MB, no base weight read (a kxk conv's
+``down`` is fed as its conv weight [rank, in, kh, kw], ``--lora-ready all``). Modules no
 active adapter touches are not fed (their zero-size defaults add exactly 0), and with no
 active adapter nothing extra is fed. A change (load, set_adapters, unload) builds a new snapshot, then
 swaps one reference: a call holds the snapshot it started with, so calls in flight keep
@@ -249,7 +250,11 @@ class LoraState:
             arrays = {}
             for branch, terms in branches.items():
                 dtype = np.dtype(branch.dtype)
-                down_t = np.concatenate([lora.down.T for _, lora in terms], axis=1)
+                if branch.spatial:  # the kxk conv weight [rank, in, kh, kw]
+                    down = np.concatenate([lora.down for _, lora in terms], axis=0)
+                    down_t = down.reshape(down.shape[0], -1, *branch.kernel)
+                else:
+                    down_t = np.concatenate([lora.down.T for _, lora in terms], axis=1)
                 up_t = np.concatenate([factor * lora.up.T for factor, lora in terms], axis=0)
                 for input_name, value in ((branch.down, down_t), (branch.up, up_t)):
                     value = np.ascontiguousarray(value, dtype=dtype)

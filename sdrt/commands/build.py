@@ -114,10 +114,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lora-ready",
-        action="store_true",
+        nargs="?",
+        const="attention",
+        default=None,
+        choices=("attention", "all"),
         help="give the modules LoRA touches low-rank branches fed at run time, so that "
         "Pipeline.load_lora_weights and `generate --lora` work; a U-Net step on the "
-        "CPU is somewhat slower (README, 'LoRA at run time'; default: off)",
+        "CPU is somewhat slower (docs/adapters.md; default: off). Bare or 'attention': the "
+        "transformer blocks' modules; 'all': every Linear and conv of the U-Net too, for "
+        "LCM-LoRA, TCD, Hyper-SD, Lightning and LoCon files (more branches, slower steps)",
     )
     parser.add_argument(
         "--deep-cache",
@@ -267,7 +272,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         embeddings=tuple(parse_embedding_option(text) for text in args.embedding),
         calibration_prompts=_calibration_prompts(args.calibration_prompts),
         int8_method=args.int8_method,
-        lora_ready=args.lora_ready,
+        lora_ready=args.lora_ready is not None,
+        lora_targets=args.lora_ready or "attention",
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,
         tome=_tome_options(args),
