@@ -1,0 +1,227 @@
+"""The Optimum-Intel peer in `sdrt bench`: its names and modes, its spec (its own venv, its
+own export run once by the harness into the cache), the exact sdrt contender its image is
+compared with, and LCM workloads without negative prompts. Where Optimum-Intel's venv exists
+(`sdrt bench --setup-optimum-intel`), the real contender runs on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sdrt.benchmarks import harness
+from sdrt.benchmarks.config import BenchConfig, parse_sizes
+from sdrt.benchmarks.contenders import (
+    ContenderSpec,
+    exact_reference,
+    is_known,
+    mode_contenders,
+    optimum_intel_modes,
+    resolve,
+)
+from sdrt.benchmarks.contenders.optimum_env import OPTIMUM_INTEL
+from sdrt.benchmarks.contenders.protocol import Workload
+from sdrt.benchmarks.fast_modes import TINY_VAE_FOLDER
+from sdrt.benchmarks.models import BenchModels
+
+from sdrt.errors import BackendUnavailableError, InputError
+
+FAKE = Path(__file__).with_name("bench_fake_contender.py")
+
+
+@pytest.fixture
+def fake_venv(tmp_path):
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    return tmp_path / "venv"
+
+
+def test_names_take_optimum_intels_own_modes_only():
+    assert optimum_intel_modes("optimum-intel") == ()
+    assert optimum_intel_modes("optimum-intel+tinyvae+int8") == ("int8", "tinyvae")
+    assert optimum_intel_modes("openvino+int8") is None
+    assert is_known("optimum-intel+int8") and is_known("optimum-intel")
+    for name, word in (
+        ("optimum-intel+deepcache3", "deepcache3"),
+        ("optimum-intel+int8+int8", "int8"),
+    ):
+        with pytest.raises(InputError, match=f"expected optimum-intel with some of.*got '{word}'"):
+            is_known(name)
+
+
+def test_its_modes_build_no_sdrt_variant():
+    # optimum-intel+int8 is Optimum-Intel's own int8, not an sdrt build with --precision int8
+    assert [c.name for c in mode_contenders(("optimum-intel+int8", "openvino+int8"))] == [
+        "openvino+int8"
+    ]
+
+
+def test_spec_runs_its_worker_and_its_export_in_its_venv(fake_venv):
+    spec = resolve("optimum-intel+int8+tinyvae", None, fake_venv)
+    python = str(fake_venv / "bin" / "python")
+    assert spec.command == (python, "-m", "sdrt.benchmarks.contenders.optimum_intel")
+    assert spec.export == (
+        python, "-m", "sdrt.benchmarks.contenders.optimum_intel_export",
+        "--int8", "--tiny-vae", TINY_VAE_FOLDER,
+    )  # fmt: skip
+    assert resolve("optimum-intel", None, fake_venv).export[3:] == ()
+
+
+def test_a_missing_venv_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(OPTIMUM_INTEL.variable, raising=False)
+    with pytest.raises(BackendUnavailableError, match="--setup-optimum-intel"):
+        resolve("optimum-intel", None, tmp_path / "none")
+    monkeypatch.setenv(OPTIMUM_INTEL.variable, str(tmp_path / "from-env"))
+    assert OPTIMUM_INTEL.path(None) == tmp_path / "from-env"
+
+
+def test_peers_are_compared_with_sdrt_on_their_engine_first():
+    names = ("torch", "ort-cpu", "openvino", "openvino+int8", "optimum-intel+int8", "optimum")
+    assert exact_reference("optimum-intel+int8", names) == "openvino"
+    assert exact_reference("optimum", names) == "openvino"
+    assert exact_reference("optimum-intel", ("torch", "ort-cpu")) == "ort-cpu"
+    assert exact_reference("optimum-intel", ("torch",)) is None
+    assert exact_reference("openvino+int8", names) == "openvino"
+    assert exact_reference("openvino", names) is None
+
+
+def test_an_lcm_workload_sends_no_negative_prompt(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"time_cond_proj_dim": 256}))
+    assert harness.guides_by_embedding(tmp_path)
+    config = BenchConfig(
+        source=str(tmp_path), random_arch=None, output_dir=tmp_path, cache_dir=tmp_path
+    )
+    size = parse_sizes(["64"])[0]
+    lcm = Workload.from_dict(harness.workload(config, size, tmp_path / "l.npy", False))
+    assert "negative_prompt" not in lcm.call_arguments()
+    plain = Workload.from_dict(harness.workload(config, size, tmp_path / "l.npy"))
+    assert plain.call_arguments()["negative_prompt"] == [config.negative_prompt]
+
+
+# --- the harness runs a peer's export once, untimed, and loads the folder it made -------
+
+EXPORT_SCRIPT = """
+import sys, pathlib
+*options, source, out = sys.argv[1:]
+with open({log!r}, "a") as log:
+    log.write(" ".join(options) + "\\n")
+if "--fail" in options:
+    sys.exit("cannot export this")
+pathlib.Path(out).mkdir()
+(pathlib.Path(out) / "made.txt").write_text(" ".join(options))
+"""
+
+
+class SilentProgress:
+    def status(self, message: str) -> None:
+        pass
+
+    def start_runs(self, total: int) -> None:
+        pass
+
+    def advance(self, description: str) -> None:
+        pass
+
+
+def _bench_with_exports(tmp_path, monkeypatch, exports: dict[str, tuple[str, ...]]):
+    source = tmp_path / "source"
+    source.mkdir(exist_ok=True)
+    (source / "model_index.json").write_text("{}")
+    script = tmp_path / "export.py"
+    script.write_text(EXPORT_SCRIPT.format(log=str(tmp_path / "exports.log")))
+    log = tmp_path / "requests.log"
+
+    def fake_resolve(name, *venvs):
+        export = (sys.executable, str(script), *exports[name]) if name in exports else None
+        return ContenderSpec(
+            name, (sys.executable, str(FAKE)), (name, str(log)), "built", export=export
+        )
+
+    monkeypatch.setattr(harness.contenders, "resolve", fake_resolve)
+    monkeypatch.setattr(harness.Benchmark, "_sample_peak", lambda self: False)
+    config = BenchConfig(
+        source=str(source), random_arch=None, output_dir=tmp_path / "report",
+        cache_dir=tmp_path / "cache", backends=("plain", *exports), sizes=parse_sizes(["16"]),
+        steps=1, runs=1, warmup=0, threads=1,
+    )  # fmt: skip
+    bench = harness.Benchmark(config, SilentProgress())
+    bench.work_dir.mkdir(parents=True, exist_ok=True)
+    latents = bench.work_dir / "latents.npy"
+    np.save(latents, np.zeros((1, 4, 2, 2), np.float32))
+    requests = {"16x16": harness.workload(config, config.sizes[0], latents)}
+    bench._measure(BenchModels(source, tmp_path, "fake", built_reused=True), requests)
+    return bench
+
+
+def test_the_export_runs_once_and_the_worker_loads_its_folder(tmp_path, monkeypatch):
+    exports = {"peer": ("--int8",)}
+    bench = _bench_with_exports(tmp_path, monkeypatch, exports)
+    folder = bench.exported["peer"]
+    assert (folder / "made.txt").read_text() == "--int8"
+    spec = harness.contenders.resolve("peer")
+    assert bench._model_dir(spec, None) == folder
+    by_name = {s.name: s for s in bench.states}
+    assert by_name["peer"].status == "ok" and by_name["peer"].runs["16x16"]
+    # a second benchmark reuses the folder: the export is not run again
+    again = _bench_with_exports(tmp_path, monkeypatch, exports)
+    assert again.exported["peer"] == folder
+    assert (tmp_path / "exports.log").read_text().splitlines() == ["--int8"]
+
+
+def test_a_failed_export_fails_that_contender_alone(tmp_path, monkeypatch):
+    bench = _bench_with_exports(tmp_path, monkeypatch, {"peer": ("--fail",)})
+    by_name = {s.name: s for s in bench.states}
+    assert by_name["peer"].status == "failed" and by_name["peer"].failed_stage == "export"
+    assert "cannot export this" in by_name["peer"].error
+    assert by_name["plain"].status == "ok" and by_name["plain"].runs["16x16"]
+
+
+# --- the real contender, where its venv is set up -------------------------------------
+
+OPTIMUM_INTEL_PYTHON = OPTIMUM_INTEL.path(None) / "bin" / "python"
+# Optimum-Intel's fp32 OpenVINO image against diffusers' eager one on the same latents.
+FP32_MIN_PSNR_DB = 40.0
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(
+    not OPTIMUM_INTEL_PYTHON.is_file(),
+    reason=f"Optimum-Intel's venv is not set up at {OPTIMUM_INTEL.path(None)}",
+)
+def test_the_real_contender_runs_the_tiny_model(tmp_path):
+    from sdrt.cli import main
+
+    out = tmp_path / "report"
+    peers = ("optimum-intel", "optimum-intel+int8", "optimum-intel+tinyvae")
+    argv = [
+        "bench", "--arch", "tiny", "--random-weights",
+        "--backends", ",".join(("torch", "openvino", "openvino+tinyvae", *peers)),
+        "--size", "64", "--steps", "2", "--runs", "1", "--warmup", "0", "--threads", "2",
+        "--peak-samples", "0", "--cache-dir", str(tmp_path / "cache"), "-o", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    by_name = {c["name"]: c for c in report["contenders"]}
+    for name in peers:
+        assert by_name[name]["status"] == "ok", by_name[name].get("error")
+        (result,) = by_name[name]["results"]
+        assert result["unet_calls_per_run"] == 2  # a step a call, the CFG halves one batch
+        assert result["stages"]["vae_decode_s"]["median"] > 0
+        assert result["versus_exact"]["reference"] == "openvino"
+    settings = {name: by_name[name]["settings"]["export"] for name in peers}
+    assert settings["optimum-intel"]["precision"] == "fp32"
+    assert settings["optimum-intel+int8"]["precision"] == "int8"
+    assert settings["optimum-intel+tinyvae"]["vae"].startswith("tiny")
+    # fp32 OpenVINO against eager diffusers; its TAESD against sdrt's on the same latents
+    for name, reference in (
+        ("optimum-intel", "torch"),
+        ("optimum-intel+tinyvae", "openvino+tinyvae"),
+    ):
+        image = np.load(out / "work" / f"image-{name}-64x64.npy")
+        want = np.load(out / "work" / f"image-{reference}-64x64.npy")
+        psnr = 10 * np.log10(1 / max(float(np.mean((image - want) ** 2)), 1e-20))
+        assert psnr >= FP32_MIN_PSNR_DB, (name, reference, psnr)
