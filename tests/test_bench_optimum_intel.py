@@ -78,6 +78,30 @@ def test_a_missing_venv_says_how_to_make_it(tmp_path, monkeypatch):
     assert OPTIMUM_INTEL.path(None) == tmp_path / "from-env"
 
 
+def test_setup_makes_its_venv_with_the_cpu_torch_and_without_torchvision(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from sdrt.cli import main
+
+    ran = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda step: ran.append(step) or SimpleNamespace(returncode=0)
+    )
+    assert main(["bench", "--setup-optimum-intel", "--optimum-intel-venv", str(tmp_path)]) == 0
+    pip = [str(tmp_path / "bin" / "python"), "-m", "pip"]
+    assert ran[0][1:] == ["-m", "venv", str(tmp_path)]
+    assert ran[1] == [*pip, "install", "torch==2.13.0"]
+    assert ran[2] == [
+        *pip,
+        "install",
+        "torch==2.13.0",
+        "optimum-intel[openvino,nncf,diffusers]==2.2.0",
+    ]
+    assert ran[3] == [*pip, "uninstall", "-y", "torchvision"]
+    assert ran[4][:5] == [*pip, "install", "--no-deps"]
+
+
 def test_peers_are_compared_with_sdrt_on_their_engine_first():
     names = ("torch", "ort-cpu", "openvino", "openvino+int8", "optimum-intel+int8", "optimum")
     assert exact_reference("optimum-intel+int8", names) == "openvino"
