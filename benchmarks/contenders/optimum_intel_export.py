@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 INT8 = "--int8"
 TINY_VAE = "--tiny-vae"
 RECORD = "optimum-intel-export.json"
+# A CLIP text encoder's first weight, as newer transformers name it (see _readable_source).
+UNPREFIXED_KEY = "embeddings.token_embedding.weight"
 # U-Net calls whose inputs calibrate the int8 U-Net: Optimum-Intel's default is 200, which
 # at 512 px and 2 cores is most of an hour of fp32 pipeline runs; 64 calls are 16 LCM
 # images of 4 steps.
@@ -69,16 +72,54 @@ def export(source: Path, out: Path, int8: bool, tiny_vae: Path | None) -> dict[s
             quantization="Optimum-Intel hybrid: U-Net int8 (NNCF, calibrated), others int8 weights",
             calibration={"prompts": len(CALIBRATION_PROMPTS), "unet_calls": CALIBRATION_SAMPLES},
         )
-    pipe = OVDiffusionPipeline.from_pretrained(
-        str(source), export=True, compile=False, quantization_config=quantization
-    )
-    pipe.save_pretrained(str(out))
+    with tempfile.TemporaryDirectory() as staging:
+        readable = _readable_source(source, Path(staging))
+        if readable != source:
+            record["text_encoder"] = "weights renamed with the text_model. prefix"
+        pipe = OVDiffusionPipeline.from_pretrained(
+            str(readable), export=True, compile=False, quantization_config=quantization
+        )
+        pipe.save_pretrained(str(out))
     record["pipeline"] = type(pipe).__name__
     if tiny_vae is not None:
         _replace_vae_decoder(tiny_vae, out)
         record["vae"] = f"tiny: {tiny_vae} (decoder converted with openvino.convert_model)"
     (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _readable_source(source: Path, staging: Path) -> Path:
+    """``source`` as the transformers of this venv reads it. Newer transformers (sdrt's
+    venv) save a ``CLIPTextModel``'s weights without the ``text_model.`` prefix of their
+    names; the transformers Optimum-Intel 2.2.0 pins (< 5.6) does not map them back, and
+    would export a text encoder of freshly initialised weights. Where a text encoder is saved
+    so, a staging copy in ``staging`` (the other files linked) has the prefixed names."""
+    from safetensors.torch import load_file, save_file
+
+    renamed = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        path = source / name / "model.safetensors"
+        if not path.is_file():
+            continue  # none, or sharded: left as saved
+        tensors = load_file(str(path))
+        if UNPREFIXED_KEY in tensors:
+            renamed[name] = {
+                key if key.startswith("text_projection") else f"text_model.{key}": tensor
+                for key, tensor in tensors.items()
+            }
+    if not renamed:
+        return source
+    for entry in source.iterdir():
+        if entry.name not in renamed:
+            (staging / entry.name).symlink_to(entry.resolve())
+            continue
+        folder = staging / entry.name
+        folder.mkdir()
+        for file in entry.iterdir():
+            if file.name != "model.safetensors":
+                (folder / file.name).symlink_to(file.resolve())
+        save_file(renamed[entry.name], str(folder / "model.safetensors"), {"format": "pt"})
+    return staging
 
 
 def _replace_vae_decoder(tiny_vae: Path, out: Path) -> None:
