@@ -72,6 +72,7 @@ class BenchConfig:
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     optimum_venv: Path | None = None
+    optimum_intel_venv: Path | None = None
     # An already built folder of SOURCE to use instead of building one in the cache.
     built_dir: Path | None = None
     # Measure the peak matmul rate with this matrix size (n x n times n x n, fp32).
@@ -206,6 +207,8 @@ def reproduce_command(config: BenchConfig) -> str:
         words += [flag, str(value)]
     if config.optimum_venv is not None:
         words += ["--optimum-venv", str(config.optimum_venv)]
+    if config.optimum_intel_venv is not None:
+        words += ["--optimum-intel-venv", str(config.optimum_intel_venv)]
     if config.tiny_vae is not None:
         words += ["--tiny-vae", config.tiny_vae]
     words += ["-o", str(config.output_dir)]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sdrt.benchmarks import fast_modes
-from sdrt.benchmarks.contenders import BASELINE
+from sdrt.benchmarks.contenders import BASELINE, is_peer
 
 INT8_STEP_SPEEDUP = 1.8  # int8 U-Net step against the fp32 step
 DEEP_CACHE_SPEEDUP = 1.6  # DeepCache at interval 3, end to end, against exact sdrt
@@ -94,7 +94,8 @@ def check_targets(report: dict) -> list[Checked]:
     for size in report["settings"]["sizes"]:
         for contender in report["contenders"]:
             exact = fast_modes.exact_name(contender["name"])
-            if exact is None or contender.get("status") != "ok":
+            # a peer's own modes (optimum-intel+int8) are not sdrt's: their targets not either
+            if exact is None or is_peer(contender["name"]) or contender.get("status") != "ok":
                 continue
             words = mode_words(contender["name"])
             for target in TARGETS:

@@ -3,7 +3,9 @@
 First, for each sdrt contender that can load without saved optimised graphs, a load-only
 process does so alone on the machine: its load -> ready is like for like with Optimum's,
 which optimises the graphs on every load (sdrt's own start maps the graphs that an
-untimed ``sdrt build --target ort-cpu`` saved). Then for each contender a worker process is
+untimed ``sdrt build --target ort-cpu`` saved). A peer that runs its own export
+of the model (Optimum-Intel's OpenVINO folder) makes it first, untimed, kept in the cache.
+Then for each contender a worker process is
 started, loads the model and makes its first image at once (process start -> first image
 is its cold start); the next contender starts only then, so cold starts never overlap.
 Then, per image size, the remaining warm-up runs (not counted) and the measured runs in
@@ -11,7 +13,8 @@ rounds, one run of each contender a round, in an order shuffled with the seed an
 by one each round (recorded in the report), so that drift on a noisy machine and the
 position in a round hit every contender alike. Every contender gets the same prompts (one
 of its own per image of the batch), size, steps, guidance, scheduler and initial latents
-(drawn once here with numpy). A contender that fails is recorded with its error and the
+(drawn once here with numpy); an LCM-distilled model gets no negative prompts, as its
+pipelines take none. A contender that fails is recorded with its error and the
 others go on. The peak matmul rate is sampled between rounds (``--peak-samples``); after
 the runs, in their own processes: the U-Net's FLOPs per call, a last peak sample and the
 scheduler micro-benchmark.
@@ -41,15 +44,14 @@ from sdrt.benchmarks.config import (
 )
 from sdrt.benchmarks.contenders import ContenderSpec
 from sdrt.benchmarks.contenders.protocol import version_of
-from sdrt.benchmarks.fast_modes import exact_name, split_contender
 from sdrt.benchmarks.jobs import JobFailed, run_jobs
-from sdrt.benchmarks.models import BenchModels, prepare_models, prepare_variants
+from sdrt.benchmarks.models import BenchModels, prepare_export, prepare_models, prepare_variants
 from sdrt.benchmarks.parity import compare_images
 from sdrt.benchmarks.roofline import achieved, median_peak
 from sdrt.benchmarks.stats import summarize
 from sdrt.benchmarks.worker_process import Ready, WorkerFailed, WorkerProcess
 
-from sdrt.errors import BackendUnavailableError
+from sdrt.errors import BackendUnavailableError, SdrtError
 
 SCHEMA_VERSION = 2  # 2: load without saved graphs, round order, varied prompts
 # Stages timed inside every contender; "other" is end-to-end minus their sum.
@@ -149,10 +151,19 @@ def make_latents(config: BenchConfig, models: BenchModels, size: Size, work_dir:
     return path
 
 
-def workload(config: BenchConfig, size: Size, latents_path: Path) -> dict[str, Any]:
+def guides_by_embedding(source_dir: Path) -> bool:
+    """Whether the source's U-Net takes the guidance scale as an embedding (LCM-distilled,
+    ``time_cond_proj_dim``): it runs without negative prompts, in every contender."""
+    unet = json.loads((source_dir / "unet" / "config.json").read_text())
+    return unet.get("time_cond_proj_dim") is not None
+
+
+def workload(
+    config: BenchConfig, size: Size, latents_path: Path, negative_prompts: bool = True
+) -> dict[str, Any]:
     return {
         "prompts": list(config.prompts),
-        "negative_prompts": list(config.negative_prompts),
+        "negative_prompts": list(config.negative_prompts) if negative_prompts else [],
         "height": size.height,
         "width": size.width,
         "steps": config.steps,
@@ -174,6 +185,8 @@ class Benchmark:
         # each measured round as it ran: size, run index, contenders in order, peak sampled
         self.rounds: list[dict[str, Any]] = []
         self.load_average_at_start: list[float] | None = None
+        # the folders peers exported themselves (ContenderSpec.export), per contender
+        self.exported: dict[str, Path] = {}
 
     # -------------------------------------------------------------------------- running
 
@@ -199,12 +212,32 @@ class Benchmark:
         self.progress.advance(f"{state.name} {size.label} {kind}")
 
     def _resolve(self, state: ContenderState) -> None:
+        config = self.config
         try:
-            state.spec = contenders.resolve(state.name, self.config.optimum_venv)
+            state.spec = contenders.resolve(
+                state.name, config.optimum_venv, config.optimum_intel_venv
+            )
         except BackendUnavailableError as unavailable:
             state.status, state.failed_stage, state.error = "unavailable", "start", str(unavailable)
 
+    def _export(self, state: ContenderState, models: BenchModels) -> None:
+        """A peer's own model folder, exported from the source by its own tools, untimed
+        (once: kept in the cache); an export that fails fails that contender alone."""
+        spec = state.spec
+        if spec is None or spec.export is None:
+            return
+        self.progress.status(f"{state.name}: its own export of the model")
+        log = self.out / "logs" / f"{state.name}-export.log"
+        try:
+            self.exported[state.name] = prepare_export(
+                self.config, models, spec.export, log, self.progress.status
+            )
+        except SdrtError as failure:
+            state.fail("export", str(failure))
+
     def _model_dir(self, spec: ContenderSpec, models: BenchModels) -> Path:
+        if spec.export is not None:
+            return self.exported[spec.name]
         if spec.model == "source":
             return models.source_dir
         return models.built_dir if spec.variant is None else models.variants[spec.variant]
@@ -242,7 +275,7 @@ class Benchmark:
         }
 
     def _start(self, state: ContenderState, models: BenchModels, first: dict, size: Size) -> None:
-        if state.spec is None:
+        if state.spec is None or state.status != "ok":  # unavailable, or its export failed
             return
         self.progress.status(f"starting {state.name}")
         state.worker = WorkerProcess(
@@ -266,10 +299,13 @@ class Benchmark:
         self.load_average_at_start = load_average()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         models = prepare_models(config, self.progress.status)
-        with_modes = [split_contender(name) for name in config.backends if exact_name(name)]
+        with_modes = contenders.mode_contenders(config.backends)
         models = prepare_variants(config, models, with_modes, self.progress.status)
+        negative = not guides_by_embedding(models.source_dir)
         requests = {
-            size.label: workload(config, size, make_latents(config, models, size, self.work_dir))
+            size.label: workload(
+                config, size, make_latents(config, models, size, self.work_dir), negative
+            )
             for size in config.sizes
         }
         total = len(self.states) * len(config.sizes) * (config.warmup + config.runs)
@@ -291,6 +327,7 @@ class Benchmark:
         first_size = config.sizes[0]
         for state in self.states:
             self._resolve(state)
+            self._export(state, models)
         for state in self.states:  # alone on the machine, before any contender starts
             self._load_without_saved_graphs(state, models)
         for state in self.states:
@@ -334,7 +371,7 @@ class Benchmark:
         """sdrt's median U-Net call at the first size: the scheduler's yardstick."""
         label = self.config.sizes[0].label
         for state in self.states:
-            if state.name in (contenders.BASELINE, "optimum"):
+            if state.name == contenders.BASELINE or contenders.is_peer(state.name):
                 continue
             calls = [
                 c for run in state.runs.get(label, []) for c in run["stages_s"].get("unet", [])
@@ -428,7 +465,9 @@ class Benchmark:
     # -------------------------------------------------------------------------- figures
 
     def _size_results(self, state: ContenderState, roofline: dict, reference: ContenderState):
-        exact = next((s for s in self.states if s.name == exact_name(state.name)), None)
+        names = tuple(s.name for s in self.states)
+        reference_name = contenders.exact_reference(state.name, names)
+        exact = next((s for s in self.states if s.name == reference_name), None)
         results = []
         for size in self.config.sizes:
             runs = state.runs.get(size.label)
@@ -439,7 +478,8 @@ class Benchmark:
             if exact is not None:
                 exact_image = exact.images.get(size.label)
             if image is not None and exact_image is not None:
-                # what a fast mode costs in quality: against exact sdrt on the same latents
+                # what a fast mode (or a peer) costs in quality: against exact sdrt on the
+                # same latents
                 result["versus_exact"] = {
                     "reference": exact.name,
                     **compare_images(np.load(image), np.load(exact_image)),

@@ -1,4 +1,5 @@
-"""The two folders a benchmark needs: the diffusers source (torch) and the built ONNX folder.
+"""The folders a benchmark needs: the diffusers source (torch), the built ONNX folder, and
+the folders peers export themselves (Optimum-Intel's OpenVINO IR).
 
 With ``--arch ... --random-weights`` the source is made here with random weights, so a
 benchmark of a real architecture runs offline. Both live under the cache folder and are
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from sdrt.benchmarks.config import BenchConfig
 
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import InputError, ModelFolderError, SdrtError
 
 Report = Callable[[str], None]
 # Image sizes (pixels) a cached build covers at least.
@@ -45,7 +46,7 @@ def _random_source(config: BenchConfig, report: Report) -> Path:
     return folder
 
 
-def _source_content_sha256(source_dir: Path) -> str:
+def source_content_sha256(source_dir: Path) -> str:
     """The content hash ``sdrt build`` records for a source folder (same folders, same order)."""
     from sdrt.export.source import COPIED_FOLDERS, MODEL_FOLDERS, FolderHasher
 
@@ -67,7 +68,7 @@ def _reusable(
     sizes = [s for size in config.sizes for s in (size.height, size.width)]
     options = manifest.build
     return (
-        manifest.source.content_sha256 == _source_content_sha256(source_dir)
+        manifest.source.content_sha256 == source_content_sha256(source_dir)
         and options.precision == (precision or config.precision)
         and options.min_size <= min(sizes)
         and options.max_size >= max(sizes)
@@ -171,3 +172,51 @@ def prepare_variants(
             recorded.write_text(record)
         variants[key] = folder
     return replace(models, variants=variants)
+
+
+# Written into a peer's exported folder once its export succeeded: the export command's
+# options and the source's content hash, so a later run reuses it only for the same ones.
+EXPORT_RECORD = "bench-export.json"
+# Lines of a failed export's log that its error quotes.
+EXPORT_LOG_TAIL = 5
+
+
+def prepare_export(
+    config: BenchConfig, models: BenchModels, command: tuple[str, ...], log: Path, report: Report
+) -> Path:
+    """The folder a peer's export ``command`` (interpreter, module, options) makes from the
+    source, run once into the cache and reused while options and source are unchanged;
+    SdrtError with the end of its log when the export fails."""
+    import shutil
+    import subprocess
+
+    from sdrt.benchmarks import fast_modes
+
+    command = tuple(
+        fast_modes.tiny_vae_folder(config, report) if word == fast_modes.TINY_VAE_FOLDER else word
+        for word in command
+    )
+    options = list(command[1:])  # not the interpreter: the same export from another venv
+    record = json.dumps(
+        {"export": options, "source_content_sha256": source_content_sha256(models.source_dir)},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(f"{models.source_dir.resolve()}|{options}".encode()).hexdigest()[:12]
+    folder = config.cache_dir / "exported" / key
+    recorded = folder / EXPORT_RECORD
+    if recorded.is_file() and recorded.read_text() == record:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)  # an export of other options or source, or one cut short
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    report(f"exporting {models.source_label} with {' '.join(options[2:]) or 'defaults'}")
+    with open(log, "w") as output:
+        done = subprocess.run(
+            [*command, str(models.source_dir), str(folder)], stdout=output, stderr=output
+        )
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-EXPORT_LOG_TAIL:]
+        raise SdrtError(f"the export failed (exit {done.returncode}): {' | '.join(tail)}")
+    recorded.write_text(record)
+    return folder

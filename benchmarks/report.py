@@ -18,7 +18,7 @@ from typing import Any
 from sdrt.benchmarks import fast_mode_targets, fast_modes
 from sdrt.benchmarks.charts import write_charts
 from sdrt.benchmarks.config import MIN_RUNS_FOR_VERDICT, MIN_WARMUP_FOR_VERDICT
-from sdrt.benchmarks.contenders import BASELINE
+from sdrt.benchmarks.contenders import BASELINE, exact_reference, is_peer
 
 PEER = "optimum"
 NO_VERDICT = "too few runs for a verdict"
@@ -209,9 +209,10 @@ def _fast_modes(report: dict, size: str) -> list[str]:
     """Each fast-mode contender against exact sdrt on its backend and against torch: its
     speedups, and its image against exact sdrt's on the same latents."""
     by_name = {c["name"]: c for c in report["contenders"]}
+    names = tuple(by_name)
     rows = []
     for contender in report["contenders"]:
-        exact_name_ = fast_modes.exact_name(contender["name"])
+        exact_name_ = exact_reference(contender["name"], names)
         result = _result(contender, size)
         if exact_name_ is None or result is None:
             continue
@@ -250,7 +251,8 @@ def _fast_modes(report: dict, size: str) -> list[str]:
         "PSNR vs torch",
     ]
     note = (
-        "Exact sdrt is the same backend without modes, on the same latents. With random "
+        "Exact sdrt is the same backend without modes, on the same latents; for a peer "
+        "(Optimum, Optimum-Intel) sdrt's openvino contender, else ort-cpu. With random "
         "weights the PSNR figures are only a guide to what real weights lose."
     )
     return [f"## {size}: fast modes", "", note, "", *_table(header, rows)]
@@ -378,7 +380,9 @@ def _target_section(report: dict) -> list[str]:
     ours = [
         c
         for c in report["contenders"]
-        if c["name"] not in (BASELINE, PEER) and fast_modes.exact_name(c["name"]) is None
+        if c["name"] != BASELINE
+        and not is_peer(c["name"])
+        and fast_modes.exact_name(c["name"]) is None
     ]
     minimum = verdict_minimum(report)
     settings = report["settings"]

@@ -212,9 +212,9 @@ def test_committed_export_is_what_the_script_makes(tiny_source, tmp_path):
     committed graphs byte for byte from the tiny fixture."""
     import subprocess
 
-    from sdrt.benchmarks.contenders.optimum_env import venv_path
+    from sdrt.benchmarks.contenders.optimum_env import OPTIMUM
 
-    python = venv_path(None) / "bin" / "python"
+    python = OPTIMUM.path(None) / "bin" / "python"
     if not python.is_file():
         pytest.skip(f"Optimum's venv is not set up at {python.parent.parent}")
     script = OPTIMUM_TINY.parent / "make_optimum_tiny.py"

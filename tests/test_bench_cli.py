@@ -1,7 +1,7 @@
 """`sdrt bench` end to end on the tiny model: 2 steps, 1 run, a report that checks out.
 
-torch and ort-cpu run; ort-cuda (no CUDA here) fails at load and Optimum's virtualenv is
-missing: both are reported with their reason and the run still succeeds. One run is too few
+torch and ort-cpu run; ort-cuda (no CUDA here) fails at load and Optimum's and
+Optimum-Intel's virtualenvs are missing: all are reported with their reason and the run still succeeds. One run is too few
 for a verdict: the CLI warns and the report says so. A second run, with enough runs, batch 2
 and the peak matmul rate skipped, gives verdicts and no share-of-peak figures.
 """
@@ -25,8 +25,9 @@ def bench_report(tiny_source, tiny_built, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report"
     argv = [
         "bench", str(tiny_source), "--built", str(tiny_built),
-        "--backends", "torch,ort-cpu,ort-cuda,optimum",
+        "--backends", "torch,ort-cpu,ort-cuda,optimum,optimum-intel+int8",
         "--optimum-venv", str(out.parent / "no-optimum-venv"),
+        "--optimum-intel-venv", str(out.parent / "no-optimum-intel-venv"),
         "--size", "64", "--steps", "2", "--runs", "1", "--warmup", "1", "--threads", "2",
         "--matmul-size", "512", "--cache-dir", str(out.parent / "cache"), "-o", str(out),
     ]  # fmt: skip
@@ -113,6 +114,8 @@ def test_failed_contenders_say_why(bench_report):
     by_name = {c["name"]: c for c in report["contenders"]}
     assert by_name["optimum"]["status"] == "unavailable"
     assert "virtualenv not found" in by_name["optimum"]["error"]
+    assert by_name["optimum-intel+int8"]["status"] == "unavailable"
+    assert "--setup-optimum-intel" in by_name["optimum-intel+int8"]["error"]
     assert by_name["ort-cuda"]["status"] == "failed"
     assert by_name["ort-cuda"]["failed_stage"] == "load" and by_name["ort-cuda"]["error"]
 

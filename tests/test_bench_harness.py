@@ -31,7 +31,7 @@ class SilentProgress:
 def _benchmark(tmp_path, monkeypatch, backends, fail_at=None, unsaved=(), **settings):
     log = tmp_path / "requests.log"
 
-    def resolve(name, optimum_venv):
+    def resolve(name, *venvs):
         extra = (name, str(log), *([str(fail_at[name])] if name in (fail_at or {}) else []))
         flags = ("--no-saved-graphs",) if name in unsaved else None
         return ContenderSpec(name, (sys.executable, str(FAKE)), extra, "built", flags)

@@ -1,7 +1,9 @@
 """The contenders a benchmark can run, each as a worker process in its own interpreter.
 
-``torch`` is diffusers' own eager pipeline, ``optimum`` Optimum's ORT pipeline (in its own
-virtualenv), and every sdrt backend name (``ort-cpu``, ...) the sdrt runtime; a backend with
+``torch`` is diffusers' own eager pipeline, ``optimum`` Optimum's ORT pipeline and
+``optimum-intel[+int8][+tinyvae]`` Optimum-Intel's OpenVINO pipeline (each in its own
+virtualenv; Optimum-Intel on a folder it exported itself, see optimum_intel_export.py), and
+every sdrt backend name (``ort-cpu``, ...) the sdrt runtime; a backend with
 fast modes (``ort-cpu+int8+deepcache3``, benchmarks/fast_modes.py) runs sdrt on the variant
 folder built with those modes, with their per-call arguments.
 """
@@ -31,15 +33,68 @@ class ContenderSpec:
     no_saved_graphs_args: tuple[str, ...] | None = None
     # The variant build it loads (fast_modes.ModeContender.variant_key); None: the plain one.
     variant: str | None = None
+    # The command (interpreter, module, options) that makes this contender's own model folder
+    # from the source: the harness appends SOURCE OUT and runs it once, untimed, into the
+    # cache; None: the contender loads the source or sdrt's build. An argument equal to
+    # fast_modes.TINY_VAE_FOLDER stands for the tiny VAE the harness prepares.
+    export: tuple[str, ...] | None = None
+
+
+OPTIMUM_INTEL = "optimum-intel"
+# Optimum-Intel's own fast modes, as words after its name: its NNCF int8 and a tiny VAE.
+OPTIMUM_INTEL_MODES = ("int8", "tinyvae")
+PEERS = ("optimum", OPTIMUM_INTEL)
+# The exact sdrt contender a peer's image is compared with, the first of these that runs:
+# sdrt on the peer's own engine first.
+EXACT_FOR_PEERS = ("openvino", "ort-cpu")
 
 
 def known_contenders() -> tuple[str, ...]:
     from sdrt.backends import BACKENDS
 
-    return (BASELINE, "optimum", *(name for name in BACKENDS if name != "auto"))
+    return (BASELINE, *PEERS, *(name for name in BACKENDS if name != "auto"))
 
 
-def resolve(name: str, optimum_venv: Path | None) -> ContenderSpec:
+def optimum_intel_modes(name: str) -> tuple[str, ...] | None:
+    """``optimum-intel+int8+tinyvae`` -> its modes (("int8", "tinyvae")); None for a name
+    of another contender; InputError for a mode Optimum-Intel has not, or one repeated."""
+    peer, *words = name.split(fast_modes.SEPARATOR)
+    if peer != OPTIMUM_INTEL:
+        return None
+    for word in words:
+        if word not in OPTIMUM_INTEL_MODES or words.count(word) > 1:
+            raise InputError(
+                f"contender {name!r}: expected {OPTIMUM_INTEL} with some of the modes "
+                f"{', '.join(OPTIMUM_INTEL_MODES)}, each once, got {word!r}"
+            )
+    return tuple(sorted(words))
+
+
+def is_peer(name: str) -> bool:
+    return name == "optimum" or name.split(fast_modes.SEPARATOR)[0] == OPTIMUM_INTEL
+
+
+def exact_reference(name: str, names: tuple[str, ...]) -> str | None:
+    """The exact sdrt contender among ``names`` whose image ``name``'s is compared with: a
+    fast mode's bare backend, for a peer sdrt on the same engine (else on ONNX Runtime);
+    None for an exact contender, the baseline, or when none of them runs."""
+    if is_peer(name):
+        return next((exact for exact in EXACT_FOR_PEERS if exact in names), None)
+    return fast_modes.exact_name(name)
+
+
+def mode_contenders(names: tuple[str, ...]) -> list[fast_modes.ModeContender]:
+    """The sdrt contenders with fast modes among ``names`` (their variant folders are built)."""
+    return [
+        fast_modes.split_contender(name)
+        for name in names
+        if not is_peer(name) and fast_modes.exact_name(name)
+    ]
+
+
+def resolve(
+    name: str, optimum_venv: Path | None, optimum_intel_venv: Path | None = None
+) -> ContenderSpec:
     """The spec for contender ``name``; ``BackendUnavailableError`` says why one cannot run."""
     from sdrt.backends import BACKENDS
 
@@ -48,10 +103,13 @@ def resolve(name: str, optimum_venv: Path | None) -> ContenderSpec:
             name, (sys.executable, "-m", f"{PACKAGE}.torch_diffusers"), (), "source"
         )
     if name == "optimum":
-        from sdrt.benchmarks.contenders import optimum_env
+        from sdrt.benchmarks.contenders.optimum_env import OPTIMUM
 
-        python = optimum_env.find_python(optimum_venv)
+        python = OPTIMUM.find_python(optimum_venv)
         return ContenderSpec(name, (str(python), "-m", f"{PACKAGE}.optimum_ort"), (), "built")
+    modes = optimum_intel_modes(name)
+    if modes is not None:
+        return _optimum_intel(name, modes, optimum_intel_venv)
     if name in BACKENDS:
         from sdrt.benchmarks.contenders.sdrt_runtime import NO_SAVED_GRAPHS, SAVES_GRAPHS
 
@@ -69,19 +127,33 @@ def resolve(name: str, optimum_venv: Path | None) -> ContenderSpec:
     )
 
 
+def _optimum_intel(name: str, modes: tuple[str, ...], venv: Path | None) -> ContenderSpec:
+    from sdrt.benchmarks.contenders.optimum_env import OPTIMUM_INTEL
+    from sdrt.benchmarks.contenders.optimum_intel_export import INT8, TINY_VAE
+
+    python = str(OPTIMUM_INTEL.find_python(venv))
+    options: tuple[str, ...] = ()
+    if "int8" in modes:
+        options += (INT8,)
+    if "tinyvae" in modes:
+        options += (TINY_VAE, fast_modes.TINY_VAE_FOLDER)
+    return ContenderSpec(
+        name,
+        (python, "-m", f"{PACKAGE}.optimum_intel"),
+        (),
+        "exported",
+        export=(python, "-m", f"{PACKAGE}.optimum_intel_export", *options),
+    )
+
+
 def is_known(name: str) -> bool:
-    """A contender ``resolve`` takes: a known name, or an sdrt backend with fast modes."""
-    if name in known_contenders():
+    """A contender ``resolve`` takes: a known name, an sdrt backend with fast modes, or
+    Optimum-Intel with its own modes (InputError for modes it has not)."""
+    if name in known_contenders() or optimum_intel_modes(name) is not None:
         return True
     backend = fast_modes.exact_name(name)
     return (
-        backend is not None
-        and backend in known_contenders()
-        and backend
-        not in (
-            BASELINE,
-            "optimum",
-        )
+        backend is not None and backend in known_contenders() and backend not in (BASELINE, *PEERS)
     )
 
 

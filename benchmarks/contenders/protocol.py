@@ -37,7 +37,8 @@ class Workload:
     """One image request, identical for every contender (sent by the harness as a dict)."""
 
     prompts: tuple[str, ...]  # one per image of the call
-    negative_prompts: tuple[str, ...]  # one per prompt
+    # one per prompt; none for a model guided by an embedding (LCM), whose pipelines take none
+    negative_prompts: tuple[str, ...]
     height: int
     width: int
     steps: int
@@ -58,9 +59,10 @@ class Workload:
     def call_arguments(self) -> dict[str, Any]:
         """The keyword arguments every contender's diffusers-style pipeline call takes alike
         (the latents, seed, scheduler and output type are each contender's own)."""
+        negative = {"negative_prompt": list(self.negative_prompts)} if self.negative_prompts else {}
         return {
             "prompt": list(self.prompts),
-            "negative_prompt": list(self.negative_prompts),
+            **negative,
             "num_inference_steps": self.steps,
             "guidance_scale": self.guidance,
             "height": self.height,

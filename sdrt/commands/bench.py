@@ -6,7 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-HELP = "Benchmark sdrt against eager PyTorch (diffusers) and Optimum; write a report."
+HELP = (
+    "Benchmark sdrt against eager PyTorch (diffusers), Optimum and Optimum-Intel; write a report."
+)
 
 DEFAULT_CACHE = Path("~/.cache/sdrt/bench")
 
@@ -28,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default="torch,ort-cpu",
-        help="comma-separated contenders: torch, optimum and sdrt backends, an sdrt backend "
+        help="comma-separated contenders: torch, optimum, optimum-intel[+int8][+tinyvae] "
+        "and sdrt backends, an sdrt backend "
         "with fast modes as BACKEND+MODE[+MODE] (int8, deepcacheN[bB], tomeR, tinyvae; e.g. "
         "ort-cpu+int8+deepcache3), compared with the bare backend (default: %(default)s)",
     )
@@ -114,6 +117,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="create Optimum's virtualenv (needs PyPI) and exit",
     )
+    parser.add_argument(
+        "--optimum-intel-venv",
+        type=Path,
+        help="Optimum-Intel's virtualenv (default: .bench-venvs/optimum-intel)",
+    )
+    parser.add_argument(
+        "--setup-optimum-intel",
+        action="store_true",
+        help="create Optimum-Intel's virtualenv (OpenVINO, NNCF; needs PyPI) and exit",
+    )
 
 
 def _check_sources(args: argparse.Namespace) -> None:
@@ -158,6 +171,7 @@ def _config(args: argparse.Namespace):
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "optimum_venv": args.optimum_venv,
+        "optimum_intel_venv": args.optimum_intel_venv,
         "built_dir": args.built,
         "peak_samples": args.peak_samples,
         "tiny_vae": args.tiny_vae,
@@ -220,13 +234,18 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from sdrt.benchmarks import fast_modes
-    from sdrt.benchmarks.contenders import is_known, known_contenders, optimum_env
+    from sdrt.benchmarks.contenders import is_known, known_contenders, mode_contenders
+    from sdrt.benchmarks.contenders.optimum_env import OPTIMUM, OPTIMUM_INTEL
     from sdrt.errors import InputError
 
-    if args.setup_optimum:
-        python = optimum_env.setup(args.optimum_venv)
-        print(f"Optimum's virtualenv is ready: {python}")
-        return 0
+    for asked, venv, env in (
+        (args.setup_optimum, args.optimum_venv, OPTIMUM),
+        (args.setup_optimum_intel, args.optimum_intel_venv, OPTIMUM_INTEL),
+    ):
+        if asked:
+            python = env.setup(venv)
+            print(f"{env.peer}'s virtualenv is ready: {python}")
+            return 0
     config = _config(args)
     unknown = [name for name in config.backends if not is_known(name)]
     if unknown:
@@ -235,8 +254,7 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(known_contenders())}, or an sdrt backend with fast modes "
             f"(BACKEND+MODE..., modes: {fast_modes.MODE_GRAMMAR})"
         )
-    for name in config.backends:
-        fast_modes.split_contender(name)  # an unknown or clashing mode: InputError now
+    mode_contenders(config.backends)  # an unknown or clashing mode: InputError now
     from sdrt.benchmarks.config import too_few_runs_warning
     from sdrt.benchmarks.harness import run_benchmark
     from sdrt.benchmarks.report import write_report
