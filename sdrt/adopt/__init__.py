@@ -43,6 +43,7 @@ from sdrt.manifest import (
     sha256_file,
     write_manifest,
 )
+from sdrt.recipes import resolve_recipe
 
 __all__ = ["AdoptOptions", "AdoptResult", "adopt", "is_onnx_folder"]
 
@@ -50,8 +51,9 @@ ProgressCallback = Callable[[str], None]
 CHECKED = (
     "each graph loads in ONNX Runtime {ort} (CPU)",
     "inputs and outputs are those the runtime feeds and reads (names, dtypes, fixed dimensions)",
-    "one forward pass per component at {size}x{size} px, batch 1 (the U-Net at 2, with "
-    "guidance), fed by the runtime's own steps: outputs finite and of the expected shapes",
+    "one forward pass per component at {size}x{size} px, batch 1 (the U-Net at 2 with "
+    "classifier-free guidance, at 1 with an LCM U-Net's guidance embedding), fed by the "
+    "runtime's own steps: outputs finite and of the expected shapes",
     "files hashed (sha256) into this manifest",
     "not verified against PyTorch: the folder has no weights to compare with",
 )
@@ -183,6 +185,8 @@ def _manifest(
         tokenizers=onnx.tokenizers,
         versions=_versions(onnx, producers),
         family_options=dict(settings.family_options),
+        # A distilled model's steps, guidance and scheduler, as a build records them.
+        recipe=resolve_recipe(None, onnx.configs, onnx.model_index, str(folder)),
         adoption=Adoption(
             layout=settings.layout,
             exporter=", ".join(producers),

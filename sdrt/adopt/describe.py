@@ -18,6 +18,7 @@ from sdrt.adopt.folder import OnnxFolder
 from sdrt.adopt.graphs import GraphInfo
 from sdrt.errors import InputError, ModelFolderError, ParameterError
 from sdrt.families import detect_family
+from sdrt.guidance_embedding import GUIDANCE_EMBEDDING_INPUT
 from sdrt.manifest import PREDICTION_TYPES
 
 SIZE_STEP = 8
@@ -30,6 +31,8 @@ SD2_TEXT_WIDTH = 1024  # OpenCLIP ViT-H; CLIP ViT-L is 768
 HIDDEN_STATE = re.compile(r"hidden_states\.(\d+)$")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 UNET_XL_INPUTS = ("text_embeds", "time_ids")
+# An LCM-distilled U-Net (Optimum's LCM export) also takes the guidance embedding.
+UNET_OPTIONAL_INPUTS = (GUIDANCE_EMBEDDING_INPUT,)
 
 
 @dataclass(frozen=True)
@@ -169,15 +172,25 @@ def check_io(graphs: Mapping[str, GraphInfo], settings: Settings) -> None:
 def _check_unet_inputs(unet: GraphInfo, is_xl: bool) -> None:
     wanted = UNET_INPUTS + (UNET_XL_INPUTS if is_xl else ())
     names = [s.name for s in unet.inputs]
-    if sorted(names) != sorted(wanted):
+    required = [n for n in names if n not in UNET_OPTIONAL_INPUTS]
+    if sorted(required) != sorted(wanted):
         raise ModelFolderError(
-            f"unet: expected the inputs {list(wanted)} (what the runtime feeds), got {names}"
+            f"unet: expected the inputs {list(wanted)} (what the runtime feeds), optionally "
+            f"{list(UNET_OPTIONAL_INPUTS)}, got {names}"
         )
     timestep = unet.input("timestep")
     if len(timestep.shape) > 1 or timestep.dtype == "bool":
         raise ModelFolderError(
             f"unet: expected a scalar or 1-D numeric timestep, got {timestep.dtype} "
             f"{list(timestep.shape)}"
+        )
+    embedding = unet.input(GUIDANCE_EMBEDDING_INPUT)
+    if embedding is not None and (
+        len(embedding.shape) != 2 or not isinstance(embedding.shape[1], int)
+    ):
+        raise ModelFolderError(
+            f"unet: expected the guidance embedding {GUIDANCE_EMBEDDING_INPUT} as (batch, "
+            f"width) with a fixed width, got {embedding.dtype} {list(embedding.shape)}"
         )
 
 

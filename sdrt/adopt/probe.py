@@ -20,7 +20,7 @@ from sdrt.errors import ModelFolderError, SdrtError
 from sdrt.manifest import ForwardCheck, Manifest
 
 PROBE_SEED = 0
-PROBE_BATCH = 1  # images; the U-Net sees twice that (classifier-free guidance)
+PROBE_BATCH = 1  # images; the U-Net sees twice that (classifier-free guidance), LCM once
 PROBE_GUIDANCE = 7.5
 
 
@@ -75,7 +75,7 @@ def _unet(pipe, size: int, rng) -> ForwardCheck:
     with _named("unet"):
         conditioning = pipe.condition(request)
         _, plan = pipe.plan(request)
-        rows = 2 * PROBE_BATCH
+        rows = len(conditioning.embeddings)  # 2 * PROBE_BATCH with CFG, PROBE_BATCH for LCM
         sample = rng.standard_normal((rows, manifest.unet_in_channels, latent, latent))
         out = pipe.predict_noise(sample.astype(np.float32), plan.timesteps[0], conditioning)
         inputs = {"sample": sample.shape, "encoder_hidden_states": conditioning.embeddings.shape}
