@@ -69,6 +69,7 @@ EXTRA_MODULES = {
     "psutil": ("bench",),
     "rich": ("bench",),
     "imageio_ffmpeg": ("video",),
+    "cv2": ("control",),  # OpenCV: sdrt control canny
     "fastapi": ("serve",),
     "uvicorn": ("serve",),
     "prometheus_client": ("serve",),
