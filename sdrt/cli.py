@@ -39,6 +39,7 @@ COMMANDS = {
     "info": "info",
     "generate": "generate",
     "interpolate": "interpolate",
+    "control": "control",
     "engines": "engines",
     "bench": "bench",
     "serve": "serve",
@@ -114,6 +115,8 @@ PARAMETER_ARGUMENTS = {
         "opset": "--opset",
     },
     "adopt": {"min_size": "--min-size", "max_size": "--max-size", "max_batch": "--max-batch"},
+    # sdrt control canny: sdrt/control/canny.py's parameters
+    "control": {"image": "IMAGE", "low_threshold": "--low", "high_threshold": "--high"},
     "interpolate": {
         **_CALL_ARGUMENTS,
         "prompts": "PROMPT",
