@@ -103,6 +103,11 @@ PARAMETER_ARGUMENTS = {
         "deep_cache_interval": "--deep-cache-interval",
         "deep_cache_branch": "--deep-cache-branch",
         "vae": "--vae",
+        # ControlNet (sdrt/control/): all four come from --control
+        "control_image": "--control",
+        "controlnet_conditioning_scale": "--control",
+        "control_guidance_start": "--control",
+        "control_guidance_end": "--control",
     },
     # sdrt build: export/build_config.py's BuildConfig fields
     "build": {
