@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line
 from PIL import Image, ImageDraw
 
 from sdrt.cli import main
@@ -14,6 +15,7 @@ from sdrt.control.canny import canny
 from sdrt.errors import ParameterError
 
 cv2 = pytest.importorskip("cv2")
+PREFIX = "sdrt control: error: "  # every error line of these tests
 
 
 def shapes_image() -> Image.Image:
@@ -91,13 +93,6 @@ def test_command_writes_the_edge_map(photo, tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["edges.png"]  # no temporary file left
 
 
-def _one_line_error(capsys, expected: str) -> None:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("sdrt control: error: "), err
-    assert expected in err, err
-
-
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
@@ -109,28 +104,28 @@ def _one_line_error(capsys, expected: str) -> None:
 def test_bad_thresholds_exit_2(photo, tmp_path, capsys, arguments, expected):
     out = tmp_path / "edges.png"
     assert main(["control", "canny", str(photo), "-o", str(out), *arguments]) == 2
-    _one_line_error(capsys, expected)
+    assert_one_error_line(capsys, PREFIX, expected)
     assert not out.exists()
 
 
 def test_missing_and_unreadable_images_exit_2(tmp_path, capsys):
     out = tmp_path / "edges.png"
     assert main(["control", "canny", str(tmp_path / "absent.png"), "-o", str(out)]) == 2
-    _one_line_error(capsys, f"IMAGE: no such file {str(tmp_path / 'absent.png')!r}")
+    assert_one_error_line(capsys, PREFIX, f"IMAGE: no such file {str(tmp_path / 'absent.png')!r}")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     assert main(["control", "canny", str(text), "-o", str(out)]) == 2
-    _one_line_error(capsys, f"IMAGE: cannot read {str(text)!r} as an image")
+    assert_one_error_line(capsys, PREFIX, f"IMAGE: cannot read {str(text)!r} as an image")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.png"]
 
 
 def test_output_checks_exit_2(photo, tmp_path, capsys):
     assert main(["control", "canny", str(photo), "-o", str(tmp_path / "edges.gif")]) == 2
-    _one_line_error(capsys, "-o: expected a file name ending in .png")
+    assert_one_error_line(capsys, PREFIX, "-o: expected a file name ending in .png")
     existing = tmp_path / "edges.png"
     existing.write_bytes(b"mine")
     assert main(["control", "canny", str(photo), "-o", str(existing)]) == 2
-    _one_line_error(capsys, "already exists; pass --force to replace it")
+    assert_one_error_line(capsys, PREFIX, "already exists; pass --force to replace it")
     assert existing.read_bytes() == b"mine"
     assert main(["control", "canny", str(photo), "-o", str(existing), "--force"]) == 0
     assert Image.open(existing).size == shapes_image().size
@@ -144,7 +139,7 @@ def test_a_failed_write_leaves_nothing(photo, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", half_written)
     out = tmp_path / "out" / "edges.png"
     assert main(["control", "canny", str(photo), "-o", str(out)]) == 2
-    _one_line_error(capsys, "No space left on device")
+    assert_one_error_line(capsys, PREFIX, "No space left on device")
     assert list(out.parent.iterdir()) == []
 
 
@@ -152,7 +147,9 @@ def test_missing_opencv_names_the_extra(photo, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
     out = tmp_path / "edges.png"
     assert main(["control", "canny", str(photo), "-o", str(out)]) == 2
-    _one_line_error(capsys, "canny edge maps need OpenCV (pip install 'sdrt[control]')")
+    assert_one_error_line(
+        capsys, PREFIX, "canny edge maps need OpenCV (pip install 'sdrt[control]')"
+    )
     assert not out.exists()
 
 

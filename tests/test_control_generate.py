@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_error_line
 from PIL import Image
 
 import sdrt.manifest
@@ -22,6 +23,7 @@ CONTROL_ARGUMENTS = (
     "control_guidance_start",
     "control_guidance_end",
 )
+PREFIX = "sdrt generate: error: --control: "  # every error line of these tests
 
 
 @pytest.fixture
@@ -30,13 +32,6 @@ def photo(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
     return path
-
-
-def _one_line_error(capsys, expected: str) -> None:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err.startswith("sdrt generate: error: --control: "), err
-    assert expected in err, err
 
 
 @pytest.mark.parametrize(
@@ -58,7 +53,7 @@ def test_a_bad_control_exits_2_before_the_folder_is_read(
         ["generate", str(tmp_path / "no-folder"), "fox", "--control", control, "-o", str(out)]
     )
     assert code == 2
-    _one_line_error(capsys, expected)
+    assert_one_error_line(capsys, PREFIX, expected)
     assert not out.exists()
 
 
@@ -72,7 +67,9 @@ def test_a_folder_without_controlnets_refuses_control(
     out = tmp_path / "out.png"
     code = main(["generate", str(tiny_built), "fox", "--control", str(photo), "-o", str(out)])
     assert code == 2
-    _one_line_error(capsys, f"the model folder {str(tiny_built)!r} has no ControlNet; build one")
+    assert_one_error_line(
+        capsys, PREFIX, f"the model folder {str(tiny_built)!r} has no ControlNet; build one"
+    )
     assert not out.exists()
 
 
