@@ -1,5 +1,6 @@
-"""Control images: sdrt.control.images against diffusers' ControlNet ``prepare_image`` (the
-oracle), and the errors for images diffusers would pass on to the ControlNet."""
+"""Control images: sdrt.control.images against diffusers' ControlNet pipelines' own
+preparation (the oracle: txt2img, img2img, inpaint, SDXL), and the errors for images
+diffusers would pass on to the ControlNet."""
 
 from __future__ import annotations
 
@@ -17,18 +18,34 @@ from sdrt.errors import ParameterError
 CONTROL_IMAGE_ATOL = 0.0
 
 
-def diffusers_prepare(image, width, height, batch_size, num_images_per_prompt, cfg, guess):
-    """diffusers' own prepare_image, with the processor its ControlNet pipelines make."""
+# diffusers' ControlNet pipelines -> their control image preparation (one code, copied)
+ORACLES = {
+    "txt2img": ("StableDiffusionControlNetPipeline", "prepare_image", {}),
+    "img2img": ("StableDiffusionControlNetImg2ImgPipeline", "prepare_control_image", {}),
+    "inpaint": (
+        "StableDiffusionControlNetInpaintPipeline",
+        "prepare_control_image",
+        {"crops_coords": None, "resize_mode": "default"},  # the call's defaults
+    ),
+    "sdxl": ("StableDiffusionXLControlNetPipeline", "prepare_image", {}),
+}
+
+
+def diffusers_prepare(
+    image, width, height, batch_size, num_images_per_prompt, cfg, guess, oracle="txt2img"
+):
+    """diffusers' own preparation, with the processor its ControlNet pipelines make."""
     torch = pytest.importorskip("torch")
-    from diffusers import StableDiffusionControlNetPipeline
+    diffusers = pytest.importorskip("diffusers")
     from diffusers.image_processor import VaeImageProcessor
 
+    class_name, method, extra = ORACLES[oracle]
     pipe = SimpleNamespace(
         control_image_processor=VaeImageProcessor(
             vae_scale_factor=8, do_convert_rgb=True, do_normalize=False
         )
     )
-    prepared = StableDiffusionControlNetPipeline.prepare_image(
+    prepared = getattr(getattr(diffusers, class_name), method)(
         pipe,
         image=image,
         width=width,
@@ -39,6 +56,7 @@ def diffusers_prepare(image, width, height, batch_size, num_images_per_prompt, c
         dtype=torch.float32,
         do_classifier_free_guidance=cfg,
         guess_mode=guess,
+        **extra,
     )
     return prepared.numpy()
 
@@ -105,6 +123,23 @@ def test_prepare_control_image_equals_diffusers(case):
     theirs = diffusers_prepare(make(), width, height, batch_size, per_prompt, cfg, guess)
     assert ours.dtype == np.float32
     assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=CONTROL_IMAGE_ATOL)
+
+
+@pytest.mark.parametrize("oracle", [o for o in ORACLES if o != "txt2img"])
+@pytest.mark.parametrize("case", ["pil-up-batch", "pil-rgba", "array-nhwc-per-prompt"])
+def test_every_controlnet_pipeline_prepares_the_same(case, oracle):
+    make, width, height, batch_size, per_prompt, cfg, guess = CASES[case]
+    ours = prepare_control_image(
+        make(),
+        width,
+        height,
+        batch_size,
+        per_prompt,
+        do_classifier_free_guidance=cfg,
+        guess_mode=guess,
+    )
+    theirs = diffusers_prepare(make(), width, height, batch_size, per_prompt, cfg, guess, oracle)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=CONTROL_IMAGE_ATOL)
 
 
