@@ -200,3 +200,9 @@ def test_image_count_must_be_one_or_one_per_prompt():
 def test_output_smaller_than_the_vae_scale_is_an_error():
     with pytest.raises(ParameterError, match="at least 8 pixels a side, got 16x0"):
         prepare_control_image(Image.new("RGB", (8, 8)), 16, 7, 1, 1)
+
+
+@pytest.mark.parametrize(("batch_size", "per_prompt"), [(0, 1), (3, 2), (2, 0)])
+def test_batch_size_is_a_multiple_of_num_images_per_prompt(batch_size, per_prompt):
+    with pytest.raises(ParameterError, match="batch_size: expected a multiple >= 1 of"):
+        prepare_control_image(Image.new("RGB", (8, 8)), 16, 16, batch_size, per_prompt)

@@ -50,6 +50,15 @@ def prepare_control_image(
     times. The rows are doubled (for the unconditional half of the batch) when
     ``do_classifier_free_guidance`` and not ``guess_mode``.
     """
+    if not (
+        num_images_per_prompt >= 1 and batch_size >= 1 and batch_size % num_images_per_prompt == 0
+    ):
+        raise ParameterError(
+            "batch_size: expected a multiple >= 1 of {num_images_per_prompt} ({per_prompt}), "
+            "got {batch_size_value}",
+            per_prompt=num_images_per_prompt,
+            batch_size_value=batch_size,
+        )
     width, height = (x - x % vae_scale_factor for x in (width, height))
     if width <= 0 or height <= 0:
         raise ParameterError(
