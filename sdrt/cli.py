@@ -39,6 +39,7 @@ COMMANDS = {
     "info": "info",
     "generate": "generate",
     "interpolate": "interpolate",
+    "control": "control",
     "engines": "engines",
     "bench": "bench",
     "serve": "serve",
@@ -69,6 +70,7 @@ EXTRA_MODULES = {
     "psutil": ("bench",),
     "rich": ("bench",),
     "imageio_ffmpeg": ("video",),
+    "cv2": ("control",),  # OpenCV: sdrt control canny
     "fastapi": ("serve",),
     "uvicorn": ("serve",),
     "prometheus_client": ("serve",),
@@ -101,6 +103,11 @@ PARAMETER_ARGUMENTS = {
         "deep_cache_interval": "--deep-cache-interval",
         "deep_cache_branch": "--deep-cache-branch",
         "vae": "--vae",
+        # ControlNet (sdrt/control/): all four come from --control
+        "control_image": "--control",
+        "controlnet_conditioning_scale": "--control",
+        "control_guidance_start": "--control",
+        "control_guidance_end": "--control",
     },
     # sdrt build: export/build_config.py's BuildConfig fields
     "build": {
@@ -113,6 +120,8 @@ PARAMETER_ARGUMENTS = {
         "opset": "--opset",
     },
     "adopt": {"min_size": "--min-size", "max_size": "--max-size", "max_batch": "--max-batch"},
+    # sdrt control canny: sdrt/control/canny.py's parameters
+    "control": {"image": "IMAGE", "low_threshold": "--low", "high_threshold": "--high"},
     "interpolate": {
         **_CALL_ARGUMENTS,
         "prompts": "PROMPT",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from bench_helpers import SilentProgress
 from sdrt.benchmarks import config as bench_config
 from sdrt.benchmarks import harness
 from sdrt.benchmarks.config import BenchConfig, parse_sizes
@@ -15,17 +16,6 @@ from sdrt.benchmarks.contenders import ContenderSpec
 from sdrt.benchmarks.models import BenchModels
 
 FAKE = Path(__file__).with_name("bench_fake_contender.py")
-
-
-class SilentProgress:
-    def status(self, message: str) -> None:
-        pass
-
-    def start_runs(self, total: int) -> None:
-        pass
-
-    def advance(self, description: str) -> None:
-        pass
 
 
 def _benchmark(tmp_path, monkeypatch, backends, fail_at=None, unsaved=(), **settings):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_helpers import SilentProgress
 from sdrt.benchmarks import harness
 from sdrt.benchmarks.config import BenchConfig, parse_sizes
 from sdrt.benchmarks.contenders import (
@@ -138,17 +139,6 @@ if "--fail" in options:
 pathlib.Path(out).mkdir()
 (pathlib.Path(out) / "made.txt").write_text(" ".join(options))
 """
-
-
-class SilentProgress:
-    def status(self, message: str) -> None:
-        pass
-
-    def start_runs(self, total: int) -> None:
-        pass
-
-    def advance(self, description: str) -> None:
-        pass
 
 
 def _bench_with_exports(tmp_path, monkeypatch, exports: dict[str, tuple[str, ...]]):

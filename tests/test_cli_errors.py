@@ -138,6 +138,7 @@ IMPORT_NAMES = {
     "cupy-cuda13x": "cupy",
     "tensorrt-cu13": "tensorrt",
     "onnxruntime-gpu": "onnxruntime",
+    "opencv-python-headless": "cv2",
 }
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
+from parity_helpers import inject_noise, step_noises
 from sdrt.engines.compare import Thresholds, psnr
 from test_build_int8 import INT8_IMAGE_MIN_PSNR
 from test_deep_cache import MIN_CACHING_EFFECT
-from test_pipeline_lcm import MAX_IMAGE_DIFF, _inject_noise
+from test_pipeline_lcm import MAX_IMAGE_DIFF
 from test_tome import MAX_IMAGE_DIFF as TOME_MAX_IMAGE_DIFF
 
 import sdrt
@@ -128,13 +129,6 @@ def _latents(seed: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def _step_noises(latents: np.ndarray, seed: int) -> list[np.ndarray]:
-    """sdrt's between-step noise for a call with ``seed`` and given latents (diffusers'
-    LCMScheduler draws one per step but the last)."""
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS - 1)]
-
-
 SETTINGS = dict(
     num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=SIZE, width=SIZE, output_type="np"
 )
@@ -152,7 +146,7 @@ def _diffusers_lcm(lcm_source, monkeypatch, latents, seed=5, *, vae=None, deep_c
         str(lcm_source), safety_checker=None, requires_safety_checker=False, **extra
     )
     reference.set_progress_bar_config(disable=True)
-    _inject_noise(monkeypatch, scheduling_lcm, _step_noises(latents, seed))
+    inject_noise(monkeypatch, scheduling_lcm, step_noises(seed, latents.shape, STEPS - 1))
     helper = None
     if deep_cache:
         DeepCache = pytest.importorskip("DeepCache")
@@ -273,7 +267,7 @@ def test_tome_equals_tomesd_on_diffusers_lcm(lcm_source, pipe, monkeypatch):
     )
     reference.set_progress_bar_config(disable=True)
     tomesd.apply_patch(reference, ratio=0.5, max_downsample=2, use_rand=False)
-    _inject_noise(monkeypatch, scheduling_lcm, _step_noises(latents, 5))
+    inject_noise(monkeypatch, scheduling_lcm, step_noises(5, latents.shape, STEPS - 1))
     theirs = reference(PROMPTS, latents=torch.from_numpy(latents), **settings).images
     ours = sdrt.Pipeline.load(folder)(PROMPTS, latents=latents, seed=5, **settings).images
     plain = pipe(PROMPTS, latents=latents, seed=5, **settings).images

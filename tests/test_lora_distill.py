@@ -20,6 +20,7 @@ from lora_helpers import (
     write_distill_kohya_file,
     write_distill_peft_file,
 )
+from parity_helpers import inject_noise, step_noises
 
 import sdrt
 from sdrt.errors import InputError
@@ -64,23 +65,6 @@ def _latents() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
 
 
-def _step_noises(latents: np.ndarray) -> list[np.ndarray]:
-    """The noise sdrt draws between steps from SEED (the last step draws none)."""
-    rng = np.random.default_rng(SEED)
-    return [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS - 1)]
-
-
-def _inject_noise(monkeypatch, module, noises: list[np.ndarray]) -> None:
-    queue = list(noises)
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        noise = queue.pop(0)
-        assert tuple(shape) == noise.shape, (shape, noise.shape)
-        return torch.from_numpy(noise.copy()).to(dtype=dtype or torch.float32)
-
-    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
-
-
 def _diffusers(source, lora, recipe: str, monkeypatch) -> np.ndarray:
     """StableDiffusionPipeline + the recipe's scheduler + ``lora`` (or none) loaded."""
     import importlib
@@ -88,7 +72,8 @@ def _diffusers(source, lora, recipe: str, monkeypatch) -> np.ndarray:
     name, module, guidance, eta = RECIPES[recipe]
     scheduler_module = importlib.import_module(f"diffusers.schedulers.{module}")
     latents = _latents()
-    _inject_noise(monkeypatch, scheduler_module, _step_noises(latents))
+    # sdrt's draws from SEED between steps (none after the last)
+    inject_noise(monkeypatch, scheduler_module, step_noises(SEED, latents.shape, STEPS - 1))
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(source, safety_checker=None)
     pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
+from parity_helpers import BatchRecorder, initial_latents, inject_noise, max_diff
 
 import sdrt
 from sdrt.cli import main
@@ -64,44 +65,6 @@ def reference(lcm_source):
     return pipe
 
 
-def _latents(pipe, batch: int, height: int, width: int, seed: int) -> np.ndarray:
-    f = pipe.manifest.vae_scale_factor
-    shape = (batch, pipe.manifest.latent_channels, height // f, width // f)
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-
-
-def _inject_noise(monkeypatch, module, noises: list[np.ndarray]) -> None:
-    """Make ``module.randn_tensor`` return ``noises`` in order (and fail if it runs out)."""
-    queue = list(noises)
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        noise = queue.pop(0)
-        assert tuple(shape) == noise.shape, (shape, noise.shape)
-        return torch.from_numpy(noise.copy()).to(dtype=dtype or torch.float32)
-
-    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
-
-
-def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
-    assert ours.shape == theirs.shape
-    return float(np.abs(ours - theirs).max())
-
-
-class _BatchRecorder:
-    """A U-Net session that records the batch of each call and runs the real one."""
-
-    def __init__(self, session):
-        self.session = session
-        self.calls: list[tuple[int, tuple[str, ...]]] = []
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run(self, feeds):
-        self.calls.append((feeds["sample"].shape[0], tuple(sorted(feeds))))
-        return self.session.run(feeds)
-
-
 def test_lcm_unet_graph_takes_the_guidance_embedding(lcm):
     specs = {s.name: s for s in lcm.manifest.components["unet"].inputs}
     assert specs[GUIDANCE_EMBEDDING_INPUT].shape[-1] == GUIDANCE_EMBED_DIM
@@ -129,12 +92,12 @@ def test_txt2img_equals_diffusers_lcm_pipeline(lcm, reference, monkeypatch):
     from diffusers.schedulers import scheduling_lcm
 
     height, width, seed, guidance = 64, 128, 5, 8.5
-    latents = _latents(lcm, len(PROMPTS), height, width, seed=2)
+    latents = initial_latents(lcm, len(PROMPTS), height, width, seed=2)
     # sdrt draws one noise array per step from the call's seed (latents are given); the
     # last step draws none in diffusers (it returns the estimate), so it takes STEPS - 1.
     rng = np.random.default_rng(seed)
     step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS - 1)]
-    _inject_noise(monkeypatch, scheduling_lcm, step_noises)
+    inject_noise(monkeypatch, scheduling_lcm, step_noises)
     settings = dict(
         num_inference_steps=STEPS,
         guidance_scale=guidance,
@@ -143,19 +106,19 @@ def test_txt2img_equals_diffusers_lcm_pipeline(lcm, reference, monkeypatch):
         output_type="np",
     )
     theirs = reference(PROMPTS, latents=torch.from_numpy(latents), **settings).images
-    recorder = _BatchRecorder(lcm.session("unet"))
+    recorder = BatchRecorder(lcm.session("unet"))
     replaced = lcm.replace_session("unet", recorder)
     try:
         ours = lcm(PROMPTS, latents=latents, seed=seed, **settings).images
     finally:
         lcm.replace_session("unet", replaced)
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     # One U-Net call per step on the prompts alone (no unconditional rows), embedding fed.
     assert [batch for batch, _ in recorder.calls] == [len(PROMPTS)] * STEPS
     assert all(GUIDANCE_EMBEDDING_INPUT in names for _, names in recorder.calls)
     # The guidance scale matters through the embedding: another one gives another image.
     other = lcm(PROMPTS, latents=latents, seed=seed, **{**settings, "guidance_scale": 2.0})
-    assert _max_diff(other.images, theirs) > MAX_IMAGE_DIFF
+    assert max_diff(other.images, theirs) > MAX_IMAGE_DIFF
 
 
 def _test_image(width: int, height: int):
@@ -175,11 +138,11 @@ def test_img2img_equals_diffusers_lcm_img2img_pipeline(lcm, reference, monkeypat
     from diffusers.schedulers import scheduling_lcm
 
     height, width, seed, strength = 64, 128, 3, 0.5
-    noise = _latents(lcm, 1, height, width, seed=4)
+    noise = initial_latents(lcm, 1, height, width, seed=4)
     rng = np.random.default_rng(seed)
     step_noises = [rng.standard_normal(noise.shape, dtype=np.float32) for _ in range(STEPS - 1)]
-    _inject_noise(monkeypatch, module, [noise])  # the image latents' forward noise
-    _inject_noise(monkeypatch, scheduling_lcm, step_noises)
+    inject_noise(monkeypatch, module, [noise])  # the image latents' forward noise
+    inject_noise(monkeypatch, scheduling_lcm, step_noises)
     original = module.retrieve_latents  # the VAE encoder's mode, as sdrt takes it
     monkeypatch.setattr(
         module,
@@ -197,7 +160,7 @@ def test_img2img_equals_diffusers_lcm_img2img_pipeline(lcm, reference, monkeypat
     request = lcm.request(PROMPTS[0], image=image, latents=noise, seed=seed, **settings)
     assert [int(t) for t in lcm.plan(request)[1].timesteps] == expected_timesteps
     ours = lcm(PROMPTS[0], image=image, latents=noise, seed=seed, **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     # The StableDiffusionImg2ImgPipeline schedule (the last steps of the full one) differs.
     assert len(create_scheduler("lcm").plan(STEPS, strength).timesteps) == STEPS // 2
 
@@ -242,7 +205,7 @@ def test_conditioning_without_the_embedding_is_refused(lcm):
     request = lcm.request("a fox", num_inference_steps=STEPS, height=64, width=64)
     conditioning = lcm.condition(request)
     sched, plan = lcm.plan(request)
-    sample = _latents(lcm, 1, 64, 64, seed=0)
+    sample = initial_latents(lcm, 1, 64, 64, seed=0)
     assert lcm.predict_noise(sample, plan.timesteps[0], conditioning).shape == sample.shape
     without = dataclasses.replace(conditioning, added={})
     with pytest.raises(InputError, match="expected the guidance embedding"):
@@ -253,7 +216,7 @@ def test_folder_without_guidance_embedding_refuses_lcm_conditioning(lcm, tiny_bu
     """A U-Net that was not LCM-distilled asked for LCM's guidance embedding: a clear error."""
     sd = sdrt.Pipeline.load(tiny_built)
     request = lcm.request("a fox", num_inference_steps=STEPS, height=64, width=64)
-    sample = _latents(lcm, 1, 64, 64, seed=0)
+    sample = initial_latents(lcm, 1, 64, 64, seed=0)
     with pytest.raises(InputError, match="this U-Net is not LCM-distilled"):
         sd.predict_noise(sample, 999, lcm.condition(request))
     # And a plain folder guides by CFG, with a negative prompt, as before.
@@ -274,10 +237,10 @@ def test_lcm_scheduler_on_a_plain_unet_runs_with_cfg_as_diffusers(
     reference.scheduler = diffusers.LCMScheduler.from_config(reference.scheduler.config)
     reference.set_progress_bar_config(disable=True)
     height, width, seed, guidance = 64, 64, 7, 1.5
-    latents = _latents(sd, 1, height, width, seed=6)
+    latents = initial_latents(sd, 1, height, width, seed=6)
     rng = np.random.default_rng(seed)
     step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS - 1)]
-    _inject_noise(monkeypatch, scheduling_lcm, step_noises)
+    inject_noise(monkeypatch, scheduling_lcm, step_noises)
     settings = dict(
         num_inference_steps=STEPS,
         guidance_scale=guidance,
@@ -286,10 +249,10 @@ def test_lcm_scheduler_on_a_plain_unet_runs_with_cfg_as_diffusers(
         output_type="np",
     )
     theirs = reference(PROMPTS[0], latents=torch.from_numpy(latents), **settings).images
-    recorder = _BatchRecorder(sd.session("unet"))
+    recorder = BatchRecorder(sd.session("unet"))
     sd.replace_session("unet", recorder)
     ours = sd(PROMPTS[0], latents=latents, seed=seed, scheduler="LCMScheduler", **settings)
-    assert _max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
     assert [batch for batch, _ in recorder.calls] == [2] * STEPS  # uncond + cond rows
     assert not any(GUIDANCE_EMBEDDING_INPUT in names for _, names in recorder.calls)
 

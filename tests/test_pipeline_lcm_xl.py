@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 import pytest
 from conftest import TINY_MAX_SIZE, TINY_MIN_SIZE
+from parity_helpers import BatchRecorder, initial_latents, inject_noise, max_diff, step_noises
 
 import sdrt
 from sdrt.errors import InputError
@@ -60,50 +61,6 @@ def reference(lcm_xl_source):
     return pipe
 
 
-def _noise(pipe, batch: int, height: int, width: int, seed: int) -> np.ndarray:
-    f = pipe.manifest.vae_scale_factor
-    shape = (batch, pipe.manifest.latent_channels, height // f, width // f)
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-
-
-def _inject_noise(monkeypatch, module, noises: list[np.ndarray]) -> None:
-    """Make ``module.randn_tensor`` return ``noises`` in order (and fail if it runs out)."""
-    queue = list(noises)
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        noise = queue.pop(0)
-        assert tuple(shape) == noise.shape, (shape, noise.shape)
-        return torch.from_numpy(noise.copy()).to(dtype=dtype or torch.float32)
-
-    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
-
-
-def _step_noises(seed: int, shape, count: int) -> list[np.ndarray]:
-    """sdrt's between-step draws when latents are given: one array per step from the seed."""
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
-
-
-def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
-    assert ours.shape == theirs.shape
-    return float(np.abs(ours - theirs).max())
-
-
-class _BatchRecorder:
-    """A U-Net session that records the feeds' batch and names, and runs the real one."""
-
-    def __init__(self, session):
-        self.session = session
-        self.calls: list[tuple[int, tuple[str, ...]]] = []
-
-    def __getattr__(self, name):
-        return getattr(self.session, name)
-
-    def run(self, feeds):
-        self.calls.append((feeds["sample"].shape[0], tuple(sorted(feeds))))
-        return self.session.run(feeds)
-
-
 def test_lcm_xl_unet_graph_takes_the_guidance_embedding_and_the_time_ids(lcm_xl):
     specs = {s.name: s for s in lcm_xl.manifest.components["unet"].inputs}
     assert specs[GUIDANCE_EMBEDDING_INPUT].shape[-1] == GUIDANCE_EMBED_DIM
@@ -116,9 +73,9 @@ def test_txt2img_equals_diffusers_sdxl_pipeline(lcm_xl, reference, monkeypatch):
     from diffusers.schedulers import scheduling_lcm
 
     height, width, seed = 64, 128, 5
-    latents = _noise(lcm_xl, len(PROMPTS), height, width, seed=2)
+    latents = initial_latents(lcm_xl, len(PROMPTS), height, width, seed=2)
     # The last step returns the estimate: STEPS - 1 draws, in diffusers as in sdrt.
-    _inject_noise(monkeypatch, scheduling_lcm, _step_noises(seed, latents.shape, STEPS - 1))
+    inject_noise(monkeypatch, scheduling_lcm, step_noises(seed, latents.shape, STEPS - 1))
     settings = dict(
         num_inference_steps=STEPS,
         guidance_scale=GUIDANCE,
@@ -127,13 +84,13 @@ def test_txt2img_equals_diffusers_sdxl_pipeline(lcm_xl, reference, monkeypatch):
         output_type="np",
     )
     theirs = reference(PROMPTS, latents=torch.from_numpy(latents), **settings).images
-    recorder = _BatchRecorder(lcm_xl.session("unet"))
+    recorder = BatchRecorder(lcm_xl.session("unet"))
     replaced = lcm_xl.replace_session("unet", recorder)
     try:
         ours = lcm_xl(PROMPTS, latents=latents, seed=seed, **settings).images
     finally:
         lcm_xl.replace_session("unet", replaced)
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     # One U-Net call per step on the prompts alone (no unconditional rows), with SDXL's
     # added conditioning and the guidance embedding.
     assert [batch for batch, _ in recorder.calls] == [len(PROMPTS)] * STEPS
@@ -141,7 +98,7 @@ def test_txt2img_equals_diffusers_sdxl_pipeline(lcm_xl, reference, monkeypatch):
     assert all(wanted <= set(names) for _, names in recorder.calls)
     # The guidance scale matters through the embedding: another one gives another image.
     other = lcm_xl(PROMPTS, latents=latents, seed=seed, **{**settings, "guidance_scale": 2.0})
-    assert _max_diff(other.images, theirs) > MAX_IMAGE_DIFF
+    assert max_diff(other.images, theirs) > MAX_IMAGE_DIFF
 
 
 def _test_image(width: int, height: int):
@@ -161,10 +118,10 @@ def test_img2img_equals_diffusers_sdxl_img2img_pipeline(lcm_xl, reference, monke
     from diffusers.schedulers import scheduling_lcm
 
     height, width, seed, strength = 64, 128, 3, 0.5
-    noise = _noise(lcm_xl, 1, height, width, seed=4)
+    noise = initial_latents(lcm_xl, 1, height, width, seed=4)
     runs = int(STEPS * strength)
-    _inject_noise(monkeypatch, module, [noise])  # the image latents' forward noise
-    _inject_noise(monkeypatch, scheduling_lcm, _step_noises(seed, noise.shape, runs - 1))
+    inject_noise(monkeypatch, module, [noise])  # the image latents' forward noise
+    inject_noise(monkeypatch, scheduling_lcm, step_noises(seed, noise.shape, runs - 1))
     original = module.retrieve_latents  # the VAE encoder's mode, as sdrt takes it
     monkeypatch.setattr(
         module,
@@ -181,13 +138,13 @@ def test_img2img_equals_diffusers_sdxl_img2img_pipeline(lcm_xl, reference, monke
     request = lcm_xl.request(PROMPTS[0], image=image, latents=noise, seed=seed, **settings)
     full = [int(t) for t in img2img.scheduler.timesteps]
     assert [int(t) for t in lcm_xl.plan(request)[1].timesteps] == full[STEPS - runs :]
-    recorder = _BatchRecorder(lcm_xl.session("unet"))
+    recorder = BatchRecorder(lcm_xl.session("unet"))
     replaced = lcm_xl.replace_session("unet", recorder)
     try:
         ours = lcm_xl(PROMPTS[0], image=image, latents=noise, seed=seed, **settings).images
     finally:
         lcm_xl.replace_session("unet", replaced)
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     assert [batch for batch, _ in recorder.calls] == [1] * runs
 
 
@@ -211,7 +168,7 @@ def test_conditioning_and_unet_must_agree_on_the_guidance_embedding(lcm_xl, tiny
     LCM SDXL U-Net given one without the embedding: a clear error before the graph runs."""
     request = lcm_xl.request("a fox", num_inference_steps=STEPS, height=64, width=64)
     conditioning = lcm_xl.condition(request)
-    sample = _noise(lcm_xl, 1, 64, 64, seed=0)
+    sample = initial_latents(lcm_xl, 1, 64, 64, seed=0)
     timestep = lcm_xl.plan(request)[1].timesteps[0]
     plain = sdrt.Pipeline.load(tiny_xl_built)
     with pytest.raises(InputError, match="this U-Net is not LCM-distilled"):

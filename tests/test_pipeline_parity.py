@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from parity_helpers import initial_latents, inject_noise, max_diff
 from PIL import Image
 
 import sdrt
@@ -44,30 +45,12 @@ def reference(tiny_source):
     return pipe
 
 
-def _latents(sd, batch: int, height: int, width: int, seed: int) -> np.ndarray:
-    f = sd.manifest.vae_scale_factor
-    shape = (batch, sd.manifest.latent_channels, height // f, width // f)
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-
-
 def _scheduled(reference, scheduler: str):
     """The reference pipeline with another scheduler class from the same config."""
     cls = getattr(diffusers, scheduler)
     return diffusers.StableDiffusionPipeline(
         **{**reference.components, "scheduler": cls.from_config(reference.scheduler.config)}
     )
-
-
-def _inject_noise(monkeypatch, module, noises: list[np.ndarray]) -> None:
-    """Make ``module.randn_tensor`` return ``noises`` in order (and fail if it runs out)."""
-    queue = list(noises)
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        noise = queue.pop(0)
-        assert tuple(shape) == noise.shape, (shape, noise.shape)
-        return torch.from_numpy(noise.copy()).to(dtype=dtype or torch.float32)
-
-    monkeypatch.setattr(module, "randn_tensor", randn_tensor)
 
 
 def _deterministic_vae_encoder(monkeypatch, module) -> None:
@@ -79,12 +62,6 @@ def _deterministic_vae_encoder(monkeypatch, module) -> None:
     monkeypatch.setattr(module, "retrieve_latents", retrieve_latents)
 
 
-def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
-    assert ours.shape == theirs.shape
-    assert ours.dtype == np.float32
-    return float(np.abs(ours - theirs).max())
-
-
 @pytest.mark.parametrize(
     ("scheduler", "guidance", "height", "width"),
     [
@@ -94,7 +71,7 @@ def _max_diff(ours: np.ndarray, theirs: np.ndarray) -> float:
     ],
 )
 def test_txt2img_batch_with_negative_prompts(sd, reference, scheduler, guidance, height, width):
-    latents = _latents(sd, len(PROMPTS), height, width, seed=1)
+    latents = initial_latents(sd, len(PROMPTS), height, width, seed=1)
     settings = dict(
         negative_prompt=NEGATIVES,
         num_inference_steps=STEPS,
@@ -107,29 +84,29 @@ def test_txt2img_batch_with_negative_prompts(sd, reference, scheduler, guidance,
         PROMPTS, latents=torch.from_numpy(latents), **settings
     ).images
     ours = sd(PROMPTS, latents=latents, scheduler=scheduler, **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
 
 
 def test_tolerance_tells_schedulers_apart(sd, reference):
     """LMS in sdrt against Euler in diffusers, all else equal, is outside the tolerance."""
-    latents = _latents(sd, 1, 64, 64, seed=1)
+    latents = initial_latents(sd, 1, 64, 64, seed=1)
     settings = dict(num_inference_steps=STEPS, guidance_scale=7.5, output_type="np")
     theirs = _scheduled(reference, "EulerDiscreteScheduler")(
         PROMPTS[0], latents=torch.from_numpy(latents), height=64, width=64, **settings
     ).images
     ours = sd(PROMPTS[0], latents=latents, scheduler="lms", height=64, width=64, **settings)
-    assert _max_diff(ours.images, theirs) > MAX_IMAGE_DIFF
+    assert max_diff(ours.images, theirs) > MAX_IMAGE_DIFF
 
 
 def test_txt2img_ancestral_with_injected_noise(sd, reference, monkeypatch):
     from diffusers.schedulers import scheduling_euler_ancestral_discrete
 
     height, width, seed = 128, 64, 7
-    latents = _latents(sd, 2, height, width, seed=3)
+    latents = initial_latents(sd, 2, height, width, seed=3)
     # sdrt draws one noise array per step from the call's seed (latents are given).
     rng = np.random.default_rng(seed)
     step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(STEPS)]
-    _inject_noise(monkeypatch, scheduling_euler_ancestral_discrete, step_noises)
+    inject_noise(monkeypatch, scheduling_euler_ancestral_discrete, step_noises)
     settings = dict(
         num_inference_steps=STEPS,
         guidance_scale=7.5,
@@ -142,10 +119,10 @@ def test_txt2img_ancestral_with_injected_noise(sd, reference, monkeypatch):
         PROMPTS[0], latents=torch.from_numpy(latents), **settings
     ).images
     ours = sd(PROMPTS[0], latents=latents, seed=seed, scheduler="euler_a", **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     # The noise mattered: another seed gives another image.
     other = sd(PROMPTS[0], latents=latents, seed=seed + 1, scheduler="euler_a", **settings)
-    assert _max_diff(other.images, theirs) > MAX_IMAGE_DIFF
+    assert max_diff(other.images, theirs) > MAX_IMAGE_DIFF
 
 
 @pytest.mark.parametrize(
@@ -164,13 +141,13 @@ def test_txt2img_eta_with_injected_noise(
     from diffusers.schedulers import scheduling_ddim, scheduling_tcd
 
     height, width, seed = 64, 128, 11
-    latents = _latents(sd, 1, height, width, seed=4)
+    latents = initial_latents(sd, 1, height, width, seed=4)
     # sdrt draws one noise array per U-Net call from the call's seed where the step adds
     # noise (latents are given); diffusers draws only for the steps that use it.
     rng = np.random.default_rng(seed)
     step_noises = [rng.standard_normal(latents.shape, dtype=np.float32) for _ in range(draws)]
     for module in (scheduling_ddim, scheduling_tcd):
-        _inject_noise(monkeypatch, module, step_noises)
+        inject_noise(monkeypatch, module, step_noises)
     settings = dict(
         num_inference_steps=steps,
         guidance_scale=guidance,
@@ -183,10 +160,10 @@ def test_txt2img_eta_with_injected_noise(
         PROMPTS[0], latents=torch.from_numpy(latents), **settings
     ).images
     ours = sd(PROMPTS[0], latents=latents, seed=seed, scheduler=scheduler, **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     # With noise, the noise mattered (another seed, another image); without, eta is inert.
     other = sd(PROMPTS[0], latents=latents, seed=seed + 1, scheduler=scheduler, **settings)
-    assert (_max_diff(other.images, theirs) > MAX_IMAGE_DIFF) == (draws > 0)
+    assert (max_diff(other.images, theirs) > MAX_IMAGE_DIFF) == (draws > 0)
 
 
 def _test_image(width: int, height: int) -> Image.Image:
@@ -200,15 +177,15 @@ def test_img2img_half_strength(sd, reference, monkeypatch):
 
     height, width = 64, 128
     image = _test_image(width, height)
-    noise = _latents(sd, 1, height, width, seed=5)
-    _inject_noise(monkeypatch, module, [noise])
+    noise = initial_latents(sd, 1, height, width, seed=5)
+    inject_noise(monkeypatch, module, [noise])
     _deterministic_vae_encoder(monkeypatch, module)
     img2img = diffusers.StableDiffusionImg2ImgPipeline(**reference.components)
     img2img.set_progress_bar_config(disable=True)
     settings = dict(num_inference_steps=4, guidance_scale=7.5, strength=0.5, output_type="np")
     theirs = img2img(PROMPTS[0], image=image, **settings).images
     ours = sd(PROMPTS[0], image=image, latents=noise, **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
 
 
 def _inpaint_mask(width: int, height: int) -> Image.Image:
@@ -223,8 +200,8 @@ def test_inpainting_4_channel(sd, reference, monkeypatch, strength):
 
     height, width = 64, 128
     image, mask = _test_image(width, height), _inpaint_mask(width, height)
-    noise = _latents(sd, 1, height, width, seed=9)
-    _inject_noise(monkeypatch, module, [noise])
+    noise = initial_latents(sd, 1, height, width, seed=9)
+    inject_noise(monkeypatch, module, [noise])
     _deterministic_vae_encoder(monkeypatch, module)
     inpaint = diffusers.StableDiffusionInpaintPipeline(**reference.components)
     inpaint.set_progress_bar_config(disable=True)
@@ -238,7 +215,7 @@ def test_inpainting_4_channel(sd, reference, monkeypatch, strength):
     )
     theirs = inpaint(PROMPTS[1], image=image, mask_image=mask, **settings).images
     ours = sd(PROMPTS[1], image=image, mask_image=mask, latents=noise, **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +240,8 @@ def test_inpainting_9_channel(tiny_inpaint, monkeypatch, strength):
     assert sd.manifest.unet_in_channels == 9
     height, width = 64, 128
     image, mask = _test_image(width, height), _inpaint_mask(width, height)
-    noise = _latents(sd, 2, height, width, seed=13)
-    _inject_noise(monkeypatch, module, [noise])
+    noise = initial_latents(sd, 2, height, width, seed=13)
+    inject_noise(monkeypatch, module, [noise])
     _deterministic_vae_encoder(monkeypatch, module)
     inpaint = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
         str(source), safety_checker=None, requires_safety_checker=False
@@ -281,4 +258,4 @@ def test_inpainting_9_channel(tiny_inpaint, monkeypatch, strength):
     )
     theirs = inpaint(PROMPTS[0], image=image, mask_image=mask, **settings).images
     ours = sd(PROMPTS[0], image=image, mask_image=mask, latents=noise, **settings).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF

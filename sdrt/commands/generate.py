@@ -1,5 +1,5 @@
 """``sdrt generate FOLDER "prompt" ... -o out.png``: txt2img, img2img (--image), inpainting
-(--mask) and outpainting (--outpaint).
+(--mask), outpainting (--outpaint) and ControlNet (--control, sdrt/control/spec.py).
 
 Needs only the runtime (numpy, onnxruntime, tokenizers, pillow, tqdm). Every input is
 checked before the model loads: the -o place must be writable, the request valid for the
@@ -69,6 +69,8 @@ class GenerateConfig:
     vae: str | None = None  # "full" / "tiny" (sdrt/vae_choice.py); None: the full VAE
     eta: float = DEFAULT_ETA  # diffusers' eta (DDIM, TCD); ignored by other schedulers
     force: bool = False  # replace existing output files
+    # sdrt.control.spec.ControlSpec, one per ControlNet of the folder, in build order
+    controls: tuple = ()
 
 
 def _epilog() -> str:
@@ -160,6 +162,17 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
         help="how much of --image to repaint, in (0, 1]; needs --image "
         f"(default: {IMG2IMG_STRENGTH} for img2img, {INPAINT_STRENGTH} with --mask or "
         "--outpaint, as diffusers' pipelines)",
+    )
+    parser.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="[canny:]FILE[:SCALE[:START:END]]",
+        help="a control image for the folder's ControlNets (built with sdrt build "
+        "--controlnet), one per ControlNet in build order; canny:PHOTO makes the photo's canny "
+        "edge map (needs the 'control' extra); SCALE is the conditioning scale (default 1.0), "
+        "START:END the fractions of the steps it steers (default 0:1); repeatable "
+        "(default: none)",
     )
 
 
@@ -325,6 +338,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     quality = _quality(args.quality, output)
     from sdrt.adapters.lora_files import read_lora_file
     from sdrt.adapters.options import parse_embedding_option, parse_lora_option
+    from sdrt.control.spec import parse_control
 
     embeddings = tuple(parse_embedding_option(text) for text in args.embedding)
     loras = tuple(parse_lora_option(text) for text in args.lora)
@@ -356,6 +370,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         vae=args.vae,
         eta=args.eta,
         force=args.force,
+        controls=tuple(parse_control(text) for text in args.control),
     )
 
 
@@ -443,6 +458,7 @@ def prepare(config: GenerateConfig) -> Prepared:
     manifest = read_manifest(config.folder)
     scheduler_config = load_scheduler_config(config.folder)
     image, mask, strength = _start_image(config, manifest)
+    control = _control_arguments(config, manifest)
     seed = secrets.randbelow(2**32) if config.seed is None else config.seed
     requests = tuple(
         make_request(
@@ -465,6 +481,7 @@ def prepare(config: GenerateConfig) -> Prepared:
             deep_cache_branch=config.deep_cache_branch,
             vae=config.vae,
             eta=config.eta,
+            **control,
         )
         for prompt in config.prompts
     )
@@ -501,6 +518,30 @@ def _start_image(config: GenerateConfig, manifest):
     if strength is None:
         strength = IMG2IMG_STRENGTH if mask is None else INPAINT_STRENGTH
     return image, mask, strength
+
+
+def _control_arguments(config: GenerateConfig, manifest) -> dict:
+    """The call's ControlNet arguments (diffusers' names) from --control, read and checked
+    against the folder's ControlNets; none without --control."""
+    if not config.controls:
+        return {}
+    from sdrt.control.spec import call_arguments, control_images
+
+    # a folder from a build without --controlnet (or an sdrt without ControlNet records)
+    controlnets = getattr(manifest, "controlnets", ())
+    if not controlnets:
+        raise InputError(
+            f"--control: the model folder {str(config.folder)!r} has no ControlNet; build "
+            "one in with sdrt build SRC --controlnet NAME=PATH"
+        )
+    if len(config.controls) != len(controlnets):
+        names = ", ".join(c.name for c in controlnets)
+        raise InputError(
+            f"--control: expected one per ControlNet of the folder ({len(controlnets)}: "
+            f"{names}), got {len(config.controls)}"
+        )
+    images = control_images(config.controls, lambda path: read_image(path, "--control"))
+    return call_arguments(config.controls, images)
 
 
 def _parameters(config: GenerateConfig, prepared: Prepared, request, prompt: str, b: int) -> str:
