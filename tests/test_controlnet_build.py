@@ -163,16 +163,22 @@ def test_a_single_file_controlnet_is_refused_with_the_conversion(tmp_path):
         ControlNetOption("canny", str(checkpoint))
 
 
-def test_controlnet_with_int8_is_refused_before_any_export(tiny_source, tmp_path):
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [(dict(precision="int8"), "--precision int8"), (dict(lora_ready=True), "--lora-ready")],
+)
+def test_controlnet_with_int8_or_lora_ready_is_refused_before_any_export(
+    tiny_source, tmp_path, options, flag
+):
     from sdrt.export.controlnet_options import ControlNetOption
 
     (tmp_path / "cn").mkdir()
-    with pytest.raises(InputError, match="expected a build without --precision int8"):
+    with pytest.raises(InputError, match=f"expected a build without {flag}"):
         _config(
             tiny_source,
             tmp_path,
-            precision="int8",
             controlnets=(ControlNetOption("cn", str(tmp_path / "cn")),),
+            **options,
         )
 
 

@@ -303,3 +303,75 @@ def test_control_image_on_a_folder_without_controlnets_is_a_clear_error(tiny_bui
     pipe = sdrt.Pipeline.load(tiny_built)
     with pytest.raises(ParameterError, match="built without ControlNets .* got a control image"):
         pipe.request(PROMPTS[0], control_image=control_picture(64, 64, seed=0))
+
+
+# ---------------------------------------------------------------------------- fast modes
+
+
+def test_openvino_backend_runs_the_controlnets_as_ort_cpu(sd, tiny_built_controlnet):
+    pytest.importorskip("openvino")
+    from test_backend_openvino import FP32_MAX_PIXEL_DIFFERENCE
+
+    openvino = sdrt.Pipeline.load(tiny_built_controlnet, backend="openvino")
+    latents = _latents(1, seed=7)
+    images = [control_picture(WIDTH, HEIGHT, seed=7), control_picture(WIDTH, HEIGHT, seed=8)]
+    settings = dict(SETTINGS, control_image=images, latents=latents, guess_mode=True)
+    settings["scheduler"] = "euler"
+    ours = openvino(PROMPTS[0], **settings)
+    assert _controlnet_steps(ours) == list(range(STEPS))
+    assert _max_diff(ours.images, sd(PROMPTS[0], **settings).images) <= FP32_MAX_PIXEL_DIFFERENCE
+
+
+@pytest.fixture(scope="module")
+def with_tiny_vae(tiny_built_controlnet, tmp_path_factory):
+    """tiny_built_controlnet rebuilt with a tiny VAE too (every other graph reused)."""
+    import shutil
+
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.controlnet_options import ControlNetOption
+    from sdrt.export.random_tiny_vae import init_random_tiny_vae
+
+    from sdrt.manifest import read_manifest
+
+    taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("cn-taesd") / "taesd")
+    output = tmp_path_factory.mktemp("cn-tiny-vae") / "tiny"
+    shutil.copytree(tiny_built_controlnet, output)
+    manifest = read_manifest(tiny_built_controlnet)
+    config = BuildConfig(
+        source=manifest.source.path_or_id,
+        output=output,
+        min_size=manifest.build.min_size,
+        max_size=manifest.build.max_size,
+        force=True,
+        tiny_vae=str(taesd),
+        controlnets=tuple(
+            ControlNetOption(c.name, c.source.path_or_id) for c in manifest.controlnets
+        ),
+    )
+    result = build(config)
+    assert {r.name for r in result.components if r.action == "exported"} == {
+        "vae_decoder_tiny",
+        "vae_encoder_tiny",
+    }
+    return result.output, taesd
+
+
+def test_tiny_vae_with_controlnet_equals_diffusers(with_tiny_vae, components, eager_controlnets):
+    folder, taesd = with_tiny_vae
+    latents = _latents(1, seed=8)
+    image = control_picture(WIDTH, HEIGHT, seed=9)
+    tiny = diffusers.AutoencoderTiny.from_pretrained(str(taesd)).eval()
+    reference = _reference({**components, "vae": tiny}, eager_controlnets, [EDGES])
+    theirs = reference(
+        PROMPTS[0], image=image, latents=torch.from_numpy(latents), **SETTINGS
+    ).images
+    ours = sdrt.Pipeline.load(folder)(
+        PROMPTS[0],
+        control_image=image,
+        controlnet=EDGES,
+        latents=latents,
+        scheduler="euler",
+        vae="tiny",
+        **SETTINGS,
+    ).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
