@@ -49,6 +49,7 @@ from sdrt.errors import InputError, ModelFolderError
 from sdrt.files import check_output_folder
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
+    CONTROLNET_UNET,
     MANIFEST_NAME,
     BuildOptions,
     BuiltAdapter,
@@ -154,6 +155,11 @@ def build_held(
                 from sdrt.export.tiny_vae import resolve_tiny_vae
 
                 tiny = resolve_tiny_vae(config.tiny_vae, source)
+            controlnets = ()
+            if config.controlnets:  # checked against the U-Net before any export
+                from sdrt.export.controlnet import resolve_controlnets
+
+                controlnets = resolve_controlnets(config.controlnets, source)
             manifest, results = _build_into(
                 staging.folder,
                 config,
@@ -163,6 +169,7 @@ def build_held(
                 corrections,
                 adapters=adapters,
                 tiny=tiny,
+                controlnets=controlnets,
             )
             shutil.rmtree(staging.folder / ADAPTERS_SCRATCH, ignore_errors=True)
             commit(staging)
@@ -182,6 +189,7 @@ def _build_into(
     corrections: tuple[ConfigCorrection, ...] = (),
     adapters: tuple[BuiltAdapter, ...] = (),
     tiny=None,  # export/tiny_vae.py's TinyVaeSource, or None
+    controlnets=(),  # export/controlnet.py's ControlNetSources
 ) -> tuple[Manifest, list[ComponentResult]]:
     from sdrt.export.adaptable import ADAPTABLE_FORMAT
 
@@ -246,6 +254,12 @@ def _build_into(
             tiny, folder, config, source, previous, cases, precisions, report
         )
         results.extend(tiny_results)
+    controlnet_records = ()
+    if controlnets:
+        controlnet_records, controlnet_results = _build_controlnets(
+            controlnets, folder, config, source, previous, cases, precisions, report, hasher
+        )
+        results.extend(controlnet_results)
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
     manifest = dataclasses.replace(
@@ -256,6 +270,7 @@ def _build_into(
         tiny_vae=tiny_record,
         tome=config.tome.as_record() if config.tome else None,
         recipe=recipe,
+        controlnets=controlnet_records,
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)
@@ -302,6 +317,61 @@ def _build_tiny_vae(tiny, folder, config, source, previous, cases, precisions, r
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     return tiny.record(hasher), results
+
+
+def _build_controlnets(
+    controlnets, folder, config, source, previous, cases, precisions, report, hasher
+):
+    """Export (or reuse) the U-Net that takes ControlNet residuals and each ControlNet, in
+    the U-Net's precision and at its verification shapes; (their records, ComponentResults)."""
+    from sdrt.export.controlnet import load_controlnet_wrapper, load_residual_unet
+
+    precision = precisions["unet"]
+    common = {"precision": precision, "opset": config.opset, "exporter": EXPORTER_VERSION}
+    common |= {"family": source.family, **_library_versions(exporting=True)}
+    exports = [  # (component, source hash, wrapper loader, config file)
+        (
+            CONTROLNET_UNET,
+            hasher.folders(("unet",), {"component": CONTROLNET_UNET, **common}),
+            lambda: load_residual_unet(source),
+            None,
+        )
+    ]
+    records = []
+    for controlnet in controlnets:
+        own = FolderHasher(controlnet.folder)
+        options = {"component": controlnet.component, **common}
+        exports.append(
+            (
+                controlnet.component,
+                controlnet.content_sha256(own, options),
+                lambda c=controlnet: load_controlnet_wrapper(c, source),
+                controlnet.folder / COMPONENT_CONFIG,
+            )
+        )
+        records.append(controlnet.record(own))
+    results = []
+    for name, source_sha256, loader, config_file in exports:
+        t0 = time.perf_counter()
+        reused = _reuse(previous, config.output, folder, name, source_sha256)
+        if reused is not None:
+            report(name, "reused")
+            results.append(ComponentResult(name, "reused", time.perf_counter() - t0, reused))
+            continue
+        component = _export_component(
+            source,
+            name,
+            folder,
+            precision=precision,
+            opset=config.opset,
+            cases=cases,
+            source_sha256=source_sha256,
+            report=report,
+            wrapper_loader=loader,
+            config_file=config_file,
+        )
+        results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
+    return tuple(records), results
 
 
 def _has_int8_unet(manifest: Manifest, method: str) -> bool:

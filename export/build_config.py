@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdrt.export.controlnet_options import ControlNetOption, check_unique
 from sdrt.export.single_file import SingleFileOptions
 from sdrt.export.source import local_folder_or_hub_id
 from sdrt.export.tome_options import TomeOptions
@@ -75,6 +76,9 @@ class BuildConfig:
     tome: TomeOptions | None = None
     # --recipe (sdrt/recipes.py): settings recorded in sdrt.json; None: what the source says
     recipe: RecipeOption | None = None
+    # diffusers ControlNetModels exported beside the U-Net, with the U-Net that takes their
+    # residuals (export/controlnet.py); in build order, the order calls default to
+    controlnets: tuple[ControlNetOption, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -85,6 +89,8 @@ class BuildConfig:
         object.__setattr__(self, "calibration_prompts", tuple(self.calibration_prompts))
         _check_int8(self)
         _check_lora_targets(self)
+        object.__setattr__(self, "controlnets", check_unique(self.controlnets))
+        _check_controlnets(self)
         for option in (*self.loras, *self.embeddings):
             if not Path(option.path).is_file():
                 raise InputError(f"adapter file {str(option.path)!r} does not exist")
@@ -132,6 +138,23 @@ class BuildConfig:
                 high=MAX_OPSET,
                 value=self.opset,
             )
+
+
+def _check_controlnets(config: BuildConfig) -> None:
+    """What the residual-taking U-Net cannot be built with yet, refused before any export."""
+    if not config.controlnets:
+        return
+    clashes = {
+        "--precision int8": config.precision == "int8",  # its calibration feeds no residuals
+        "--lora-ready": config.lora_ready,  # run-time LoRA feeds the plain U-Net's branches
+        "--tome-ratio": config.tome is not None,
+    }
+    given = [option for option, clash in clashes.items() if clash]
+    if given:
+        raise InputError(
+            f"--controlnet: expected a build without {', '.join(given)} (the U-Net that takes "
+            "ControlNet residuals is not built with it yet); got both"
+        )
 
 
 def _check_deep_cache_branches(config: BuildConfig) -> None:

@@ -120,7 +120,7 @@ class UNetExport(ExportWrapper):
         self.sequence_length = sequence_length
         self.vae_scale_factor = vae_scale_factor
         self.text_time = config.addition_embed_type == "text_time"
-        self.guidance_embed_dim = config.time_cond_proj_dim
+        self.guidance_embed_dim = config.get("time_cond_proj_dim")  # ControlNets: none
         self.input_names = (
             ("sample", "timestep", "encoder_hidden_states")
             + (("text_embeds", "time_ids") if self.text_time else ())
@@ -147,7 +147,13 @@ class UNetExport(ExportWrapper):
             timestep_cond=named.get(GUIDANCE_EMBEDDING_INPUT),
             added_cond_kwargs=added,
             return_dict=False,
+            **self.unet_kwargs(named),
         )[0]
+
+    def unet_kwargs(self, named: dict[str, torch.Tensor]) -> dict[str, object]:
+        """More keyword arguments of the U-Net's forward from the named extra inputs (the
+        ControlNet residuals of export/controlnet.py's subclass); none here."""
+        return {}
 
     def dynamic_axes(self):
         image = {0: "batch", 2: "latent_height", 3: "latent_width"}

@@ -112,6 +112,21 @@ def _download(repo_id: str, revision: str | None) -> Path:
     return Path(folder)
 
 
+def download_model(repo_id: str, what: str) -> Path:
+    """A single model's Hub repo (its configs and safetensors weights) in the Hub cache, for
+    options that name a model beside the pipeline (``--tiny-vae``, ``--controlnet``)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # network, auth and missing-repo errors all mean "not reachable"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(
+            f"{what} {repo_id!r} is not a local folder and could not be fetched from the "
+            f"Hugging Face Hub ({type(e).__name__}: {first_line})"
+        ) from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

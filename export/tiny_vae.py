@@ -22,7 +22,7 @@ import torch
 from sdrt.export.build_config import check_tiny_vae_option
 from sdrt.export.components import ExportWrapper, ShapeCase, VaeDecoderExport
 from sdrt.export.random_tiny_vae import CLASS_NAME
-from sdrt.export.source import FolderHasher, SourceModel
+from sdrt.export.source import FolderHasher, SourceModel, download_model
 
 from sdrt.errors import InputError, ModelFolderError
 from sdrt.manifest import Source, TinyVae
@@ -71,24 +71,11 @@ def resolve_tiny_vae(path_or_id: str, pipeline: SourceModel) -> TinyVaeSource:
     if folder is not None:
         path_or_id = str(folder)
     else:
-        folder = _download(path_or_id)
+        folder = download_model(path_or_id, "--tiny-vae")
         revision = folder.name if folder.parent.name == "snapshots" else None
     config = _read_config(folder, path_or_id)
     _check_compatible(config, pipeline, path_or_id)
     return TinyVaeSource(folder, path_or_id, revision, config)
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as e:  # network, auth and missing-repo errors all mean "not reachable"
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputError(
-            f"--tiny-vae {repo_id!r} is not a local folder and could not be fetched from the "
-            f"Hugging Face Hub ({type(e).__name__}: {first_line})"
-        ) from None
 
 
 def _read_config(folder: Path, where: str) -> dict[str, Any]:

@@ -51,8 +51,33 @@ def shallow_unet_name(branch: int) -> str:
     return f"unet_shallow_{branch}"
 
 
+# ControlNet (sdrt build --controlnet NAME=PATH): one graph per ControlNet, and the U-Net
+# that takes their residuals as inputs, beside the plain one (sdrt/control/).
+CONTROLNET_UNET = "unet_controlnet"
+CONTROLNET_PREFIX = "controlnet_"
+CONTROLNET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_CONTROLNET = re.compile(CONTROLNET_PREFIX + CONTROLNET_NAME.pattern)
+# The ControlNet graphs' outputs and the residual U-Net's extra inputs, by the same names.
+MID_BLOCK_RESIDUAL = "mid_block_additional_residual"
+
+
+def down_block_residual(index: int) -> str:
+    """The name of the ``index``-th of diffusers' ``down_block_additional_residuals``."""
+    return f"down_block_additional_residual_{index}"
+
+
+def controlnet_component(name: str) -> str:
+    """The component (and folder) of the ControlNet a build named ``name``."""
+    return CONTROLNET_PREFIX + name
+
+
 def is_component_name(name: str) -> bool:
-    return name in COMPONENT_NAMES or _SHALLOW_UNET.fullmatch(name) is not None
+    return (
+        name in COMPONENT_NAMES
+        or name == CONTROLNET_UNET
+        or _SHALLOW_UNET.fullmatch(name) is not None
+        or _CONTROLNET.fullmatch(name) is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -234,6 +259,18 @@ class TinyVae:
 
 
 @dataclass(frozen=True)
+class ControlNet:
+    """A diffusers ControlNetModel built into the folder (sdrt build --controlnet)."""
+
+    name: str  # what calls pick it by (controlnet="NAME")
+    component: str  # its graph: controlnet_<name>
+    source: Source  # its folder or Hub id, revision and content hash
+    conditioning_channels: int  # channels of the control image it takes (3: RGB)
+    # Its config's: the residuals are pooled and the pipeline runs it as in guess mode.
+    global_pool_conditions: bool = False
+
+
+@dataclass(frozen=True)
 class ConfigCorrection:
     """One rewrite of an outdated config that diffusers' pipelines make on load, made at build."""
 
@@ -375,6 +412,8 @@ class Manifest:
     deep_cache: DeepCacheBuild | None = None  # sdrt build --deep-cache; None without
     tiny_vae: TinyVae | None = None  # sdrt build --tiny-vae
     recipe: Recipe | None = None  # a distilled model's steps, guidance, scheduler; None: none
+    # sdrt build --controlnet, in build order; their residuals feed CONTROLNET_UNET
+    controlnets: tuple[ControlNet, ...] = ()
 
     @property
     def default_image_size(self) -> int:
@@ -690,10 +729,46 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         tiny_vae=_tiny_vae(r.sub("tiny_vae", optional=True)),
         tome=r.get("tome", Mapping, optional=True, default=None),
         recipe=_recipe(r.sub("recipe", optional=True)),
+        controlnets=tuple(
+            _controlnet(_Reader(c, f"{where}.controlnets[{i}]"))
+            for i, c in enumerate(r.get("controlnets", list, optional=True, default=[]))
+        ),
     )
 
     _check_deep_cache(manifest, where)
+    _check_controlnets(manifest, where)
     return manifest
+
+
+def _source(s: _Reader) -> Source:
+    return Source(
+        s.get("path_or_id", str),
+        s.get("revision", str, optional=True),
+        s.get("content_sha256", str),
+        single_file=_optional_mapping(s, "single_file"),
+    )
+
+
+def _controlnet(r: _Reader) -> ControlNet:
+    return ControlNet(
+        name=r.get("name", str),
+        component=r.get("component", str),
+        source=_source(r.sub("source")),
+        conditioning_channels=r.get("conditioning_channels", int),
+        global_pool_conditions=r.get("global_pool_conditions", bool, optional=True, default=False),
+    )
+
+
+def _check_controlnets(manifest: Manifest, where: str) -> None:
+    """Each ControlNet names a graph the folder has, and the residual U-Net is there."""
+    if not manifest.controlnets:
+        return
+    wanted = [c.component for c in manifest.controlnets] + [CONTROLNET_UNET]
+    missing = [name for name in wanted if name not in manifest.components]
+    if missing:
+        raise ModelFolderError(
+            f"{where}.controlnets: expected the components {wanted}; the folder lacks {missing}"
+        )
 
 
 def _tiny_vae(r: _Reader | None) -> TinyVae | None:
@@ -839,7 +914,8 @@ def _components(comps: _Reader) -> dict[str, Component]:
     if unknown:
         raise ModelFolderError(
             f"{comps.where}: unknown components {unknown}; expected names from "
-            f"{', '.join(COMPONENT_NAMES + TINY_VAE_COMPONENTS)} or unet_shallow_<branch>"
+            f"{', '.join(COMPONENT_NAMES + TINY_VAE_COMPONENTS + (CONTROLNET_UNET,))}, "
+            f"unet_shallow_<branch> or {CONTROLNET_PREFIX}<name>"
         )
     components = {
         name: _component(name, _Reader(value, f"{comps.where}.{name}"))

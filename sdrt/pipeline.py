@@ -38,6 +38,7 @@ from sdrt.adapters.lora_api import LoraMethods
 from sdrt.adapters.lora_state import BASE, LoraState, WeightFeeds
 from sdrt.arrays import namespace_of, to_host
 from sdrt.backends import Selection, Session, select_backend
+from sdrt.control.residuals import ControlLoop
 from sdrt.deep_cache import DeepCacheLoop
 from sdrt.errors import InputError, ModelFolderError, NumericsError
 from sdrt.guidance_embedding import (
@@ -55,7 +56,7 @@ from sdrt.interpolation import (
     make_walk,
     run_walk,
 )
-from sdrt.manifest import DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
+from sdrt.manifest import CONTROLNET_UNET, DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
@@ -243,6 +244,12 @@ class Pipeline(LoraMethods):
         deep_cache_branch: int | None = None,
         vae: str | None = None,
         eta: float = DEFAULT_ETA,
+        control_image: Any = None,
+        controlnet: str | list[str] | None = None,
+        controlnet_conditioning_scale: float | list[float] | None = None,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
@@ -257,6 +264,10 @@ class Pipeline(LoraMethods):
         VAE (``sdrt build --tiny-vae``; sdrt/vae_choice.py), None or "full" with its own.
         ``eta`` is diffusers': the stochasticity of DDIM (0: deterministic) and TCD (its
         gamma), in [0, 1]; other schedulers ignore it, as diffusers' pipelines do.
+        ``control_image`` (one per ControlNet: a list for several) and the other ControlNet
+        arguments are diffusers' StableDiffusionControlNet(Img2Img/Inpaint)Pipeline's, on a
+        folder built with ``--controlnet``; ``controlnet`` picks ControlNets by name
+        (default: all, in build order); sdrt/control/ says more.
         ``num_inference_steps``, ``guidance_scale``, ``scheduler`` and ``eta`` left at their
         defaults (20, 7.5, the folder's scheduler, 0) take the folder's recipe where it has
         one (a distilled model's, recorded by ``sdrt build``; sdrt/recipes.py)."""
@@ -475,9 +486,31 @@ class Pipeline(LoraMethods):
             if request.deep_cache is None
             else DeepCacheLoop(request.deep_cache, plan.timesteps)
         )
+        control = None
+        if request.control is not None:
+            control = ControlLoop(
+                request.control,
+                request.width,
+                request.height,
+                request.batch_size,
+                request.do_classifier_free_guidance,
+                total,
+                xp,
+            )
         for i in range(total):
             x, state = self._denoise_step(
-                request, sched, plan, state, x, i, conditioning, inpaint, source, stages, cache
+                request,
+                sched,
+                plan,
+                state,
+                x,
+                i,
+                conditioning,
+                inpaint,
+                source,
+                stages,
+                cache,
+                control,
             )
             if i < total - 1:
                 yield Progress(
@@ -547,17 +580,28 @@ class Pipeline(LoraMethods):
         source,
         stages,
         cache=None,
+        control: ControlLoop | None = None,
     ):
         """One U-Net call (both guidance halves as one batch) and one scheduler step;
-        ``cache`` (a DeepCacheLoop) picks the full or the shallow U-Net."""
+        ``cache`` (a DeepCacheLoop) picks the full or the shallow U-Net; ``control`` runs
+        the call's ControlNets first, and their residuals go to the U-Net that takes them."""
         xp = namespace_of(x)
         cfg = request.do_classifier_free_guidance
         model_input = xp.concatenate([x, x], axis=0) if cfg else x
         model_input = sched.scale_model_input(plan, model_input, i)
+        residuals = None
+        if control is not None and control.runs_at(i):
+            alone = sched.scale_model_input(plan, x, i) if control.conditional_only else None
+            with stages.stage("controlnet", step=i):
+                residuals = control.residuals(
+                    i, model_input, alone, conditioning, self._graph_runner(plan.timesteps[i])
+                )
         if inpaint is not None and inpaint.unet_condition is not None:
             model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
         with stages.stage("unet", step=i):
-            noise_pred = self._unet(model_input, plan.timesteps[i], conditioning, cache, i)
+            noise_pred = self._unet(
+                model_input, plan.timesteps[i], conditioning, cache, i, residuals
+            )
         if cfg:
             uncond, text = noise_pred[: request.batch_size], noise_pred[request.batch_size :]
             noise_pred = uncond + request.guidance_scale * (text - uncond)
@@ -675,8 +719,32 @@ class Pipeline(LoraMethods):
             return hidden[0], pooled
         return namespace_of(hidden[0]).concatenate(hidden, axis=-1), pooled
 
-    def _unet(self, sample, timestep, conditioning: Conditioning, cache=None, step: int = 0):
-        session = self._session("unet" if cache is None else cache.session_name(step))
+    def _graph_runner(self, timestep):
+        """run(component, feeds) -> float32 outputs by name, with the timestep fed and
+        the feeds cast as the graph declares them (the ControlNets' runs of one step)."""
+
+        def run(name: str, feeds: dict[str, Any]) -> dict[str, Any]:
+            session = self._session(name)
+            specs = {s.name: s for s in session.inputs}
+            xp = namespace_of(feeds["sample"])
+            typed = {k: v.astype(specs[k].dtype) for k, v in feeds.items() if k in specs}
+            batch = feeds["sample"].shape[0]
+            typed["timestep"] = _timestep_feed(specs["timestep"], timestep, batch, xp)
+            return {k: v.astype(xp.float32) for k, v in session.run(typed).items()}
+
+        return run
+
+    def _unet(
+        self,
+        sample,
+        timestep,
+        conditioning: Conditioning,
+        cache=None,
+        step: int = 0,
+        residuals: Mapping[str, Any] | None = None,
+    ):
+        name = "unet" if cache is None else cache.session_name(step)
+        session = self._session(CONTROLNET_UNET if residuals is not None else name)
         encoder_hidden_states = conditioning.embeddings
         specs = {s.name: s for s in session.inputs}
         xp = namespace_of(sample)
@@ -695,6 +763,8 @@ class Pipeline(LoraMethods):
             feeds.update(
                 cache.feeds(step, specs.get(DEEP_CACHE_FEATURE_INPUT, specs["sample"]).dtype)
             )
+        for key, value in (residuals or {}).items():  # ControlNets' (sdrt/control/)
+            feeds[key] = value.astype(specs[key].dtype)
         outputs = session.run(feeds)
         if cache is not None:
             cache.keep(step, outputs)

@@ -20,6 +20,12 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of
+from sdrt.control.settings import (
+    DEFAULT_END,
+    DEFAULT_START,
+    ControlSettings,
+    check_control,
+)
 from sdrt.deep_cache import DeepCacheSettings, check_deep_cache
 from sdrt.errors import InputError, ParameterError
 from sdrt.guidance_embedding import check_guidance_embedding
@@ -63,6 +69,8 @@ class Request:
     # Keys set on the scheduler's config: the folder recipe's, where the call left
     # ``scheduler`` to it (timestep_spacing="trailing" for Turbo); else empty.
     scheduler_config: Any = dataclasses.field(default_factory=dict)
+    # control_image and its settings (sdrt/control/settings.py); None: no ControlNet runs
+    control: ControlSettings | None = None
 
     @property
     def batch_size(self) -> int:
@@ -183,6 +191,12 @@ def make_request(
     deep_cache_branch: Any = None,
     vae: Any = None,
     eta: Any = DEFAULT_ETA,
+    control_image: Any = None,
+    controlnet: Any = None,
+    controlnet_conditioning_scale: Any = None,
+    control_guidance_start: Any = DEFAULT_START,
+    control_guidance_end: Any = DEFAULT_END,
+    guess_mode: Any = False,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError. Steps,
     guidance, scheduler and eta left at their defaults (sdrt.recipes.DEFAULT_STEPS, ...,
@@ -200,11 +214,30 @@ def make_request(
     if "num_inference_steps" in settings.from_recipe:
         steps_note = f" (this folder's {recipe.name} recipe)"
     strength = _check_images(manifest, image, mask_image, strength, steps, steps_note)
-    height, width = _image_size(manifest, image, height, width)
+    control = check_control(
+        manifest,
+        control_image,
+        controlnet,
+        controlnet_conditioning_scale,
+        control_guidance_start,
+        control_guidance_end,
+        guess_mode,
+        mode="txt2img" if image is None else ("img2img" if mask_image is None else "inpaint"),
+    )
+    # Without an image, the control image's size (diffusers' ControlNet pipelines take it)
+    sized_by = image if image is not None or control is None else control.first_image
+    height, width = _image_size(manifest, sized_by, height, width)
     seed, latents = _noise(manifest, seed, latents, len(negatives) * per_prompt, height, width)
     guidance_embedding = check_guidance_embedding(manifest, negative_prompt, negative_prompt_embeds)
     guidance = _guidance(settings.guidance_scale)
     warn_guidance(recipe, guidance, guidance_embedding)
+    if deep_cache_interval is not None and control is not None:
+        raise ParameterError(
+            "{deep_cache_interval}: DeepCache's cached steps skip the deep blocks the "
+            "ControlNet residuals feed, so it does not run with {control_image=} (not "
+            "verified); got both"
+        )
+    deep_cache = check_deep_cache(manifest, deep_cache_interval, deep_cache_branch)
     return Request(
         prompts=tuple(p for p in prompts for _ in range(per_prompt)),
         negative_prompts=tuple(n for n in negatives for _ in range(per_prompt)),
@@ -221,11 +254,12 @@ def make_request(
         seed=seed,
         negative_prompt=negative_prompt,
         **given.repeated(per_prompt).as_request_fields(),
-        deep_cache=check_deep_cache(manifest, deep_cache_interval, deep_cache_branch),
+        deep_cache=deep_cache,
         vae=check_vae_choice(manifest, vae),
         eta=_eta(settings.eta),
         guidance_embedding=guidance_embedding,
         scheduler_config=settings.scheduler_config,
+        control=control,
     )
 
 

@@ -2,8 +2,8 @@
 
 Every call records a StageTiming per stage it ran: ``tokenize`` and each text encoder
 (``text_encoder``, ``text_encoder_2``) per prompt batch encoded, ``vae_encode`` for
-img2img and inpainting, ``unet`` and ``scheduler_step`` per denoising step (with its
-index), and ``vae_decode``. They come back as ``PipelineOutput.timings``, and, as they
+img2img and inpainting, ``controlnet`` (the call's ControlNets, on the steps they run),
+``unet`` and ``scheduler_step`` per denoising step (with its index), and ``vae_decode``. They come back as ``PipelineOutput.timings``, and, as they
 happen, to a ``stage_callback`` passed to the call (a service's metrics, a benchmark).
 
 Times are wall-clock seconds on the host. On a GPU backend a stage's time is the time
@@ -23,6 +23,7 @@ STAGES = (
     "text_encoder",
     "text_encoder_2",
     "vae_encode",
+    "controlnet",
     "unet",
     "scheduler_step",
     "vae_decode",

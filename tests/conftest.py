@@ -192,3 +192,48 @@ def tiny_built_all_modes(tiny_source, tmp_path_factory):
         deep_cache_branches=(0,),
         tiny_vae=str(taesd),
     )
+
+
+# ---------------------------------------------------------------------------- ControlNet
+
+# The names tiny_built_controlnet builds its two tiny ControlNets under, in build order.
+TINY_CONTROLNETS = ("edges", "depth")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_sources(tiny_source, tmp_path_factory):
+    """Two random ControlNetModels of the tiny U-Net (tests/controlnet_helpers.py), by name."""
+    from controlnet_helpers import make_tiny_controlnet
+
+    root = tmp_path_factory.mktemp("tiny-controlnets")
+    return {
+        name: make_tiny_controlnet(tiny_source, root / name, seed=1 + i)
+        for i, name in enumerate(TINY_CONTROLNETS)
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_built_controlnet(tiny_built, tiny_controlnet_sources, tmp_path_factory):
+    """tiny_built rebuilt with both ControlNets: its graphs reused, the ControlNets and the
+    residual-taking U-Net exported (once per session)."""
+    import shutil
+
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.controlnet_options import ControlNetOption
+
+    from sdrt.manifest import read_manifest
+
+    output = tmp_path_factory.mktemp("tiny-controlnet") / "tiny"
+    shutil.copytree(tiny_built, output)
+    manifest = read_manifest(tiny_built)
+    config = BuildConfig(
+        source=manifest.source.path_or_id,
+        output=output,
+        min_size=manifest.build.min_size,
+        max_size=manifest.build.max_size,
+        force=True,
+        controlnets=tuple(
+            ControlNetOption(name, str(path)) for name, path in tiny_controlnet_sources.items()
+        ),
+    )
+    return build(config).output

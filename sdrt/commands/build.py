@@ -145,6 +145,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "vae='tiny' (`sdrt generate --vae tiny`); `sdrt init-model tiny-taesd` makes a random one",
     )
     parser.add_argument(
+        "--controlnet",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH[,...]",
+        help="also export these diffusers ControlNetModels (local folders or Hub ids; repeatable), "
+        "each named NAME or its folder's base name, and a U-Net that takes their residuals "
+        "beside the plain one: calls pass control_image= (and controlnet='NAME')",
+    )
+    parser.add_argument(
         "--recipe",
         default=None,
         metavar="NAME|KEY=VALUE,...",
@@ -276,6 +285,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         lora_targets=args.lora_ready or "attention",
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,
+        controlnets=_controlnet_options(args.controlnet),
         tome=_tome_options(args),
         recipe=None if args.recipe is None else parse_recipe_option(args.recipe),
     )
@@ -369,6 +379,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "opset": 17,
         "revision": None,
         "tiny_vae": None,
+        "controlnet": None,
         "calibration_prompts": None,
         "recipe": None,  # recorded from a diffusers source's configs; adopt has none
     }
@@ -430,3 +441,12 @@ def _tome_options(args):
     from sdrt.export.tome_options import TomeOptions
 
     return TomeOptions(ratio=args.tome_ratio, max_downsample=args.tome_max_downsample)
+
+
+def _controlnet_options(values: list[str] | None):
+    """``--controlnet`` (repeatable, each comma-separated) as ControlNetOptions, in order."""
+    if not values:
+        return ()
+    from sdrt.export.controlnet_options import check_unique, parse_controlnet_options
+
+    return check_unique([o for text in values for o in parse_controlnet_options(text)])

@@ -136,6 +136,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         *_adapter_lines(manifest),
         _deep_cache_line(manifest),
         *_tiny_vae_lines(manifest.tiny_vae),
+        *_controlnet_lines(manifest),
         *_quantization_lines(manifest),
         *_tome_lines(manifest),
         "",
@@ -160,6 +161,24 @@ def _deep_cache_line(manifest) -> str:
         return "deep cache     not built (sdrt build --deep-cache)"
     shallow = ", ".join(f"{b.branch}: {b.component}" for b in built.branches)
     return f"deep cache     branches {list(built.branch_ids)} (shallow U-Nets {shallow})"
+
+
+def _controlnet_lines(manifest) -> list[str]:
+    """The ControlNets built into the folder (sdrt build --controlnet), in build order."""
+    if not manifest.controlnets:
+        return ["controlnets    none (build with --controlnet [NAME=]FOLDER for control images)"]
+    from sdrt.manifest import CONTROLNET_UNET
+
+    lines = [f"controlnets    {len(manifest.controlnets)}, residuals into {CONTROLNET_UNET}"]
+    for c in manifest.controlnets:
+        revision = f" @ {c.source.revision}" if c.source.revision else ""
+        pooled = ", pooled (guess mode)" if c.global_pool_conditions else ""
+        lines.append(
+            f"  {c.name:<12} {c.component} from {c.source.path_or_id}{revision} (content sha256 "
+            f"{c.source.content_sha256[:12]}), {c.conditioning_channels} conditioning "
+            f"channels{pooled}"
+        )
+    return lines
 
 
 def _tiny_vae_lines(tiny) -> list[str]:

@@ -1,7 +1,12 @@
 """ControlNet at run time: spatial control of the U-Net by control images.
 
-Contents:
+The folder's graphs come from ``sdrt build --controlnet`` (export/controlnet.py). Contents:
 
+- ``settings``: a call's control images, scales and guidance windows checked against the
+  folder's ControlNets.
+- ``conditioning``: the control images as the U-Net's ControlNets take them.
+- ``residuals``: per step, the ControlNets run and their residuals summed for the U-Net
+  that takes them (MultiControlNet).
 - ``images``: control images prepared as diffusers' ControlNet pipelines prepare them
   (``prepare_control_image``).
 - ``canny``: canny edge maps with OpenCV, as diffusers' ControlNet docs make them (the
