@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from conftest import TINY_CONTROLNETS
 from controlnet_helpers import control_picture
+from parity_helpers import inject_noise, max_diff
 from test_pipeline_parity import (
     MAX_IMAGE_DIFF,
     _deterministic_vae_encoder,
-    _inject_noise,
     _inpaint_mask,
-    _max_diff,
     _test_image,
 )
 
@@ -95,10 +94,10 @@ def test_txt2img_equals_diffusers_and_the_control_image_matters(sd, components, 
         scheduler="euler",
         **settings,
     )
-    assert _max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
     assert _controlnet_steps(ours) == list(range(STEPS))
     plain = sd(PROMPTS, latents=latents, scheduler="euler", **SETTINGS).images
-    assert _max_diff(plain, theirs) > 100 * MAX_IMAGE_DIFF
+    assert max_diff(plain, theirs) > 100 * MAX_IMAGE_DIFF
 
 
 def test_guidance_window_skips_the_steps_outside_it(sd, components, eager_controlnets):
@@ -118,7 +117,7 @@ def test_guidance_window_skips_the_steps_outside_it(sd, components, eager_contro
         **window,
         **SETTINGS,
     )
-    assert _max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
     # diffusers' controlnet_keep of 3 steps in [0.3, 0.7]: only i = 1 (1/3 >= 0.3, 2/3 <= 0.7)
     assert _controlnet_steps(ours) == [1]
 
@@ -139,7 +138,7 @@ def test_guess_mode_equals_diffusers(sd, components, eager_controlnets):
         scheduler="euler",
         **settings,
     ).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
     not_guessed = sd(
         PROMPTS[0],
         control_image=image,
@@ -148,7 +147,7 @@ def test_guess_mode_equals_diffusers(sd, components, eager_controlnets):
         scheduler="euler",
         **dict(settings, guess_mode=False),
     ).images
-    assert _max_diff(not_guessed, theirs) > 100 * MAX_IMAGE_DIFF
+    assert max_diff(not_guessed, theirs) > 100 * MAX_IMAGE_DIFF
 
 
 def test_multi_controlnet_sums_residuals_as_diffusers(sd, components, eager_controlnets):
@@ -174,7 +173,7 @@ def test_multi_controlnet_sums_residuals_as_diffusers(sd, components, eager_cont
         **per_net,
         **SETTINGS,
     )
-    assert _max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
     # default: every ControlNet in build order
     default = sd(
         PROMPTS[1],
@@ -184,14 +183,14 @@ def test_multi_controlnet_sums_residuals_as_diffusers(sd, components, eager_cont
         **{k: v[::-1] for k, v in per_net.items()},
         **SETTINGS,
     )
-    assert _max_diff(default.images, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(default.images, theirs) <= MAX_IMAGE_DIFF
 
 
 def test_img2img_equals_diffusers(sd, components, eager_controlnets, monkeypatch):
     from diffusers.pipelines.controlnet import pipeline_controlnet_img2img as module
 
     noise = _latents(1, seed=5)
-    _inject_noise(monkeypatch, module, [noise])
+    inject_noise(monkeypatch, module, [noise])
     _deterministic_vae_encoder(monkeypatch, module)
     image, control = _test_image(WIDTH, HEIGHT), control_picture(WIDTH, HEIGHT, seed=5)
     reference = _reference(
@@ -209,7 +208,7 @@ def test_img2img_equals_diffusers(sd, components, eager_controlnets, monkeypatch
         **settings,
     )
     # both at diffusers' img2img default scale, 0.8
-    assert _max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours.images, theirs) <= MAX_IMAGE_DIFF
     assert _controlnet_steps(ours) == [0, 1]  # int(4 * 0.5) steps
 
 
@@ -218,7 +217,7 @@ def test_inpainting_equals_diffusers(sd, components, eager_controlnets, monkeypa
     from diffusers.pipelines.controlnet import pipeline_controlnet_inpaint as module
 
     noise = _latents(1, seed=6)
-    _inject_noise(monkeypatch, module, [noise])
+    inject_noise(monkeypatch, module, [noise])
     _deterministic_vae_encoder(monkeypatch, module)
     image, mask = _test_image(WIDTH, HEIGHT), _inpaint_mask(WIDTH, HEIGHT)
     control = control_picture(WIDTH, HEIGHT, seed=6)
@@ -239,7 +238,7 @@ def test_inpainting_equals_diffusers(sd, components, eager_controlnets, monkeypa
         scheduler="euler",
         **settings,
     ).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
 
 
 # ---------------------------------------------------------------------------- errors
@@ -319,7 +318,7 @@ def test_openvino_backend_runs_the_controlnets_as_ort_cpu(sd, tiny_built_control
     settings["scheduler"] = "euler"
     ours = openvino(PROMPTS[0], **settings)
     assert _controlnet_steps(ours) == list(range(STEPS))
-    assert _max_diff(ours.images, sd(PROMPTS[0], **settings).images) <= FP32_MAX_PIXEL_DIFFERENCE
+    assert max_diff(ours.images, sd(PROMPTS[0], **settings).images) <= FP32_MAX_PIXEL_DIFFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -374,4 +373,4 @@ def test_tiny_vae_with_controlnet_equals_diffusers(with_tiny_vae, components, ea
         vae="tiny",
         **SETTINGS,
     ).images
-    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
