@@ -59,14 +59,15 @@ def generate(port, body, headers=None, timeout=60.0) -> Reply:
 
 
 def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
-    """(body, content type) of a multipart/form-data request."""
+    """(body, content type) of a multipart/form-data request; a list value repeats its
+    field."""
     boundary = uuid.uuid4().hex
     parts = []
-    for name, value in fields.items():
+    for name, value in _repeated(fields):
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
         )
-    for name, data in files.items():
+    for name, data in _repeated(files):
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"'
             "\r\nContent-Type: image/png\r\n\r\n"
@@ -74,6 +75,12 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
         parts.append(head.encode() + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _repeated(items: dict):
+    for name, value in items.items():
+        for one in value if isinstance(value, list) else [value]:
+            yield name, one
 
 
 def png_bytes(image: Image.Image) -> bytes:

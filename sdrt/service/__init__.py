@@ -12,6 +12,7 @@ Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client, python-multipart
 - ``metrics.py``    the Prometheus metrics
 - ``encode.py``     images -> base64 PNGs with their A1111 parameters
 - ``uploads.py``    uploaded images and masks, held to the limits
+- ``control.py``    ControlNet's control images (base64 or uploads) and settings, counted
 - ``auth.py``       the bearer token, compared in constant time
 - ``middleware.py`` body limits (413), request metrics, the replica header (pure ASGI)
 - ``respond.py``    admit, wait, answer: JSON or server-sent events; 429, 504, disconnects

@@ -1,7 +1,9 @@
 """The FastAPI app: routes, auth, limits and errors; the work is in respond.py.
 
-    POST /v1/images/generations   JSON (OpenAI Images API + diffusers' names)
-    POST /v1/images/edits         multipart: image (+ mask), prompt, ...: img2img, inpainting
+    POST /v1/images/generations   JSON (OpenAI Images API + diffusers' names; base64
+                                  control images for ControlNet)
+    POST /v1/images/edits         multipart: image (+ mask, control_image...), prompt, ...:
+                                  img2img, inpainting
     GET  /healthz                 200 while the process is up
     GET  /readyz                  200 when loaded, warmed up and accepting; else 503
     GET  /metrics                 Prometheus text
@@ -21,6 +23,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdrt.service.auth import check_bearer
+from sdrt.service.control import (
+    CONTROL_FIELDS,
+    base64_length,
+    controlnet_count,
+    form_control,
+    json_control_images,
+)
 from sdrt.service.errors import ApiError, bad_request
 from sdrt.service.metrics import CONTENT_TYPE
 from sdrt.service.middleware import (
@@ -72,9 +81,10 @@ def create_app(state: ServiceState) -> FastAPI:
 
 def _body_limit(state: ServiceState, path: str) -> int:
     limits = state.limits
-    if path == "/v1/images/edits":  # image and mask, plus the text fields
-        return 2 * limits.max_upload_bytes + limits.max_body_bytes
-    return limits.max_body_bytes
+    controls = controlnet_count(state.pipe)  # a control image per ControlNet at most
+    if path == "/v1/images/edits":  # image, mask and control images, plus the text fields
+        return (2 + controls) * limits.max_upload_bytes + limits.max_body_bytes
+    return limits.max_body_bytes + controls * base64_length(limits.max_upload_bytes)
 
 
 def _add_routes(app: FastAPI, state: ServiceState) -> None:
@@ -102,6 +112,10 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
     async def generations(request: Request):
         deadline = _admit(state, request)
         body = check_fields(await _read_json(request), GENERATION_FIELDS)
+        control_image = json_control_images(
+            body.get("control_image"), state.pipe.manifest, state.limits
+        )
+        body = {**body, "control_image": control_image}
         generation = make_generation(state.pipe, body, state.limits)
         return await respond(state, request, generation, deadline)
 
@@ -176,14 +190,20 @@ async def _read_edit(request: Request, state: ServiceState):
             f"body: expected Content-Type multipart/form-data, got {content_type!r}", "body"
         )
     limits = state.limits
+    controls = controlnet_count(state.pipe)
     form = await request.form(
-        max_files=2, max_fields=MAX_FORM_FIELDS, max_part_size=4 * limits.max_prompt_chars + 64
+        # image, mask, a control image per ControlNet, and one more, so that one too many
+        # is counted by the control checks (a clear message) rather than by the parser
+        max_files=3 + controls,
+        max_fields=MAX_FORM_FIELDS + len(CONTROL_FIELDS) * controls,
+        max_part_size=4 * limits.max_prompt_chars + 64,
     )
     fields = {k: form_value(k, v) for k, v in form.items() if isinstance(v, str)}
     body = check_fields({**fields, **{k: None for k in form if k not in fields}}, EDIT_FIELDS)
-    body = {k: v for k, v in body.items() if k not in ("image", "mask")}
+    body = {k: v for k, v in body.items() if k not in ("image", "mask", *CONTROL_FIELDS)}
     image = await read_upload(form, "image", limits, required=True)
     mask = await read_upload(form, "mask", limits, required=False)
+    body.update(await form_control(form, state.pipe.manifest, limits, form_value))
     return body, as_image(image), None if mask is None else as_mask(mask)
 
 

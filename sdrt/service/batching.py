@@ -1,8 +1,8 @@
 """``sdrt serve --max-batch N``: concurrent compatible generations run as one batched call.
 
 Requests are compatible when they ask for the same size, steps, guidance, scheduler and
-modes, with no input image and no given latents or embeddings (text to image only). Their
-prompts are joined into one Request; each image keeps its own request's noise stream
+modes, with no input or control image and no given latents or embeddings (text to image
+only). Their prompts are joined into one Request; each image keeps its own request's noise stream
 (``BatchNoise``: every request's SeedNoise draws its own rows, the initial noise and each
 step's), so an ancestral scheduler draws what it would alone. On ONNX Runtime's CPU kernels
 an image does not depend on the batch it ran in (README, Interpolate), so every request gets
@@ -34,6 +34,7 @@ def batch_key(request) -> tuple | None:
         request.negative_prompt_embeds,
         request.pooled_prompt_embeds,
         request.negative_pooled_prompt_embeds,
+        request.control,  # ControlNet: control images and settings of its own
     )
     if any(value is not None for value in given):
         return None

@@ -3,7 +3,9 @@
 The OpenAI Images API fields (``prompt``, ``n``, ``size`` "WxH" or "auto",
 ``response_format`` "b64_json", ``stream``) plus sdrt's own with diffusers' names
 (``negative_prompt``, ``num_inference_steps``, ``guidance_scale``, ``seed``,
-``scheduler``, ``strength``, ``eta``, ``deep_cache_interval``, ``deep_cache_branch``).
+``scheduler``, ``strength``, ``eta``, ``deep_cache_interval``, ``deep_cache_branch``, and
+ControlNet's ``control_image``, ``controlnet``, ``controlnet_conditioning_scale``,
+``control_guidance_start``, ``control_guidance_end``, ``guess_mode``: sdrt/service/control.py).
 Everything the Pipeline checks is checked by the same code (``Pipeline.request`` ->
 sdrt.request), so the messages are the CLI's; what only the API
 has (``n``, ``size``, the deployer's limits) is checked here, and every message starts
@@ -21,6 +23,7 @@ from sdrt.errors import InputError, ParameterError
 from sdrt.pipeline import make_scheduler
 from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 from sdrt.service.config import Limits
+from sdrt.service.control import CONTROL_FIELDS
 from sdrt.service.errors import bad_request
 from sdrt.sizes import parse_size
 
@@ -45,6 +48,7 @@ GENERATION_FIELDS = frozenset(
         "deep_cache_branch",
         "vae",  # "full" / "tiny" (sdrt/vae_choice.py)
         "eta",  # diffusers' eta (DDIM, TCD); other schedulers ignore it
+        *CONTROL_FIELDS,  # ControlNet (sdrt/service/control.py)
     }
 )
 EDIT_FIELDS = GENERATION_FIELDS | {"strength", "image", "mask"}
@@ -121,6 +125,8 @@ def make_generation(pipe, body: dict, limits: Limits, image=None, mask=None) -> 
         "deep_cache_branch": body.get("deep_cache_branch"),
         "vae": body.get("vae"),
         "eta": body.get("eta", DEFAULTS["eta"]),
+        # the control images decoded by the route (sdrt/service/control.py)
+        **{name: body[name] for name in CONTROL_FIELDS if body.get(name) is not None},
     }
     request = _checked_request(pipe, prompt, arguments)
     if request.width * request.height > limits.max_pixels:
@@ -138,10 +144,12 @@ def _checked_request(pipe, prompt: str, arguments: dict):
     try:
         request = pipe.request(prompt, **arguments)
     except InputError as e:
-        message = str(e)
+        message, param = str(e), None
         if message.startswith(("height:", "width:")):
             message = f"size: {message}"
-        raise bad_request(message) from None
+        elif isinstance(e, ParameterError) and e.parameters():
+            param = e.parameters()[0]  # "control_guidance_start and ...: " has no one prefix
+        raise bad_request(message, param) from None
     try:
         scheduler = make_scheduler(
             request.scheduler,
@@ -235,13 +243,19 @@ def form_value(name: str, text: str) -> Any:
             return int(text)
         except ValueError:
             raise bad_request(f"{name}: expected an integer, got {text!r}") from None
-    if name in ("guidance_scale", "strength"):
+    if name in (
+        "guidance_scale",
+        "strength",
+        "controlnet_conditioning_scale",
+        "control_guidance_start",
+        "control_guidance_end",
+    ):
         try:
             return float(text)
         except ValueError:
             raise bad_request(f"{name}: expected a number, got {text!r}") from None
-    if name == "stream":
+    if name in ("stream", "guess_mode"):
         if text.lower() not in ("true", "false"):
-            raise bad_request(f"stream: expected true or false, got {text!r}")
+            raise bad_request(f"{name}: expected true or false, got {text!r}")
         return text.lower() == "true"
     return text

@@ -20,6 +20,11 @@ async def read_upload(form, name: str, limits: Limits, required: bool):
         if required:
             raise bad_request(f"{name}: required, got none", param=name)
         return None
+    return await read_file(upload, name, limits)
+
+
+async def read_file(upload, name: str, limits: Limits) -> Image.Image:
+    """The PIL image of one uploaded part named ``name`` (a field may be repeated)."""
     if isinstance(upload, str) or not hasattr(upload, "read"):
         raise bad_request(f"{name}: expected a file upload, got a text field", param=name)
     data = await upload.read(limits.max_upload_bytes + 1)
