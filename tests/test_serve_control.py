@@ -134,7 +134,8 @@ def test_edits_take_control_images_for_img2img_and_inpainting(server, pipe):
     mask = Image.new("L", (WIDTH, HEIGHT), 0)
     mask.paste(255, (16, 16, 64, 48))
     fields = {"prompt": "a fox", "seed": "2", **{k: str(v) for k, v in FAST.items()}}
-    # img2img with one ControlNet; inpainting with both, a setting repeated for a list
+    # img2img with one ControlNet; inpainting with both, a setting repeated for a list, the
+    # first image as base64 text, and the openai client's names for lists (``name[]``)
     img2img = (
         {"controlnet": DEPTH, "strength": "0.7", "controlnet_conditioning_scale": "0.9"},
         {"control_image": png_bytes(PICTURES[0])},
@@ -142,8 +143,12 @@ def test_edits_take_control_images_for_img2img_and_inpainting(server, pipe):
     )
     img2img[2]["controlnet_conditioning_scale"] = 0.9
     inpaint = (
-        {"control_guidance_end": ["0.8", "1.0"], "guess_mode": "true"},
-        {"mask": png_bytes(mask), "control_image": [png_bytes(p) for p in PICTURES[:2]]},
+        {
+            "control_guidance_end[]": ["0.8", "1.0"],
+            "guess_mode": "true",
+            "control_image[]": _b64(PICTURES[0]),
+        },
+        {"mask": png_bytes(mask), "control_image": png_bytes(PICTURES[1])},
         dict(
             mask_image=mask,
             strength=1.0,  # the service's default with a mask, as diffusers' inpainting
@@ -264,7 +269,11 @@ def test_control_images_are_held_to_the_upload_limits(server):
     "fields, files, message",
     [
         ({}, {"control_image": b"no image"}, "control_image: expected a PNG, JPEG or WebP image"),
-        ({"control_image": "edges.png"}, {}, "control_image: expected a file upload, got a text"),
+        (
+            {"control_image": "edges.png"},
+            {},
+            "control_image: expected a base64 PNG, JPEG or WebP image, could not decode",
+        ),
         (
             {},
             {"control_image": [png_bytes(PICTURES[0])] * 3},

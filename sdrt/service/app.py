@@ -27,6 +27,7 @@ from sdrt.service.control import (
     CONTROL_FIELDS,
     base64_length,
     controlnet_count,
+    field_name,
     form_control,
     json_control_images,
 )
@@ -82,9 +83,10 @@ def create_app(state: ServiceState) -> FastAPI:
 def _body_limit(state: ServiceState, path: str) -> int:
     limits = state.limits
     controls = controlnet_count(state.pipe)  # a control image per ControlNet at most
+    images = controls * base64_length(limits.max_upload_bytes)  # files, or base64 text
     if path == "/v1/images/edits":  # image, mask and control images, plus the text fields
-        return (2 + controls) * limits.max_upload_bytes + limits.max_body_bytes
-    return limits.max_body_bytes + controls * base64_length(limits.max_upload_bytes)
+        return 2 * limits.max_upload_bytes + images + limits.max_body_bytes
+    return limits.max_body_bytes + images
 
 
 def _add_routes(app: FastAPI, state: ServiceState) -> None:
@@ -196,10 +198,17 @@ async def _read_edit(request: Request, state: ServiceState):
         # is counted by the control checks (a clear message) rather than by the parser
         max_files=3 + controls,
         max_fields=MAX_FORM_FIELDS + len(CONTROL_FIELDS) * controls,
-        max_part_size=4 * limits.max_prompt_chars + 64,
+        # a text part: a prompt (UTF-8), or a control image in base64
+        max_part_size=max(
+            4 * limits.max_prompt_chars + 64,
+            base64_length(limits.max_upload_bytes) if controls else 0,
+        ),
     )
-    fields = {k: form_value(k, v) for k, v in form.items() if isinstance(v, str)}
-    body = check_fields({**fields, **{k: None for k in form if k not in fields}}, EDIT_FIELDS)
+    # control fields may come as name[] (read by form_control); the others as name
+    names = {k: field_name(k) for k in form}
+    fields = {names[k]: form_value(names[k], v) for k, v in form.items() if isinstance(v, str)}
+    files = {names[k]: None for k in form if names[k] not in fields}
+    body = check_fields({**fields, **files}, EDIT_FIELDS)
     body = {k: v for k, v in body.items() if k not in ("image", "mask", *CONTROL_FIELDS)}
     image = await read_upload(form, "image", limits, required=True)
     mask = await read_upload(form, "mask", limits, required=False)

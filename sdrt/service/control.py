@@ -9,7 +9,8 @@
 
 In the generations body a control image is a base64 string (PNG, JPEG or WebP, as OpenAI
 clients send images inline; a ``data:image/...;base64,`` URL too); in an edit's form it is
-a file part, and a field repeated makes a list. The Pipeline checks the settings
+a file part or such a string, and a field repeated makes a list (``name[]`` too: the
+``openai`` client sends a list in ``extra_body`` so). The Pipeline checks the settings
 (sdrt/control/settings.py) with the Python API's messages; what only the service checks is
 here: the encoding, the upload limits, and that a request holds no more images than the
 folder has ControlNets, counted before any is decoded (a small PNG can decode to a large
@@ -61,23 +62,39 @@ def json_control_images(value: Any, manifest, limits: Limits) -> Any:
     return images if isinstance(value, list) else images[0]
 
 
+def field_name(name: str) -> str:
+    """A form field's name, a control field's ``name[]`` (a list's item) read as ``name``."""
+    base = name.removesuffix("[]")
+    return base if base in CONTROL_FIELDS else name
+
+
 async def form_control(form, manifest, limits: Limits, value) -> dict:
-    """The control fields of an edit's form: ``control_image`` file parts (repeatable) and
-    the text fields, each repeated for a list; ``value(name, text)`` reads one text field."""
+    """The control fields of an edit's form: ``control_image`` parts (repeatable; files or
+    base64 text) and the text fields, each repeated for a list; ``value(name, text)`` reads
+    one text field."""
     fields = {}
-    uploads = form.getlist(IMAGE_FIELD)
-    if uploads:
-        check_count(len(uploads), manifest)
-        images = [await read_file(upload, IMAGE_FIELD, limits) for upload in uploads]
+    parts = _every(form, IMAGE_FIELD)
+    if parts:
+        check_count(len(parts), manifest)
+        images = [
+            _from_base64(part, limits)
+            if isinstance(part, str)
+            else await read_file(part, IMAGE_FIELD, limits)
+            for part in parts
+        ]
         fields[IMAGE_FIELD] = images if len(images) > 1 else images[0]
     for name in LIST_FIELDS:
-        values = [value(name, text) for text in form.getlist(name) if isinstance(text, str)]
+        values = [value(name, text) for text in _every(form, name) if isinstance(text, str)]
         if values:
             fields[name] = values if len(values) > 1 else values[0]
-    guess_mode = form.get("guess_mode")
+    guess_mode = (_every(form, "guess_mode") or [None])[-1]
     if isinstance(guess_mode, str):
         fields["guess_mode"] = value("guess_mode", guess_mode)
     return fields
+
+
+def _every(form, name: str) -> list:
+    return [v for k, v in form.multi_items() if field_name(k) == name]
 
 
 def check_count(count: int, manifest) -> None:
