@@ -24,6 +24,7 @@ from serve_helpers import (  # noqa: E402
     multipart,
     png_bytes,
 )
+from test_serve import _error  # noqa: E402  (OpenAI's error object, checked)
 
 from sdrt.service.config import Limits, ServeConfig  # noqa: E402
 from sdrt.service.state import ServiceState  # noqa: E402
@@ -68,13 +69,6 @@ def _pixels(pipe, prompt, **arguments):
 def _edit(server, fields, files):
     body, content_type = multipart(fields, files)
     return call(server.port, "POST", "/v1/images/edits", body, {"Content-Type": content_type})
-
-
-def _error(reply, status, param):
-    assert reply.status == status, (reply.status, reply.body)
-    error = reply.json()["error"]
-    assert error["param"] == param, error
-    return error["message"]
 
 
 # ------------------------------------------------------------------------- images
