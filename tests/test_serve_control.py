@@ -34,7 +34,7 @@ WIDTH, HEIGHT = 96, 64
 FAST = {"num_inference_steps": 3, "scheduler": "euler"}
 # Small limits, so that a control image can pass them: the body limit grows by one
 # image per ControlNet (a body far over 4096 bytes is accepted when its images are in).
-LIMITS = Limits(max_body_bytes=4096, max_upload_bytes=30_000)
+LIMITS = Limits(max_body_bytes=4096, max_upload_bytes=30_000, max_upload_pixels=128 * 128)
 PICTURES = [control_picture(WIDTH, HEIGHT, seed=s) for s in (0, 1, 2)]
 
 
@@ -251,6 +251,12 @@ def test_control_images_are_held_to_the_upload_limits(server):
     reply = generate(server.port, {"prompt": "x", "control_image": [big, GOOD]})
     assert _error(reply, 413, "control_image").startswith(
         "control_image: expected an image of at most 30000 bytes"
+    )
+    few_bytes_many_pixels = _b64(Image.new("RGB", (256, 256)))  # a few hundred bytes
+    reply = generate(server.port, {"prompt": "x", "control_image": few_bytes_many_pixels})
+    assert _error(reply, 413, "control_image") == (
+        "control_image: expected an image of at most 16384 pixels (this server's limit), got "
+        "256x256"
     )
     # ~18 kB: the body, far over max_body_bytes, is within it plus a control image each
     within = _b64(_noise(WIDTH, HEIGHT))
