@@ -210,3 +210,32 @@ def test_a_folder_that_is_not_a_controlnet_is_refused(tiny_source, tmp_path):
     )
     with pytest.raises(InputError, match="expected a ControlNetModel config, got 'AutoencoderKL'"):
         build(options)
+
+
+def test_build_cli_refuses_a_single_file_controlnet_with_one_line(tiny_source, tmp_path, capsys):
+    from sdrt import cli
+
+    checkpoint = tmp_path / "control_canny.safetensors"
+    checkpoint.write_bytes(b"\0" * 16)
+    out = tmp_path / "out"
+    code = cli.main(
+        ["build", str(tiny_source), "-o", str(out), "--controlnet", f"canny={checkpoint}"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "single-file checkpoint" in err and "from_single_file" in err
+    assert not out.exists()
+
+
+def test_build_cli_joins_repeated_controlnet_options(tiny_source, tmp_path, capsys):
+    """Names are checked across every --controlnet given: a repeat is one line, exit 2."""
+    from sdrt import cli
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    out = tmp_path / "out"
+    arguments = ["--controlnet", f"x={tmp_path / 'a'},{tmp_path / 'b'}", "--controlnet"]
+    code = cli.main(["build", str(tiny_source), "-o", str(out), *arguments, f"b={tmp_path / 'a'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "expected each name once, got ['b']" in err

@@ -375,3 +375,32 @@ def test_tiny_vae_with_controlnet_equals_diffusers(with_tiny_vae, components, ea
         **SETTINGS,
     ).images
     assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+class _Recorder:
+    """A session that records the calls it passes on (replace_session's seam)."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, 0
+        self.inputs, self.outputs, self.name = session.inputs, session.outputs, session.name
+
+    def run(self, feeds):
+        self.calls += 1
+        return self.session.run(feeds)
+
+
+def test_calls_without_control_run_only_the_plain_unet(tiny_built_controlnet):
+    from sdrt.manifest import CONTROLNET_UNET
+
+    pipe = sdrt.Pipeline.load(tiny_built_controlnet)
+    plain = _Recorder(pipe.session("unet"))
+    pipe.replace_session("unet", plain)
+    residual = _Recorder(pipe.session(CONTROLNET_UNET))
+    pipe.replace_session(CONTROLNET_UNET, residual)
+    image = control_picture(WIDTH, HEIGHT, seed=0)
+    settings = dict(SETTINGS, scheduler="euler", latents=_latents(1, seed=0))
+    result = pipe(PROMPTS[0], **settings)
+    assert (plain.calls, residual.calls, _controlnet_steps(result)) == (STEPS, 0, [])
+    # with control in the last two of three steps: the residual U-Net there, the plain one first
+    pipe(PROMPTS[0], control_image=image, controlnet=EDGES, control_guidance_start=0.3, **settings)
+    assert (plain.calls, residual.calls) == (STEPS + 1, 2)
