@@ -165,13 +165,16 @@ def test_a_single_file_controlnet_is_refused_with_the_conversion(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "flag"),
-    [(dict(precision="int8"), "--precision int8"), (dict(lora_ready=True), "--lora-ready")],
+    [(dict(precision="int8"), "--precision int8"), (dict(tome="tome"), "--tome-ratio")],
 )
-def test_controlnet_with_int8_or_lora_ready_is_refused_before_any_export(
+def test_controlnet_with_int8_or_tome_is_refused_before_any_export(
     tiny_source, tmp_path, options, flag
 ):
     from sdrt.export.controlnet_options import ControlNetOption
+    from sdrt.export.tome_options import TomeOptions
 
+    if "tome" in options:
+        options = {"tome": TomeOptions(ratio=0.5)}
     (tmp_path / "cn").mkdir()
     with pytest.raises(InputError, match=f"expected a build without {flag}"):
         _config(
