@@ -242,3 +242,33 @@ def test_build_cli_joins_repeated_controlnet_options(tiny_source, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "expected each name once, got ['b']" in err
+
+
+def test_tensorrt_profiles_cover_the_controlnet_graphs_shapes(tiny_built_controlnet):
+    """The engine profiles (engines/profiles.py) of the ControlNet and residual U-Net graphs
+    hold the shapes the graphs really take and give at the folder's smallest and largest
+    size (checked on ONNX Runtime; TensorRT itself not run here)."""
+    from sdrt.engines.profiles import component_profile, shape_range_from_options
+
+    import sdrt
+
+    pipe = sdrt.Pipeline.load(tiny_built_controlnet)
+    manifest = pipe.manifest
+    shapes = shape_range_from_options(manifest)
+    name = controlnet_component(TINY_CONTROLNETS[0])
+    profiles = {
+        n: component_profile(manifest.components[n], shapes, manifest.vae_scale_factor)
+        for n in (name, CONTROLNET_UNET)
+    }
+    rng = np.random.default_rng(0)
+    for level in ("min", "max"):
+        inputs = {
+            k: rng.standard_normal(v[level], dtype=np.float32) for k, v in profiles[name].items()
+        }
+        outputs = pipe.session(name).run(inputs)
+        residual_profile = profiles[CONTROLNET_UNET]
+        for key, value in outputs.items():
+            assert value.shape == residual_profile[key][level], (key, level)
+        assert set(outputs) | {"sample", "timestep", "encoder_hidden_states"} == set(
+            residual_profile
+        )
