@@ -272,3 +272,24 @@ def test_tensorrt_profiles_cover_the_controlnet_graphs_shapes(tiny_built_control
         assert set(outputs) | {"sample", "timestep", "encoder_hidden_states"} == set(
             residual_profile
         )
+
+
+def test_tensorrt_engines_of_the_controlnet_graphs_are_built_and_recorded(
+    tiny_built_controlnet, tmp_path
+):
+    """With the test fakes of TensorRT's builder and verifier (tests/test_engines_build.py):
+    not run on a GPU."""
+    from sdrt.engines.profiles import ShapeRange
+    from test_engines_build import build as build_engines_with_fakes
+
+    folder = tmp_path / "folder"
+    shutil.copytree(tiny_built_controlnet, folder)
+    wanted = (controlnet_component(TINY_CONTROLNETS[1]), CONTROLNET_UNET)
+    report = build_engines_with_fakes(
+        folder, shapes=ShapeRange(64, 64, 64, 64, 128, 128, 1, 1, 2), components=wanted
+    )
+    engines = read_manifest(folder).engines
+    assert engines == report.manifest.engines
+    assert sorted(e.component for e in engines) == sorted(wanted)
+    residual = next(e for e in engines if e.component == CONTROLNET_UNET)
+    assert residual.profile[MID_BLOCK_RESIDUAL]["max"] == (4, 64, 2, 2)  # 128 px / 8 / 2**3
