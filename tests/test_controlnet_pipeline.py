@@ -404,3 +404,43 @@ def test_calls_without_control_run_only_the_plain_unet(tiny_built_controlnet):
     # with control in the last two of three steps: the residual U-Net there, the plain one first
     pipe(PROMPTS[0], control_image=image, controlnet=EDGES, control_guidance_start=0.3, **settings)
     assert (plain.calls, residual.calls) == (STEPS + 1, 2)
+
+
+@pytest.mark.heavy  # its own build of the inpainting model: over a minute of CPU
+def test_inpainting_unet_with_a_controlnet_equals_diffusers(
+    tiny_controlnet_sources, eager_controlnets, tmp_path_factory, monkeypatch
+):
+    """A 9-channel inpainting U-Net with a ControlNet of the 4-channel architecture (as SD
+    1.5 inpainting runs SD 1.5 ControlNets): the ControlNet sees the latents alone."""
+    from diffusers.pipelines.controlnet import pipeline_controlnet_inpaint as module
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.controlnet_options import ControlNetOption
+    from sdrt.export.random_model import init_random_model
+
+    source = init_random_model("tiny-inpaint", tmp_path_factory.mktemp("cn-inpaint") / "src")
+    config = BuildConfig(
+        source=str(source),
+        output=source.parent / "built",
+        min_size=64,
+        max_size=128,
+        controlnets=(ControlNetOption(EDGES, str(tiny_controlnet_sources[EDGES])),),
+    )
+    sd9 = sdrt.Pipeline.load(build(config).output)
+    assert sd9.manifest.unet_in_channels == 9
+    noise = _latents(1, seed=10)
+    _inject_noise(monkeypatch, module, [noise])
+    _deterministic_vae_encoder(monkeypatch, module)
+    image, mask = _test_image(WIDTH, HEIGHT), _inpaint_mask(WIDTH, HEIGHT)
+    control = control_picture(WIDTH, HEIGHT, seed=10)
+    reference = diffusers.StableDiffusionControlNetInpaintPipeline.from_pretrained(
+        str(source), controlnet=eager_controlnets[EDGES], safety_checker=None
+    )
+    reference.set_progress_bar_config(disable=True)
+    settings = dict(SETTINGS, strength=0.75)
+    theirs = reference(
+        PROMPTS[0], image=image, mask_image=mask, control_image=control, **settings
+    ).images
+    ours = sd9(
+        PROMPTS[0], image=image, mask_image=mask, control_image=control, latents=noise, **settings
+    ).images
+    assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
