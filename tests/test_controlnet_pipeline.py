@@ -444,3 +444,12 @@ def test_inpainting_unet_with_a_controlnet_equals_diffusers(
         PROMPTS[0], image=image, mask_image=mask, control_image=control, latents=noise, **settings
     ).images
     assert _max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+def test_the_control_image_sets_the_size_without_height_and_width(sd):
+    """As diffusers' ControlNet pipelines: the output takes the control image's size (here
+    96x64; the folder's own default is 64x64)."""
+    request = sd.request(
+        PROMPTS[0], control_image=control_picture(96, 64, seed=0), controlnet=EDGES
+    )
+    assert (request.width, request.height) == (96, 64)
