@@ -5,12 +5,10 @@ encoder, not the ControlNet, as diffusers applies it)."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from conftest import TINY_CONTROLNETS
-from controlnet_helpers import control_picture
+from controlnet_helpers import control_picture, controlnet_options, rebuild_with
 from lora_helpers import SCHEDULER, write_peft_file
 from test_lora_pipeline import IMAGE_TOLERANCE
 
@@ -27,24 +25,9 @@ EDGES = TINY_CONTROLNETS[0]
 @pytest.fixture(scope="module")
 def built(tiny_built_lora_ready, tiny_controlnet_sources, tmp_path_factory):
     """tiny_built_lora_ready rebuilt with a ControlNet (its graphs reused)."""
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.controlnet_options import ControlNetOption
-
-    from sdrt.manifest import read_manifest
-
     output = tmp_path_factory.mktemp("cn-lora") / "tiny"
-    shutil.copytree(tiny_built_lora_ready, output)
-    manifest = read_manifest(tiny_built_lora_ready)
-    config = BuildConfig(
-        source=manifest.source.path_or_id,
-        output=output,
-        min_size=manifest.build.min_size,
-        max_size=manifest.build.max_size,
-        force=True,
-        lora_ready=True,
-        controlnets=(ControlNetOption(EDGES, str(tiny_controlnet_sources[EDGES])),),
-    )
-    result = build(config)
+    controlnets = controlnet_options({EDGES: tiny_controlnet_sources[EDGES]})
+    result = rebuild_with(tiny_built_lora_ready, output, lora_ready=True, controlnets=controlnets)
     assert {r.name for r in result.components if r.action == "exported"} == {
         "unet_controlnet",
         f"controlnet_{EDGES}",

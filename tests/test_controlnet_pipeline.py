@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TINY_CONTROLNETS
-from controlnet_helpers import control_picture
+from controlnet_helpers import control_picture, controlnet_options, rebuild_with
 from test_pipeline_parity import (
     MAX_IMAGE_DIFF,
     _deterministic_vae_encoder,
@@ -323,32 +323,18 @@ def test_openvino_backend_runs_the_controlnets_as_ort_cpu(sd, tiny_built_control
 
 
 @pytest.fixture(scope="module")
-def with_tiny_vae(tiny_built_controlnet, tmp_path_factory):
+def with_tiny_vae(tiny_built_controlnet, tiny_controlnet_sources, tmp_path_factory):
     """tiny_built_controlnet rebuilt with a tiny VAE too (every other graph reused)."""
-    import shutil
-
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.controlnet_options import ControlNetOption
     from sdrt.export.random_tiny_vae import init_random_tiny_vae
-
-    from sdrt.manifest import read_manifest
 
     taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("cn-taesd") / "taesd")
     output = tmp_path_factory.mktemp("cn-tiny-vae") / "tiny"
-    shutil.copytree(tiny_built_controlnet, output)
-    manifest = read_manifest(tiny_built_controlnet)
-    config = BuildConfig(
-        source=manifest.source.path_or_id,
-        output=output,
-        min_size=manifest.build.min_size,
-        max_size=manifest.build.max_size,
-        force=True,
+    result = rebuild_with(
+        tiny_built_controlnet,
+        output,
         tiny_vae=str(taesd),
-        controlnets=tuple(
-            ControlNetOption(c.name, c.source.path_or_id) for c in manifest.controlnets
-        ),
+        controlnets=controlnet_options(tiny_controlnet_sources),
     )
-    result = build(config)
     assert {r.name for r in result.components if r.action == "exported"} == {
         "vae_decoder_tiny",
         "vae_encoder_tiny",

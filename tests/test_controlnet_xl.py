@@ -3,11 +3,14 @@ the tiny SDXL architecture with a random ControlNet of its U-Net (tests/controln
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
-from controlnet_helpers import control_picture, make_tiny_controlnet
+from controlnet_helpers import (
+    control_picture,
+    controlnet_options,
+    make_tiny_controlnet,
+    rebuild_with,
+)
 from test_pipeline_parity import MAX_IMAGE_DIFF, _max_diff
 
 import sdrt
@@ -22,25 +25,10 @@ HEIGHT, WIDTH = 64, 128
 @pytest.fixture(scope="module")
 def xl_controlnet(tiny_xl_source, tiny_xl_built, tmp_path_factory):
     """(sdrt pipeline, eager ControlNet): tiny_xl_built rebuilt with a ControlNet."""
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.controlnet_options import ControlNetOption
-
-    from sdrt.manifest import read_manifest
-
     root = tmp_path_factory.mktemp("xl-controlnet")
     controlnet = make_tiny_controlnet(tiny_xl_source, root / "canny", seed=3)
-    output = root / "built"
-    shutil.copytree(tiny_xl_built, output)
-    manifest = read_manifest(tiny_xl_built)
-    config = BuildConfig(
-        source=manifest.source.path_or_id,
-        output=output,
-        min_size=manifest.build.min_size,
-        max_size=manifest.build.max_size,
-        force=True,
-        controlnets=(ControlNetOption("canny", str(controlnet)),),
-    )
-    build(config)
+    controlnets = controlnet_options({"canny": controlnet})
+    output = rebuild_with(tiny_xl_built, root / "built", controlnets=controlnets).output
     eager = diffusers.ControlNetModel.from_pretrained(str(controlnet)).eval()
     return sdrt.Pipeline.load(output), eager
 
