@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sdrt.errors import InputError, ModelFolderError
-from sdrt.manifest import Component, Manifest, TensorSpec
+from sdrt.manifest import (
+    CONTROLNET_PREFIX,
+    CONTROLNET_UNET,
+    MID_BLOCK_RESIDUAL,
+    Component,
+    Manifest,
+    TensorSpec,
+    down_block_residual,
+)
 
 TOKENS = 77  # CLIP's context length, the same for every SD text encoder
 
@@ -52,6 +60,28 @@ AXIS_ROLES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 LEVELS = ("min", "opt", "max")
+
+
+def axis_roles(component: str, spec: TensorSpec) -> tuple[str, ...] | None:
+    """The role of each axis of ``component``'s input ``spec``, or None where unknown.
+
+    ControlNet graphs (sdrt build --controlnet) take the U-Net's inputs, the control image
+    (in pixels) and the residuals, whose sides are the latents' halved ``level`` times with
+    ceil (the export names them ``height_<level>``; level 0 is the latents' own)."""
+    roles = AXIS_ROLES.get((component, spec.name))
+    controlnet = component == CONTROLNET_UNET or component.startswith(CONTROLNET_PREFIX)
+    if roles is not None or not controlnet:
+        return roles
+    if ("unet", spec.name) in AXIS_ROLES:
+        return AXIS_ROLES[("unet", spec.name)]
+    if spec.name == "controlnet_cond":
+        return (GUIDED_BATCH, FIXED, IMAGE_H, IMAGE_W)
+    residual = spec.name == MID_BLOCK_RESIDUAL or spec.name.startswith(down_block_residual(0)[:-1])
+    if residual and len(spec.shape) == 4 and isinstance(spec.shape[2], str):
+        _, _, level = spec.shape[2].rpartition("_")
+        divisor = 2 ** int(level) if level.isdigit() else 1
+        return (GUIDED_BATCH, FIXED, f"{LATENT_H}/{divisor}", f"{LATENT_W}/{divisor}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -157,6 +187,9 @@ def shape_range_from_options(
 
 
 def _axis_value(role: str, level: str, shapes: ShapeRange, vae_scale_factor: int) -> int:
+    if "/" in role:  # a latent side halved with ceil (ControlNet residuals)
+        base, _, divisor = role.partition("/")
+        return -(-_axis_value(base, level, shapes, vae_scale_factor) // int(divisor))
     batch = getattr(shapes, f"{level}_batch")
     if role == BATCH:
         return batch
@@ -186,7 +219,7 @@ def tied_batch_axes(component: Component) -> dict[str, str]:
     """
     tied: dict[str, str] = {}
     for spec in component.inputs:
-        roles = AXIS_ROLES.get((component.name, spec.name), ())
+        roles = axis_roles(component.name, spec) or ()
         if len(roles) != len(spec.shape):
             continue
         for role, dim in zip(roles, spec.shape, strict=True):
@@ -203,7 +236,7 @@ def input_profile(
     tied: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """{"min","opt","max"} -> concrete shape of one input."""
-    roles = AXIS_ROLES.get((component.name, spec.name))
+    roles = axis_roles(component.name, spec)
     if roles is None:
         if all(isinstance(d, int) for d in spec.shape):
             fixed = tuple(int(d) for d in spec.shape)

@@ -329,10 +329,15 @@ def _build_controlnets(
     precision = precisions["unet"]
     common = {"precision": precision, "opset": config.opset, "exporter": EXPORTER_VERSION}
     common |= {"family": source.family, **_library_versions(exporting=True)}
+    lora = {}
+    if config.lora_ready:  # the residual U-Net's branches, as the U-Net's (export_options)
+        from sdrt.export.adaptable import ADAPTABLE_FORMAT
+
+        lora = {"lora_ready": ADAPTABLE_FORMAT, "lora_targets": config.lora_targets}
     exports = [  # (component, source hash, wrapper loader, config file)
         (
             CONTROLNET_UNET,
-            hasher.folders(("unet",), {"component": CONTROLNET_UNET, **common}),
+            hasher.folders(("unet",), {"component": CONTROLNET_UNET, **common, **lora}),
             lambda: load_residual_unet(source),
             None,
         )
@@ -369,6 +374,10 @@ def _build_controlnets(
             report=report,
             wrapper_loader=loader,
             config_file=config_file,
+            # run-time LoRA feeds the residual U-Net the U-Net's branches; not the ControlNets
+            lora_ready=config.lora_ready and name == CONTROLNET_UNET,
+            lora_targets=config.lora_targets,
+            lora_as="unet",
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
     return tuple(records), results
@@ -568,6 +577,9 @@ def _export_component(
     wrapper_loader: Callable[[], Any] | None = None,  # default: load_export_wrapper(source, name)
     config_file: Path | None = None,  # default: the source folder's config of the component
     tome: TomeOptions | None = None,
+    # the component whose LoRA branches this graph gets, by the same input names (the
+    # ControlNet residual U-Net takes the U-Net's run-time LoRA feeds); default: ``name``
+    lora_as: str | None = None,
 ) -> Component:
     import torch
     from sdrt.engines.fp16_graph import convert_to_fp16
@@ -606,7 +618,7 @@ def _export_component(
         tomesd.remove_patch(wrapper.unet)
         apply_tome(wrapper.unet, tome)
     adaptable_targets, kernels = (
-        adapt_wrapper(wrapper, name, lora_targets) if lora_ready else ({}, {})
+        adapt_wrapper(wrapper, lora_as or name, lora_targets) if lora_ready else ({}, {})
     )
     report(name, "exporting")
     scratch = staging / ".scratch" / name

@@ -146,7 +146,6 @@ def _check_controlnets(config: BuildConfig) -> None:
         return
     clashes = {
         "--precision int8": config.precision == "int8",  # its calibration feeds no residuals
-        "--lora-ready": config.lora_ready,  # run-time LoRA feeds the plain U-Net's branches
         "--tome-ratio": config.tome is not None,
     }
     given = [option for option, clash in clashes.items() if clash]

@@ -667,7 +667,7 @@ def _engine(i: int, r: _Reader) -> Engine:
         }
     return Engine(
         target=r.get("target", str),
-        component=r.choice("component", COMPONENT_NAMES),
+        component=_engine_component(r),
         path=r.get("path", str),
         cache_key=r.get("cache_key", str),
         profile=profile,
@@ -678,6 +678,17 @@ def _engine(i: int, r: _Reader) -> Engine:
         sha256=r.get("sha256", str, optional=True, default=""),
         size=r.get("size", int, optional=True),
     )
+
+
+def _engine_component(r: _Reader) -> str:
+    """An engine's component: any the folder format knows (ControlNets and tiny VAEs too)."""
+    name = r.get("component", str)
+    if not is_component_name(name) and name not in TINY_VAE_COMPONENTS:
+        raise ModelFolderError(
+            f"{r.where}.component: expected one of {', '.join(COMPONENT_NAMES)}, a tiny VAE's, "
+            f"unet_shallow_<branch>, {CONTROLNET_UNET} or {CONTROLNET_PREFIX}<name>, got {name!r}"
+        )
+    return name
 
 
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:

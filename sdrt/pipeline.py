@@ -721,7 +721,9 @@ class Pipeline(LoraMethods):
 
     def _graph_runner(self, timestep):
         """run(component, feeds) -> float32 outputs by name, with the timestep fed and
-        the feeds cast as the graph declares them (the ControlNets' runs of one step)."""
+        the feeds cast as the graph declares them (the ControlNets' runs of one step);
+        feeds the graph does not take are left out (SDXL's added conditions, for instance,
+        which only SDXL ControlNets take)."""
 
         def run(name: str, feeds: dict[str, Any]) -> dict[str, Any]:
             session = self._session(name)

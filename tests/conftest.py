@@ -216,24 +216,8 @@ def tiny_controlnet_sources(tiny_source, tmp_path_factory):
 def tiny_built_controlnet(tiny_built, tiny_controlnet_sources, tmp_path_factory):
     """tiny_built rebuilt with both ControlNets: its graphs reused, the ControlNets and the
     residual-taking U-Net exported (once per session)."""
-    import shutil
-
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.controlnet_options import ControlNetOption
-
-    from sdrt.manifest import read_manifest
+    from controlnet_helpers import controlnet_options, rebuild_with
 
     output = tmp_path_factory.mktemp("tiny-controlnet") / "tiny"
-    shutil.copytree(tiny_built, output)
-    manifest = read_manifest(tiny_built)
-    config = BuildConfig(
-        source=manifest.source.path_or_id,
-        output=output,
-        min_size=manifest.build.min_size,
-        max_size=manifest.build.max_size,
-        force=True,
-        controlnets=tuple(
-            ControlNetOption(name, str(path)) for name, path in tiny_controlnet_sources.items()
-        ),
-    )
-    return build(config).output
+    controlnets = controlnet_options(tiny_controlnet_sources)
+    return rebuild_with(tiny_built, output, controlnets=controlnets).output

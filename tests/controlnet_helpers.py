@@ -44,3 +44,33 @@ def control_picture(width: int, height: int, seed: int) -> Image.Image:
     blocks = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
     pixels = np.repeat(np.repeat(blocks, 16, axis=0), 16, axis=1)[:height, :width]
     return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def rebuild_with(built: Path, output: Path, **options):
+    """``built`` copied to ``output`` and rebuilt there (force) from the same source and
+    sizes with ``options`` added: its graphs reused, only the new ones exported. The
+    BuildResult."""
+    import shutil
+
+    from sdrt.export.build import BuildConfig, build
+
+    from sdrt.manifest import read_manifest
+
+    shutil.copytree(built, output)
+    manifest = read_manifest(built)
+    config = BuildConfig(
+        source=manifest.source.path_or_id,
+        output=output,
+        min_size=manifest.build.min_size,
+        max_size=manifest.build.max_size,
+        force=True,
+        **options,
+    )
+    return build(config)
+
+
+def controlnet_options(sources: dict[str, Path]):
+    """``BuildConfig.controlnets`` for {name: folder}, in order."""
+    from sdrt.export.controlnet_options import ControlNetOption
+
+    return tuple(ControlNetOption(name, str(path)) for name, path in sources.items())

@@ -165,13 +165,16 @@ def test_a_single_file_controlnet_is_refused_with_the_conversion(tmp_path):
 
 @pytest.mark.parametrize(
     ("options", "flag"),
-    [(dict(precision="int8"), "--precision int8"), (dict(lora_ready=True), "--lora-ready")],
+    [(dict(precision="int8"), "--precision int8"), (dict(tome="tome"), "--tome-ratio")],
 )
-def test_controlnet_with_int8_or_lora_ready_is_refused_before_any_export(
+def test_controlnet_with_int8_or_tome_is_refused_before_any_export(
     tiny_source, tmp_path, options, flag
 ):
     from sdrt.export.controlnet_options import ControlNetOption
+    from sdrt.export.tome_options import TomeOptions
 
+    if "tome" in options:
+        options = {"tome": TomeOptions(ratio=0.5)}
     (tmp_path / "cn").mkdir()
     with pytest.raises(InputError, match=f"expected a build without {flag}"):
         _config(
@@ -210,3 +213,83 @@ def test_a_folder_that_is_not_a_controlnet_is_refused(tiny_source, tmp_path):
     )
     with pytest.raises(InputError, match="expected a ControlNetModel config, got 'AutoencoderKL'"):
         build(options)
+
+
+def test_build_cli_refuses_a_single_file_controlnet_with_one_line(tiny_source, tmp_path, capsys):
+    from sdrt import cli
+
+    checkpoint = tmp_path / "control_canny.safetensors"
+    checkpoint.write_bytes(b"\0" * 16)
+    out = tmp_path / "out"
+    code = cli.main(
+        ["build", str(tiny_source), "-o", str(out), "--controlnet", f"canny={checkpoint}"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "single-file checkpoint" in err and "from_single_file" in err
+    assert not out.exists()
+
+
+def test_build_cli_joins_repeated_controlnet_options(tiny_source, tmp_path, capsys):
+    """Names are checked across every --controlnet given: a repeat is one line, exit 2."""
+    from sdrt import cli
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    out = tmp_path / "out"
+    arguments = ["--controlnet", f"x={tmp_path / 'a'},{tmp_path / 'b'}", "--controlnet"]
+    code = cli.main(["build", str(tiny_source), "-o", str(out), *arguments, f"b={tmp_path / 'a'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "expected each name once, got ['b']" in err
+
+
+def test_tensorrt_profiles_cover_the_controlnet_graphs_shapes(tiny_built_controlnet):
+    """The engine profiles (engines/profiles.py) of the ControlNet and residual U-Net graphs
+    hold the shapes the graphs really take and give at the folder's smallest and largest
+    size (checked on ONNX Runtime; TensorRT itself not run here)."""
+    from sdrt.engines.profiles import component_profile, shape_range_from_options
+
+    import sdrt
+
+    pipe = sdrt.Pipeline.load(tiny_built_controlnet)
+    manifest = pipe.manifest
+    shapes = shape_range_from_options(manifest)
+    name = controlnet_component(TINY_CONTROLNETS[0])
+    profiles = {
+        n: component_profile(manifest.components[n], shapes, manifest.vae_scale_factor)
+        for n in (name, CONTROLNET_UNET)
+    }
+    rng = np.random.default_rng(0)
+    for level in ("min", "max"):
+        inputs = {
+            k: rng.standard_normal(v[level], dtype=np.float32) for k, v in profiles[name].items()
+        }
+        outputs = pipe.session(name).run(inputs)
+        residual_profile = profiles[CONTROLNET_UNET]
+        for key, value in outputs.items():
+            assert value.shape == residual_profile[key][level], (key, level)
+        assert set(outputs) | {"sample", "timestep", "encoder_hidden_states"} == set(
+            residual_profile
+        )
+
+
+def test_tensorrt_engines_of_the_controlnet_graphs_are_built_and_recorded(
+    tiny_built_controlnet, tmp_path
+):
+    """With the test fakes of TensorRT's builder and verifier (tests/test_engines_build.py):
+    not run on a GPU."""
+    from sdrt.engines.profiles import ShapeRange
+    from test_engines_build import build as build_engines_with_fakes
+
+    folder = tmp_path / "folder"
+    shutil.copytree(tiny_built_controlnet, folder)
+    wanted = (controlnet_component(TINY_CONTROLNETS[1]), CONTROLNET_UNET)
+    report = build_engines_with_fakes(
+        folder, shapes=ShapeRange(64, 64, 64, 64, 128, 128, 1, 1, 2), components=wanted
+    )
+    engines = read_manifest(folder).engines
+    assert engines == report.manifest.engines
+    assert sorted(e.component for e in engines) == sorted(wanted)
+    residual = next(e for e in engines if e.component == CONTROLNET_UNET)
+    assert residual.profile[MID_BLOCK_RESIDUAL]["max"] == (4, 64, 2, 2)  # 128 px / 8 / 2**3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TINY_CONTROLNETS
-from controlnet_helpers import control_picture
+from controlnet_helpers import control_picture, controlnet_options, rebuild_with
 from parity_helpers import inject_noise, max_diff
 from test_pipeline_parity import (
     MAX_IMAGE_DIFF,
@@ -322,32 +322,18 @@ def test_openvino_backend_runs_the_controlnets_as_ort_cpu(sd, tiny_built_control
 
 
 @pytest.fixture(scope="module")
-def with_tiny_vae(tiny_built_controlnet, tmp_path_factory):
+def with_tiny_vae(tiny_built_controlnet, tiny_controlnet_sources, tmp_path_factory):
     """tiny_built_controlnet rebuilt with a tiny VAE too (every other graph reused)."""
-    import shutil
-
-    from sdrt.export.build import BuildConfig, build
-    from sdrt.export.controlnet_options import ControlNetOption
     from sdrt.export.random_tiny_vae import init_random_tiny_vae
-
-    from sdrt.manifest import read_manifest
 
     taesd = init_random_tiny_vae("tiny-taesd", tmp_path_factory.mktemp("cn-taesd") / "taesd")
     output = tmp_path_factory.mktemp("cn-tiny-vae") / "tiny"
-    shutil.copytree(tiny_built_controlnet, output)
-    manifest = read_manifest(tiny_built_controlnet)
-    config = BuildConfig(
-        source=manifest.source.path_or_id,
-        output=output,
-        min_size=manifest.build.min_size,
-        max_size=manifest.build.max_size,
-        force=True,
+    result = rebuild_with(
+        tiny_built_controlnet,
+        output,
         tiny_vae=str(taesd),
-        controlnets=tuple(
-            ControlNetOption(c.name, c.source.path_or_id) for c in manifest.controlnets
-        ),
+        controlnets=controlnet_options(tiny_controlnet_sources),
     )
-    result = build(config)
     assert {r.name for r in result.components if r.action == "exported"} == {
         "vae_decoder_tiny",
         "vae_encoder_tiny",
@@ -374,3 +360,81 @@ def test_tiny_vae_with_controlnet_equals_diffusers(with_tiny_vae, components, ea
         **SETTINGS,
     ).images
     assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+class _Recorder:
+    """A session that records the calls it passes on (replace_session's seam)."""
+
+    def __init__(self, session):
+        self.session, self.calls = session, 0
+        self.inputs, self.outputs, self.name = session.inputs, session.outputs, session.name
+
+    def run(self, feeds):
+        self.calls += 1
+        return self.session.run(feeds)
+
+
+def test_calls_without_control_run_only_the_plain_unet(tiny_built_controlnet):
+    from sdrt.manifest import CONTROLNET_UNET
+
+    pipe = sdrt.Pipeline.load(tiny_built_controlnet)
+    plain = _Recorder(pipe.session("unet"))
+    pipe.replace_session("unet", plain)
+    residual = _Recorder(pipe.session(CONTROLNET_UNET))
+    pipe.replace_session(CONTROLNET_UNET, residual)
+    image = control_picture(WIDTH, HEIGHT, seed=0)
+    settings = dict(SETTINGS, scheduler="euler", latents=_latents(1, seed=0))
+    result = pipe(PROMPTS[0], **settings)
+    assert (plain.calls, residual.calls, _controlnet_steps(result)) == (STEPS, 0, [])
+    # with control in the last two of three steps: the residual U-Net there, the plain one first
+    pipe(PROMPTS[0], control_image=image, controlnet=EDGES, control_guidance_start=0.3, **settings)
+    assert (plain.calls, residual.calls) == (STEPS + 1, 2)
+
+
+@pytest.mark.heavy  # its own build of the inpainting model: over a minute of CPU
+def test_inpainting_unet_with_a_controlnet_equals_diffusers(
+    tiny_controlnet_sources, eager_controlnets, tmp_path_factory, monkeypatch
+):
+    """A 9-channel inpainting U-Net with a ControlNet of the 4-channel architecture (as SD
+    1.5 inpainting runs SD 1.5 ControlNets): the ControlNet sees the latents alone."""
+    from diffusers.pipelines.controlnet import pipeline_controlnet_inpaint as module
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.controlnet_options import ControlNetOption
+    from sdrt.export.random_model import init_random_model
+
+    source = init_random_model("tiny-inpaint", tmp_path_factory.mktemp("cn-inpaint") / "src")
+    config = BuildConfig(
+        source=str(source),
+        output=source.parent / "built",
+        min_size=64,
+        max_size=128,
+        controlnets=(ControlNetOption(EDGES, str(tiny_controlnet_sources[EDGES])),),
+    )
+    sd9 = sdrt.Pipeline.load(build(config).output)
+    assert sd9.manifest.unet_in_channels == 9
+    noise = _latents(1, seed=10)
+    inject_noise(monkeypatch, module, [noise])
+    _deterministic_vae_encoder(monkeypatch, module)
+    image, mask = _test_image(WIDTH, HEIGHT), _inpaint_mask(WIDTH, HEIGHT)
+    control = control_picture(WIDTH, HEIGHT, seed=10)
+    reference = diffusers.StableDiffusionControlNetInpaintPipeline.from_pretrained(
+        str(source), controlnet=eager_controlnets[EDGES], safety_checker=None
+    )
+    reference.set_progress_bar_config(disable=True)
+    settings = dict(SETTINGS, strength=0.75)
+    theirs = reference(
+        PROMPTS[0], image=image, mask_image=mask, control_image=control, **settings
+    ).images
+    ours = sd9(
+        PROMPTS[0], image=image, mask_image=mask, control_image=control, latents=noise, **settings
+    ).images
+    assert max_diff(ours, theirs) <= MAX_IMAGE_DIFF
+
+
+def test_the_control_image_sets_the_size_without_height_and_width(sd):
+    """As diffusers' ControlNet pipelines: the output takes the control image's size (here
+    96x64; the folder's own default is 64x64)."""
+    request = sd.request(
+        PROMPTS[0], control_image=control_picture(96, 64, seed=0), controlnet=EDGES
+    )
+    assert (request.width, request.height) == (96, 64)

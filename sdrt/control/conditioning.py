@@ -1,9 +1,7 @@
-"""A control image as diffusers' ControlNet pipelines' ``prepare_image`` makes it: resized
-to the output size, RGB (or the ControlNet's channels), in [0, 1] without normalisation,
-repeated for the batch, and doubled for classifier-free guidance unless in guess mode.
-
-(The minimal preparation the ControlNet loop needs; sdrt/control/images.py is the fuller
-one that the CLI and service share.)"""
+"""The ControlNets' ``controlnet_cond`` for a call: a 3-channel ControlNet's control image
+prepared as diffusers' ControlNet pipelines prepare it (sdrt/control/images.py), and the
+1-channel (or other) ControlNets' images taken to their channel count, in [0, 1]; repeated
+for the batch, doubled for classifier-free guidance unless in guess mode."""
 
 from __future__ import annotations
 
@@ -12,22 +10,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdrt.control.images import prepare_control_image
 from sdrt.images import preprocess_image
 
 NAME = "control_image"
 
 
-def prepare_control_image(
+def controlnet_cond(
     image: Any, width: int, height: int, channels: int, batch: int, doubled: bool
 ) -> np.ndarray:
     """(batch, or 2 * batch when ``doubled``, channels, height, width) float32 in [0, 1]."""
     if channels == 3:
-        # preprocess_image's RGB pixels in [-1, 1] (PIL images resized with Lanczos, as
-        # VaeImageProcessor does), taken back to [0, 1]: do_normalize=False.
-        pixels = (preprocess_image(image, width, height, NAME) + 1.0) / 2.0
-    else:
-        pixels = _other_channels(image, width, height, channels)
-    pixels = np.repeat(pixels, batch, axis=0)
+        return prepare_control_image(
+            image, width, height, batch, 1, do_classifier_free_guidance=doubled
+        )
+    pixels = np.repeat(_other_channels(image, width, height, channels), batch, axis=0)
     if doubled:
         pixels = np.concatenate([pixels, pixels], axis=0)
     return np.ascontiguousarray(pixels, dtype=np.float32)

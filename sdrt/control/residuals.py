@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of
-from sdrt.control.conditioning import prepare_control_image
+from sdrt.control.conditioning import controlnet_cond
 from sdrt.control.settings import ControlSettings
 from sdrt.errors import ModelFolderError
 from sdrt.manifest import MID_BLOCK_RESIDUAL
@@ -48,7 +48,7 @@ class ControlLoop:
         doubled = guided and not settings.guess_mode
         self.images = tuple(
             xp.asarray(
-                prepare_control_image(
+                controlnet_cond(
                     u.image, width, height, u.controlnet.conditioning_channels, batch, doubled
                 )
             )

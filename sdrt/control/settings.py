@@ -5,7 +5,8 @@
 build order), matched in order with the images. ``controlnet_conditioning_scale``,
 ``control_guidance_start`` and ``control_guidance_end`` are a number for all or a list with
 one per ControlNet (as diffusers' MultiControlNet; the scale's default, None, is diffusers'
-default of the pipeline the call matches: 1.0, 0.8 with ``image``, 0.5 with ``mask_image``);
+default of the pipeline the call matches: 1.0, 0.8 with ``image``, 0.5 with ``mask_image``
+(SDXL: 1.0));
 ``guess_mode`` runs the ControlNets on the conditional half of the guidance batch only,
 with diffusers' scale ramp.
 """
@@ -25,8 +26,9 @@ from sdrt.images import image_size
 from sdrt.manifest import ControlNet, Manifest
 
 # controlnet_conditioning_scale=None: diffusers' default of the pipeline the call matches
-# (StableDiffusionControlNetPipeline 1.0, ...Img2ImgPipeline 0.8, ...InpaintPipeline 0.5)
-DEFAULT_SCALES = {"txt2img": 1.0, "img2img": 0.8, "inpaint": 0.5}
+# (StableDiffusion(XL)ControlNetPipeline 1.0, ...Img2ImgPipeline 0.8, SD's InpaintPipeline
+# 0.5, SDXL's 1.0)
+DEFAULT_SCALES = {"txt2img": 1.0, "img2img": 0.8, "inpaint": 0.5, "inpaint-sdxl": 1.0}
 DEFAULT_START = 0.0
 DEFAULT_END = 1.0
 
@@ -85,7 +87,8 @@ def check_control(
     records = _chosen(manifest, controlnet)
     images = _images(control_image, records)
     count = len(records)
-    scale = DEFAULT_SCALES[mode] if scale is None else scale
+    if scale is None:
+        scale = DEFAULT_SCALES.get(f"{mode}-{manifest.family}", DEFAULT_SCALES[mode])
     scales = _per_controlnet(scale, "controlnet_conditioning_scale", count)
     starts = _per_controlnet(start, "control_guidance_start", count)
     ends = _per_controlnet(end, "control_guidance_end", count)
