@@ -5,8 +5,7 @@ The folder's graphs come from ``sdrt build --controlnet`` (export/controlnet.py)
 - ``settings``: a call's control images, scales and guidance windows checked against the
   folder's ControlNets.
 - ``conditioning``: the ControlNets' ``controlnet_cond``: ``images`` for 3-channel ones,
-  1-channel
-  ones' images in [0, 1].
+  1-channel ones' images in [0, 1].
 - ``residuals``: per step, the ControlNets run and their residuals summed for the U-Net
   that takes them (MultiControlNet).
 - ``images``: control images prepared as diffusers' ControlNet pipelines prepare them
