@@ -237,3 +237,47 @@ def tiny_built_controlnet(tiny_built, tiny_controlnet_sources, tmp_path_factory)
         ),
     )
     return build(config).output
+
+
+# ---------------------------------------------------------------------------- T2I-Adapter
+
+# The name tiny_built_adapter builds its tiny T2I-Adapter under.
+TINY_ADAPTER = "sketch"
+
+
+def _rebuild_with_adapter(built, adapter_source, tmp_path_factory, folder: str):
+    """``built`` rebuilt with the T2I-Adapter: its graphs reused, the adapter and the
+    feature-taking U-Net exported."""
+    import shutil
+
+    from sdrt.export.build import BuildConfig, build
+    from sdrt.export.t2i_adapter_options import T2IAdapterOption
+
+    from sdrt.manifest import read_manifest
+
+    output = tmp_path_factory.mktemp(folder) / "tiny"
+    shutil.copytree(built, output)
+    manifest = read_manifest(built)
+    config = BuildConfig(
+        source=manifest.source.path_or_id,
+        output=output,
+        min_size=manifest.build.min_size,
+        max_size=manifest.build.max_size,
+        force=True,
+        t2i_adapter=T2IAdapterOption(TINY_ADAPTER, str(adapter_source)),
+    )
+    return build(config).output
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_source(tiny_source, tmp_path_factory):
+    """A random full_adapter T2IAdapter of the tiny U-Net (tests/adapter_helpers.py)."""
+    from adapter_helpers import make_tiny_t2i_adapter
+
+    return make_tiny_t2i_adapter(tiny_source, tmp_path_factory.mktemp("adapter") / "a", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_built_adapter(tiny_built, tiny_adapter_source, tmp_path_factory):
+    """tiny_built rebuilt with the tiny T2I-Adapter (once per session)."""
+    return _rebuild_with_adapter(tiny_built, tiny_adapter_source, tmp_path_factory, "tiny-ad")
