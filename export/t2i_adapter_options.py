@@ -23,15 +23,15 @@ class T2IAdapterOption:
     path_or_id: str
 
     def __post_init__(self):
-        if CONTROLNET_NAME.fullmatch(self.name) is None:
-            raise InputError(
-                f"{OPTION} name: expected letters, digits, '_' or '-' (starting with a letter "
-                f"or digit), got {self.name!r}; name it with NAME=PATH"
-            )
         if Path(self.path_or_id).expanduser().is_file():
             raise InputError(
                 f"{OPTION} {self.path_or_id!r} is a single file; expected {EXPECTED} (save one "
                 "with diffusers' T2IAdapter.save_pretrained(FOLDER))"
+            )
+        if CONTROLNET_NAME.fullmatch(self.name) is None:
+            raise InputError(
+                f"{OPTION} name: expected letters, digits, '_' or '-' (starting with a letter "
+                f"or digit), got {self.name!r}; name it with NAME=PATH"
             )
         local_folder_or_hub_id(self.path_or_id, OPTION, EXPECTED)
 
