@@ -66,6 +66,7 @@ class T2IAdapterSource:
             in_channels=int(self.config.get("in_channels", 3)),
             adapter_type=self.config.get("adapter_type", "full_adapter"),
             features=self.features,
+            downscale_factor=int(self.config.get("downscale_factor", 8)),
         )
 
 
@@ -131,6 +132,10 @@ def _check_compatible(config: dict[str, Any], pipeline: SourceModel, where: str)
 # ---------------------------------------------------------------------------- wrappers
 
 
+def _round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
 def _feature_axes(index: int) -> dict[int, str]:
     return {0: "batch", 2: f"adapter_height_{index}", 3: f"adapter_width_{index}"}
 
@@ -155,8 +160,11 @@ class T2IAdapterExport(ExportWrapper):
         return axes | {n: _feature_axes(k) for k, n in enumerate(self.output_names)}
 
     def sample_inputs(self, case, generator):
-        channels = self.adapter.config.in_channels
-        shape = (case.batch, channels, case.height, case.width)
+        # sizes rounded up to what its pixel unshuffle takes (SDXL's: 16): the features of
+        # such an image have the U-Net's sizes at the case's size (both halve with ceil)
+        config = self.adapter.config
+        height, width = (_round_up(n, config.downscale_factor) for n in (case.height, case.width))
+        shape = (case.batch, config.in_channels, height, width)
         return {INPUT: torch.rand(shape, generator=generator)}
 
 

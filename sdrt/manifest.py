@@ -292,6 +292,8 @@ class T2IAdapter:
     in_channels: int  # channels of the adapter image it takes (3: RGB, 1: grayscale)
     adapter_type: str  # its config's: full_adapter, light_adapter or full_adapter_xl
     features: int  # how many features the adapter U-Net takes (one per U-Net down block)
+    # its pixel unshuffle's: image sizes must be multiples of it (8; SDXL's adapters 16)
+    downscale_factor: int
     component: str = T2I_ADAPTER
 
 
@@ -803,6 +805,7 @@ def _t2i_adapter(r: _Reader | None) -> T2IAdapter | None:
         in_channels=r.get("in_channels", int),
         adapter_type=r.get("adapter_type", str),
         features=r.get("features", int),
+        downscale_factor=r.get("downscale_factor", int),
         component=r.choice("component", (T2I_ADAPTER,)),
     )
 

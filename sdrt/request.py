@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of
-from sdrt.control.adapter import DEFAULT_FACTOR, AdapterSettings, check_adapter
+from sdrt.control.adapter import (
+    DEFAULT_FACTOR,
+    AdapterSettings,
+    check_adapter,
+    check_adapter_size,
+)
 from sdrt.control.settings import (
     DEFAULT_END,
     DEFAULT_START,
@@ -239,6 +244,7 @@ def make_request(
     if sized_by is None:
         sized_by = control.first_image if control is not None else adapter_image
     height, width = _image_size(manifest, sized_by, height, width)
+    check_adapter_size(adapter, height, width)
     seed, latents = _noise(manifest, seed, latents, len(negatives) * per_prompt, height, width)
     guidance_embedding = check_guidance_embedding(manifest, negative_prompt, negative_prompt_embeds)
     guidance = _guidance(settings.guidance_scale)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 
 def make_tiny_t2i_adapter(
-    pipeline_folder: Path, output: Path, seed: int, in_channels: int = 3, **config
+    pipeline_folder: Path,
+    output: Path,
+    seed: int,
+    in_channels: int = 3,
+    downscale_factor: int = 8,
+    **config,
 ) -> Path:
     """A random T2IAdapter whose features fit ``pipeline_folder``'s U-Net, saved to
     ``output``."""
@@ -22,7 +27,7 @@ def make_tiny_t2i_adapter(
         in_channels=in_channels,
         channels=list(unet["block_out_channels"]),
         num_res_blocks=1,
-        downscale_factor=8,
+        downscale_factor=downscale_factor,
         **config,
     )
     adapter.save_pretrained(output)

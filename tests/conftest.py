@@ -281,3 +281,22 @@ def tiny_adapter_source(tiny_source, tmp_path_factory):
 def tiny_built_adapter(tiny_built, tiny_adapter_source, tmp_path_factory):
     """tiny_built rebuilt with the tiny T2I-Adapter (once per session)."""
     return _rebuild_with_adapter(tiny_built, tiny_adapter_source, tmp_path_factory, "tiny-ad")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_adapter_source(tiny_xl_source, tmp_path_factory):
+    """A random full_adapter_xl T2IAdapter of the tiny SDXL U-Net."""
+    from adapter_helpers import make_tiny_t2i_adapter
+
+    output = tmp_path_factory.mktemp("adapter-xl") / "a"
+    return make_tiny_t2i_adapter(
+        tiny_xl_source, output, seed=4, downscale_factor=16, adapter_type="full_adapter_xl"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_built_adapter(tiny_xl_built, tiny_xl_adapter_source, tmp_path_factory):
+    """tiny_xl_built rebuilt with the tiny SDXL T2I-Adapter (once per session)."""
+    return _rebuild_with_adapter(
+        tiny_xl_built, tiny_xl_adapter_source, tmp_path_factory, "tiny-xl-ad"
+    )

@@ -4,7 +4,7 @@ diffusers' StableDiffusionAdapterPipeline images on the same weights and noise (
 random T2IAdapter sized to the tiny U-Net, tests/adapter_helpers.py).
 
 diffusers' SD 1.x adapter pipeline has no ``adapter_conditioning_factor`` (its SDXL one
-has); the reference for it is the SD 1.x pipeline whose U-Net stops taking the features
+has, and the SDXL test uses it); the SD 1.x reference for it is the SD 1.x pipeline whose U-Net stops taking the features
 after the first ``int(steps * factor)`` calls, which is what the SDXL pipeline does.
 """
 
@@ -27,6 +27,8 @@ diffusers = pytest.importorskip("diffusers")
 STEPS = 4
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse"]
 HEIGHT, WIDTH = 64, 96
+# StableDiffusionXLPipeline's components the adapter pipeline does not take
+XL_UNUSED_COMPONENTS = ("image_encoder", "feature_extractor")
 SETTINGS = dict(
     num_inference_steps=STEPS,
     guidance_scale=7.5,
@@ -188,3 +190,32 @@ def test_adapter_image_on_a_folder_without_an_adapter_is_a_clear_error(tiny_buil
     sd = sdrt.Pipeline.load(tiny_built)
     with pytest.raises(ParameterError, match="built without a T2I-Adapter .* got an adapter image"):
         sd.request("a fox", adapter_image=control_picture(WIDTH, HEIGHT, 0))
+
+
+def test_sdxl_equals_diffusers_with_a_conditioning_factor(
+    tiny_xl_built_adapter, tiny_xl_source, tiny_xl_adapter_source
+):
+    """diffusers' StableDiffusionXLAdapterPipeline, whose adapter_conditioning_factor is the
+    oracle itself (its full_adapter_xl's features start at half the latents' size)."""
+    base = diffusers.StableDiffusionXLPipeline.from_pretrained(str(tiny_xl_source))
+    parts = {k: v for k, v in base.components.items() if k not in XL_UNUSED_COMPONENTS}
+    reference = diffusers.StableDiffusionXLAdapterPipeline(
+        **parts, adapter=diffusers.T2IAdapter.from_pretrained(str(tiny_xl_adapter_source)).eval()
+    )
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(base.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    sd = sdrt.Pipeline.load(tiny_xl_built_adapter)
+    latents = _latents(1, seed=3)
+    image = control_picture(WIDTH, HEIGHT, seed=2)
+    settings = dict(
+        SETTINGS,
+        guidance_scale=5.0,
+        adapter_conditioning_scale=1.3,
+        adapter_conditioning_factor=0.5,
+    )
+    theirs = reference("a fox", image=image, latents=torch.from_numpy(latents), **settings)
+    ours = sd("a fox", adapter_image=image, latents=latents, scheduler="euler", **settings)
+    assert max_diff(ours.images, theirs.images) <= MAX_IMAGE_DIFF
+    # its pixel unshuffle takes multiples of 16
+    with pytest.raises(ParameterError, match="height and width: expected multiples of 16 .* 72x96"):
+        sd.request("a fox", adapter_image=image, height=72, width=WIDTH)

@@ -69,6 +69,21 @@ def check_adapter(
     return AdapterSettings(adapter, adapter_image, scale, factor)
 
 
+def check_adapter_size(settings: AdapterSettings | None, height: int, width: int) -> None:
+    """The output size must be a multiple of the adapter's pixel unshuffle (8; SDXL's 16)."""
+    if settings is None:
+        return
+    multiple = settings.adapter.downscale_factor
+    if height % multiple or width % multiple:
+        raise ParameterError(
+            "{height} and {width}: expected multiples of {multiple} for the T2I-Adapter "
+            "{name!r} (its downscale_factor), got {got}",
+            multiple=multiple,
+            name=settings.adapter.name,
+            got=f"{height}x{width}",
+        )
+
+
 def _check_channels(image: Any, adapter: T2IAdapter) -> None:
     """A PIL image converts to the adapter's 1 or 3 channels; an array must have them."""
     if isinstance(image, (list, tuple)):
