@@ -219,3 +219,33 @@ def test_sdxl_equals_diffusers_with_a_conditioning_factor(
     # its pixel unshuffle takes multiples of 16
     with pytest.raises(ParameterError, match="height and width: expected multiples of 16 .* 72x96"):
         sd.request("a fox", adapter_image=image, height=72, width=WIDTH)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_adapter_image_is_prepared_as_diffusers_prepares_it(mode):
+    """diffusers' _preprocess_adapter_image (Lanczos to the output size, [0, 1], the PIL
+    image's own channels) against the preparation AdapterFeatures feeds the adapter."""
+    from diffusers.pipelines.t2i_adapter.pipeline_stable_diffusion_adapter import (
+        _preprocess_adapter_image,
+    )
+
+    from sdrt.control.conditioning import prepare_control_image
+
+    picture = control_picture(80, 48, seed=5).convert(mode)
+    theirs = _preprocess_adapter_image(picture, HEIGHT, WIDTH).numpy()
+    ours = prepare_control_image(picture, WIDTH, HEIGHT, len(mode), 1, doubled=False)
+    assert ours.shape == theirs.shape == (1, len(mode), HEIGHT, WIDTH)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_a_one_channel_adapter_takes_grayscale_arrays_only(tiny_built_adapter):
+    import dataclasses
+
+    from sdrt.control.adapter import check_adapter
+
+    manifest = read_manifest(tiny_built_adapter)
+    gray = dataclasses.replace(manifest.t2i_adapter, in_channels=1)
+    manifest = dataclasses.replace(manifest, t2i_adapter=gray)
+    assert check_adapter(manifest, np.zeros((HEIGHT, WIDTH), np.float32), 1.0, 1.0) is not None
+    with pytest.raises(ParameterError, match=r"expected 1 channel\(s\) .* got an array of 3"):
+        check_adapter(manifest, np.zeros((HEIGHT, WIDTH, 3), np.float32), 1.0, 1.0)
