@@ -15,6 +15,7 @@ import pytest
 from conftest import TINY_ADAPTER
 from controlnet_helpers import control_picture
 from parity_helpers import max_diff
+from test_controlnet_build import MAX_GRAPH_DIFF
 from test_pipeline_parity import MAX_IMAGE_DIFF
 
 import sdrt
@@ -249,3 +250,21 @@ def test_a_one_channel_adapter_takes_grayscale_arrays_only(tiny_built_adapter):
     assert check_adapter(manifest, np.zeros((HEIGHT, WIDTH), np.float32), 1.0, 1.0) is not None
     with pytest.raises(ParameterError, match=r"expected 1 channel\(s\) .* got an array of 3"):
         check_adapter(manifest, np.zeros((HEIGHT, WIDTH, 3), np.float32), 1.0, 1.0)
+
+
+def test_adapter_unet_with_zero_features_equals_the_plain_unet(sd):
+    plain, taking = sd.session("unet"), sd.session(ADAPTER_UNET)
+    rng = np.random.default_rng(0)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 10, 8), dtype=np.float32),
+        "timestep": np.array([501.0], dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+    }
+    image = rng.random((2, 3, 80, 64), dtype=np.float32)
+    features = sd.session(T2I_ADAPTER).run({"adapter_image": image})
+    zeros = {name: np.zeros_like(value) for name, value in features.items()}
+    expected = plain.run(feeds)["out_sample"]
+    assert np.abs(taking.run(feeds | zeros)["out_sample"] - expected).max() <= MAX_GRAPH_DIFF
+    # and the features do change it: the inputs are wired in
+    moved = taking.run(feeds | features)["out_sample"]
+    assert np.abs(moved - expected).max() > 100 * MAX_GRAPH_DIFF
