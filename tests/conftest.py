@@ -216,27 +216,12 @@ def tiny_controlnet_sources(tiny_source, tmp_path_factory):
 def tiny_built_controlnet(tiny_built, tiny_controlnet_sources, tmp_path_factory):
     """tiny_built rebuilt with both ControlNets: its graphs reused, the ControlNets and the
     residual-taking U-Net exported (once per session)."""
-    import shutil
-
-    from sdrt.export.build import BuildConfig, build
     from sdrt.export.controlnet_options import ControlNetOption
 
-    from sdrt.manifest import read_manifest
-
-    output = tmp_path_factory.mktemp("tiny-controlnet") / "tiny"
-    shutil.copytree(tiny_built, output)
-    manifest = read_manifest(tiny_built)
-    config = BuildConfig(
-        source=manifest.source.path_or_id,
-        output=output,
-        min_size=manifest.build.min_size,
-        max_size=manifest.build.max_size,
-        force=True,
-        controlnets=tuple(
-            ControlNetOption(name, str(path)) for name, path in tiny_controlnet_sources.items()
-        ),
+    controlnets = tuple(
+        ControlNetOption(name, str(path)) for name, path in tiny_controlnet_sources.items()
     )
-    return build(config).output
+    return _rebuilt(tiny_built, tmp_path_factory, "tiny-controlnet", controlnets=controlnets)
 
 
 # ---------------------------------------------------------------------------- T2I-Adapter
@@ -245,13 +230,12 @@ def tiny_built_controlnet(tiny_built, tiny_controlnet_sources, tmp_path_factory)
 TINY_ADAPTER = "sketch"
 
 
-def _rebuild_with_adapter(built, adapter_source, tmp_path_factory, folder: str):
-    """``built`` rebuilt with the T2I-Adapter: its graphs reused, the adapter and the
-    feature-taking U-Net exported."""
+def _rebuilt(built, tmp_path_factory, folder: str, **options):
+    """A copy of ``built`` rebuilt with ``options`` (ControlNets, a T2I-Adapter): its graphs
+    reused, the new ones exported."""
     import shutil
 
     from sdrt.export.build import BuildConfig, build
-    from sdrt.export.t2i_adapter_options import T2IAdapterOption
 
     from sdrt.manifest import read_manifest
 
@@ -264,9 +248,16 @@ def _rebuild_with_adapter(built, adapter_source, tmp_path_factory, folder: str):
         min_size=manifest.build.min_size,
         max_size=manifest.build.max_size,
         force=True,
-        t2i_adapter=T2IAdapterOption(TINY_ADAPTER, str(adapter_source)),
+        **options,
     )
     return build(config).output
+
+
+def _rebuild_with_adapter(built, adapter_source, tmp_path_factory, folder: str):
+    from sdrt.export.t2i_adapter_options import T2IAdapterOption
+
+    option = T2IAdapterOption(TINY_ADAPTER, str(adapter_source))
+    return _rebuilt(built, tmp_path_factory, folder, t2i_adapter=option)
 
 
 @pytest.fixture(scope="session")
