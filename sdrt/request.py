@@ -23,6 +23,7 @@ from sdrt.arrays import namespace_of
 from sdrt.control.adapter import (
     DEFAULT_FACTOR,
     AdapterSettings,
+    adapter_default_size,
     check_adapter,
     check_adapter_size,
 )
@@ -243,7 +244,10 @@ def make_request(
     sized_by = image
     if sized_by is None:
         sized_by = control.first_image if control is not None else adapter_image
+    asked_size = height, width
     height, width = _image_size(manifest, sized_by, height, width)
+    if adapter is not None:  # as diffusers: a size from the image, rounded down to its unshuffle
+        height, width = adapter_default_size(adapter, asked_size, (height, width))
     check_adapter_size(adapter, height, width)
     seed, latents = _noise(manifest, seed, latents, len(negatives) * per_prompt, height, width)
     guidance_embedding = check_guidance_embedding(manifest, negative_prompt, negative_prompt_embeds)

@@ -220,6 +220,9 @@ def test_sdxl_equals_diffusers_with_a_conditioning_factor(
     # its pixel unshuffle takes multiples of 16
     with pytest.raises(ParameterError, match="height and width: expected multiples of 16 .* 72x96"):
         sd.request("a fox", adapter_image=image, height=72, width=WIDTH)
+    # without height and width, the image's size rounded down to 16, as diffusers does
+    request = sd.request("a fox", adapter_image=control_picture(104, 72, seed=2))
+    assert (request.height, request.width) == (64, 96)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB"])

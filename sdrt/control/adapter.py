@@ -69,6 +69,18 @@ def check_adapter(
     return AdapterSettings(adapter, adapter_image, scale, factor)
 
 
+def adapter_default_size(
+    settings: AdapterSettings, given: tuple[Any, Any], size: tuple[int, int]
+) -> tuple[int, int]:
+    """``size`` with the sides the call left out (None in ``given``) rounded down to the
+    adapter's downscale_factor, as diffusers' ``_default_height_width``; no lower than it."""
+    multiple = settings.adapter.downscale_factor
+    return tuple(
+        side if asked is not None else max(multiple, side // multiple * multiple)
+        for asked, side in zip(given, size, strict=True)
+    )
+
+
 def check_adapter_size(settings: AdapterSettings | None, height: int, width: int) -> None:
     """The output size must be a multiple of the adapter's pixel unshuffle (8; SDXL's 16)."""
     if settings is None:
