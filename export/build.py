@@ -49,8 +49,10 @@ from sdrt.errors import InputError, ModelFolderError
 from sdrt.files import check_output_folder
 from sdrt.integrity import record_verified
 from sdrt.manifest import (
+    ADAPTER_UNET,
     CONTROLNET_UNET,
     MANIFEST_NAME,
+    T2I_ADAPTER,
     BuildOptions,
     BuiltAdapter,
     Component,
@@ -160,6 +162,11 @@ def build_held(
                 from sdrt.export.controlnet import resolve_controlnets
 
                 controlnets = resolve_controlnets(config.controlnets, source)
+            t2i_adapter = None
+            if config.t2i_adapter is not None:  # checked against the U-Net, as ControlNets
+                from sdrt.export.t2i_adapter import resolve_t2i_adapter
+
+                t2i_adapter = resolve_t2i_adapter(config.t2i_adapter, source)
             manifest, results = _build_into(
                 staging.folder,
                 config,
@@ -170,6 +177,7 @@ def build_held(
                 adapters=adapters,
                 tiny=tiny,
                 controlnets=controlnets,
+                t2i_adapter=t2i_adapter,
             )
             shutil.rmtree(staging.folder / ADAPTERS_SCRATCH, ignore_errors=True)
             commit(staging)
@@ -190,6 +198,7 @@ def _build_into(
     adapters: tuple[BuiltAdapter, ...] = (),
     tiny=None,  # export/tiny_vae.py's TinyVaeSource, or None
     controlnets=(),  # export/controlnet.py's ControlNetSources
+    t2i_adapter=None,  # export/t2i_adapter.py's T2IAdapterSource, or None
 ) -> tuple[Manifest, list[ComponentResult]]:
     from sdrt.export.adaptable import ADAPTABLE_FORMAT
 
@@ -260,6 +269,12 @@ def _build_into(
             controlnets, folder, config, source, previous, cases, precisions, report, hasher
         )
         results.extend(controlnet_results)
+    adapter_record = None
+    if t2i_adapter is not None:
+        adapter_record, adapter_results = _build_t2i_adapter(
+            t2i_adapter, folder, config, source, previous, cases, precisions, report, hasher
+        )
+        results.extend(adapter_results)
     write_corrected_configs(folder, source, corrections)
     manifest = _manifest(config, source, hasher, results, cases, precisions)
     manifest = dataclasses.replace(
@@ -271,6 +286,7 @@ def _build_into(
         tome=config.tome.as_record() if config.tome else None,
         recipe=recipe,
         controlnets=controlnet_records,
+        t2i_adapter=adapter_record,
     )
     report("manifest", "writing")
     write_manifest(folder, manifest)
@@ -355,6 +371,45 @@ def _build_controlnets(
             )
         )
         records.append(controlnet.record(own))
+    results = _export_or_reuse(exports, folder, config, source, previous, cases, precision, report)
+    return tuple(records), results
+
+
+def _build_t2i_adapter(
+    adapter, folder, config, source, previous, cases, precisions, report, hasher
+):
+    """Export (or reuse) the T2I-Adapter and the U-Net that takes its features, in the
+    U-Net's precision and at its verification shapes; (the record, ComponentResults)."""
+    from sdrt.export.t2i_adapter import load_adapter_unet, load_adapter_wrapper
+
+    precision = precisions["unet"]
+    common = {"precision": precision, "opset": config.opset, "exporter": EXPORTER_VERSION}
+    common |= {"family": source.family, **_library_versions(exporting=True)}
+    own = FolderHasher(adapter.folder)
+    adapter_sha256 = adapter.content_sha256(own, {"component": T2I_ADAPTER, **common})
+    # the feature inputs' count and shapes come from the adapter: its hash keys the U-Net too
+    unet_options = {"component": ADAPTER_UNET, "adapter": adapter_sha256, **common}
+    exports = [  # (component, source hash, wrapper loader, config file)
+        (
+            ADAPTER_UNET,
+            hasher.folders(("unet",), unet_options),
+            lambda: load_adapter_unet(adapter, source),
+            source.folder / "unet" / COMPONENT_CONFIG,
+        ),
+        (
+            T2I_ADAPTER,
+            adapter_sha256,
+            lambda: load_adapter_wrapper(adapter),
+            adapter.folder / COMPONENT_CONFIG,
+        ),
+    ]
+    results = _export_or_reuse(exports, folder, config, source, previous, cases, precision, report)
+    return adapter.record(own), results
+
+
+def _export_or_reuse(exports, folder, config, source, previous, cases, precision, report):
+    """Each (component, source hash, wrapper loader, config file) reused from the previous
+    build where its hash matches, else exported and verified; their ComponentResults."""
     results = []
     for name, source_sha256, loader, config_file in exports:
         t0 = time.perf_counter()
@@ -380,7 +435,7 @@ def _build_controlnets(
             lora_as="unet",
         )
         results.append(ComponentResult(name, "exported", time.perf_counter() - t0, component))
-    return tuple(records), results
+    return results
 
 
 def _has_int8_unet(manifest: Manifest, method: str) -> bool:

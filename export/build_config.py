@@ -11,6 +11,7 @@ from pathlib import Path
 from sdrt.export.controlnet_options import ControlNetOption, check_unique
 from sdrt.export.single_file import SingleFileOptions
 from sdrt.export.source import local_folder_or_hub_id
+from sdrt.export.t2i_adapter_options import T2IAdapterOption
 from sdrt.export.tome_options import TomeOptions
 
 from sdrt.adapters.options import EmbeddingOption, LoraOption
@@ -79,6 +80,9 @@ class BuildConfig:
     # diffusers ControlNetModels exported beside the U-Net, with the U-Net that takes their
     # residuals (export/controlnet.py); in build order, the order calls default to
     controlnets: tuple[ControlNetOption, ...] = ()
+    # a diffusers T2IAdapter exported beside the U-Net, with the U-Net that takes its
+    # features (export/t2i_adapter.py); None: none
+    t2i_adapter: T2IAdapterOption | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "output", Path(self.output))
@@ -91,6 +95,7 @@ class BuildConfig:
         _check_lora_targets(self)
         object.__setattr__(self, "controlnets", check_unique(self.controlnets))
         _check_controlnets(self)
+        _check_t2i_adapter(self)
         for option in (*self.loras, *self.embeddings):
             if not Path(option.path).is_file():
                 raise InputError(f"adapter file {str(option.path)!r} does not exist")
@@ -153,6 +158,27 @@ def _check_controlnets(config: BuildConfig) -> None:
         raise InputError(
             f"--controlnet: expected a build without {', '.join(given)} (the U-Net that takes "
             "ControlNet residuals is not built with it yet); got both"
+        )
+
+
+def _check_t2i_adapter(config: BuildConfig) -> None:
+    """What the feature-taking U-Net cannot be built with yet, refused before any export."""
+    if config.t2i_adapter is None:
+        return
+    if not isinstance(config.t2i_adapter, T2IAdapterOption):
+        raise InputError(
+            f"t2i_adapter: expected a T2IAdapterOption, got {type(config.t2i_adapter).__name__}"
+        )
+    clashes = {
+        "--precision int8": config.precision == "int8",  # its calibration feeds no features
+        "--lora-ready": config.lora_ready,  # run-time LoRA feeds the plain U-Net's branches
+        "--tome-ratio": config.tome is not None,
+    }
+    given = [option for option, clash in clashes.items() if clash]
+    if given:
+        raise InputError(
+            f"--t2i-adapter: expected a build without {', '.join(given)} (the U-Net that takes "
+            "T2I-Adapter features is not built with it yet); got both"
         )
 
 

@@ -108,6 +108,10 @@ PARAMETER_ARGUMENTS = {
         "controlnet_conditioning_scale": "--control",
         "control_guidance_start": "--control",
         "control_guidance_end": "--control",
+        # T2I-Adapter (sdrt/control/adapter.py): all three come from --adapter-image
+        "adapter_image": "--adapter-image",
+        "adapter_conditioning_scale": "--adapter-image",
+        "adapter_conditioning_factor": "--adapter-image",
     },
     # sdrt build: export/build_config.py's BuildConfig fields
     "build": {

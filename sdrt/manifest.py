@@ -66,6 +66,19 @@ def down_block_residual(index: int) -> str:
     return f"down_block_additional_residual_{index}"
 
 
+# T2I-Adapter (sdrt build --t2i-adapter [NAME=]PATH): its graph gives the features, run once
+# per image, and the U-Net that takes them (diffusers' down_intrablock_additional_residuals)
+# beside the plain one (sdrt/control/adapter.py).
+T2I_ADAPTER = "t2i_adapter"
+ADAPTER_UNET = "unet_adapter"
+
+
+def adapter_feature(index: int) -> str:
+    """The name of the ``index``-th of diffusers' ``down_intrablock_additional_residuals``
+    (the adapter graph's outputs and the adapter U-Net's extra inputs)."""
+    return f"down_intrablock_additional_residual_{index}"
+
+
 def controlnet_component(name: str) -> str:
     """The component (and folder) of the ControlNet a build named ``name``."""
     return CONTROLNET_PREFIX + name
@@ -74,7 +87,7 @@ def controlnet_component(name: str) -> str:
 def is_component_name(name: str) -> bool:
     return (
         name in COMPONENT_NAMES
-        or name == CONTROLNET_UNET
+        or name in (CONTROLNET_UNET, T2I_ADAPTER, ADAPTER_UNET)
         or _SHALLOW_UNET.fullmatch(name) is not None
         or _CONTROLNET.fullmatch(name) is not None
     )
@@ -271,6 +284,20 @@ class ControlNet:
 
 
 @dataclass(frozen=True)
+class T2IAdapter:
+    """A diffusers T2IAdapter built into the folder (sdrt build --t2i-adapter)."""
+
+    name: str  # the build's name for it (sdrt info)
+    source: Source  # its folder or Hub id, revision and content hash
+    in_channels: int  # channels of the adapter image it takes (3: RGB, 1: grayscale)
+    adapter_type: str  # its config's: full_adapter, light_adapter or full_adapter_xl
+    features: int  # how many features the adapter U-Net takes (one per U-Net down block)
+    # its pixel unshuffle's: image sizes must be multiples of it (8; SDXL's adapters 16)
+    downscale_factor: int
+    component: str = T2I_ADAPTER
+
+
+@dataclass(frozen=True)
 class ConfigCorrection:
     """One rewrite of an outdated config that diffusers' pipelines make on load, made at build."""
 
@@ -414,6 +441,8 @@ class Manifest:
     recipe: Recipe | None = None  # a distilled model's steps, guidance, scheduler; None: none
     # sdrt build --controlnet, in build order; their residuals feed CONTROLNET_UNET
     controlnets: tuple[ControlNet, ...] = ()
+    # sdrt build --t2i-adapter; its features feed ADAPTER_UNET; None: none built
+    t2i_adapter: T2IAdapter | None = None
 
     @property
     def default_image_size(self) -> int:
@@ -744,10 +773,18 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
             _controlnet(_Reader(c, f"{where}.controlnets[{i}]"))
             for i, c in enumerate(r.get("controlnets", list, optional=True, default=[]))
         ),
+        t2i_adapter=_t2i_adapter(r.sub("t2i_adapter", optional=True)),
     )
 
     _check_deep_cache(manifest, where)
     _check_controlnets(manifest, where)
+    if manifest.t2i_adapter is not None:
+        missing = [c for c in (T2I_ADAPTER, ADAPTER_UNET) if c not in manifest.components]
+        if missing:
+            raise ModelFolderError(
+                f"{where}.t2i_adapter: expected the components {T2I_ADAPTER} and "
+                f"{ADAPTER_UNET}; the folder lacks {missing}"
+            )
     return manifest
 
 
@@ -767,6 +804,20 @@ def _controlnet(r: _Reader) -> ControlNet:
         source=_source(r.sub("source")),
         conditioning_channels=r.get("conditioning_channels", int),
         global_pool_conditions=r.get("global_pool_conditions", bool, optional=True, default=False),
+    )
+
+
+def _t2i_adapter(r: _Reader | None) -> T2IAdapter | None:
+    if r is None:
+        return None
+    return T2IAdapter(
+        name=r.get("name", str),
+        source=_source(r.sub("source")),
+        in_channels=r.get("in_channels", int),
+        adapter_type=r.get("adapter_type", str),
+        features=r.get("features", int),
+        downscale_factor=r.get("downscale_factor", int),
+        component=r.choice("component", (T2I_ADAPTER,)),
     )
 
 
@@ -925,7 +976,7 @@ def _components(comps: _Reader) -> dict[str, Component]:
     if unknown:
         raise ModelFolderError(
             f"{comps.where}: unknown components {unknown}; expected names from "
-            f"{', '.join(COMPONENT_NAMES + TINY_VAE_COMPONENTS + (CONTROLNET_UNET,))}, "
+            f"{', '.join(COMPONENT_NAMES + TINY_VAE_COMPONENTS + (CONTROLNET_UNET, T2I_ADAPTER, ADAPTER_UNET))}, "
             f"unet_shallow_<branch> or {CONTROLNET_PREFIX}<name>"
         )
     components = {

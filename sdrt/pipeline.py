@@ -38,6 +38,7 @@ from sdrt.adapters.lora_api import LoraMethods
 from sdrt.adapters.lora_state import BASE, LoraState, WeightFeeds
 from sdrt.arrays import namespace_of, to_host
 from sdrt.backends import Selection, Session, select_backend
+from sdrt.control.adapter import AdapterFeatures
 from sdrt.control.residuals import ControlLoop
 from sdrt.deep_cache import DeepCacheLoop
 from sdrt.errors import InputError, ModelFolderError, NumericsError
@@ -56,7 +57,14 @@ from sdrt.interpolation import (
     make_walk,
     run_walk,
 )
-from sdrt.manifest import CONTROLNET_UNET, DEEP_CACHE_FEATURE_INPUT, Manifest, TensorSpec
+from sdrt.manifest import (
+    ADAPTER_UNET,
+    CONTROLNET_UNET,
+    DEEP_CACHE_FEATURE_INPUT,
+    T2I_ADAPTER,
+    Manifest,
+    TensorSpec,
+)
 from sdrt.noise import NoiseSource, SeedNoise
 from sdrt.prompts import DEFAULT_CACHE_SIZE, PromptEncoder
 from sdrt.recipes import DEFAULT_ETA, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
@@ -250,6 +258,9 @@ class Pipeline(LoraMethods):
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        adapter_image: Any = None,
+        adapter_conditioning_scale: float = 1.0,
+        adapter_conditioning_factor: float = 1.0,
     ) -> PipelineOutput:
         """Generate images: diffusers' StableDiffusion(XL)Pipeline, Img2Img and Inpaint
         arguments (README, "Generate"); ``latents`` is the initial noise. ``height``/``width``
@@ -267,7 +278,10 @@ class Pipeline(LoraMethods):
         ``control_image`` (one per ControlNet: a list for several) and the other ControlNet
         arguments are diffusers' StableDiffusionControlNet(Img2Img/Inpaint)Pipeline's, on a
         folder built with ``--controlnet``; ``controlnet`` picks ControlNets by name
-        (default: all, in build order); sdrt/control/ says more.
+        (default: all, in build order); sdrt/control/ says more. ``adapter_image`` (diffusers'
+        adapter pipelines' ``image``), ``adapter_conditioning_scale`` and
+        ``adapter_conditioning_factor`` run the T2I-Adapter of a folder built with
+        ``--t2i-adapter`` (sdrt/control/adapter.py).
         ``num_inference_steps``, ``guidance_scale``, ``scheduler`` and ``eta`` left at their
         defaults (20, 7.5, the folder's scheduler, 0) take the folder's recipe where it has
         one (a distilled model's, recorded by ``sdrt build``; sdrt/recipes.py)."""
@@ -497,6 +511,19 @@ class Pipeline(LoraMethods):
                 total,
                 xp,
             )
+        adapter = None
+        if request.adapter is not None:
+            with stages.stage("t2i_adapter"):
+                adapter = AdapterFeatures(
+                    request.adapter,
+                    request.width,
+                    request.height,
+                    request.batch_size,
+                    request.do_classifier_free_guidance,
+                    request.num_inference_steps,
+                    self._graph_runner_without_timestep(T2I_ADAPTER),
+                    xp,
+                )
         for i in range(total):
             x, state = self._denoise_step(
                 request,
@@ -511,6 +538,7 @@ class Pipeline(LoraMethods):
                 stages,
                 cache,
                 control,
+                adapter,
             )
             if i < total - 1:
                 yield Progress(
@@ -581,15 +609,19 @@ class Pipeline(LoraMethods):
         stages,
         cache=None,
         control: ControlLoop | None = None,
+        adapter: AdapterFeatures | None = None,
     ):
         """One U-Net call (both guidance halves as one batch) and one scheduler step;
         ``cache`` (a DeepCacheLoop) picks the full or the shallow U-Net; ``control`` runs
-        the call's ControlNets first, and their residuals go to the U-Net that takes them."""
+        the call's ControlNets first, and their residuals go to the U-Net that takes them;
+        ``adapter``'s features, where they feed this call, go to the U-Net taking them."""
         xp = namespace_of(x)
         cfg = request.do_classifier_free_guidance
         model_input = xp.concatenate([x, x], axis=0) if cfg else x
         model_input = sched.scale_model_input(plan, model_input, i)
-        residuals = None
+        residuals, residual_unet = None, CONTROLNET_UNET
+        if adapter is not None:
+            residuals, residual_unet = adapter.at(i), ADAPTER_UNET
         if control is not None and control.runs_at(i):
             alone = sched.scale_model_input(plan, x, i) if control.conditional_only else None
             with stages.stage("controlnet", step=i):
@@ -600,7 +632,7 @@ class Pipeline(LoraMethods):
             model_input = xp.concatenate([model_input, inpaint.unet_condition], axis=1)
         with stages.stage("unet", step=i):
             noise_pred = self._unet(
-                model_input, plan.timesteps[i], conditioning, cache, i, residuals
+                model_input, plan.timesteps[i], conditioning, cache, i, residuals, residual_unet
             )
         if cfg:
             uncond, text = noise_pred[: request.batch_size], noise_pred[request.batch_size :]
@@ -719,6 +751,17 @@ class Pipeline(LoraMethods):
             return hidden[0], pooled
         return namespace_of(hidden[0]).concatenate(hidden, axis=-1), pooled
 
+    def _graph_runner_without_timestep(self, name: str):
+        """run(feeds) -> outputs by name of the graph ``name``, the feeds cast as it declares
+        them (the T2I-Adapter's one run per call)."""
+        session = self._session(name)
+        specs = {s.name: s for s in session.inputs}
+
+        def run(feeds: dict[str, Any]) -> Mapping[str, Any]:
+            return session.run({k: v.astype(specs[k].dtype) for k, v in feeds.items()})
+
+        return run
+
     def _graph_runner(self, timestep):
         """run(component, feeds) -> float32 outputs by name, with the timestep fed and
         the feeds cast as the graph declares them (the ControlNets' runs of one step);
@@ -744,9 +787,12 @@ class Pipeline(LoraMethods):
         cache=None,
         step: int = 0,
         residuals: Mapping[str, Any] | None = None,
+        residual_unet: str = CONTROLNET_UNET,
     ):
+        """The noise prediction; ``residuals`` (ControlNets' or a T2I-Adapter's features)
+        go to ``residual_unet``, the graph that takes them."""
         name = "unet" if cache is None else cache.session_name(step)
-        session = self._session(CONTROLNET_UNET if residuals is not None else name)
+        session = self._session(residual_unet if residuals is not None else name)
         encoder_hidden_states = conditioning.embeddings
         specs = {s.name: s for s in session.inputs}
         xp = namespace_of(sample)
@@ -765,7 +811,7 @@ class Pipeline(LoraMethods):
             feeds.update(
                 cache.feeds(step, specs.get(DEEP_CACHE_FEATURE_INPUT, specs["sample"]).dtype)
             )
-        for key, value in (residuals or {}).items():  # ControlNets' (sdrt/control/)
+        for key, value in (residuals or {}).items():  # sdrt/control/
             feeds[key] = value.astype(specs[key].dtype)
         outputs = session.run(feeds)
         if cache is not None:

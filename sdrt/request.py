@@ -20,6 +20,13 @@ from typing import Any
 import numpy as np
 
 from sdrt.arrays import namespace_of
+from sdrt.control.adapter import (
+    DEFAULT_FACTOR,
+    AdapterSettings,
+    adapter_default_size,
+    check_adapter,
+    check_adapter_size,
+)
 from sdrt.control.settings import (
     DEFAULT_END,
     DEFAULT_START,
@@ -71,6 +78,8 @@ class Request:
     scheduler_config: Any = dataclasses.field(default_factory=dict)
     # control_image and its settings (sdrt/control/settings.py); None: no ControlNet runs
     control: ControlSettings | None = None
+    # adapter_image and its settings (sdrt/control/adapter.py); None: no T2I-Adapter runs
+    adapter: AdapterSettings | None = None
 
     @property
     def batch_size(self) -> int:
@@ -197,6 +206,9 @@ def make_request(
     control_guidance_start: Any = DEFAULT_START,
     control_guidance_end: Any = DEFAULT_END,
     guess_mode: Any = False,
+    adapter_image: Any = None,
+    adapter_conditioning_scale: Any = 1.0,
+    adapter_conditioning_factor: Any = DEFAULT_FACTOR,
 ) -> Request:
     """The checked Request for ``Pipeline.__call__``'s arguments, or InputError. Steps,
     guidance, scheduler and eta left at their defaults (sdrt.recipes.DEFAULT_STEPS, ...,
@@ -224,9 +236,19 @@ def make_request(
         guess_mode,
         mode="txt2img" if image is None else ("img2img" if mask_image is None else "inpaint"),
     )
-    # Without an image, the control image's size (diffusers' ControlNet pipelines take it)
-    sized_by = image if image is not None or control is None else control.first_image
+    adapter = check_adapter(
+        manifest, adapter_image, adapter_conditioning_scale, adapter_conditioning_factor
+    )
+    _check_adapter_call(adapter, image, control, deep_cache_interval)
+    # Without an image, the control (or adapter) image's size, as diffusers' pipelines take it
+    sized_by = image
+    if sized_by is None:
+        sized_by = control.first_image if control is not None else adapter_image
+    asked_size = height, width
     height, width = _image_size(manifest, sized_by, height, width)
+    if adapter is not None:  # as diffusers: a size from the image, rounded down to its unshuffle
+        height, width = adapter_default_size(adapter, asked_size, (height, width))
+    check_adapter_size(adapter, height, width)
     seed, latents = _noise(manifest, seed, latents, len(negatives) * per_prompt, height, width)
     guidance_embedding = check_guidance_embedding(manifest, negative_prompt, negative_prompt_embeds)
     guidance = _guidance(settings.guidance_scale)
@@ -260,7 +282,23 @@ def make_request(
         guidance_embedding=guidance_embedding,
         scheduler_config=settings.scheduler_config,
         control=control,
+        adapter=adapter,
     )
+
+
+def _check_adapter_call(adapter, image, control, deep_cache_interval) -> None:
+    """What an adapter call does not combine with, refused with one line."""
+    if adapter is None:
+        return
+    clash = None
+    if image is not None:  # diffusers' adapter pipelines are txt2img only
+        clash = "{image=} (img2img and inpainting; diffusers' adapter pipelines are txt2img)"
+    elif control is not None:
+        clash = "{control_image=} (ControlNet and T2I-Adapter in one call are not supported)"
+    elif deep_cache_interval is not None:
+        clash = "{deep_cache_interval=} (DeepCache with a T2I-Adapter is not verified)"
+    if clash is not None:
+        raise ParameterError("{adapter_image}: expected a txt2img call without " + clash)
 
 
 def _eta(value: Any) -> float:

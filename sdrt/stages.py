@@ -2,7 +2,8 @@
 
 Every call records a StageTiming per stage it ran: ``tokenize`` and each text encoder
 (``text_encoder``, ``text_encoder_2``) per prompt batch encoded, ``vae_encode`` for
-img2img and inpainting, ``controlnet`` (the call's ControlNets, on the steps they run),
+img2img and inpainting, ``controlnet`` (the call's ControlNets, on the steps they run), ``t2i_adapter`` (once per call with
+an adapter image),
 ``unet`` and ``scheduler_step`` per denoising step (with its index), and ``vae_decode``. They come back as ``PipelineOutput.timings``, and, as they
 happen, to a ``stage_callback`` passed to the call (a service's metrics, a benchmark).
 
@@ -24,6 +25,7 @@ STAGES = (
     "text_encoder_2",
     "vae_encode",
     "controlnet",
+    "t2i_adapter",
     "unet",
     "scheduler_step",
     "vae_decode",

@@ -221,3 +221,52 @@ def tiny_built_controlnet(tiny_built, tiny_controlnet_sources, tmp_path_factory)
     output = tmp_path_factory.mktemp("tiny-controlnet") / "tiny"
     controlnets = controlnet_options(tiny_controlnet_sources)
     return rebuild_with(tiny_built, output, controlnets=controlnets).output
+
+
+# ---------------------------------------------------------------------------- T2I-Adapter
+
+# The name tiny_built_adapter builds its tiny T2I-Adapter under.
+TINY_ADAPTER = "sketch"
+
+
+def _rebuild_with_adapter(built, adapter_source, tmp_path_factory, folder: str):
+    """``built`` rebuilt with the adapter: its graphs reused, the adapter's exported."""
+    from controlnet_helpers import rebuild_with
+    from sdrt.export.t2i_adapter_options import T2IAdapterOption
+
+    option = T2IAdapterOption(TINY_ADAPTER, str(adapter_source))
+    output = tmp_path_factory.mktemp(folder) / "tiny"
+    return rebuild_with(built, output, t2i_adapter=option).output
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_source(tiny_source, tmp_path_factory):
+    """A random full_adapter T2IAdapter of the tiny U-Net (tests/adapter_helpers.py)."""
+    from adapter_helpers import make_tiny_t2i_adapter
+
+    return make_tiny_t2i_adapter(tiny_source, tmp_path_factory.mktemp("adapter") / "a", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_built_adapter(tiny_built, tiny_adapter_source, tmp_path_factory):
+    """tiny_built rebuilt with the tiny T2I-Adapter (once per session)."""
+    return _rebuild_with_adapter(tiny_built, tiny_adapter_source, tmp_path_factory, "tiny-ad")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_adapter_source(tiny_xl_source, tmp_path_factory):
+    """A random full_adapter_xl T2IAdapter of the tiny SDXL U-Net."""
+    from adapter_helpers import make_tiny_t2i_adapter
+
+    output = tmp_path_factory.mktemp("adapter-xl") / "a"
+    return make_tiny_t2i_adapter(
+        tiny_xl_source, output, seed=4, downscale_factor=16, adapter_type="full_adapter_xl"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_built_adapter(tiny_xl_built, tiny_xl_adapter_source, tmp_path_factory):
+    """tiny_xl_built rebuilt with the tiny SDXL T2I-Adapter (once per session)."""
+    return _rebuild_with_adapter(
+        tiny_xl_built, tiny_xl_adapter_source, tmp_path_factory, "tiny-xl-ad"
+    )

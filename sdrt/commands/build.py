@@ -154,6 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "beside the plain one: calls pass control_image= (and controlnet='NAME')",
     )
     parser.add_argument(
+        "--t2i-adapter",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="also export this diffusers T2IAdapter (a local folder or a Hub id) and a U-Net "
+        "that takes its features beside the plain one: calls pass adapter_image= (the adapter "
+        "runs once per image, the cheap form of spatial control)",
+    )
+    parser.add_argument(
         "--recipe",
         default=None,
         metavar="NAME|KEY=VALUE,...",
@@ -286,6 +294,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         deep_cache_branches=_deep_cache_branches(args),
         tiny_vae=args.tiny_vae,
         controlnets=_controlnet_options(args.controlnet),
+        t2i_adapter=_t2i_adapter_option(args.t2i_adapter),
         tome=_tome_options(args),
         recipe=None if args.recipe is None else parse_recipe_option(args.recipe),
     )
@@ -380,6 +389,7 @@ def _adopt(args: argparse.Namespace) -> int:
         "revision": None,
         "tiny_vae": None,
         "controlnet": None,
+        "t2i_adapter": None,
         "calibration_prompts": None,
         "recipe": None,  # recorded from a diffusers source's configs; adopt has none
     }
@@ -441,6 +451,15 @@ def _tome_options(args):
     from sdrt.export.tome_options import TomeOptions
 
     return TomeOptions(ratio=args.tome_ratio, max_downsample=args.tome_max_downsample)
+
+
+def _t2i_adapter_option(value: str | None):
+    """``--t2i-adapter [NAME=]PATH`` as a T2IAdapterOption; None without it."""
+    if value is None:
+        return None
+    from sdrt.export.t2i_adapter_options import T2IAdapterOption
+
+    return T2IAdapterOption.parse(value)
 
 
 def _controlnet_options(values: list[str] | None):

@@ -71,6 +71,8 @@ class GenerateConfig:
     force: bool = False  # replace existing output files
     # sdrt.control.spec.ControlSpec, one per ControlNet of the folder, in build order
     controls: tuple = ()
+    # sdrt.control.adapter_spec.AdapterSpec: --adapter-image; None: none
+    adapter: object = None
 
 
 def _epilog() -> str:
@@ -173,6 +175,15 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
         "edge map (needs the 'control' extra); SCALE is the conditioning scale (default 1.0), "
         "START:END the fractions of the steps it steers (default 0:1); repeatable "
         "(default: none)",
+    )
+    parser.add_argument(
+        "--adapter-image",
+        default=None,
+        metavar="[canny:]FILE[:SCALE[:FACTOR]]",
+        help="the image for the folder's T2I-Adapter (built with sdrt build --t2i-adapter); "
+        "canny:PHOTO makes the photo's canny edge map (needs the 'control' extra); SCALE is "
+        "the features' weight (default 1.0), FACTOR the fraction of the steps they feed "
+        "(default 1.0)",
     )
 
 
@@ -338,6 +349,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     quality = _quality(args.quality, output)
     from sdrt.adapters.lora_files import read_lora_file
     from sdrt.adapters.options import parse_embedding_option, parse_lora_option
+    from sdrt.control.adapter_spec import parse_adapter_image
     from sdrt.control.spec import parse_control
 
     embeddings = tuple(parse_embedding_option(text) for text in args.embedding)
@@ -371,6 +383,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         eta=args.eta,
         force=args.force,
         controls=tuple(parse_control(text) for text in args.control),
+        adapter=None if args.adapter_image is None else parse_adapter_image(args.adapter_image),
     )
 
 
@@ -458,7 +471,7 @@ def prepare(config: GenerateConfig) -> Prepared:
     manifest = read_manifest(config.folder)
     scheduler_config = load_scheduler_config(config.folder)
     image, mask, strength = _start_image(config, manifest)
-    control = _control_arguments(config, manifest)
+    control = _control_arguments(config, manifest) | _adapter_arguments(config, manifest)
     seed = secrets.randbelow(2**32) if config.seed is None else config.seed
     requests = tuple(
         make_request(
@@ -542,6 +555,18 @@ def _control_arguments(config: GenerateConfig, manifest) -> dict:
         )
     images = control_images(config.controls, lambda path: read_image(path, "--control"))
     return call_arguments(config.controls, images)
+
+
+def _adapter_arguments(config: GenerateConfig, manifest) -> dict:
+    """The call's T2I-Adapter arguments from --adapter-image; none without it."""
+    if config.adapter is None:
+        return {}
+    if getattr(manifest, "t2i_adapter", None) is None:
+        raise InputError(
+            f"--adapter-image: the model folder {str(config.folder)!r} has no T2I-Adapter; "
+            "build one in with sdrt build SRC --t2i-adapter [NAME=]PATH"
+        )
+    return config.adapter.call_arguments(lambda path: read_image(path, "--adapter-image"))
 
 
 def _parameters(config: GenerateConfig, prepared: Prepared, request, prompt: str, b: int) -> str:

@@ -137,6 +137,7 @@ def _summary_lines(folder: Path, manifest) -> list[str]:
         _deep_cache_line(manifest),
         *_tiny_vae_lines(manifest.tiny_vae),
         *_controlnet_lines(manifest),
+        _t2i_adapter_line(manifest),
         *_quantization_lines(manifest),
         *_tome_lines(manifest),
         "",
@@ -179,6 +180,22 @@ def _controlnet_lines(manifest) -> list[str]:
             f"channels{pooled}"
         )
     return lines
+
+
+def _t2i_adapter_line(manifest) -> str:
+    """The T2I-Adapter built into the folder (sdrt build --t2i-adapter)."""
+    adapter = getattr(manifest, "t2i_adapter", None)
+    if adapter is None:
+        return "t2i adapter    none (build with --t2i-adapter [NAME=]FOLDER for adapter images)"
+    from sdrt.manifest import ADAPTER_UNET
+
+    revision = f" @ {adapter.source.revision}" if adapter.source.revision else ""
+    return (
+        f"t2i adapter    {adapter.name}: {adapter.component} from {adapter.source.path_or_id}"
+        f"{revision} (content sha256 {adapter.source.content_sha256[:12]}), "
+        f"{adapter.adapter_type}, {adapter.in_channels} input channel(s), "
+        f"{adapter.features} features into {ADAPTER_UNET}"
+    )
 
 
 def _tiny_vae_lines(tiny) -> list[str]:

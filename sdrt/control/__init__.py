@@ -14,4 +14,7 @@ The folder's graphs come from ``sdrt build --controlnet`` (export/controlnet.py)
   ``control`` extra); ``sdrt control canny`` writes one.
 - ``spec``: the ``--control FILE[:SCALE[:START:END]]`` option of ``sdrt generate``, parsed
   into ``ControlSpec`` and turned into the call's keyword arguments.
+- ``adapter``: T2I-Adapter (``sdrt build --t2i-adapter``): a call's ``adapter_image`` and
+  settings checked, its features made once per call; ``adapter_spec``: ``sdrt generate
+  --adapter-image``.
 """
