@@ -233,11 +233,11 @@ def test_adapter_image_is_prepared_as_diffusers_prepares_it(mode):
         _preprocess_adapter_image,
     )
 
-    from sdrt.control.conditioning import prepare_control_image
+    from sdrt.control.conditioning import controlnet_cond
 
     picture = control_picture(80, 48, seed=5).convert(mode)
     theirs = _preprocess_adapter_image(picture, HEIGHT, WIDTH).numpy()
-    ours = prepare_control_image(picture, WIDTH, HEIGHT, len(mode), 1, doubled=False)
+    ours = controlnet_cond(picture, WIDTH, HEIGHT, len(mode), 1, doubled=False)
     assert ours.shape == theirs.shape == (1, len(mode), HEIGHT, WIDTH)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
 

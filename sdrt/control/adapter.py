@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from sdrt.control.conditioning import prepare_control_image
+from sdrt.control.conditioning import controlnet_cond
 from sdrt.errors import ParameterError
 from sdrt.images import image_size
 from sdrt.manifest import Manifest, T2IAdapter, adapter_feature
@@ -143,7 +143,7 @@ class AdapterFeatures:
         adapter = settings.adapter
         # diffusers' _preprocess_adapter_image: resized (Lanczos) to the output size, in
         # [0, 1], not normalised: the control image's preparation, with the adapter's channels
-        pixels = prepare_control_image(
+        pixels = controlnet_cond(
             settings.image, width, height, adapter.in_channels, 1, doubled=False
         )
         outputs = run({"adapter_image": xp.asarray(pixels)})
