@@ -27,12 +27,12 @@ import json
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from sdrt.benchmarks import contenders
+from sdrt.benchmarks import contenders, fast_modes
 from sdrt.benchmarks.config import (
     MIN_RUNS_FOR_VERDICT,
     MIN_WARMUP_FOR_VERDICT,
@@ -214,11 +214,15 @@ class Benchmark:
     def _resolve(self, state: ContenderState) -> None:
         config = self.config
         try:
-            state.spec = contenders.resolve(
-                state.name, config.optimum_venv, config.optimum_intel_venv
-            )
+            spec = contenders.resolve(state.name, config.optimum_venv, config.optimum_intel_venv)
         except BackendUnavailableError as unavailable:
             state.status, state.failed_stage, state.error = "unavailable", "start", str(unavailable)
+            return
+        if fast_modes.TINY_VAE_FOLDER in spec.extra_args:  # torch+tinyvae's decoder
+            folder = fast_modes.tiny_vae_folder(config, self.progress.status)
+            words = (folder if w == fast_modes.TINY_VAE_FOLDER else w for w in spec.extra_args)
+            spec = replace(spec, extra_args=tuple(words))
+        state.spec = spec
 
     def _export(self, state: ContenderState, models: BenchModels) -> None:
         """A peer's own model folder, exported from the source by its own tools, untimed
@@ -371,7 +375,7 @@ class Benchmark:
         """sdrt's median U-Net call at the first size: the scheduler's yardstick."""
         label = self.config.sizes[0].label
         for state in self.states:
-            if state.name == contenders.BASELINE or contenders.is_peer(state.name):
+            if contenders.is_baseline(state.name) or contenders.is_peer(state.name):
                 continue
             calls = [
                 c for run in state.runs.get(label, []) for c in run["stages_s"].get("unet", [])
@@ -565,10 +569,14 @@ class Benchmark:
         record["results"] = self._size_results(state, roofline, reference)
         return record
 
+    def _baseline_of(self, state: ContenderState) -> ContenderState | None:
+        """The eager diffusers contender ``state``'s image is compared with (same VAE first)."""
+        names = tuple(s.name for s in self.states)
+        name = contenders.baseline_for(state.name, names)
+        return next((s for s in self.states if s.name == name), None)
+
     def _report(self, models, roofline, schedulers, started, finished) -> dict[str, Any]:
         config = self.config
-        by_name = {state.name: state for state in self.states}
-        reference = by_name.get(contenders.BASELINE)
         settings = {
             name: str(value) if isinstance(value, Path) else value
             for name, value in asdict(config).items()
@@ -603,7 +611,8 @@ class Benchmark:
             },
             "roofline": roofline,
             "contenders": [
-                self._contender_record(state, roofline, reference) for state in self.states
+                self._contender_record(state, roofline, self._baseline_of(state))
+                for state in self.states
             ],
             "scheduler_bench": schedulers,
         }

@@ -55,6 +55,7 @@ HEAVY_FIXTURES = frozenset(
         "bench_report",  # `sdrt bench` end to end (tests/test_bench_cli.py)
         "quick_report",
         "modes_report",  # `sdrt bench` with fast-mode contenders
+        "turbo_bench_report",  # `sdrt bench` on tiny-turbo (tests/test_bench_turbo.py)
         "turbo_built",  # init-model tiny-turbo built through the CLI (tests/test_recipes.py)
     }
 )

@@ -1,6 +1,6 @@
 """The contenders a benchmark can run, each as a worker process in its own interpreter.
 
-``torch`` is diffusers' own eager pipeline, ``optimum`` Optimum's ORT pipeline and
+``torch[+tinyvae]`` is diffusers' own eager pipeline, ``optimum`` Optimum's ORT pipeline and
 ``optimum-intel[+int8][+tinyvae]`` Optimum-Intel's OpenVINO pipeline (each in its own
 virtualenv; Optimum-Intel on a folder it exported itself, see optimum_intel_export.py), and
 every sdrt backend name (``ort-cpu``, ...) the sdrt runtime; a backend with
@@ -40,6 +40,9 @@ class ContenderSpec:
     export: tuple[str, ...] | None = None
 
 
+# The baseline's own mode: diffusers' AutoencoderTiny put in as the pipeline's VAE (as
+# diffusers' docs do), so that eager diffusers runs the recipe of the tinyvae contenders.
+BASELINE_MODES = ("tinyvae",)
 OPTIMUM_INTEL = "optimum-intel"
 # Optimum-Intel's own fast modes, as words after its name: its NNCF int8 and a tiny VAE.
 OPTIMUM_INTEL_MODES = ("int8", "tinyvae")
@@ -55,19 +58,51 @@ def known_contenders() -> tuple[str, ...]:
     return (BASELINE, *PEERS, *(name for name in BACKENDS if name != "auto"))
 
 
+def _own_modes(name: str, owner: str, modes: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The modes of ``name`` when it names ``owner`` (a contender whose modes are its own,
+    not sdrt's), sorted; None for a name of another contender; InputError for a mode
+    ``owner`` has not, or one repeated."""
+    first, *words = name.split(fast_modes.SEPARATOR)
+    if first != owner:
+        return None
+    for word in words:
+        if word not in modes or words.count(word) > 1:
+            raise InputError(
+                f"contender {name!r}: expected {owner} with some of the modes "
+                f"{', '.join(modes)}, each once, got {word!r}"
+            )
+    return tuple(sorted(words))
+
+
 def optimum_intel_modes(name: str) -> tuple[str, ...] | None:
     """``optimum-intel+int8+tinyvae`` -> its modes (("int8", "tinyvae")); None for a name
     of another contender; InputError for a mode Optimum-Intel has not, or one repeated."""
-    peer, *words = name.split(fast_modes.SEPARATOR)
-    if peer != OPTIMUM_INTEL:
+    return _own_modes(name, OPTIMUM_INTEL, OPTIMUM_INTEL_MODES)
+
+
+def baseline_modes(name: str) -> tuple[str, ...] | None:
+    """``torch+tinyvae`` -> (("tinyvae",)); ``torch`` -> (); None for another contender;
+    InputError for a mode eager diffusers is not run with here."""
+    return _own_modes(name, BASELINE, BASELINE_MODES)
+
+
+def is_baseline(name: str) -> bool:
+    """Eager diffusers, with or without its tiny VAE."""
+    return name.split(fast_modes.SEPARATOR)[0] == BASELINE
+
+
+def baseline_for(name: str, names: tuple[str, ...]) -> str | None:
+    """The eager diffusers contender among ``names`` whose time and image ``name``'s are
+    compared with: the one on the same VAE (``torch+tinyvae`` for a contender with the
+    tinyvae mode, when it runs: the same recipe), else ``torch``; None for ``torch`` itself
+    or when none runs."""
+    if name == BASELINE:
         return None
-    for word in words:
-        if word not in OPTIMUM_INTEL_MODES or words.count(word) > 1:
-            raise InputError(
-                f"contender {name!r}: expected {OPTIMUM_INTEL} with some of the modes "
-                f"{', '.join(OPTIMUM_INTEL_MODES)}, each once, got {word!r}"
-            )
-    return tuple(sorted(words))
+    tiny_baseline = f"{BASELINE}{fast_modes.SEPARATOR}tinyvae"
+    uses_tiny_vae = "tinyvae" in name.split(fast_modes.SEPARATOR)[1:]
+    if uses_tiny_vae and not is_baseline(name) and tiny_baseline in names:
+        return tiny_baseline
+    return BASELINE if BASELINE in names else None
 
 
 def is_peer(name: str) -> bool:
@@ -78,6 +113,8 @@ def exact_reference(name: str, names: tuple[str, ...]) -> str | None:
     """The exact sdrt contender among ``names`` whose image ``name``'s is compared with: a
     fast mode's bare backend, for a peer sdrt on the same engine (else on ONNX Runtime);
     None for an exact contender, the baseline, or when none of them runs."""
+    if is_baseline(name):
+        return None
     if is_peer(name):
         return next((exact for exact in EXACT_FOR_PEERS if exact in names), None)
     return fast_modes.exact_name(name)
@@ -88,7 +125,7 @@ def mode_contenders(names: tuple[str, ...]) -> list[fast_modes.ModeContender]:
     return [
         fast_modes.split_contender(name)
         for name in names
-        if not is_peer(name) and fast_modes.exact_name(name)
+        if not is_peer(name) and not is_baseline(name) and fast_modes.exact_name(name)
     ]
 
 
@@ -98,9 +135,13 @@ def resolve(
     """The spec for contender ``name``; ``BackendUnavailableError`` says why one cannot run."""
     from sdrt.backends import BACKENDS
 
-    if name == BASELINE:
+    own = baseline_modes(name)
+    if own is not None:
+        from sdrt.benchmarks.contenders.torch_diffusers import TINY_VAE
+
+        tiny = (TINY_VAE, fast_modes.TINY_VAE_FOLDER) if "tinyvae" in own else ()
         return ContenderSpec(
-            name, (sys.executable, "-m", f"{PACKAGE}.torch_diffusers"), (), "source"
+            name, (sys.executable, "-m", f"{PACKAGE}.torch_diffusers"), tiny, "source"
         )
     if name == "optimum":
         from sdrt.benchmarks.contenders.optimum_env import OPTIMUM
@@ -148,8 +189,11 @@ def _optimum_intel(name: str, modes: tuple[str, ...], venv: Path | None) -> Cont
 
 def is_known(name: str) -> bool:
     """A contender ``resolve`` takes: a known name, an sdrt backend with fast modes, or
-    Optimum-Intel with its own modes (InputError for modes it has not)."""
+    Optimum-Intel or eager diffusers with their own modes (InputError for modes they have
+    not)."""
     if name in known_contenders() or optimum_intel_modes(name) is not None:
+        return True
+    if baseline_modes(name) is not None:
         return True
     backend = fast_modes.exact_name(name)
     return (

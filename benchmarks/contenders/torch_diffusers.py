@@ -2,7 +2,10 @@
 
 Stages are timed with forward hooks on this pipeline's own modules (text encoder(s), U-Net)
 and a wrapper around this pipeline's ``vae.decode``; nothing global is patched.
-Run as ``python -m sdrt.benchmarks.contenders.torch_diffusers MODEL_DIR THREADS``.
+Run as ``python -m sdrt.benchmarks.contenders.torch_diffusers MODEL_DIR THREADS
+[--tiny-vae FOLDER]``; with the flag the pipeline decodes with that diffusers
+``AutoencoderTiny`` (TAESD) in place of its VAE, as diffusers' docs put one in, so that it
+runs the recipe of the tinyvae contenders.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ from sdrt.benchmarks.contenders.diffusers_pipeline import (
 )
 from sdrt.benchmarks.contenders.protocol import StageClock, Workload, serve, version_of
 
+TINY_VAE = "--tiny-vae"
+
 
 class TorchDiffusers:
     name = "torch"
     runtime_distributions = ("torch", "diffusers", "transformers")
     runtime_source_dirs: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, tiny_vae: str | None = None) -> None:
         self.pipe: Any = None
         self.clock: StageClock | None = None
         self.threads = 0
+        self.tiny_vae = tiny_vae  # an AutoencoderTiny folder to decode with; None: the VAE
 
     def import_runtime(self) -> None:
         import diffusers  # noqa: F401
@@ -42,6 +48,12 @@ class TorchDiffusers:
         self.threads = threads
         self.pipe = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
         self.pipe.set_progress_bar_config(disable=True)
+        if self.tiny_vae is not None:
+            from diffusers import AutoencoderTiny
+
+            self.pipe.vae = AutoencoderTiny.from_pretrained(
+                self.tiny_vae, torch_dtype=torch.float32
+            )
         for attribute in ("text_encoder", "text_encoder_2"):
             module = getattr(self.pipe, attribute, None)
             if module is not None:
@@ -50,7 +62,8 @@ class TorchDiffusers:
         self.pipe.vae.decode = timed_on_current_clock(self, "vae_decode", self.pipe.vae.decode)
 
     def load_settings(self) -> dict[str, Any]:
-        return {"dtype": "float32", "weights": "diffusers folder (safetensors)"}
+        vae = {} if self.tiny_vae is None else {"vae": f"AutoencoderTiny: {self.tiny_vae}"}
+        return {"dtype": "float32", "weights": "diffusers folder (safetensors)", **vae}
 
     def _time_module(self, module: Any, stage: str) -> None:
         """Forward hooks on this module instance: start before, record after."""
@@ -85,6 +98,7 @@ class TorchDiffusers:
             "scheduler": type(self.pipe.scheduler).__name__,
             "pipeline": type(self.pipe).__name__,
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+            "vae": type(self.pipe.vae).__name__,
             "threads": torch.get_num_threads(),
             "inference_mode": True,
         }
@@ -93,5 +107,13 @@ class TorchDiffusers:
         return {name: version_of(name) for name in ("torch", "diffusers", "transformers")}
 
 
+def _contender(flags: list[str]) -> TorchDiffusers:
+    if not flags:
+        return TorchDiffusers()
+    if len(flags) == 2 and flags[0] == TINY_VAE:
+        return TorchDiffusers(tiny_vae=flags[1])
+    sys.exit(f"expected MODEL_DIR THREADS [{TINY_VAE} FOLDER], got {sys.argv[1:]}")
+
+
 if __name__ == "__main__":
-    sys.exit(serve(TorchDiffusers(), sys.argv[1:]))
+    sys.exit(serve(_contender(sys.argv[3:]), sys.argv[1:3]))

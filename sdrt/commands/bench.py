@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends",
         default="torch,ort-cpu",
-        help="comma-separated contenders: torch, optimum, optimum-intel[+int8][+tinyvae] "
+        help="comma-separated contenders: torch[+tinyvae], optimum, "
+        "optimum-intel[+int8][+tinyvae] "
         "and sdrt backends, an sdrt backend "
         "with fast modes as BACKEND+MODE[+MODE] (int8, deepcacheN[bB], tomeR, tinyvae; e.g. "
         "ort-cpu+int8+deepcache3), compared with the bare backend (default: %(default)s)",
