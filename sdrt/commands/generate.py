@@ -183,7 +183,7 @@ def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
         help="the image for the folder's T2I-Adapter (built with sdrt build --t2i-adapter); "
         "canny:PHOTO makes the photo's canny edge map (needs the 'control' extra); SCALE is "
         "the features' weight (default 1.0), FACTOR the fraction of the steps they feed "
-        "(default 1.0)",
+        "(default 1.0) (default: none)",
     )
 
 
