@@ -16,7 +16,6 @@ against eager PyTorch as every component is.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,15 @@ from typing import Any
 import torch
 from sdrt.export.components import ExportWrapper, ShapeCase, UNetExport
 from sdrt.export.controlnet_options import EXPECTED, ControlNetOption
-from sdrt.export.source import FolderHasher, SourceModel, download_model, local_folder_or_hub_id
+from sdrt.export.source import (
+    FolderHasher,
+    SourceModel,
+    download_model,
+    local_folder_or_hub_id,
+    read_model_config,
+)
 
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import InputError
 from sdrt.guidance_embedding import GUIDANCE_EMBEDDING_INPUT
 from sdrt.manifest import (
     CONTROLNET_UNET,
@@ -38,7 +43,6 @@ from sdrt.manifest import (
 )
 
 CLASS_NAME = "ControlNetModel"
-CONFIG_FILE = "config.json"
 # ControlNetModel.from_unet copies these from the U-Net: they fix the residuals' count and
 # shapes, so a ControlNet made for another U-Net cannot feed this one.
 MATCHING_KEYS = (
@@ -96,23 +100,9 @@ def _resolve(option: ControlNetOption, pipeline: SourceModel) -> ControlNetSourc
     else:
         folder = download_model(option.path_or_id, "--controlnet")
         revision = folder.name if folder.parent.name == "snapshots" else None
-    config = _read_config(folder, option.path_or_id)
+    config = read_model_config(folder, "--controlnet", option.path_or_id, CLASS_NAME, EXPECTED)
     _check_compatible(config, pipeline, option.path_or_id)
     return ControlNetSource(option.name, folder, path_or_id, revision, config)
-
-
-def _read_config(folder: Path, where: str) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ModelFolderError(f"--controlnet {where!r}: expected {EXPECTED} with {CONFIG_FILE}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path}: cannot be read as JSON ({e})") from None
-    got = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
-    if got != CLASS_NAME:
-        raise InputError(f"--controlnet {where!r}: expected a {CLASS_NAME} config, got {got!r}")
-    return config
 
 
 def _check_compatible(config: dict[str, Any], pipeline: SourceModel, where: str) -> None:

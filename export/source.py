@@ -112,6 +112,24 @@ def _download(repo_id: str, revision: str | None) -> Path:
     return Path(folder)
 
 
+def read_model_config(
+    folder: Path, option: str, where: str, class_name: str, expected: str
+) -> dict[str, Any]:
+    """A side model's config.json (a ControlNet's, a T2I-Adapter's), checked to be of
+    ``class_name``; ModelFolderError / InputError naming ``option`` and ``where``."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelFolderError(f"{option} {where!r}: expected {expected} with config.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path}: cannot be read as JSON ({e})") from None
+    got = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+    if got != class_name:
+        raise InputError(f"{option} {where!r}: expected a {class_name} config, got {got!r}")
+    return config
+
+
 def download_model(repo_id: str, what: str) -> Path:
     """A single model's Hub repo (its configs and safetensors weights) in the Hub cache, for
     options that name a model beside the pipeline (``--tiny-vae``, ``--controlnet``)."""

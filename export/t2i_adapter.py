@@ -14,17 +14,22 @@ component is; the plain U-Net (and the ControlNet one) stay.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from sdrt.export.components import ExportWrapper, UNetExport
-from sdrt.export.source import FolderHasher, SourceModel, download_model, local_folder_or_hub_id
+from sdrt.export.source import (
+    FolderHasher,
+    SourceModel,
+    download_model,
+    local_folder_or_hub_id,
+    read_model_config,
+)
 from sdrt.export.t2i_adapter_options import EXPECTED, OPTION, T2IAdapterOption
 
-from sdrt.errors import InputError, ModelFolderError
+from sdrt.errors import InputError
 from sdrt.manifest import (
     ADAPTER_UNET,
     T2I_ADAPTER,
@@ -34,7 +39,6 @@ from sdrt.manifest import (
 )
 
 CLASS_NAME = "T2IAdapter"
-CONFIG_FILE = "config.json"
 # diffusers' adapter types; the XL one's first feature is already halved (its
 # downscale_factor is twice the VAE's), as SDXL's first down block halves the latents.
 SD_TYPES = ("full_adapter", "light_adapter")
@@ -81,23 +85,9 @@ def resolve_t2i_adapter(option: T2IAdapterOption, pipeline: SourceModel) -> T2IA
     else:
         folder = download_model(option.path_or_id, OPTION)
         revision = folder.name if folder.parent.name == "snapshots" else None
-    config = _read_config(folder, option.path_or_id)
+    config = read_model_config(folder, OPTION, option.path_or_id, CLASS_NAME, EXPECTED)
     features = _check_compatible(config, pipeline, option.path_or_id)
     return T2IAdapterSource(option.name, folder, path_or_id, revision, config, features)
-
-
-def _read_config(folder: Path, where: str) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ModelFolderError(f"{OPTION} {where!r}: expected {EXPECTED} with {CONFIG_FILE}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path}: cannot be read as JSON ({e})") from None
-    got = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
-    if got != CLASS_NAME:
-        raise InputError(f"{OPTION} {where!r}: expected a {CLASS_NAME} config, got {got!r}")
-    return config
 
 
 def _check_compatible(config: dict[str, Any], pipeline: SourceModel, where: str) -> int:
